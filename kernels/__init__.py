@@ -1,0 +1,1 @@
+"""Compute kernels (installed as hpcml.kernels): pure compute, no MPI, no I/O."""

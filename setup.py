@@ -1,0 +1,33 @@
+"""hpcml: machine learning at HPC scale on MPI ranks, NumPy buffers and Numba kernels."""
+from setuptools import setup
+
+setup(
+    name="hpcml",
+    version="0.1.0",
+    description="Distributed training and large-scale ML over MPI (mpi4py), NumPy and Numba",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # kernels/ is installed as hpcml.kernels: nothing named `kernels` lands in site-packages.
+    packages=["hpcml", "hpcml.comm", "hpcml.bench", "hpcml.kernels"],
+    package_dir={"hpcml": "hpcml", "hpcml.kernels": "kernels"},
+    install_requires=[
+        "mpi4py>=4",
+        "numpy>=1.23",
+        "numba>=0.58",
+        "h5py>=3.8",
+    ],
+    extras_require={
+        # The MPI runtime as a wheel from PyPI (no system MPI, no compiler). On a cluster,
+        # leave this extra out and build mpi4py against the site MPI (see README).
+        "mpich": ["mpich"],
+        "plot": ["matplotlib>=3.5"],
+        "test": [
+            "pytest>=7",
+            "pytest-mpi>=0.6",
+            "pytest-timeout>=2.1",
+            "matplotlib>=3.5",
+        ],
+    },
+    entry_points={"console_scripts": ["hpcml-bench=hpcml.bench.__main__:main"]},
+)
