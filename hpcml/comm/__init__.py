@@ -1,0 +1,21 @@
+"""hpcml.comm: every MPI call hpcml makes. Hand-written collectives over NumPy buffers.
+
+    from hpcml import comm
+    comm.allreduce(grad)                      # in place, sum, algorithm chosen by model
+    comm.allreduce(grad, "mean", algorithm="ring")
+    comm.allreduce_many(grads)                # tensor fusion into 25 MiB buckets
+    comm.broadcast(params, root=0)
+
+See collectives.py for the contract shared by all functions.
+"""
+from .collectives import (allreduce, reduce_scatter, allgather, broadcast, reduce, config,
+                          ALGORITHMS, DTYPES)
+from .fusion import allreduce_many, plan_buckets, BUCKET_BYTES
+from .guard import CollectiveError, agree, install as install_guard, entry_point, Watchdog
+from .model import CostModel, calibrate, set_model, model_for
+from .schedules import chunk_bounds
+
+__all__ = ["allreduce", "reduce_scatter", "allgather", "broadcast", "reduce", "allreduce_many",
+           "plan_buckets", "chunk_bounds", "config", "ALGORITHMS", "DTYPES", "BUCKET_BYTES",
+           "CollectiveError", "agree", "install_guard", "entry_point", "Watchdog",
+           "CostModel", "calibrate", "set_model", "model_for"]

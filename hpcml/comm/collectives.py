@@ -1,0 +1,251 @@
+"""Public collectives: in place on a contiguous NumPy array, returning it.
+
+Every function takes ``comm=None`` (COMM_WORLD) and ``algorithm``:
+``"ring"`` / ``"tree"`` (hpcml's own schedules), ``"mpi"`` (the MPI library's collective, the
+reference) or ``"auto"`` (the alpha-beta model in :mod:`hpcml.comm.model` picks among
+hpcml's own). ``check=True`` (or ``HPCML_CHECK=1``) first verifies, collectively, that all
+ranks passed the same length, dtype, op, algorithm and root, and raises the same
+CollectiveError on every rank otherwise (costs one small all-gather per call).
+"""
+import os
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcml.kernels.reduce import OP_NAMES, ufunc_for
+from . import schedules as S
+from .executor import execute
+from .guard import CollectiveError, agree
+from .model import model_for, choose_allreduce, choose_rooted
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class Config:
+    """Process-wide defaults; keyword arguments override them per call."""
+
+    #: verify argument agreement across ranks before each collective (HPCML_CHECK=1)
+    check = _env_flag("HPCML_CHECK")
+    #: ring reduce-scatter segment (bytes): received segments are reduced while in cache.
+    #: 1 MiB measured best here for 1-64 MiB messages (benchmarks/allreduce.py --segments).
+    segment_bytes = int(os.environ.get("HPCML_RING_SEGMENT_BYTES", 1 << 20))
+
+
+config = Config()
+
+DTYPES = tuple(np.dtype(t) for t in (
+    "float32", "float64", "int32", "int64", "float16", "int8", "int16", "uint8", "uint16",
+    "uint32", "uint64", "complex64", "complex128"))
+_DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
+_OP_CODE = {op: i for i, op in enumerate(OP_NAMES)}
+_MPI_OPS = {"sum": MPI.SUM, "mean": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}
+ALGORITHMS = ("auto", "ring", "tree", "mpi")
+_ALG_CODE = {a: i for i, a in enumerate(ALGORITHMS)}
+
+_private = {}
+
+
+def private(comm):
+    """hpcml's own duplicate of `comm` for its point-to-point traffic (collective on first use),
+    so schedule messages can never match the user's own messages on `comm`."""
+    dup = _private.get(comm.handle)
+    if dup is None:
+        dup = _private[comm.handle] = comm.Dup()
+    return dup
+
+
+def validate_array(name, buf, op, reducing, contiguous=True):
+    """Local validation of one array argument. Raises TypeError/ValueError naming it."""
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{name}: buf must be a numpy.ndarray, got {type(buf).__name__}")
+    if contiguous and not buf.flags.c_contiguous:
+        raise ValueError(f"{name}: buf must be C-contiguous (in-place collectives need one "
+                         f"memory block); pass np.ascontiguousarray(buf) and copy back")
+    if not buf.flags.writeable:
+        raise ValueError(f"{name}: buf is read-only")
+    if buf.dtype not in _DTYPE_CODE:
+        raise TypeError(f"{name}: dtype {buf.dtype} is not supported; use one of "
+                        f"{', '.join(str(d) for d in DTYPES)}")
+    if reducing:
+        if op not in _OP_CODE:
+            raise ValueError(f"{name}: unknown op {op!r}; expected one of {', '.join(OP_NAMES)}")
+        kind = buf.dtype.kind
+        if op == "mean" and kind in "iu":
+            raise TypeError(f"{name}: op='mean' needs a floating or complex dtype, got "
+                            f"{buf.dtype}; use op='sum' and divide with the rounding you want")
+        if op in ("max", "min") and kind == "c":
+            raise TypeError(f"{name}: op={op!r} is not defined for complex dtype {buf.dtype}")
+
+
+def _flatten(name, buf, op, reducing):
+    """Validated 1-D view of buf."""
+    validate_array(name, buf, op, reducing)
+    return buf.reshape(-1)
+
+
+def _check_algorithm(name, algorithm, allowed):
+    if algorithm not in allowed:
+        raise ValueError(f"{name}: unknown algorithm {algorithm!r}; expected one of "
+                         f"{', '.join(allowed)}")
+
+
+_FIELDS = ("length", "dtype", "op", "algorithm", "root")
+
+
+def _agree_args(comm, name, buf, op, algorithm, root, reducing, allowed):
+    """Checked mode: local validation on every rank, then all ranks compare arguments."""
+    err, flat = None, None
+    try:
+        _check_algorithm(name, algorithm, allowed)
+        flat = _flatten(name, buf, op, reducing)
+        if root is not None and not 0 <= root < comm.Get_size():
+            raise ValueError(f"{name}: root {root} outside 0..{comm.Get_size() - 1}")
+    except (TypeError, ValueError) as e:
+        err = str(e)
+    agree(comm, err, what=name)
+    sig = np.array([flat.size, _DTYPE_CODE[flat.dtype], _OP_CODE.get(op, -1) if reducing else -1,
+                    _ALG_CODE[algorithm], -1 if root is None else root], np.int64)
+    table = np.empty((comm.Get_size(), sig.size), np.int64)
+    comm.Allgather(sig, table)
+    for j, field in enumerate(_FIELDS):
+        column = table[:, j]
+        if (column != column[0]).any():
+            def show(v):
+                if field == "dtype":
+                    return str(DTYPES[v])
+                if field == "op":
+                    return OP_NAMES[v]
+                return ALGORITHMS[v] if field == "algorithm" else str(v)
+            values = ", ".join(f"rank {r}: {show(v)}" for r, v in enumerate(column))
+            raise CollectiveError(f"{name}: {field} differs across ranks ({values})")
+    return flat
+
+
+def _prepare(comm, name, buf, op, algorithm, root, check, reducing, allowed):
+    comm = comm if comm is not None else MPI.COMM_WORLD
+    if config.check if check is None else check:
+        return comm, _agree_args(comm, name, buf, op, algorithm, root, reducing, allowed)
+    _check_algorithm(name, algorithm, allowed)
+    if root is not None and not 0 <= root < comm.Get_size():
+        raise ValueError(f"{name}: root {root} outside 0..{comm.Get_size() - 1}")
+    return comm, _flatten(name, buf, op, reducing)
+
+
+def _seg_elems(flat, segment_bytes):
+    return max(1, (segment_bytes or config.segment_bytes) // flat.itemsize)
+
+
+def allreduce(buf, op="sum", comm=None, algorithm="auto", *, check=None, segment_bytes=None):
+    """Reduce `buf` over all ranks in place; every rank ends with identical bytes.
+
+    op: sum, mean, max, min, prod. algorithm: auto, ring, tree, mpi. Returns buf.
+    """
+    comm, flat = _prepare(comm, "allreduce", buf, op, algorithm, None, check, True, ALGORITHMS)
+    p = comm.Get_size()
+    if p == 1 or flat.size == 0:
+        return buf
+    if algorithm == "auto":
+        seg = _seg_elems(flat, segment_bytes)
+        algorithm = choose_allreduce(model_for(comm), flat.nbytes, p, seg * flat.itemsize)
+    if algorithm == "mpi":
+        comm.Allreduce(MPI.IN_PLACE, flat, op=_MPI_OPS[op])
+    else:
+        rank, n = comm.Get_rank(), flat.size
+        if algorithm == "ring":
+            sched = S.ring_allreduce(p, rank, n, _seg_elems(flat, segment_bytes))
+        else:
+            sched = S.tree_allreduce(p, rank, n)
+        execute(private(comm), flat, sched, ufunc_for(op), f"allreduce({algorithm})")
+    if op == "mean":
+        np.divide(flat, p, out=flat)
+    return buf
+
+
+def reduce_scatter(buf, op="sum", comm=None, algorithm="auto", *, check=None,
+                   segment_bytes=None):
+    """Reduce `buf` over all ranks, leaving rank r's block reduced in place.
+
+    The blocks are ``chunk_bounds(buf.size, p)`` of the flattened buffer; returns the view
+    of this rank's reduced block. The rest of buf is left holding partial results.
+    algorithm: auto (= ring), ring, mpi.
+    """
+    allowed = ("auto", "ring", "mpi")
+    comm, flat = _prepare(comm, "reduce_scatter", buf, op, algorithm, None, check, True, allowed)
+    p, rank = comm.Get_size(), comm.Get_rank()
+    b = S.chunk_bounds(flat.size, p)
+    mine = flat[b[rank]:b[rank + 1]]
+    if p == 1 or flat.size == 0:
+        return mine
+    if algorithm == "mpi":
+        counts = np.diff(b).astype(np.int64)
+        comm.Reduce_scatter(flat.copy(), mine, counts, op=_MPI_OPS[op])
+    else:
+        sched = S.ring_reduce_scatter(p, rank, flat.size, _seg_elems(flat, segment_bytes))
+        execute(private(comm), flat, sched, ufunc_for(op), "reduce_scatter(ring)")
+    if op == "mean":
+        np.divide(mine, p, out=mine)
+    return mine
+
+
+def allgather(buf, comm=None, algorithm="auto", *, check=None):
+    """All-gather in place: rank r contributes block r of ``chunk_bounds(buf.size, p)``;
+    afterwards every rank holds every block. algorithm: auto (= ring), ring, mpi."""
+    allowed = ("auto", "ring", "mpi")
+    comm, flat = _prepare(comm, "allgather", buf, None, algorithm, None, check, False, allowed)
+    p, rank = comm.Get_size(), comm.Get_rank()
+    if p == 1 or flat.size == 0:
+        return buf
+    b = S.chunk_bounds(flat.size, p)
+    if algorithm == "mpi":
+        counts = np.diff(b).astype(np.int64)
+        comm.Allgatherv(MPI.IN_PLACE, [flat, (counts, np.asarray(b[:-1], np.int64))])
+    else:
+        execute(private(comm), flat, S.ring_allgather(p, rank, flat.size), None,
+                "allgather(ring)")
+    return buf
+
+
+def broadcast(buf, root=0, comm=None, algorithm="auto", *, check=None):
+    """Broadcast root's `buf` to every rank in place. algorithm: auto, tree (binomial),
+    ring (scatter + ring all-gather), mpi."""
+    comm, flat = _prepare(comm, "broadcast", buf, None, algorithm, root, check, False, ALGORITHMS)
+    p = comm.Get_size()
+    if p == 1 or flat.size == 0:
+        return buf
+    if algorithm == "auto":
+        algorithm = choose_rooted(model_for(comm), flat.nbytes, p, False)
+    if algorithm == "mpi":
+        comm.Bcast(flat, root)
+        return buf
+    gen = S.binomial_broadcast if algorithm == "tree" else S.scatter_allgather_broadcast
+    execute(private(comm), flat, gen(p, comm.Get_rank(), flat.size, root), None,
+            f"broadcast({algorithm})")
+    return buf
+
+
+def reduce(buf, root=0, op="sum", comm=None, algorithm="auto", *, check=None,
+           segment_bytes=None):
+    """Reduce `buf` over all ranks into root's `buf`. On other ranks buf is used as
+    scratch and holds partial results afterwards. algorithm: auto, tree, ring, mpi."""
+    comm, flat = _prepare(comm, "reduce", buf, op, algorithm, root, check, True, ALGORITHMS)
+    p, rank = comm.Get_size(), comm.Get_rank()
+    if p == 1 or flat.size == 0:
+        return buf
+    if algorithm == "auto":
+        algorithm = choose_rooted(model_for(comm), flat.nbytes, p, True)
+    if algorithm == "mpi":
+        if rank == root:
+            comm.Reduce(MPI.IN_PLACE, flat, op=_MPI_OPS[op], root=root)
+        else:
+            comm.Reduce(flat, None, op=_MPI_OPS[op], root=root)
+    else:
+        if algorithm == "tree":
+            sched = S.binomial_reduce(p, rank, flat.size, root)
+        else:
+            sched = S.ring_reduce(p, rank, flat.size, root, _seg_elems(flat, segment_bytes))
+        execute(private(comm), flat, sched, ufunc_for(op), f"reduce({algorithm})")
+    if op == "mean" and rank == root:
+        np.divide(flat, p, out=flat)
+    return buf

@@ -1,0 +1,135 @@
+"""No hangs: abort the whole job on any rank's unhandled exception, agree on errors, watchdog.
+
+* :func:`install` (used by every ``python -m hpcml.<job>``) makes an unhandled exception on
+  any rank, in the main thread or another thread, print that rank's traceback with every
+  line prefixed ``[rank N]`` and then ``MPI.COMM_WORLD.Abort(1)``, as ``python -m mpi4py``
+  does, so the other ranks do not wait forever in a collective.
+* :func:`agree` turns a per-rank validation result into the same exception on every rank.
+* :class:`Watchdog` bounds waits when ``HPCML_TIMEOUT`` (seconds) is set: a rank blocked in
+  one collective step longer than that reports the step and the peers it waits on, and
+  aborts the job.
+"""
+import os
+import sys
+import threading
+import time
+import traceback
+
+from mpi4py import MPI
+
+
+class CollectiveError(RuntimeError):
+    """Raised identically on every rank when validation failed on one or more ranks."""
+
+
+def _world_rank():
+    try:
+        return MPI.COMM_WORLD.Get_rank()
+    except Exception:  # MPI finalized or not initialised: still print something useful
+        return "?"
+
+
+def abort(message, code=1):
+    """Print `message` (prefixed with the rank) to stderr and abort every rank."""
+    rank = _world_rank()
+    sys.stderr.write("".join(f"[rank {rank}] {ln}\n" for ln in str(message).splitlines()))
+    sys.stderr.flush()
+    try:
+        MPI.COMM_WORLD.Abort(code)
+    finally:  # Abort does not return; if MPI is unusable, still end this process
+        os._exit(code)
+
+
+def _excepthook(etype, value, tb):
+    abort("".join(traceback.format_exception(etype, value, tb)), 1)
+
+
+def _thread_excepthook(args):
+    if args.exc_type is SystemExit:
+        return
+    _excepthook(args.exc_type, args.exc_value, args.exc_traceback)
+
+
+_installed = False
+
+
+def install():
+    """Make an unhandled exception on any rank (any thread) abort all ranks. Idempotent."""
+    global _installed
+    if not _installed:
+        sys.excepthook = _excepthook
+        threading.excepthook = _thread_excepthook
+        _installed = True
+
+
+def entry_point(main):
+    """Decorator for a job's main(): installs the guard and sets up the watchdog first."""
+    def wrapped(*args, **kwargs):
+        install()
+        Watchdog.from_env()
+        return main(*args, **kwargs)
+    wrapped.__name__ = getattr(main, "__name__", "main")
+    wrapped.__doc__ = main.__doc__
+    return wrapped
+
+
+def agree(comm, error=None, what="validation"):
+    """Collective: if any rank passes an error message, every rank raises the same
+    CollectiveError naming each failing rank and its message. Returns None otherwise."""
+    flag = 1 if error else 0
+    if comm.Get_size() > 1:
+        flag = comm.allreduce(flag, op=MPI.MAX)
+    if not flag:
+        return
+    errors = comm.allgather(str(error) if error else None) if comm.Get_size() > 1 else [error]
+    lines = "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e)
+    raise CollectiveError(f"{what} failed on {sum(1 for e in errors if e)} of "
+                          f"{len(errors)} ranks: {lines}")
+
+
+class Watchdog:
+    """Bounds every blocking wait of the collectives (``HPCML_TIMEOUT`` seconds).
+
+    The executor calls :meth:`enter` before a blocking step and :meth:`leave` after the
+    collective; a daemon thread aborts the job if one wait lasts longer than the timeout.
+    mpi4py releases the GIL inside blocking MPI calls, so the thread runs meanwhile.
+    """
+
+    active = None  # the process-wide watchdog, or None when waits are unbounded
+
+    def __init__(self, timeout):
+        self.timeout = float(timeout)
+        self._since = None
+        self._what = ""
+        self._thread = threading.Thread(target=self._run, name="hpcml-watchdog", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_env(cls):
+        """Start the watchdog if HPCML_TIMEOUT is set to a positive number of seconds."""
+        value = os.environ.get("HPCML_TIMEOUT", "").strip()
+        if not value or cls.active is not None:
+            return cls.active
+        try:
+            timeout = float(value)
+        except ValueError:
+            raise ValueError(f"HPCML_TIMEOUT must be a number of seconds, got {value!r}") from None
+        if timeout > 0:
+            cls.active = cls(timeout)
+        return cls.active
+
+    def enter(self, what):
+        self._what = what
+        self._since = time.monotonic()
+
+    def leave(self):
+        self._since = None
+
+    def _run(self):
+        period = min(1.0, self.timeout / 4)
+        while True:
+            time.sleep(period)
+            since = self._since
+            if since is not None and time.monotonic() - since > self.timeout:
+                abort(f"hpcml: timed out after {self.timeout:g} s (HPCML_TIMEOUT) in "
+                      f"{self._what}; aborting all ranks", 3)

@@ -1,0 +1,170 @@
+"""Alpha-beta(-gamma) cost model that `algorithm="auto"` uses to pick an algorithm.
+
+    T(message of m bytes) = alpha + m * beta        (point-to-point, per message)
+    reducing m bytes      = m * gamma               (one ufunc pass, in cache)
+
+The parameters come from :func:`calibrate`, which measures them on the communicator it is
+given, with the same neighbour pattern the ring uses (so oversubscription and the network
+are in the numbers), and makes every rank agree on the slowest rank's values: the choice
+of algorithm is then identical on every rank. Without calibration, DEFAULT is used: it was
+measured by ``mpiexec -n 2 python -m hpcml.bench tune`` on the project's 2-core CI-class
+machine (MPICH 5.0.2 wheel, shared memory).
+"""
+import json
+import math
+import os
+from dataclasses import dataclass, asdict
+from functools import lru_cache
+
+import numpy as np
+from mpi4py import MPI
+
+
+@dataclass(frozen=True)
+class CostModel:
+    alpha: float  # seconds per message
+    beta: float   # seconds per byte moved
+    gamma: float  # seconds per byte reduced
+
+    # --- all-reduce -------------------------------------------------------------------
+    def tree_allreduce(self, nbytes, p):
+        """Recursive doubling; two extra exchanges when p is not a power of two."""
+        if p <= 1:
+            return 0.0
+        q = 1 << (p.bit_length() - 1)
+        t = math.log2(q) * (self.alpha + nbytes * (self.beta + self.gamma))
+        if q != p:
+            t += 2 * (self.alpha + nbytes * self.beta) + nbytes * self.gamma
+        return t
+
+    def ring_allreduce(self, nbytes, p, seg_bytes):
+        """Segmented ring reduce-scatter + ring all-gather."""
+        if p <= 1:
+            return 0.0
+        block = nbytes / p
+        nseg = max(1, math.ceil(block / max(seg_bytes, 1)))
+        return (p - 1) * (nseg * self.alpha + block * (self.beta + self.gamma)
+                          + self.alpha + block * self.beta)
+
+    # --- rooted -----------------------------------------------------------------------
+    def tree_rooted(self, nbytes, p, reducing):
+        """Binomial broadcast / reduce: ceil(lg p) rounds of the whole message."""
+        rounds = math.ceil(math.log2(p)) if p > 1 else 0
+        return rounds * (self.alpha + nbytes * (self.beta + (self.gamma if reducing else 0)))
+
+    def ring_rooted(self, nbytes, p, reducing):
+        """Scatter + ring all-gather (broadcast) or ring reduce-scatter + gather (reduce)."""
+        if p <= 1:
+            return 0.0
+        block = nbytes / p
+        t = (p - 1) * (self.alpha + block * self.beta)  # the root's scatter or gather
+        return t + (p - 1) * (self.alpha + block * (self.beta + (self.gamma if reducing else 0)))
+
+    def to_json(self):
+        return json.dumps(asdict(self))
+
+
+#: Measured here: `mpiexec -n 2 python -m hpcml.bench tune` (see module docstring).
+DEFAULT = CostModel(alpha=2.5e-6, beta=1.4e-10, gamma=1.5e-10)
+
+
+@lru_cache(maxsize=4096)
+def choose_allreduce(model, nbytes, p, seg_bytes):
+    """'tree' or 'ring', whichever the model predicts is faster for this message."""
+    ring = model.ring_allreduce(nbytes, p, seg_bytes)
+    return "ring" if ring < model.tree_allreduce(nbytes, p) else "tree"
+
+
+@lru_cache(maxsize=4096)
+def choose_rooted(model, nbytes, p, reducing):
+    ring = model.ring_rooted(nbytes, p, reducing)
+    return "ring" if ring < model.tree_rooted(nbytes, p, reducing) else "tree"
+
+
+def allreduce_crossover(model, p, seg_bytes, limit=1 << 31):
+    """Smallest power-of-two message size (bytes) at which the model picks the ring."""
+    nbytes = 1
+    while nbytes <= limit:
+        if choose_allreduce(model, nbytes, p, seg_bytes) == "ring":
+            return nbytes
+        nbytes *= 2
+    return None
+
+
+_models = {}
+
+
+def model_for(comm):
+    """The cost model for this communicator: calibrated, from HPCML_COMM_MODEL, or DEFAULT."""
+    m = _models.get(comm.handle)
+    if m is None:
+        path = os.environ.get("HPCML_COMM_MODEL")
+        m = load(path) if path else DEFAULT
+        _models[comm.handle] = m
+    return m
+
+
+def set_model(model, comm=None):
+    """Use `model` for `comm` (every rank must pass the same model)."""
+    _models[(comm or MPI.COMM_WORLD).handle] = model
+
+
+def load(path):
+    """A CostModel from a JSON file written by `python -m hpcml.bench tune`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        d = d.get("model", d)
+        return CostModel(alpha=float(d["alpha"]), beta=float(d["beta"]), gamma=float(d["gamma"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"HPCML_COMM_MODEL: cannot read a cost model from {path}: {e}") from None
+
+
+def _median_max(comm, f, reps):
+    """Median over reps of the slowest rank's time for f() (Barrier, then MPI.Wtime)."""
+    times = np.empty(reps)
+    for i in range(reps):
+        comm.Barrier()
+        t = MPI.Wtime()
+        f()
+        times[i] = MPI.Wtime() - t
+    comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
+    return float(np.median(times))
+
+
+def calibrate(comm=None, big_bytes=4 << 20, reps=30, install=True):
+    """Collective: measure alpha, beta and gamma on `comm` and (by default) use them for it.
+
+    alpha: ring-neighbour Sendrecv of 8 bytes; beta: the extra time per byte of a
+    `big_bytes` Sendrecv; gamma: np.add of a cache-sized block into a big buffer, per byte.
+    Every rank gets the same (slowest rank's) numbers.
+    """
+    comm = comm or MPI.COMM_WORLD
+    p, r = comm.Get_size(), comm.Get_rank()
+    right, left = (r + 1) % p, (r - 1) % p
+    small_s, small_r = np.zeros(2, np.float32), np.zeros(2, np.float32)
+    big_s = np.ones(big_bytes // 4, np.float32)
+    big_r = np.empty_like(big_s)
+
+    def exchange(a, b):
+        return lambda: comm.Sendrecv(a, right, 77, b, left, 77)
+
+    for _ in range(5):
+        exchange(small_s, small_r)()
+        exchange(big_s, big_r)()
+    alpha = _median_max(comm, exchange(small_s, small_r), reps)
+    big = _median_max(comm, exchange(big_s, big_r), max(5, reps // 3))
+    beta = max(big - alpha, 1e-9) / big_bytes
+    seg = big_r[: (1 << 20) // 4]
+
+    def reduce_pass():
+        for o in range(0, big_s.size, seg.size):
+            d = big_s[o:o + seg.size]
+            np.add(seg[:d.size], d, out=d)
+
+    reduce_pass()
+    gamma = _median_max(comm, reduce_pass, max(5, reps // 3)) / big_bytes
+    model = CostModel(alpha=alpha, beta=beta, gamma=gamma)
+    if install:
+        set_model(model, comm)
+    return model
