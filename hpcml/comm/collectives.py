@@ -16,6 +16,7 @@ from hpcml.kernels.reduce import OP_NAMES, ufunc_for
 from . import schedules as S
 from .executor import execute
 from .guard import CollectiveError, agree
+from . import model as _model
 from .model import model_for, choose_allreduce, choose_rooted
 
 
@@ -41,7 +42,7 @@ DTYPES = tuple(np.dtype(t) for t in (
 _DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
 _OP_CODE = {op: i for i, op in enumerate(OP_NAMES)}
 _MPI_OPS = {"sum": MPI.SUM, "mean": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}
-ALGORITHMS = ("auto", "ring", "tree", "mpi")
+ALGORITHMS = ("auto", "ring", "tree", "rhd", "mpi")
 _ALG_CODE = {a: i for i, a in enumerate(ALGORITHMS)}
 
 _private = {}
@@ -137,27 +138,61 @@ def _seg_elems(flat, segment_bytes):
     return max(1, (segment_bytes or config.segment_bytes) // flat.itemsize)
 
 
+_plans = {}
+
+
+def _allreduce_plan(comm, name, dtype, n, op, algorithm, seg_bytes):
+    """Everything a call with this signature needs: validated once, then cached."""
+    _check_algorithm(name, algorithm, ALGORITHMS)
+    validate_array(name, np.empty(0, dtype), op, True)
+    p, rank = comm.Get_size(), comm.Get_rank()
+    if p == 1 or n == 0:
+        return None
+    seg = max(1, seg_bytes // dtype.itemsize)
+    if algorithm == "auto":
+        algorithm = choose_allreduce(model_for(comm), n * dtype.itemsize, p, seg * dtype.itemsize)
+    if algorithm == "mpi":
+        sched = None
+    elif algorithm == "tree":
+        sched = S.tree_allreduce(p, rank, n)
+    else:
+        sched = S.ALLREDUCE[algorithm](p, rank, n, seg)
+    if len(_plans) > 4096:
+        _plans.clear()
+    return (algorithm, private(comm), sched, ufunc_for(op), p, f"{name}({algorithm})")
+
+
 def allreduce(buf, op="sum", comm=None, algorithm="auto", *, check=None, segment_bytes=None):
     """Reduce `buf` over all ranks in place; every rank ends with identical bytes.
 
-    op: sum, mean, max, min, prod. algorithm: auto, ring, tree, mpi. Returns buf.
+    op: sum, mean, max, min, prod. algorithm: auto, ring (segmented ring), tree (recursive
+    doubling), rhd (Rabenseifner: recursive halving + doubling), mpi. Returns buf.
+    The hot path validates the buffer and looks the rest up in a plan cache keyed by
+    (communicator, dtype, length, op, algorithm, segment, cost-model generation).
     """
-    comm, flat = _prepare(comm, "allreduce", buf, op, algorithm, None, check, True, ALGORITHMS)
-    p = comm.Get_size()
-    if p == 1 or flat.size == 0:
+    if comm is None:
+        comm = MPI.COMM_WORLD
+    if check or (check is None and config.check):
+        flat = _agree_args(comm, "allreduce", buf, op, algorithm, None, True, ALGORITHMS)
+    else:
+        if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable):
+            validate_array("allreduce", buf, op, True)
+        flat = buf if buf.ndim == 1 else buf.reshape(-1)
+    seg_bytes = segment_bytes or config.segment_bytes
+    key = (comm.handle, flat.dtype, flat.size, op, algorithm, seg_bytes, _model.generation)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = _allreduce_plan(comm, "allreduce", flat.dtype, flat.size, op,
+                                             algorithm, seg_bytes)
+        if plan is None:
+            return buf
+    elif plan is None:
         return buf
-    if algorithm == "auto":
-        seg = _seg_elems(flat, segment_bytes)
-        algorithm = choose_allreduce(model_for(comm), flat.nbytes, p, seg * flat.itemsize)
-    if algorithm == "mpi":
+    algorithm, pcomm, sched, ufunc, p, what = plan
+    if sched is None:
         comm.Allreduce(MPI.IN_PLACE, flat, op=_MPI_OPS[op])
     else:
-        rank, n = comm.Get_rank(), flat.size
-        if algorithm == "ring":
-            sched = S.ring_allreduce(p, rank, n, _seg_elems(flat, segment_bytes))
-        else:
-            sched = S.tree_allreduce(p, rank, n)
-        execute(private(comm), flat, sched, ufunc_for(op), f"allreduce({algorithm})")
+        execute(pcomm, flat, sched, ufunc, what)
     if op == "mean":
         np.divide(flat, p, out=flat)
     return buf

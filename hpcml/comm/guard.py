@@ -100,7 +100,7 @@ class Watchdog:
     def __init__(self, timeout):
         self.timeout = float(timeout)
         self._since = None
-        self._what = ""
+        self._what = None
         self._thread = threading.Thread(target=self._run, name="hpcml-watchdog", daemon=True)
         self._thread.start()
 
@@ -118,8 +118,9 @@ class Watchdog:
             cls.active = cls(timeout)
         return cls.active
 
-    def enter(self, what):
-        self._what = what
+    def enter(self, where):
+        """Start timing a wait; `where` is (collective, step, steps, send peer, recv peer)."""
+        self._what = where
         self._since = time.monotonic()
 
     def leave(self):
@@ -131,5 +132,9 @@ class Watchdog:
             time.sleep(period)
             since = self._since
             if since is not None and time.monotonic() - since > self.timeout:
-                abort(f"hpcml: timed out after {self.timeout:g} s (HPCML_TIMEOUT) in "
-                      f"{self._what}; aborting all ranks", 3)
+                what, step, steps, send, recv = self._what
+                peers = ", ".join(x for x in (f"sending to rank {send}" if send >= 0 else "",
+                                              f"receiving from rank {recv}" if recv >= 0 else "")
+                                  if x)
+                abort(f"hpcml: timed out after {self.timeout:g} s (HPCML_TIMEOUT) in {what} "
+                      f"step {step} of {steps}, {peers}; aborting all ranks", 3)

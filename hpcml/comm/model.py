@@ -25,12 +25,24 @@ class CostModel:
     alpha: float  # seconds per message
     beta: float   # seconds per byte moved
     gamma: float  # seconds per byte reduced
+    #: measured all-reduce lines T = a + b * nbytes: ((algorithm, ranks, a, b), ...).
+    #: When present for the world size asked about, they replace the analytic formulas.
+    lines: tuple = ()
+
+    def _line(self, algorithm, nbytes, p):
+        for name, ranks, a, b in self.lines:
+            if name == algorithm and ranks == p:
+                return a + b * nbytes
+        return None
 
     # --- all-reduce -------------------------------------------------------------------
     def tree_allreduce(self, nbytes, p):
         """Recursive doubling; two extra exchanges when p is not a power of two."""
         if p <= 1:
             return 0.0
+        measured = self._line("tree", nbytes, p)
+        if measured is not None:
+            return measured
         q = 1 << (p.bit_length() - 1)
         t = math.log2(q) * (self.alpha + nbytes * (self.beta + self.gamma))
         if q != p:
@@ -41,10 +53,37 @@ class CostModel:
         """Segmented ring reduce-scatter + ring all-gather."""
         if p <= 1:
             return 0.0
+        measured = self._line("ring", nbytes, p)
+        if measured is not None:
+            return measured
         block = nbytes / p
         nseg = max(1, math.ceil(block / max(seg_bytes, 1)))
         return (p - 1) * (nseg * self.alpha + block * (self.beta + self.gamma)
                           + self.alpha + block * self.beta)
+
+    def rhd_allreduce(self, nbytes, p, seg_bytes):
+        """Recursive halving + doubling (Rabenseifner), folding ranks above a power of 2."""
+        if p <= 1:
+            return 0.0
+        measured = self._line("rhd", nbytes, p)
+        if measured is not None:
+            return measured
+        q = 1 << (p.bit_length() - 1)
+        lg = math.log2(q)
+        half = nbytes / 2
+        nseg = max(1, math.ceil(half / max(seg_bytes, 1)))
+        t = (lg * nseg + lg) * self.alpha + (q - 1) / q * nbytes * (2 * self.beta + self.gamma)
+        if q != p:
+            t += 2 * (self.alpha + nbytes * self.beta) + nbytes * self.gamma
+        return t
+
+    def allreduce(self, algorithm, nbytes, p, seg_bytes):
+        """Predicted seconds of one all-reduce of nbytes with `algorithm` on p ranks."""
+        if algorithm == "tree":
+            return self.tree_allreduce(nbytes, p)
+        if algorithm == "ring":
+            return self.ring_allreduce(nbytes, p, seg_bytes)
+        return self.rhd_allreduce(nbytes, p, seg_bytes)
 
     # --- rooted -----------------------------------------------------------------------
     def tree_rooted(self, nbytes, p, reducing):
@@ -68,11 +107,14 @@ class CostModel:
 DEFAULT = CostModel(alpha=2.5e-6, beta=1.4e-10, gamma=1.5e-10)
 
 
+#: hpcml's own all-reduce algorithms, in the order ties are broken
+ALLREDUCE_ALGORITHMS = ("tree", "rhd", "ring")
+
+
 @lru_cache(maxsize=4096)
 def choose_allreduce(model, nbytes, p, seg_bytes):
-    """'tree' or 'ring', whichever the model predicts is faster for this message."""
-    ring = model.ring_allreduce(nbytes, p, seg_bytes)
-    return "ring" if ring < model.tree_allreduce(nbytes, p) else "tree"
+    """The algorithm the model predicts is fastest for this message (same on all ranks)."""
+    return min(ALLREDUCE_ALGORITHMS, key=lambda a: model.allreduce(a, nbytes, p, seg_bytes))
 
 
 @lru_cache(maxsize=4096)
@@ -81,17 +123,20 @@ def choose_rooted(model, nbytes, p, reducing):
     return "ring" if ring < model.tree_rooted(nbytes, p, reducing) else "tree"
 
 
-def allreduce_crossover(model, p, seg_bytes, limit=1 << 31):
-    """Smallest power-of-two message size (bytes) at which the model picks the ring."""
-    nbytes = 1
+def allreduce_choices(model, p, seg_bytes, limit=1 << 30):
+    """[(from_bytes, algorithm), ...]: where the model's choice changes, over powers of 2."""
+    out, nbytes = [], 1
     while nbytes <= limit:
-        if choose_allreduce(model, nbytes, p, seg_bytes) == "ring":
-            return nbytes
+        alg = choose_allreduce(model, nbytes, p, seg_bytes)
+        if not out or out[-1][1] != alg:
+            out.append((nbytes, alg))
         nbytes *= 2
-    return None
+    return out
 
 
 _models = {}
+#: bumped whenever a model is installed, so cached per-call plans are rebuilt
+generation = 0
 
 
 def model_for(comm):
@@ -106,7 +151,9 @@ def model_for(comm):
 
 def set_model(model, comm=None):
     """Use `model` for `comm` (every rank must pass the same model)."""
+    global generation
     _models[(comm or MPI.COMM_WORLD).handle] = model
+    generation += 1
 
 
 def load(path):
@@ -115,7 +162,9 @@ def load(path):
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
         d = d.get("model", d)
-        return CostModel(alpha=float(d["alpha"]), beta=float(d["beta"]), gamma=float(d["gamma"]))
+        lines = tuple((str(n), int(r), float(a), float(b)) for n, r, a, b in d.get("lines", ()))
+        return CostModel(alpha=float(d["alpha"]), beta=float(d["beta"]), gamma=float(d["gamma"]),
+                         lines=lines)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"HPCML_COMM_MODEL: cannot read a cost model from {path}: {e}") from None
 
@@ -132,12 +181,36 @@ def _median_max(comm, f, reps):
     return float(np.median(times))
 
 
+#: message sizes (bytes) at which calibrate() times each all-reduce algorithm
+FIT_SIZES = (8, 4 << 10, 64 << 10, 1 << 20)
+
+
+def _fit_allreduce(comm, algorithm, reps):
+    """Time `algorithm` at FIT_SIZES and fit T = a + b * nbytes (least relative error)."""
+    from .collectives import allreduce  # the layer above; imported late on purpose
+    times = []
+    for nbytes in FIT_SIZES:
+        buf = np.zeros(nbytes // 4, np.float32)
+        for _ in range(3):
+            allreduce(buf, "sum", comm, algorithm, check=False)
+        k = reps if nbytes < (64 << 10) else max(5, reps // 3)
+        times.append(_median_max(comm, lambda: allreduce(buf, "sum", comm, algorithm,
+                                                         check=False), k))
+    n = np.array(FIT_SIZES, float)
+    t = np.array(times)
+    rows = np.stack([1 / t, n / t], axis=1)
+    (a, b), *_ = np.linalg.lstsq(rows, np.ones_like(t), rcond=None)
+    return (algorithm, comm.Get_size(), float(max(a, 0.0)), float(max(b, 0.0)))
+
+
 def calibrate(comm=None, big_bytes=4 << 20, reps=30, install=True):
-    """Collective: measure alpha, beta and gamma on `comm` and (by default) use them for it.
+    """Collective: measure the model on `comm` and (by default) use it for `comm`.
 
     alpha: ring-neighbour Sendrecv of 8 bytes; beta: the extra time per byte of a
-    `big_bytes` Sendrecv; gamma: np.add of a cache-sized block into a big buffer, per byte.
-    Every rank gets the same (slowest rank's) numbers.
+    `big_bytes` Sendrecv; gamma: np.add of a cache-sized block into a big buffer, per byte
+    (these drive the rooted collectives). For all-reduce, each of hpcml's algorithms is
+    timed at FIT_SIZES and a line T = a + b * n fitted to it, so the crossovers are measured on this communicator, not guessed. Every rank gets the same (slowest
+    rank's) numbers, so every rank chooses the same algorithm. Takes well under a second.
     """
     comm = comm or MPI.COMM_WORLD
     p, r = comm.Get_size(), comm.Get_rank()
@@ -164,7 +237,8 @@ def calibrate(comm=None, big_bytes=4 << 20, reps=30, install=True):
 
     reduce_pass()
     gamma = _median_max(comm, reduce_pass, max(5, reps // 3)) / big_bytes
-    model = CostModel(alpha=alpha, beta=beta, gamma=gamma)
+    lines = tuple(_fit_allreduce(comm, alg, reps) for alg in ALLREDUCE_ALGORITHMS)
+    model = CostModel(alpha=alpha, beta=beta, gamma=gamma, lines=lines)
     if install:
         set_model(model, comm)
     return model

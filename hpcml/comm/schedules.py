@@ -153,6 +153,50 @@ def tree_allreduce(p, rank, n):
 
 
 @lru_cache(maxsize=512)
+def rhd_allreduce(p, rank, n, seg=1 << 62):
+    """Rabenseifner all-reduce: recursive-halving reduce-scatter + recursive-doubling all-gather.
+
+    The ring's volume (2(q-1)/q * n per rank) in 2 lg q steps instead of 2(p-1), each step a
+    pairwise exchange: fewer synchronisations, which matters when ranks share cores. For p
+    not a power of two, ranks q..p-1 fold into rank r - q first (as in tree_allreduce).
+    """
+    seg = max(1, seg)
+    if p == 1:
+        return Schedule((), 0)
+    q = _pof2_below(p)
+    steps = []
+    if rank >= q:
+        steps.append((rank - q, 0, n, -1, 0, 0, COPY))
+        steps.append((-1, 0, 0, rank - q, 0, n, COPY))
+        return _finish(steps)
+    if rank + q < p:
+        steps.append((-1, 0, 0, rank + q, 0, n, REDUCE))
+    b = chunk_bounds(n, q)
+    lo, hi = 0, q  # block range this rank is responsible for
+    mask = q >> 1
+    while mask:
+        peer, mid = rank ^ mask, (lo + hi) // 2
+        keep, give = ((lo, mid), (mid, hi)) if rank & mask == 0 else ((mid, hi), (lo, mid))
+        mode = REDUCE if rank < peer else REDUCE_RECV
+        s0, s1, r0, r1 = b[give[0]], b[give[1]], b[keep[0]], b[keep[1]]
+        for a0, a1, c0, c1 in _segments(s0, s1, r0, r1, seg, max(s1 - s0, r1 - r0)):
+            steps.append((peer, a0, a1, peer, c0, c1, mode))
+        lo, hi = keep
+        mask >>= 1
+    mask = 1
+    while mask < q:
+        peer = rank ^ mask
+        size = hi - lo  # the peer holds the adjacent range of the same size
+        plo = lo + size if rank & mask == 0 else lo - size
+        steps.append((peer, b[lo], b[hi], peer, b[plo], b[plo + size], COPY))
+        lo, hi = min(lo, plo), max(hi, plo + size)
+        mask <<= 1
+    if rank + q < p:
+        steps.append((rank + q, 0, n, -1, 0, 0, COPY))
+    return _finish(steps)
+
+
+@lru_cache(maxsize=512)
 def binomial_broadcast(p, rank, n, root=0):
     """Binomial-tree broadcast from root: lg p rounds, the whole buffer each."""
     vr = (rank - root) % p
@@ -223,4 +267,4 @@ def ring_reduce(p, rank, n, root=0, seg=1 << 62):
 
 
 #: algorithm name -> generator(p, rank, n, **options) for all-reduce
-ALLREDUCE = {"ring": ring_allreduce, "tree": tree_allreduce}
+ALLREDUCE = {"ring": ring_allreduce, "tree": tree_allreduce, "rhd": rhd_allreduce}

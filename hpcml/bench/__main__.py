@@ -1,0 +1,25 @@
+"""python -m hpcml.bench <benchmark> [options]: benchmarks that write JSON and PNG.
+
+    mpiexec -n 4 python -m hpcml.bench allreduce     # hand-written vs MPI_Allreduce
+    mpiexec -n 2 python -m hpcml.bench tune          # measure the alpha-beta cost model
+"""
+import sys
+
+BENCHMARKS = {
+    "allreduce": "hpcml.bench.allreduce",
+    "tune": "hpcml.bench.tune",
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+        print(__doc__.strip())
+        print("\nbenchmarks: " + ", ".join(BENCHMARKS))
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    import importlib
+    return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

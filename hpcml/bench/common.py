@@ -1,0 +1,74 @@
+"""Shared benchmark plumbing: size parsing, OSU-style timing, output on rank 0."""
+import datetime
+import os
+import platform
+import socket
+
+import numpy as np
+from mpi4py import MPI
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_bytes(text):
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in _UNITS else ""
+    try:
+        return int(float(t[:len(t) - len(unit)]) * _UNITS[unit])
+    except ValueError:
+        raise ValueError(f"not a byte size: {text!r} (examples: 8, 4K, 64M)") from None
+
+
+def parse_sizes(text):
+    """'8:64M' (powers of two from 8 B to 64 MiB) or '1K,1M,16M'."""
+    if ":" in text:
+        lo, hi = (parse_bytes(x) for x in text.split(":", 1))
+        if lo <= 0 or hi < lo:
+            raise ValueError(f"bad size range {text!r}")
+        out, s = [], lo
+        while s <= hi:
+            out.append(s)
+            s *= 2
+        return out
+    return [parse_bytes(x) for x in text.split(",") if x.strip()]
+
+
+def time_interleaved(comm, calls, iters, prepare):
+    """Run each of `calls` (name -> f) `iters` times, interleaved and in rotating order.
+
+    Before each timed call, prepare() runs untimed; then Barrier, MPI.Wtime around the
+    call. Returns name -> array of per-iteration times, max over ranks.
+    """
+    names = list(calls)
+    times = {k: np.empty(iters) for k in names}
+    for it in range(iters):
+        for j in range(len(names)):
+            name = names[(it + j) % len(names)]
+            prepare()
+            comm.Barrier()
+            t0 = MPI.Wtime()
+            calls[name]()
+            times[name][it] = MPI.Wtime() - t0
+    for k in names:
+        comm.Allreduce(MPI.IN_PLACE, times[k], op=MPI.MAX)
+    return times
+
+
+def environment(comm):
+    return {
+        "ranks": comm.Get_size(),
+        "hosts": len(set(comm.allgather(socket.gethostname()))),
+        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi4py": __import__("mpi4py").__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def human(nbytes):
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= div and nbytes % div == 0:
+            return f"{nbytes // div} {unit}"
+    return f"{nbytes} B"
