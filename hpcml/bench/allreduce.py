@@ -12,7 +12,6 @@ are small integers, so float sums are exact in any order) on every rank.
 """
 import argparse
 import json
-import math
 import sys
 
 import numpy as np
@@ -21,7 +20,8 @@ from mpi4py import MPI
 from hpcml import comm as hc
 from hpcml.atomic import atomic_write_json, atomic_savefig
 from hpcml.comm.model import allreduce_choices, choose_allreduce, ALLREDUCE_ALGORITHMS
-from .common import parse_sizes, time_interleaved, environment, human
+from hpcml.comm.timing import time_interleaved
+from .common import parse_sizes, environment, human
 
 
 def build_parser():

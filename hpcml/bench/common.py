@@ -33,27 +33,6 @@ def parse_sizes(text):
     return [parse_bytes(x) for x in text.split(",") if x.strip()]
 
 
-def time_interleaved(comm, calls, iters, prepare):
-    """Run each of `calls` (name -> f) `iters` times, interleaved and in rotating order.
-
-    Before each timed call, prepare() runs untimed; then Barrier, MPI.Wtime around the
-    call. Returns name -> array of per-iteration times, max over ranks.
-    """
-    names = list(calls)
-    times = {k: np.empty(iters) for k in names}
-    for it in range(iters):
-        for j in range(len(names)):
-            name = names[(it + j) % len(names)]
-            prepare()
-            comm.Barrier()
-            t0 = MPI.Wtime()
-            calls[name]()
-            times[name][it] = MPI.Wtime() - t0
-    for k in names:
-        comm.Allreduce(MPI.IN_PLACE, times[k], op=MPI.MAX)
-    return times
-
-
 def environment(comm):
     return {
         "ranks": comm.Get_size(),

@@ -30,9 +30,9 @@ def main(argv=None):
     if comm.Get_rank() == 0:
         print(f"alpha {model.alpha * 1e6:.2f} us  beta {1e-9 / model.beta:.2f} GB/s  "
               f"gamma {1e-9 / model.gamma:.2f} GB/s")
-        for name, ranks, a, b in model.lines:
-            print(f"allreduce {name:4s} on {ranks} ranks: {a * 1e6:8.2f} us + "
-                  f"{b * 1e12:7.2f} ps/byte")
+        for name, ranks, pts in model.curves:
+            print(f"allreduce {name:4s} on {ranks} ranks (us): "
+                  + "  ".join(f"{human(n)}={t * 1e6:.0f}" for n, t in pts))
         print(f"auto at {p} ranks: " + ", ".join(f"{a} from {human(b)}" for b, a in choices))
         if args.out:
             atomic_write_json(args.out, {"model": json.loads(model.to_json()),

@@ -3,12 +3,17 @@
     T(message of m bytes) = alpha + m * beta        (point-to-point, per message)
     reducing m bytes      = m * gamma               (one ufunc pass, in cache)
 
-The parameters come from :func:`calibrate`, which measures them on the communicator it is
-given, with the same neighbour pattern the ring uses (so oversubscription and the network
-are in the numbers), and makes every rank agree on the slowest rank's values: the choice
-of algorithm is then identical on every rank. Without calibration, DEFAULT is used: it was
-measured by ``mpiexec -n 2 python -m hpcml.bench tune`` on the project's 2-core CI-class
-machine (MPICH 5.0.2 wheel, shared memory).
+Analytic formulas per algorithm (latency terms x alpha + volume x beta + reduced bytes x
+gamma) predict which algorithm wins where. :func:`calibrate` measures the model on the
+communicator it is given: alpha, beta, gamma with the ring's neighbour pattern, and for
+all-reduce the actual cost of every algorithm at a ladder of sizes, i.e. one alpha-beta line
+per size regime and algorithm. The crossovers between algorithms are thus measured on the
+machine, with its oversubscription, network and caches, not guessed. Every rank agrees on
+the slowest rank's numbers, so every rank chooses the same algorithm.
+
+Without calibration, DEFAULT (alpha, beta, gamma only) is used; it was measured by
+``mpiexec -n 2 python -m hpcml.bench tune`` on the project's 2-core CI-class machine
+(MPICH 5.0.2 wheel, shared memory). ``HPCML_COMM_MODEL=file.json`` loads a saved model.
 """
 import json
 import math
@@ -19,20 +24,25 @@ from functools import lru_cache
 import numpy as np
 from mpi4py import MPI
 
+from .timing import time_interleaved
+
 
 @dataclass(frozen=True)
 class CostModel:
     alpha: float  # seconds per message
     beta: float   # seconds per byte moved
     gamma: float  # seconds per byte reduced
-    #: measured all-reduce lines T = a + b * nbytes: ((algorithm, ranks, a, b), ...).
-    #: When present for the world size asked about, they replace the analytic formulas.
-    lines: tuple = ()
+    #: measured all-reduce costs: ((algorithm, ranks, ((nbytes, seconds), ...)), ...).
+    #: Between two measured sizes the cost is the alpha-beta line through them (a piecewise
+    #: alpha-beta model, one line per size regime); beyond the last size it follows the last
+    #: line, below the first it is the first time. They replace the analytic formulas for
+    #: the world size they were measured on.
+    curves: tuple = ()
 
-    def _line(self, algorithm, nbytes, p):
-        for name, ranks, a, b in self.lines:
+    def _measured(self, algorithm, nbytes, p):
+        for name, ranks, pts in self.curves:
             if name == algorithm and ranks == p:
-                return a + b * nbytes
+                return _piecewise(pts, nbytes)
         return None
 
     # --- all-reduce -------------------------------------------------------------------
@@ -40,7 +50,7 @@ class CostModel:
         """Recursive doubling; two extra exchanges when p is not a power of two."""
         if p <= 1:
             return 0.0
-        measured = self._line("tree", nbytes, p)
+        measured = self._measured("tree", nbytes, p)
         if measured is not None:
             return measured
         q = 1 << (p.bit_length() - 1)
@@ -53,7 +63,7 @@ class CostModel:
         """Segmented ring reduce-scatter + ring all-gather."""
         if p <= 1:
             return 0.0
-        measured = self._line("ring", nbytes, p)
+        measured = self._measured("ring", nbytes, p)
         if measured is not None:
             return measured
         block = nbytes / p
@@ -65,7 +75,7 @@ class CostModel:
         """Recursive halving + doubling (Rabenseifner), folding ranks above a power of 2."""
         if p <= 1:
             return 0.0
-        measured = self._line("rhd", nbytes, p)
+        measured = self._measured("rhd", nbytes, p)
         if measured is not None:
             return measured
         q = 1 << (p.bit_length() - 1)
@@ -162,45 +172,50 @@ def load(path):
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
         d = d.get("model", d)
-        lines = tuple((str(n), int(r), float(a), float(b)) for n, r, a, b in d.get("lines", ()))
+        curves = tuple((str(name), int(ranks), tuple((int(n), float(t)) for n, t in pts))
+                       for name, ranks, pts in d.get("curves", ()))
         return CostModel(alpha=float(d["alpha"]), beta=float(d["beta"]), gamma=float(d["gamma"]),
-                         lines=lines)
+                         curves=curves)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"HPCML_COMM_MODEL: cannot read a cost model from {path}: {e}") from None
 
 
+def _piecewise(points, nbytes):
+    """Cost at nbytes from measured (nbytes, seconds) points, sorted by size."""
+    if nbytes <= points[0][0]:
+        return points[0][1]
+    for (n0, t0), (n1, t1) in zip(points, points[1:]):
+        if nbytes <= n1:
+            break
+    slope = (t1 - t0) / (n1 - n0)  # the beta of this size regime
+    if nbytes > n1:  # beyond the last measured size: extrapolate, never downhill
+        slope = max(slope, 0.0)
+    return t0 + slope * (nbytes - n0)
+
+
 def _median_max(comm, f, reps):
-    """Median over reps of the slowest rank's time for f() (Barrier, then MPI.Wtime)."""
-    times = np.empty(reps)
-    for i in range(reps):
-        comm.Barrier()
-        t = MPI.Wtime()
-        f()
-        times[i] = MPI.Wtime() - t
-    comm.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
-    return float(np.median(times))
+    """Median over reps of the slowest rank's time for f()."""
+    return float(np.median(time_interleaved(comm, {"f": f}, reps)["f"]))
 
 
 #: message sizes (bytes) at which calibrate() times each all-reduce algorithm
-FIT_SIZES = (8, 4 << 10, 64 << 10, 1 << 20)
+CURVE_SIZES = (8, 1 << 10, 8 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
 
 
-def _fit_allreduce(comm, algorithm, reps):
-    """Time `algorithm` at FIT_SIZES and fit T = a + b * nbytes (least relative error)."""
+def _measure_allreduce(comm, reps):
+    """Time every own all-reduce algorithm at CURVE_SIZES, interleaved (same conditions)."""
     from .collectives import allreduce  # the layer above; imported late on purpose
-    times = []
-    for nbytes in FIT_SIZES:
+    p = comm.Get_size()
+    pts = {a: [] for a in ALLREDUCE_ALGORITHMS}
+    for nbytes in CURVE_SIZES:
         buf = np.zeros(nbytes // 4, np.float32)
-        for _ in range(3):
-            allreduce(buf, "sum", comm, algorithm, check=False)
-        k = reps if nbytes < (64 << 10) else max(5, reps // 3)
-        times.append(_median_max(comm, lambda: allreduce(buf, "sum", comm, algorithm,
-                                                         check=False), k))
-    n = np.array(FIT_SIZES, float)
-    t = np.array(times)
-    rows = np.stack([1 / t, n / t], axis=1)
-    (a, b), *_ = np.linalg.lstsq(rows, np.ones_like(t), rcond=None)
-    return (algorithm, comm.Get_size(), float(max(a, 0.0)), float(max(b, 0.0)))
+        calls = {a: (lambda a=a: allreduce(buf, "sum", comm, a, check=False))
+                 for a in ALLREDUCE_ALGORITHMS}
+        time_interleaved(comm, calls, 2)  # warm-up: schedules, scratch, caches
+        k = reps if nbytes <= (64 << 10) else max(5, reps // 2)
+        for a, t in time_interleaved(comm, calls, k).items():
+            pts[a].append((nbytes, float(np.median(t))))
+    return tuple((a, p, tuple(pts[a])) for a in ALLREDUCE_ALGORITHMS)
 
 
 def calibrate(comm=None, big_bytes=4 << 20, reps=30, install=True):
@@ -209,7 +224,8 @@ def calibrate(comm=None, big_bytes=4 << 20, reps=30, install=True):
     alpha: ring-neighbour Sendrecv of 8 bytes; beta: the extra time per byte of a
     `big_bytes` Sendrecv; gamma: np.add of a cache-sized block into a big buffer, per byte
     (these drive the rooted collectives). For all-reduce, each of hpcml's algorithms is
-    timed at FIT_SIZES and a line T = a + b * n fitted to it, so the crossovers are measured on this communicator, not guessed. Every rank gets the same (slowest
+    timed at CURVE_SIZES, giving a piecewise alpha-beta model per algorithm, so the
+    crossovers are measured on this communicator, not guessed. Every rank gets the same (slowest
     rank's) numbers, so every rank chooses the same algorithm. Takes well under a second.
     """
     comm = comm or MPI.COMM_WORLD
@@ -237,8 +253,7 @@ def calibrate(comm=None, big_bytes=4 << 20, reps=30, install=True):
 
     reduce_pass()
     gamma = _median_max(comm, reduce_pass, max(5, reps // 3)) / big_bytes
-    lines = tuple(_fit_allreduce(comm, alg, reps) for alg in ALLREDUCE_ALGORITHMS)
-    model = CostModel(alpha=alpha, beta=beta, gamma=gamma, lines=lines)
+    model = CostModel(alpha=alpha, beta=beta, gamma=gamma, curves=_measure_allreduce(comm, reps))
     if install:
         set_model(model, comm)
     return model
