@@ -15,7 +15,7 @@ from mpi4py import MPI
 from hpcml.kernels.reduce import OP_NAMES, ufunc_for
 from . import schedules as S
 from .executor import execute
-from .guard import CollectiveError, agree
+from .guard import CollectiveError, agree, watching
 from . import model as _model
 from .model import model_for, choose_allreduce, choose_rooted
 
@@ -53,7 +53,8 @@ def private(comm):
     so schedule messages can never match the user's own messages on `comm`."""
     dup = _private.get(comm.handle)
     if dup is None:
-        dup = _private[comm.handle] = comm.Dup()
+        with watching("MPI_Comm_dup of hpcml's private communicator (collective)"):
+            dup = _private[comm.handle] = comm.Dup()
     return dup
 
 
@@ -109,7 +110,8 @@ def _agree_args(comm, name, buf, op, algorithm, root, reducing, allowed):
     sig = np.array([flat.size, _DTYPE_CODE[flat.dtype], _OP_CODE.get(op, -1) if reducing else -1,
                     _ALG_CODE[algorithm], -1 if root is None else root], np.int64)
     table = np.empty((comm.Get_size(), sig.size), np.int64)
-    comm.Allgather(sig, table)
+    with watching("MPI_Allgather"):
+        comm.Allgather(sig, table)
     for j, field in enumerate(_FIELDS):
         column = table[:, j]
         if (column != column[0]).any():
@@ -190,7 +192,8 @@ def allreduce(buf, op="sum", comm=None, algorithm="auto", *, check=None, segment
         return buf
     algorithm, pcomm, sched, ufunc, p, what = plan
     if sched is None:
-        comm.Allreduce(MPI.IN_PLACE, flat, op=_MPI_OPS[op])
+        with watching("MPI_Allreduce"):
+            comm.Allreduce(MPI.IN_PLACE, flat, op=_MPI_OPS[op])
     else:
         execute(pcomm, flat, sched, ufunc, what)
     if op == "mean":
@@ -215,7 +218,8 @@ def reduce_scatter(buf, op="sum", comm=None, algorithm="auto", *, check=None,
         return mine
     if algorithm == "mpi":
         counts = np.diff(b).astype(np.int64)
-        comm.Reduce_scatter(flat.copy(), mine, counts, op=_MPI_OPS[op])
+        with watching("MPI_Reduce_scatter"):
+            comm.Reduce_scatter(flat.copy(), mine, counts, op=_MPI_OPS[op])
     else:
         sched = S.ring_reduce_scatter(p, rank, flat.size, _seg_elems(flat, segment_bytes))
         execute(private(comm), flat, sched, ufunc_for(op), "reduce_scatter(ring)")
@@ -235,7 +239,8 @@ def allgather(buf, comm=None, algorithm="auto", *, check=None):
     b = S.chunk_bounds(flat.size, p)
     if algorithm == "mpi":
         counts = np.diff(b).astype(np.int64)
-        comm.Allgatherv(MPI.IN_PLACE, [flat, (counts, np.asarray(b[:-1], np.int64))])
+        with watching("MPI_Allgatherv"):
+            comm.Allgatherv(MPI.IN_PLACE, [flat, (counts, np.asarray(b[:-1], np.int64))])
     else:
         execute(private(comm), flat, S.ring_allgather(p, rank, flat.size), None,
                 "allgather(ring)")
@@ -252,7 +257,8 @@ def broadcast(buf, root=0, comm=None, algorithm="auto", *, check=None):
     if algorithm == "auto":
         algorithm = choose_rooted(model_for(comm), flat.nbytes, p, False)
     if algorithm == "mpi":
-        comm.Bcast(flat, root)
+        with watching("MPI_Bcast"):
+            comm.Bcast(flat, root)
         return buf
     gen = S.binomial_broadcast if algorithm == "tree" else S.scatter_allgather_broadcast
     execute(private(comm), flat, gen(p, comm.Get_rank(), flat.size, root), None,
@@ -272,9 +278,11 @@ def reduce(buf, root=0, op="sum", comm=None, algorithm="auto", *, check=None,
         algorithm = choose_rooted(model_for(comm), flat.nbytes, p, True)
     if algorithm == "mpi":
         if rank == root:
-            comm.Reduce(MPI.IN_PLACE, flat, op=_MPI_OPS[op], root=root)
+            with watching("MPI_Reduce"):
+                comm.Reduce(MPI.IN_PLACE, flat, op=_MPI_OPS[op], root=root)
         else:
-            comm.Reduce(flat, None, op=_MPI_OPS[op], root=root)
+            with watching("MPI_Reduce"):
+                comm.Reduce(flat, None, op=_MPI_OPS[op], root=root)
     else:
         if algorithm == "tree":
             sched = S.binomial_reduce(p, rank, flat.size, root)

@@ -62,10 +62,26 @@ def install():
         _installed = True
 
 
+def check_launch(comm=None):
+    """Fail loudly when srun started N separate one-rank MPI worlds instead of one world
+    of N (srun's default --mpi=none with the mpich wheel; use srun --mpi=pmi2)."""
+    comm = comm or MPI.COMM_WORLD
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+    if (tasks.isdigit() and int(tasks) > 1 and comm.Get_size() == 1
+            and "SLURM_PROCID" in os.environ):
+        raise RuntimeError(
+            f"srun started {tasks} tasks but this MPI world has 1 rank "
+            f"(SLURM_PROCID={os.environ['SLURM_PROCID']}): each task is its own world. "
+            f"Launch with `srun --mpi=pmi2 ...` for the mpich wheel, or your site MPI's "
+            f"--mpi plugin, or use mpiexec inside the allocation.")
+
+
 def entry_point(main):
-    """Decorator for a job's main(): installs the guard and sets up the watchdog first."""
+    """Decorator for a job's main(): installs the guard, checks how the job was launched and
+    sets up the watchdog, then runs main."""
     def wrapped(*args, **kwargs):
         install()
+        check_launch()
         Watchdog.from_env()
         return main(*args, **kwargs)
     wrapped.__name__ = getattr(main, "__name__", "main")
@@ -78,10 +94,12 @@ def agree(comm, error=None, what="validation"):
     CollectiveError naming each failing rank and its message. Returns None otherwise."""
     flag = 1 if error else 0
     if comm.Get_size() > 1:
-        flag = comm.allreduce(flag, op=MPI.MAX)
+        with watching(f"{what}: agreeing on errors (allreduce of an error flag)"):
+            flag = comm.allreduce(flag, op=MPI.MAX)
     if not flag:
         return
-    errors = comm.allgather(str(error) if error else None) if comm.Get_size() > 1 else [error]
+    with watching(f"{what}: gathering error messages"):
+        errors = comm.allgather(str(error) if error else None) if comm.Get_size() > 1 else [error]
     lines = "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e)
     raise CollectiveError(f"{what} failed on {sum(1 for e in errors if e)} of "
                           f"{len(errors)} ranks: {lines}")
@@ -119,7 +137,8 @@ class Watchdog:
         return cls.active
 
     def enter(self, where):
-        """Start timing a wait; `where` is (collective, step, steps, send peer, recv peer)."""
+        """Start timing a wait; `where` is a description or, from the executor, a tuple
+        (collective, step, steps, send peer, recv peer) formatted only on timeout."""
         self._what = where
         self._since = time.monotonic()
 
@@ -132,9 +151,40 @@ class Watchdog:
             time.sleep(period)
             since = self._since
             if since is not None and time.monotonic() - since > self.timeout:
-                what, step, steps, send, recv = self._what
-                peers = ", ".join(x for x in (f"sending to rank {send}" if send >= 0 else "",
-                                              f"receiving from rank {recv}" if recv >= 0 else "")
-                                  if x)
-                abort(f"hpcml: timed out after {self.timeout:g} s (HPCML_TIMEOUT) in {what} "
-                      f"step {step} of {steps}, {peers}; aborting all ranks", 3)
+                abort(f"hpcml: timed out after {self.timeout:g} s (HPCML_TIMEOUT) in "
+                      f"{_where(self._what)}; aborting all ranks", 3)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.leave()
+
+
+class _Unwatched:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_UNWATCHED = _Unwatched()
+
+
+def watching(what):
+    """Context manager bounding one blocking MPI call by HPCML_TIMEOUT (no-op when unset)."""
+    wd = Watchdog.active
+    if wd is None:
+        return _UNWATCHED
+    wd.enter(what)
+    return wd
+
+
+def _where(what):
+    if isinstance(what, str):
+        return what
+    name, step, steps, send, recv = what
+    peers = ", ".join(x for x in (f"sending to rank {send}" if send >= 0 else "",
+                                  f"receiving from rank {recv}" if recv >= 0 else "") if x)
+    return f"{name} step {step} of {steps}, {peers}"

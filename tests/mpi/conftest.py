@@ -1,0 +1,18 @@
+"""MPI tests: run under `mpiexec -n N python -m pytest --with-mpi tests/mpi` (N = 2, 3, 4).
+
+mpi_helpers.all_ranks asserts collectively, so a check that fails on one rank fails the
+test on every rank instead of leaving the others waiting in the next collective.
+"""
+import pytest
+from mpi4py import MPI
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:  # every test here is an MPI test
+        if item.get_closest_marker("mpi") is None:
+            item.add_marker(pytest.mark.mpi)
+
+
+@pytest.fixture
+def comm():
+    return MPI.COMM_WORLD

@@ -1,0 +1,16 @@
+"""Collective assertion helpers for the MPI tests."""
+import numpy as np
+from mpi4py import MPI
+
+
+def all_ranks(comm, ok, message):
+    """Assert `ok` on every rank: all ranks fail together, naming the ranks where it failed."""
+    flags = comm.allgather(bool(ok))
+    bad = [r for r, f in enumerate(flags) if not f]
+    assert not bad, f"{message} (failed on ranks {bad})"
+
+
+def same_bytes_everywhere(comm, arr):
+    """True on every rank iff every rank holds exactly the same bytes as rank 0."""
+    ref = comm.bcast(np.ascontiguousarray(arr).tobytes(), root=0)
+    return comm.allreduce(int(np.ascontiguousarray(arr).tobytes() == ref), op=MPI.MIN) == 1

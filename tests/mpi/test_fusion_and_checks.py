@@ -1,0 +1,100 @@
+"""Tensor fusion against per-array MPI_Allreduce; checked mode and collective errors."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from hpcml import comm as hc
+from mpi_helpers import all_ranks
+
+
+def model_like_arrays(rank):
+    rng = np.random.default_rng(7)
+    shapes = [(3, 4), (5,), (1,), (0,), (17, 3), (2, 2, 2), (1000,), (33,)]
+    dtypes = ["float32", "float64", "float32", "float32", "int64", "float64", "float32", "int32"]
+    return [((rng.integers(-5, 5, size=s) + rank)).astype(d) for s, d in zip(shapes, dtypes)]
+
+
+@pytest.mark.parametrize("bucket_bytes", [1, 64, 4096, 25 << 20])
+@pytest.mark.parametrize("alg", ["ring", "tree", "auto"])
+def test_allreduce_many_matches_per_array(comm, bucket_bytes, alg):
+    arrays = model_like_arrays(comm.Get_rank())
+    arrays.append(np.arange(40, dtype=np.float64).reshape(8, 5)[:, 1:4] + comm.Get_rank())
+    refs = [a.copy() for a in arrays]
+    ids = [id(a) for a in arrays]
+    out = hc.allreduce_many(arrays, "sum", comm, alg, bucket_bytes=bucket_bytes)
+    for r in refs:
+        if r.size:
+            comm.Allreduce(MPI.IN_PLACE, r)
+    all_ranks(comm, [id(a) for a in out] == ids, "same array objects, updated in place")
+    all_ranks(comm, all(np.array_equal(a, r) for a, r in zip(arrays, refs)),
+              f"fusion with bucket {bucket_bytes} B differs from per-array Allreduce")
+
+
+def test_allreduce_many_mean(comm):
+    p = comm.Get_size()
+    arrays = [np.full(10, float(comm.Get_rank())), np.full((2, 3), 1.0, np.float32)]
+    hc.allreduce_many(arrays, "mean", comm)
+    all_ranks(comm, np.allclose(arrays[0], (p - 1) / 2) and np.allclose(arrays[1], 1.0), "mean")
+
+
+def _raises_everywhere(comm, fn, *fragments):
+    try:
+        fn()
+    except hc.CollectiveError as e:
+        msg = str(e)
+    else:
+        msg = ""
+    all_ranks(comm, msg != "", "CollectiveError raised on every rank")
+    every = comm.allgather(msg)
+    all_ranks(comm, len(set(every)) == 1, "the same message on every rank")
+    for frag in fragments:
+        all_ranks(comm, frag in msg, f"message names {frag!r}: {msg}")
+    return msg
+
+
+def test_checked_mode_length_mismatch(comm):
+    rank = comm.Get_rank()
+    buf = np.ones(100 + (rank == 1))
+    _raises_everywhere(comm, lambda: hc.allreduce(buf, comm=comm, check=True),
+                       "length differs", "rank 0: 100", "rank 1: 101")
+
+
+def test_checked_mode_dtype_and_root_mismatch(comm):
+    rank = comm.Get_rank()
+    buf = np.ones(8, np.float32 if rank == 0 else np.float64)
+    _raises_everywhere(comm, lambda: hc.allreduce(buf, comm=comm, check=True),
+                       "dtype differs", "rank 0: float32")
+    _raises_everywhere(comm, lambda: hc.broadcast(np.ones(4), root=rank % 2, comm=comm,
+                                                  check=True), "root differs")
+
+
+def test_checked_mode_local_error_on_one_rank(comm):
+    """A bad buffer on the last rank only: every rank raises, naming that rank."""
+    last = comm.Get_size() - 1
+    buf = np.ones((4, 4))
+    arg = buf[:, ::2] if comm.Get_rank() == last else buf
+    _raises_everywhere(comm, lambda: hc.allreduce(arg, comm=comm, check=True),
+                       f"rank {last}:", "C-contiguous")
+
+
+def test_checked_mode_via_environment_default(comm, monkeypatch):
+    monkeypatch.setattr(hc.config, "check", True)
+    buf = np.ones(3 + comm.Get_rank())
+    _raises_everywhere(comm, lambda: hc.allreduce(buf, comm=comm), "length differs")
+
+
+def test_allreduce_many_checked_mismatch(comm):
+    rank = comm.Get_rank()
+    arrays = [np.ones(3), np.ones(4 if rank == 0 else 5)]
+    _raises_everywhere(comm, lambda: hc.allreduce_many(arrays, comm=comm, check=True),
+                       "differ across ranks")
+
+
+def test_agree_reports_every_failing_rank(comm):
+    rank = comm.Get_rank()
+    err = f"shard-0000{rank}.h5: bad checksum" if rank % 2 else None
+    if comm.Get_size() == 1:
+        pytest.skip("needs 2 ranks")
+    msg = _raises_everywhere(comm, lambda: hc.agree(comm, err, what="loading"), "loading failed")
+    for r in range(1, comm.Get_size(), 2):
+        all_ranks(comm, f"rank {r}: shard-0000{r}.h5" in msg, "names each failing rank")

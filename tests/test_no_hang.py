@@ -1,0 +1,59 @@
+"""No hangs: an exception or a stuck rank under `mpiexec -n 4 python -m ...` ends every rank.
+
+These launch real MPI jobs (mpiexec from the mpich wheel or a site MPI) and time them.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
+
+
+def launch(n, *args, env=None, limit=60):
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "hpcml.comm.selftest", *map(str, args)]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit,
+                          env=dict(os.environ, **(env or {})))
+    return proc, time.monotonic() - t0
+
+
+def test_exception_on_one_rank_of_four_ends_all_four():
+    proc, seconds = launch(4, "--fail-rank", 2)
+    assert proc.returncode != 0
+    assert seconds < 20, f"took {seconds:.1f} s"
+    lines = proc.stderr.splitlines()
+    assert "[rank 2] Traceback (most recent call last):" in lines
+    assert "[rank 2] RuntimeError: injected failure on rank 2" in lines
+    # the other ranks were blocked in an all-reduce and printed no traceback of their own
+    assert not any(ln.startswith(("[rank 0] Traceback", "[rank 1] Traceback",
+                                  "[rank 3] Traceback")) for ln in lines)
+
+
+def test_stuck_rank_is_reported_and_job_aborted_by_timeout():
+    proc, seconds = launch(4, "--hang-rank", 1, env={"HPCML_TIMEOUT": "2"})
+    assert proc.returncode != 0
+    assert seconds < 20, f"took {seconds:.1f} s"
+    assert "timed out after 2 s (HPCML_TIMEOUT)" in proc.stderr
+    assert "aborting all ranks" in proc.stderr
+
+
+def test_selftest_passes_at_three_ranks():
+    proc, _ = launch(3, limit=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "passed" in proc.stdout and "FAIL" not in proc.stdout
+
+
+def test_srun_without_pmi_is_refused_loudly():
+    """srun --mpi=none gives each task a world of 1: the job must say so and fail."""
+    env = dict(os.environ, SLURM_STEP_NUM_TASKS="4", SLURM_PROCID="2")
+    proc = subprocess.run([sys.executable, "-m", "hpcml.comm.selftest"], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert proc.returncode != 0
+    assert "[rank 0] RuntimeError: srun started 4 tasks but this MPI world has 1 rank" \
+        in proc.stderr
+    assert "--mpi=pmi2" in proc.stderr
