@@ -61,6 +61,29 @@ def test_bad_algorithm_and_root():
         hc.broadcast(np.ones(4), 3, SELF)
 
 
+def test_rooted_collectives_reject_rhd_and_bad_roots():
+    with pytest.raises(ValueError, match="unknown algorithm 'rhd'"):
+        hc.broadcast(np.ones(4), 0, SELF, "rhd")
+    with pytest.raises(ValueError, match="unknown algorithm 'rhd'"):
+        hc.reduce(np.ones(4), 0, "sum", SELF, "rhd")
+    for root in (1.0, True, "0", None):
+        with pytest.raises(TypeError, match="root must be an integer rank"):
+            hc.broadcast(np.ones(4), root, SELF)
+
+
+@pytest.mark.parametrize("seg", [0, -5, "1M", 2.5, True])
+def test_bad_segment_sizes(seg):
+    with pytest.raises(ValueError, match="segment_bytes must be a positive integer"):
+        hc.allreduce(np.ones(4), comm=SELF, segment_bytes=seg)
+    with pytest.raises(ValueError, match="segment_bytes must be a positive integer"):
+        hc.reduce_scatter(np.ones(4), comm=SELF, segment_bytes=seg)
+
+
+def test_bad_bucket_size():
+    with pytest.raises(ValueError, match="bucket_bytes must be a positive integer"):
+        hc.allreduce_many([np.ones(2)], comm=SELF, bucket_bytes=0)
+
+
 def test_checked_mode_in_one_process_reports_local_errors_as_collective():
     with pytest.raises(hc.CollectiveError, match="rank 0: allreduce: buf must be C-contiguous"):
         hc.allreduce(np.ones((4, 4))[:, ::2], comm=SELF, check=True)

@@ -50,3 +50,18 @@ def test_load_names_the_bad_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         load(str(path))
+
+
+@pytest.mark.parametrize("curves,match", [
+    ([["ring", 2, [[8, 1e-5]]]], "needs >= 2 points"),
+    ([["ring", 2, [[8, 1e-5], [8, 2e-5]]]], "increasing sizes"),
+    ([["ring", 2, []]], "needs >= 2 points"),
+    ([["ring", 2, [[8, 1e-5], [16, -1.0]]]], "non-positive"),
+    ([["nccl", 2, [[8, 1e-5], [16, 2e-5]]]], "unknown algorithm"),
+])
+def test_load_rejects_bad_curves_when_loading(tmp_path, curves, match):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"alpha": 1e-6, "beta": 1e-10, "gamma": 1e-10,
+                                "curves": curves}))
+    with pytest.raises(ValueError, match=match):
+        load(str(path))

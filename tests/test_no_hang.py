@@ -4,6 +4,7 @@ These launch real MPI jobs (mpiexec from the mpich wheel or a site MPI) and time
 """
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,12 +15,21 @@ MPIEXEC = shutil.which("mpiexec")
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 
 
-def launch(n, *args, env=None, limit=60):
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "hpcml.comm.selftest", *map(str, args)]
+def launch(n, *args, env=None, limit=60, code=None):
+    """Run `python -m hpcml.comm.selftest args` (or `python -c code`) on n ranks; the whole
+    process group is killed if it outlives `limit` (then the test fails, it never hangs)."""
+    prog = ["-c", code] if code else ["-m", "hpcml.comm.selftest", *map(str, args)]
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, *prog]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit,
-                          env=dict(os.environ, **(env or {})))
-    return proc, time.monotonic() - t0
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} still running after {limit} s: a hang")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.monotonic() - t0
 
 
 def test_exception_on_one_rank_of_four_ends_all_four():
@@ -40,6 +50,16 @@ def test_stuck_rank_is_reported_and_job_aborted_by_timeout():
     assert seconds < 20, f"took {seconds:.1f} s"
     assert "timed out after 2 s (HPCML_TIMEOUT)" in proc.stderr
     assert "aborting all ranks" in proc.stderr
+
+
+def test_watchdog_covers_plain_library_calls():
+    """No entry_point: HPCML_TIMEOUT still bounds hpcml collectives in a user's own script."""
+    code = ("import time, numpy as np; from mpi4py import MPI; from hpcml import comm as hc\n"
+            "if MPI.COMM_WORLD.Get_rank() == 1: time.sleep(3600)\n"
+            "hc.allreduce(np.ones(8))\n")
+    proc, seconds = launch(3, code=code, env={"HPCML_TIMEOUT": "2"})
+    assert proc.returncode != 0 and seconds < 20
+    assert "timed out after 2 s (HPCML_TIMEOUT)" in proc.stderr
 
 
 def test_selftest_passes_at_three_ranks():

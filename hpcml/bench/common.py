@@ -37,7 +37,7 @@ def environment(comm):
     return {
         "ranks": comm.Get_size(),
         "hosts": len(set(comm.allgather(socket.gethostname()))),
-        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi_library": " ".join(MPI.Get_library_version().strip().splitlines()[0].split()),
         "mpi4py": __import__("mpi4py").__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),

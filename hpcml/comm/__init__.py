@@ -12,7 +12,9 @@ from .collectives import (allreduce, reduce_scatter, allgather, broadcast, reduc
                           ALGORITHMS, DTYPES)
 from .fusion import allreduce_many, plan_buckets, BUCKET_BYTES
 from .guard import CollectiveError, agree, install as install_guard, entry_point, Watchdog
-from .model import CostModel, calibrate, set_model, model_for
+from .model import CostModel
+from .state import set_model, model_for
+from .calibrate import calibrate
 from .schedules import chunk_bounds
 
 __all__ = ["allreduce", "reduce_scatter", "allgather", "broadcast", "reduce", "allreduce_many",

@@ -1,11 +1,12 @@
 """Public collectives: in place on a contiguous NumPy array, returning it.
 
 Every function takes ``comm=None`` (COMM_WORLD) and ``algorithm``:
-``"ring"`` / ``"tree"`` (hpcml's own schedules), ``"mpi"`` (the MPI library's collective, the
-reference) or ``"auto"`` (the alpha-beta model in :mod:`hpcml.comm.model` picks among
-hpcml's own). ``check=True`` (or ``HPCML_CHECK=1``) first verifies, collectively, that all
-ranks passed the same length, dtype, op, algorithm and root, and raises the same
-CollectiveError on every rank otherwise (costs one small all-gather per call).
+``"ring"`` / ``"tree"`` / ``"rhd"`` (hpcml's own schedules), ``"mpi"`` (the MPI library's
+collective, the reference) or ``"auto"`` (the alpha-beta model in :mod:`hpcml.comm.model`
+picks among hpcml's own). ``check=True`` (or ``HPCML_CHECK=1``) first verifies,
+collectively, that all ranks passed valid arguments and the same length, dtype, op,
+algorithm, root and segment size, and raises the same CollectiveError on every rank
+otherwise (costs two small collectives per call).
 """
 import os
 
@@ -16,12 +17,25 @@ from hpcml.kernels.reduce import OP_NAMES, ufunc_for
 from . import schedules as S
 from .executor import execute
 from .guard import CollectiveError, agree, watching
-from . import model as _model
-from .model import model_for, choose_allreduce, choose_rooted
+from .model import choose_allreduce, choose_rooted
+from .state import state_of, model_for
 
 
 def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_int(name, default):
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer (bytes), got {text!r}")
+    return value
 
 
 class Config:
@@ -30,8 +44,9 @@ class Config:
     #: verify argument agreement across ranks before each collective (HPCML_CHECK=1)
     check = _env_flag("HPCML_CHECK")
     #: ring reduce-scatter segment (bytes): received segments are reduced while in cache.
-    #: 1 MiB measured best here for 1-64 MiB messages (benchmarks/allreduce.py --segments).
-    segment_bytes = int(os.environ.get("HPCML_RING_SEGMENT_BYTES", 1 << 20))
+    #: 1 MiB measured best here for 1-64 MiB messages (64 KiB, 256 KiB and whole-chunk were
+    #: slower at 2 and 4 ranks).
+    segment_bytes = _env_int("HPCML_RING_SEGMENT_BYTES", 1 << 20)
 
 
 config = Config()
@@ -43,19 +58,13 @@ _DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
 _OP_CODE = {op: i for i, op in enumerate(OP_NAMES)}
 _MPI_OPS = {"sum": MPI.SUM, "mean": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}
 ALGORITHMS = ("auto", "ring", "tree", "rhd", "mpi")
+#: broadcast and reduce: binomial tree, ring-based (scatter/gather + ring), MPI's own
+ROOTED = ("auto", "ring", "tree", "mpi")
 _ALG_CODE = {a: i for i, a in enumerate(ALGORITHMS)}
 
-_private = {}
-
-
 def private(comm):
-    """hpcml's own duplicate of `comm` for its point-to-point traffic (collective on first use),
-    so schedule messages can never match the user's own messages on `comm`."""
-    dup = _private.get(comm.handle)
-    if dup is None:
-        with watching("MPI_Comm_dup of hpcml's private communicator (collective)"):
-            dup = _private[comm.handle] = comm.Dup()
-    return dup
+    """hpcml's own duplicate of `comm` for its point-to-point traffic (made on first use)."""
+    return state_of(comm).private
 
 
 def validate_array(name, buf, op, reducing, contiguous=True):
@@ -93,75 +102,98 @@ def _check_algorithm(name, algorithm, allowed):
                          f"{', '.join(allowed)}")
 
 
-_FIELDS = ("length", "dtype", "op", "algorithm", "root")
+NOROOT = object()  # the root argument of collectives that have none
 
 
-def _agree_args(comm, name, buf, op, algorithm, root, reducing, allowed):
+def check_root(name, root, p):
+    """root must be an integer rank of the communicator (not a float, not a bool)."""
+    if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
+        raise TypeError(f"{name}: root must be an integer rank, got {root!r}")
+    if not 0 <= root < p:
+        raise ValueError(f"{name}: root {root} outside 0..{p - 1}")
+    return int(root)
+
+
+def check_positive_int(name, what, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name}: {what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def segment_of(name, segment_bytes):
+    """The effective ring segment in bytes (argument, else config), validated."""
+    return check_positive_int(name, "segment_bytes",
+                              config.segment_bytes if segment_bytes is None else segment_bytes)
+
+
+def agree_signature(comm, name, fields):
+    """Collective: ranks compare (field, int value, show) triples; on any difference every
+    rank raises the same CollectiveError naming the field and each rank's value."""
+    sig = np.array([v for _, v, _ in fields], np.int64)
+    table = np.empty((comm.Get_size(), sig.size), np.int64)
+    with watching(f"{name}: comparing arguments across ranks (MPI_Allgather)"):
+        comm.Allgather(sig, table)
+    for j, (field, _, show) in enumerate(fields):
+        column = table[:, j]
+        if (column != column[0]).any():
+            values = ", ".join(f"rank {r}: {show(int(v))}" for r, v in enumerate(column))
+            raise CollectiveError(f"{name}: {field} differs across ranks ({values})")
+
+
+def _agree_args(comm, name, buf, op, algorithm, root, reducing, allowed, segment_bytes):
     """Checked mode: local validation on every rank, then all ranks compare arguments."""
-    err, flat = None, None
+    err = flat = seg = None
     try:
         _check_algorithm(name, algorithm, allowed)
         flat = _flatten(name, buf, op, reducing)
-        if root is not None and not 0 <= root < comm.Get_size():
-            raise ValueError(f"{name}: root {root} outside 0..{comm.Get_size() - 1}")
+        if root is not NOROOT:
+            root = check_root(name, root, comm.Get_size())
+        seg = segment_of(name, segment_bytes)
     except (TypeError, ValueError) as e:
         err = str(e)
     agree(comm, err, what=name)
-    sig = np.array([flat.size, _DTYPE_CODE[flat.dtype], _OP_CODE.get(op, -1) if reducing else -1,
-                    _ALG_CODE[algorithm], -1 if root is None else root], np.int64)
-    table = np.empty((comm.Get_size(), sig.size), np.int64)
-    with watching("MPI_Allgather"):
-        comm.Allgather(sig, table)
-    for j, field in enumerate(_FIELDS):
-        column = table[:, j]
-        if (column != column[0]).any():
-            def show(v):
-                if field == "dtype":
-                    return str(DTYPES[v])
-                if field == "op":
-                    return OP_NAMES[v]
-                return ALGORITHMS[v] if field == "algorithm" else str(v)
-            values = ", ".join(f"rank {r}: {show(v)}" for r, v in enumerate(column))
-            raise CollectiveError(f"{name}: {field} differs across ranks ({values})")
-    return flat
+    agree_signature(comm, name, [
+        ("length", flat.size, str),
+        ("dtype", _DTYPE_CODE[flat.dtype], lambda v: str(DTYPES[v])),
+        ("op", _OP_CODE.get(op, -1) if reducing else -1, lambda v: OP_NAMES[v]),
+        ("algorithm", _ALG_CODE[algorithm], lambda v: ALGORITHMS[v]),
+        ("root", -1 if root is NOROOT else root, str),
+        ("segment_bytes", seg, str)])
+    return flat, root, seg
 
 
-def _prepare(comm, name, buf, op, algorithm, root, check, reducing, allowed):
+def _prepare(comm, name, buf, op, algorithm, root, check, reducing, allowed, segment_bytes=None):
+    """Validated (comm, flat view, root, segment bytes); collective in checked mode."""
     comm = comm if comm is not None else MPI.COMM_WORLD
     if config.check if check is None else check:
-        return comm, _agree_args(comm, name, buf, op, algorithm, root, reducing, allowed)
+        return (comm, *_agree_args(comm, name, buf, op, algorithm, root, reducing, allowed,
+                                   segment_bytes))
     _check_algorithm(name, algorithm, allowed)
-    if root is not None and not 0 <= root < comm.Get_size():
-        raise ValueError(f"{name}: root {root} outside 0..{comm.Get_size() - 1}")
-    return comm, _flatten(name, buf, op, reducing)
+    if root is not NOROOT:
+        root = check_root(name, root, comm.Get_size())
+    return comm, _flatten(name, buf, op, reducing), root, segment_of(name, segment_bytes)
 
 
-def _seg_elems(flat, segment_bytes):
-    return max(1, (segment_bytes or config.segment_bytes) // flat.itemsize)
-
-
-_plans = {}
-
-
-def _allreduce_plan(comm, name, dtype, n, op, algorithm, seg_bytes):
+def _allreduce_plan(comm, state, dtype, n, op, algorithm, seg_bytes):
     """Everything a call with this signature needs: validated once, then cached."""
-    _check_algorithm(name, algorithm, ALGORITHMS)
-    validate_array(name, np.empty(0, dtype), op, True)
+    _check_algorithm("allreduce", algorithm, ALGORITHMS)
+    validate_array("allreduce", np.empty(0, dtype), op, True)
+    seg_bytes = segment_of("allreduce", seg_bytes)
     p, rank = comm.Get_size(), comm.Get_rank()
     if p == 1 or n == 0:
         return None
     seg = max(1, seg_bytes // dtype.itemsize)
     if algorithm == "auto":
-        algorithm = choose_allreduce(model_for(comm), n * dtype.itemsize, p, seg * dtype.itemsize)
+        algorithm = choose_allreduce(state.model, n * dtype.itemsize, p, seg * dtype.itemsize)
     if algorithm == "mpi":
         sched = None
     elif algorithm == "tree":
         sched = S.tree_allreduce(p, rank, n)
     else:
         sched = S.ALLREDUCE[algorithm](p, rank, n, seg)
-    if len(_plans) > 4096:
-        _plans.clear()
-    return (algorithm, private(comm), sched, ufunc_for(op), p, f"{name}({algorithm})")
+    if len(state.plans) > 4096:
+        state.plans.clear()
+    return (algorithm, state.private, sched, ufunc_for(op), p, f"allreduce({algorithm})")
 
 
 def allreduce(buf, op="sum", comm=None, algorithm="auto", *, check=None, segment_bytes=None):
@@ -169,26 +201,28 @@ def allreduce(buf, op="sum", comm=None, algorithm="auto", *, check=None, segment
 
     op: sum, mean, max, min, prod. algorithm: auto, ring (segmented ring), tree (recursive
     doubling), rhd (Rabenseifner: recursive halving + doubling), mpi. Returns buf.
-    The hot path validates the buffer and looks the rest up in a plan cache keyed by
-    (communicator, dtype, length, op, algorithm, segment, cost-model generation).
+    The hot path validates the buffer and looks the rest up in a plan cache kept on the
+    communicator, keyed by (dtype, length, op, algorithm, segment).
     """
     if comm is None:
         comm = MPI.COMM_WORLD
     if check or (check is None and config.check):
-        flat = _agree_args(comm, "allreduce", buf, op, algorithm, None, True, ALGORITHMS)
+        flat, _, segment_bytes = _agree_args(comm, "allreduce", buf, op, algorithm, NOROOT,
+                                             True, ALGORITHMS, segment_bytes)
     else:
         if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable):
             validate_array("allreduce", buf, op, True)
         flat = buf if buf.ndim == 1 else buf.reshape(-1)
-    seg_bytes = segment_bytes or config.segment_bytes
-    key = (comm.handle, flat.dtype, flat.size, op, algorithm, seg_bytes, _model.generation)
-    plan = _plans.get(key)
+        if segment_bytes is None:
+            segment_bytes = config.segment_bytes
+    state = state_of(comm)
+    key = (flat.dtype, flat.size, op, algorithm, segment_bytes)
+    try:
+        plan = state.plans[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable argument, rejected below
+        plan = _allreduce_plan(comm, state, flat.dtype, flat.size, op, algorithm, segment_bytes)
+        state.plans[key] = plan
     if plan is None:
-        plan = _plans[key] = _allreduce_plan(comm, "allreduce", flat.dtype, flat.size, op,
-                                             algorithm, seg_bytes)
-        if plan is None:
-            return buf
-    elif plan is None:
         return buf
     algorithm, pcomm, sched, ufunc, p, what = plan
     if sched is None:
@@ -210,7 +244,8 @@ def reduce_scatter(buf, op="sum", comm=None, algorithm="auto", *, check=None,
     algorithm: auto (= ring), ring, mpi.
     """
     allowed = ("auto", "ring", "mpi")
-    comm, flat = _prepare(comm, "reduce_scatter", buf, op, algorithm, None, check, True, allowed)
+    comm, flat, _, seg = _prepare(comm, "reduce_scatter", buf, op, algorithm, NOROOT, check,
+                                  True, allowed, segment_bytes)
     p, rank = comm.Get_size(), comm.Get_rank()
     b = S.chunk_bounds(flat.size, p)
     mine = flat[b[rank]:b[rank + 1]]
@@ -221,7 +256,7 @@ def reduce_scatter(buf, op="sum", comm=None, algorithm="auto", *, check=None,
         with watching("MPI_Reduce_scatter"):
             comm.Reduce_scatter(flat.copy(), mine, counts, op=_MPI_OPS[op])
     else:
-        sched = S.ring_reduce_scatter(p, rank, flat.size, _seg_elems(flat, segment_bytes))
+        sched = S.ring_reduce_scatter(p, rank, flat.size, max(1, seg // flat.itemsize))
         execute(private(comm), flat, sched, ufunc_for(op), "reduce_scatter(ring)")
     if op == "mean":
         np.divide(mine, p, out=mine)
@@ -232,7 +267,8 @@ def allgather(buf, comm=None, algorithm="auto", *, check=None):
     """All-gather in place: rank r contributes block r of ``chunk_bounds(buf.size, p)``;
     afterwards every rank holds every block. algorithm: auto (= ring), ring, mpi."""
     allowed = ("auto", "ring", "mpi")
-    comm, flat = _prepare(comm, "allgather", buf, None, algorithm, None, check, False, allowed)
+    comm, flat, _, _ = _prepare(comm, "allgather", buf, None, algorithm, NOROOT, check, False,
+                                allowed)
     p, rank = comm.Get_size(), comm.Get_rank()
     if p == 1 or flat.size == 0:
         return buf
@@ -250,7 +286,8 @@ def allgather(buf, comm=None, algorithm="auto", *, check=None):
 def broadcast(buf, root=0, comm=None, algorithm="auto", *, check=None):
     """Broadcast root's `buf` to every rank in place. algorithm: auto, tree (binomial),
     ring (scatter + ring all-gather), mpi."""
-    comm, flat = _prepare(comm, "broadcast", buf, None, algorithm, root, check, False, ALGORITHMS)
+    comm, flat, root, _ = _prepare(comm, "broadcast", buf, None, algorithm, root, check, False,
+                                   ROOTED)
     p = comm.Get_size()
     if p == 1 or flat.size == 0:
         return buf
@@ -270,7 +307,8 @@ def reduce(buf, root=0, op="sum", comm=None, algorithm="auto", *, check=None,
            segment_bytes=None):
     """Reduce `buf` over all ranks into root's `buf`. On other ranks buf is used as
     scratch and holds partial results afterwards. algorithm: auto, tree, ring, mpi."""
-    comm, flat = _prepare(comm, "reduce", buf, op, algorithm, root, check, True, ALGORITHMS)
+    comm, flat, root, seg = _prepare(comm, "reduce", buf, op, algorithm, root, check, True,
+                                     ROOTED, segment_bytes)
     p, rank = comm.Get_size(), comm.Get_rank()
     if p == 1 or flat.size == 0:
         return buf
@@ -287,7 +325,7 @@ def reduce(buf, root=0, op="sum", comm=None, algorithm="auto", *, check=None,
         if algorithm == "tree":
             sched = S.binomial_reduce(p, rank, flat.size, root)
         else:
-            sched = S.ring_reduce(p, rank, flat.size, root, _seg_elems(flat, segment_bytes))
+            sched = S.ring_reduce(p, rank, flat.size, root, max(1, seg // flat.itemsize))
         execute(private(comm), flat, sched, ufunc_for(op), f"reduce({algorithm})")
     if op == "mean" and rank == root:
         np.divide(flat, p, out=flat)

@@ -10,8 +10,10 @@ import zlib
 import numpy as np
 from mpi4py import MPI
 
-from .collectives import allreduce, _check_algorithm, validate_array, ALGORITHMS, config
-from .guard import agree, CollectiveError
+from hpcml.kernels.reduce import OP_NAMES
+from .collectives import (allreduce, _check_algorithm, validate_array, check_positive_int,
+                          agree_signature, segment_of, ALGORITHMS, config)
+from .guard import agree
 
 #: default bucket cap in bytes (PyTorch DDP's default bucket_cap_mb is 25)
 BUCKET_BYTES = 25 << 20
@@ -55,11 +57,12 @@ def _signature(arrays):
     return zlib.crc32(text.encode())
 
 
-def _validate(comm, arrays, op, algorithm, check):
-    """Local checks of every array; in checked mode, also agreement across ranks."""
+def _validate(comm, arrays, op, algorithm, bucket_bytes, check):
+    """Local checks of every argument; in checked mode, also agreement across ranks."""
     err = None
     try:
         _check_algorithm("allreduce_many", algorithm, ALGORITHMS)
+        bucket_bytes = check_positive_int("allreduce_many", "bucket_bytes", bucket_bytes)
         for i, a in enumerate(arrays):
             # contiguity is not needed here: non-contiguous arrays are packed by copy
             validate_array(f"allreduce_many: arrays[{i}]", a, op, True, contiguous=False)
@@ -69,14 +72,14 @@ def _validate(comm, arrays, op, algorithm, check):
         err = str(e)
     if check:
         agree(comm, err, what="allreduce_many")
-        sig = np.array([len(arrays), _signature(arrays)], np.int64)
-        table = np.empty((comm.Get_size(), 2), np.int64)
-        comm.Allgather(sig, table)
-        if (table != table[0]).any():
-            desc = ", ".join(f"rank {r}: {n} arrays (shape/dtype crc {s:08x})"
-                             for r, (n, s) in enumerate(table))
-            raise CollectiveError(f"allreduce_many: the arrays' count, shapes or dtypes "
-                                  f"differ across ranks ({desc})")
+        agree_signature(comm, "allreduce_many", [
+            ("number of arrays", len(arrays), str),
+            ("shapes/dtypes (crc32)", _signature(arrays), lambda v: f"{v:08x}"),
+            ("op", OP_NAMES.index(op), lambda v: OP_NAMES[v]),
+            ("algorithm", ALGORITHMS.index(algorithm), lambda v: ALGORITHMS[v]),
+            ("bucket_bytes", bucket_bytes, str),
+            ("segment_bytes", segment_of("allreduce_many", None), str)])
+    return bucket_bytes
 
 
 def allreduce_many(arrays, op="sum", comm=None, algorithm="auto", *,
@@ -88,7 +91,7 @@ def allreduce_many(arrays, op="sum", comm=None, algorithm="auto", *,
     comm = comm if comm is not None else MPI.COMM_WORLD
     arrays = list(arrays)
     check = config.check if check is None else check
-    _validate(comm, arrays, op, algorithm, check)
+    bucket_bytes = _validate(comm, arrays, op, algorithm, bucket_bytes, check)
     plan = plan_buckets([a.nbytes for a in arrays], [a.dtype for a in arrays], bucket_bytes)
     for dtype, idx in plan:
         if len(idx) == 1 and arrays[idx[0]].flags.c_contiguous:

@@ -15,6 +15,8 @@ import threading
 import time
 import traceback
 
+import numpy as np
+
 from mpi4py import MPI
 
 
@@ -91,15 +93,33 @@ def entry_point(main):
 
 def agree(comm, error=None, what="validation"):
     """Collective: if any rank passes an error message, every rank raises the same
-    CollectiveError naming each failing rank and its message. Returns None otherwise."""
-    flag = 1 if error else 0
-    if comm.Get_size() > 1:
-        with watching(f"{what}: agreeing on errors (allreduce of an error flag)"):
-            flag = comm.allreduce(flag, op=MPI.MAX)
-    if not flag:
+    CollectiveError naming each failing rank and its message. Returns None otherwise.
+
+    Uses buffer collectives only (they release the GIL, so the watchdog can fire while a
+    rank waits here for a peer that never comes)."""
+    p = comm.Get_size()
+    text = str(error).encode("utf-8", "replace") if error else b""
+    if p > 1:
+        lengths = np.empty(p, np.int64)
+        with watching(f"{what}: agreeing on errors (MPI_Allgather)"):
+            comm.Allgather(np.array([len(text)], np.int64), lengths)
+    else:
+        lengths = np.array([len(text)], np.int64)
+    if not lengths.any():
         return
-    with watching(f"{what}: gathering error messages"):
-        errors = comm.allgather(str(error) if error else None) if comm.Get_size() > 1 else [error]
+    if p > 1:
+        blob = np.empty(int(lengths.sum()), np.uint8)
+        displs = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        with watching(f"{what}: gathering error messages (MPI_Allgatherv)"):
+            comm.Allgatherv(np.frombuffer(text, np.uint8) if text else np.empty(0, np.uint8),
+                            [blob, (lengths, displs)])
+        raw = blob.tobytes()
+    else:
+        raw = text
+    errors, o = [], 0
+    for n in lengths:
+        errors.append(raw[o:o + n].decode("utf-8", "replace") or None)
+        o += int(n)
     lines = "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e)
     raise CollectiveError(f"{what} failed on {sum(1 for e in errors if e)} of "
                           f"{len(errors)} ranks: {lines}")

@@ -17,14 +17,9 @@ Without calibration, DEFAULT (alpha, beta, gamma only) is used; it was measured 
 """
 import json
 import math
-import os
 from dataclasses import dataclass, asdict
 from functools import lru_cache
 
-import numpy as np
-from mpi4py import MPI
-
-from .timing import time_interleaved
 
 
 @dataclass(frozen=True)
@@ -144,40 +139,31 @@ def allreduce_choices(model, p, seg_bytes, limit=1 << 30):
     return out
 
 
-_models = {}
-#: bumped whenever a model is installed, so cached per-call plans are rebuilt
-generation = 0
-
-
-def model_for(comm):
-    """The cost model for this communicator: calibrated, from HPCML_COMM_MODEL, or DEFAULT."""
-    m = _models.get(comm.handle)
-    if m is None:
-        path = os.environ.get("HPCML_COMM_MODEL")
-        m = load(path) if path else DEFAULT
-        _models[comm.handle] = m
-    return m
-
-
-def set_model(model, comm=None):
-    """Use `model` for `comm` (every rank must pass the same model)."""
-    global generation
-    _models[(comm or MPI.COMM_WORLD).handle] = model
-    generation += 1
-
-
 def load(path):
-    """A CostModel from a JSON file written by `python -m hpcml.bench tune`."""
+    """A CostModel from a JSON file written by `python -m hpcml.bench tune` (validated)."""
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
         d = d.get("model", d)
-        curves = tuple((str(name), int(ranks), tuple((int(n), float(t)) for n, t in pts))
-                       for name, ranks, pts in d.get("curves", ()))
-        return CostModel(alpha=float(d["alpha"]), beta=float(d["beta"]), gamma=float(d["gamma"]),
-                         curves=curves)
+        curves = []
+        for name, ranks, pts in d.get("curves", ()):
+            pts = tuple((int(n), float(t)) for n, t in pts)
+            sizes = [n for n, _ in pts]
+            if name not in ALLREDUCE_ALGORITHMS:
+                raise ValueError(f"unknown algorithm {name!r} in curves")
+            if len(pts) < 2 or sizes != sorted(set(sizes)) or min(sizes) <= 0:
+                raise ValueError(f"curve {name!r} needs >= 2 points at increasing sizes")
+            if not all(t > 0 and math.isfinite(t) for _, t in pts):
+                raise ValueError(f"curve {name!r} has a non-positive or non-finite time")
+            curves.append((str(name), int(ranks), pts))
+        model = CostModel(alpha=float(d["alpha"]), beta=float(d["beta"]),
+                          gamma=float(d["gamma"]), curves=tuple(curves))
+        if not all(v >= 0 and math.isfinite(v) for v in (model.alpha, model.beta, model.gamma)):
+            raise ValueError("alpha, beta and gamma must be finite and >= 0")
+        return model
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"HPCML_COMM_MODEL: cannot read a cost model from {path}: {e}") from None
+        raise ValueError(f"HPCML_COMM_MODEL: cannot read a cost model from {path}: "
+                         f"{type(e).__name__}: {e}") from None
 
 
 def _piecewise(points, nbytes):
@@ -191,69 +177,3 @@ def _piecewise(points, nbytes):
     if nbytes > n1:  # beyond the last measured size: extrapolate, never downhill
         slope = max(slope, 0.0)
     return t0 + slope * (nbytes - n0)
-
-
-def _median_max(comm, f, reps):
-    """Median over reps of the slowest rank's time for f()."""
-    return float(np.median(time_interleaved(comm, {"f": f}, reps)["f"]))
-
-
-#: message sizes (bytes) at which calibrate() times each all-reduce algorithm
-CURVE_SIZES = (8, 1 << 10, 8 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
-
-
-def _measure_allreduce(comm, reps):
-    """Time every own all-reduce algorithm at CURVE_SIZES, interleaved (same conditions)."""
-    from .collectives import allreduce  # the layer above; imported late on purpose
-    p = comm.Get_size()
-    pts = {a: [] for a in ALLREDUCE_ALGORITHMS}
-    for nbytes in CURVE_SIZES:
-        buf = np.zeros(nbytes // 4, np.float32)
-        calls = {a: (lambda a=a: allreduce(buf, "sum", comm, a, check=False))
-                 for a in ALLREDUCE_ALGORITHMS}
-        time_interleaved(comm, calls, 2)  # warm-up: schedules, scratch, caches
-        k = reps if nbytes <= (64 << 10) else max(5, reps // 2)
-        for a, t in time_interleaved(comm, calls, k).items():
-            pts[a].append((nbytes, float(np.median(t))))
-    return tuple((a, p, tuple(pts[a])) for a in ALLREDUCE_ALGORITHMS)
-
-
-def calibrate(comm=None, big_bytes=4 << 20, reps=30, install=True):
-    """Collective: measure the model on `comm` and (by default) use it for `comm`.
-
-    alpha: ring-neighbour Sendrecv of 8 bytes; beta: the extra time per byte of a
-    `big_bytes` Sendrecv; gamma: np.add of a cache-sized block into a big buffer, per byte
-    (these drive the rooted collectives). For all-reduce, each of hpcml's algorithms is
-    timed at CURVE_SIZES, giving a piecewise alpha-beta model per algorithm, so the
-    crossovers are measured on this communicator, not guessed. Every rank gets the same (slowest
-    rank's) numbers, so every rank chooses the same algorithm. Takes well under a second.
-    """
-    comm = comm or MPI.COMM_WORLD
-    p, r = comm.Get_size(), comm.Get_rank()
-    right, left = (r + 1) % p, (r - 1) % p
-    small_s, small_r = np.zeros(2, np.float32), np.zeros(2, np.float32)
-    big_s = np.ones(big_bytes // 4, np.float32)
-    big_r = np.empty_like(big_s)
-
-    def exchange(a, b):
-        return lambda: comm.Sendrecv(a, right, 77, b, left, 77)
-
-    for _ in range(5):
-        exchange(small_s, small_r)()
-        exchange(big_s, big_r)()
-    alpha = _median_max(comm, exchange(small_s, small_r), reps)
-    big = _median_max(comm, exchange(big_s, big_r), max(5, reps // 3))
-    beta = max(big - alpha, 1e-9) / big_bytes
-    seg = big_r[: (1 << 20) // 4]
-
-    def reduce_pass():
-        for o in range(0, big_s.size, seg.size):
-            d = big_s[o:o + seg.size]
-            np.add(seg[:d.size], d, out=d)
-
-    reduce_pass()
-    gamma = _median_max(comm, reduce_pass, max(5, reps // 3)) / big_bytes
-    model = CostModel(alpha=alpha, beta=beta, gamma=gamma, curves=_measure_allreduce(comm, reps))
-    if install:
-        set_model(model, comm)
-    return model

@@ -2,6 +2,8 @@
 import numpy as np
 from mpi4py import MPI
 
+from .guard import watching
+
 
 def time_interleaved(comm, calls, iters, prepare=None):
     """Run each of `calls` (name -> f) `iters` times, interleaved in rotating order.
@@ -17,10 +19,12 @@ def time_interleaved(comm, calls, iters, prepare=None):
             name = names[(it + j) % len(names)]
             if prepare is not None:
                 prepare()
-            comm.Barrier()
+            with watching("timing: MPI_Barrier"):
+                comm.Barrier()
             t0 = MPI.Wtime()
             calls[name]()
             times[name][it] = MPI.Wtime() - t0
     for k in names:
-        comm.Allreduce(MPI.IN_PLACE, times[k], op=MPI.MAX)
+        with watching("timing: MPI_Allreduce of the times"):
+            comm.Allreduce(MPI.IN_PLACE, times[k], op=MPI.MAX)
     return times

@@ -87,7 +87,7 @@ def test_allreduce_many_checked_mismatch(comm):
     rank = comm.Get_rank()
     arrays = [np.ones(3), np.ones(4 if rank == 0 else 5)]
     _raises_everywhere(comm, lambda: hc.allreduce_many(arrays, comm=comm, check=True),
-                       "differ across ranks")
+                       "shapes/dtypes (crc32) differs across ranks")
 
 
 def test_agree_reports_every_failing_rank(comm):
@@ -98,3 +98,68 @@ def test_agree_reports_every_failing_rank(comm):
     msg = _raises_everywhere(comm, lambda: hc.agree(comm, err, what="loading"), "loading failed")
     for r in range(1, comm.Get_size(), 2):
         all_ranks(comm, f"rank {r}: shard-0000{r}.h5" in msg, "names each failing rank")
+
+
+def test_checked_mode_segment_mismatch(comm):
+    seg = 800 if comm.Get_rank() == 0 else 1600
+    _raises_everywhere(comm, lambda: hc.allreduce(np.ones(1000), comm=comm, algorithm="ring",
+                                                  check=True, segment_bytes=seg),
+                       "segment_bytes differs", "rank 0: 800")
+
+
+def test_checked_mode_bad_segment_or_root_on_one_rank(comm):
+    last = comm.Get_size() - 1
+    seg = "x" if comm.Get_rank() == last else None
+    _raises_everywhere(comm, lambda: hc.allreduce(np.ones(10), comm=comm, check=True,
+                                                  segment_bytes=seg),
+                       f"rank {last}:", "segment_bytes must be a positive integer")
+    root = 1.0 if comm.Get_rank() == last else 0
+    _raises_everywhere(comm, lambda: hc.broadcast(np.ones(4), root, comm, "ring", check=True),
+                       f"rank {last}:", "root must be an integer rank")
+
+
+def test_allreduce_many_checked_op_algorithm_bucket(comm):
+    rank = comm.Get_rank()
+    arrays = [np.ones(3), np.ones(4)]
+    _raises_everywhere(comm, lambda: hc.allreduce_many(
+        arrays, "sum" if rank == 0 else "max", comm, check=True), "op differs")
+    _raises_everywhere(comm, lambda: hc.allreduce_many(
+        arrays, "sum", comm, "ring" if rank == 0 else "tree", check=True), "algorithm differs")
+    _raises_everywhere(comm, lambda: hc.allreduce_many(
+        arrays, "sum", comm, bucket_bytes=64 if rank == 0 else 128, check=True),
+        "bucket_bytes differs")
+    _raises_everywhere(comm, lambda: hc.allreduce_many(
+        arrays, "sum", comm, bucket_bytes=0 if rank == 0 else 128, check=True),
+        "rank 0: allreduce_many: bucket_bytes must be a positive integer")
+
+
+def test_freed_communicator_leaves_nothing_stale(comm):
+    """MPI reuses freed handles: a new communicator must not inherit the old one's plans."""
+    p, rank = comm.Get_size(), comm.Get_rank()
+    for _ in range(20):
+        sub = comm.Split(rank % 2, rank)
+        buf = np.ones(10)
+        hc.allreduce(buf, "sum", sub, "ring")
+        ok_sub = np.all(buf == sub.Get_size())
+        sub.Free()
+        dup = comm.Dup()
+        buf = np.ones(10)
+        hc.allreduce(buf, "sum", dup, "ring")
+        dup.Free()
+        all_ranks(comm, ok_sub and np.all(buf == p), "stale per-communicator state")
+
+
+def test_bad_cost_model_file_fails_on_every_rank(comm, tmp_path_factory, monkeypatch):
+    """HPCML_COMM_MODEL unreadable on one rank: every rank raises, naming it, no hang."""
+    last = comm.Get_size() - 1
+    if comm.Get_rank() == last:
+        monkeypatch.setenv("HPCML_COMM_MODEL", "/nonexistent/model.json")
+    else:
+        monkeypatch.delenv("HPCML_COMM_MODEL", raising=False)
+    fresh = comm.Dup()  # its state is created (and the model loaded) on first use
+    try:
+        _raises_everywhere(comm, lambda: hc.allreduce(np.ones(4), comm=fresh),
+                           "loading HPCML_COMM_MODEL failed", f"rank {last}:",
+                           "/nonexistent/model.json")
+    finally:
+        fresh.Free()
