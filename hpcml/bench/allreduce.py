@@ -32,7 +32,7 @@ def build_parser():
                     help="comma-separated; mpi is always included as the anchor")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "int32", "int64"])
     ap.add_argument("--op", default="sum", choices=["sum", "max", "min", "prod"])
-    ap.add_argument("--budget", type=float, default=1.5,
+    ap.add_argument("--budget", type=float, default=3.0,
                     help="target seconds of timed calls per size (all algorithms)")
     ap.add_argument("--min-iters", type=int, default=5)
     ap.add_argument("--max-iters", type=int, default=300)

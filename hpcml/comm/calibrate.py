@@ -22,12 +22,15 @@ def _measure_allreduce(comm, reps):
     p = comm.Get_size()
     pts = {a: [] for a in ALLREDUCE_ALGORITHMS}
     for nbytes in CURVE_SIZES:
-        buf = np.zeros(nbytes // 4, np.float32)
+        # as in use (and in the benchmark): fresh data written just before each call
+        src = (np.arange(nbytes // 4) % 13).astype(np.float32)
+        buf = src.copy()
         calls = {a: (lambda a=a: allreduce(buf, "sum", comm, a, check=False))
                  for a in ALLREDUCE_ALGORITHMS}
-        time_interleaved(comm, calls, 2)  # warm-up: schedules, scratch, caches
+        prepare = lambda: np.copyto(buf, src)  # noqa: E731
+        time_interleaved(comm, calls, 2, prepare)  # warm-up: schedules, scratch, caches
         k = reps if nbytes <= (64 << 10) else max(5, reps // 2)
-        for a, t in time_interleaved(comm, calls, k).items():
+        for a, t in time_interleaved(comm, calls, k, prepare).items():
             pts[a].append((nbytes, float(np.median(t))))
     return tuple((a, p, tuple(pts[a])) for a in ALLREDUCE_ALGORITHMS)
 
