@@ -1,1 +1,306 @@
-"""Compute kernels (installed as hpcml.kernels): pure compute, no MPI, no I/O."""
+"""hpcml.kernels: compute kernels with one signature and three backends.
+
+    from hpcml import kernels as K
+    c = K.matmul(a, b)                     # 'auto': the measured-fastest backend
+    K.adam_update(p, g, m, v, step=1, lr=1e-3)
+    K.set_backend("cpu")                   # or "numpy", "cuda", "auto"
+
+Backends: ``numpy`` (reference.py, the specification), ``cpu`` (Numba JIT, cpu/) and
+``cuda`` (Numba CUDA, cuda/; device arrays stay on the device). ``auto`` sends device
+arrays to ``cuda`` and otherwise picks, per kernel, the backend measured fastest on CPU
+(AUTO; `python -m hpcml.bench kernels` re-measures it). Pure compute: no MPI, no I/O.
+"""
+import os
+
+import numpy as np
+
+from . import reference
+from .reference import ACTIVATIONS
+from .reduce import OP_NAMES, UFUNCS
+
+BACKENDS = ("auto", "numpy", "cpu", "cuda")
+FLOATS = (np.dtype("float32"), np.dtype("float64"))
+
+#: auto's choice on CPU per kernel, from benchmarks/kernels.py on the 2-core CI machine:
+#: BLAS (numpy) wins matmul at every size (Numba reaches 0.7-0.85x on one thread); the fused
+#: Numba kernels win every element-wise kernel because they make one pass instead of many.
+AUTO = {"matmul": "numpy", "bias_act": "cpu", "bias_act_backward": "cpu",
+        "softmax_xent": "cpu", "sgd_update": "cpu", "adam_update": "cpu",
+        "clip_grad_norm": "cpu", "reduce_into": "cpu"}
+
+_backend = os.environ.get("HPCML_KERNEL_BACKEND", "auto")
+if _backend not in BACKENDS:
+    raise ValueError(f"HPCML_KERNEL_BACKEND must be one of {', '.join(BACKENDS)}, "
+                     f"got {_backend!r}")
+
+
+def set_backend(name):
+    """Process-wide backend: auto, numpy, cpu or cuda."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name == "cuda":
+        _require_cuda()
+    _backend = name
+
+
+def get_backend():
+    return _backend
+
+
+def _require_cuda():
+    from .cuda import available, why_unavailable
+    if not available():
+        raise RuntimeError(f"backend 'cuda' is not usable: {why_unavailable()}")
+
+
+def _is_device(a):
+    return hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host")
+
+
+def _pick(kernel, backend, *arrays):
+    b = backend or _backend
+    if b not in BACKENDS:
+        raise ValueError(f"{kernel}: unknown backend {b!r}; expected one of "
+                         f"{', '.join(BACKENDS)}")
+    on_device = any(_is_device(a) for a in arrays)
+    if b == "auto":
+        b = "cuda" if on_device else AUTO[kernel]
+    if b == "cuda":
+        _require_cuda()
+    elif on_device:
+        raise TypeError(f"{kernel}: device arrays need backend 'cuda' or 'auto', not {b!r}")
+    return b
+
+
+def _float(kernel, name, a):
+    if np.dtype(a.dtype) not in FLOATS:
+        raise TypeError(f"{kernel}: {name} must be float32 or float64, got {a.dtype}")
+    return np.dtype(a.dtype)
+
+
+def _same(kernel, ref_name, ref, **arrays):
+    for name, a in arrays.items():
+        if a.shape != ref.shape:
+            raise ValueError(f"{kernel}: {name} has shape {a.shape}, {ref_name} {ref.shape}")
+        if np.dtype(a.dtype) != np.dtype(ref.dtype):
+            raise TypeError(f"{kernel}: {name} is {a.dtype}, {ref_name} {ref.dtype}")
+
+
+def _flat_inplace(kernel, name, a):
+    if not _is_device(a):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{kernel}: {name} must be a numpy array, got {type(a).__name__}")
+        if not a.flags.c_contiguous or not a.flags.writeable:
+            raise ValueError(f"{kernel}: {name} must be a writable C-contiguous buffer "
+                             f"(updates are in place over the flat buffer)")
+        return a.reshape(-1)
+    return a.reshape(a.size) if len(a.shape) != 1 else a
+
+
+# --- matmul ----------------------------------------------------------------------------
+
+def matmul(a, b, out=None, trans_a=False, trans_b=False, backend=None):
+    """out = op(a) @ op(b) where op transposes when asked (A^T B and A B^T for backward
+    passes, without transposed copies). float32/float64, any shapes."""
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        raise ValueError(f"matmul: a and b must be 2-D, got {a.shape} and {b.shape}")
+    dt = _float("matmul", "a", a)
+    if np.dtype(b.dtype) != dt:
+        raise TypeError(f"matmul: a is {a.dtype} but b is {b.dtype}")
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    K2, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != K2:
+        raise ValueError(f"matmul: inner dimensions differ: op(a) is {M}x{K}, op(b) {K2}x{N}")
+    if out is not None and (tuple(out.shape) != (M, N) or np.dtype(out.dtype) != dt):
+        raise ValueError(f"matmul: out must be {M}x{N} {dt}, got {out.shape} {out.dtype}")
+    be = _pick("matmul", backend, a, b)
+    if be == "numpy":
+        return reference.matmul(a, b, out, trans_a, trans_b)
+    if be == "cuda":
+        from .cuda.matmul import matmul as cuda_matmul
+        return cuda_matmul(a, b, out, trans_a, trans_b)
+    from .cpu.matmul import gemm
+    res = out if out is not None and out.flags.c_contiguous else np.empty((M, N), dt)
+    gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), res, bool(trans_a), bool(trans_b))
+    if out is not None and res is not out:
+        out[...] = res
+        return out
+    return res
+
+
+# --- fused layer helpers ---------------------------------------------------------------
+
+def _act_code(kernel, act):
+    from .cpu.elementwise import ACT_CODES
+    if act not in ACT_CODES:
+        raise ValueError(f"{kernel}: unknown activation {act!r}; expected one of "
+                         f"{', '.join(ACTIVATIONS)}")
+    return ACT_CODES[act]
+
+
+def _check_layer(kernel, x, bias):
+    if len(x.shape) != 2 or len(bias.shape) != 1 or bias.shape[0] != x.shape[1]:
+        raise ValueError(f"{kernel}: x must be rows x features and bias (features,), got "
+                         f"{x.shape} and {bias.shape}")
+    dt = _float(kernel, "x", x)
+    if np.dtype(bias.dtype) != dt:
+        raise TypeError(f"{kernel}: bias is {bias.dtype}, x {x.dtype}")
+    return dt
+
+
+def bias_act(x, bias, act="relu", out=None, backend=None):
+    """y = act(x + bias), one pass (act: identity, relu, tanh, gelu (tanh approximation))."""
+    dt = _check_layer("bias_act", x, bias)
+    code = _act_code("bias_act", act)
+    be = _pick("bias_act", backend, x, bias)
+    if be == "numpy":
+        return reference.bias_act(x, bias, act, out)
+    if out is None:
+        out = np.empty(x.shape, dt) if be == "cpu" else _device_like(x)
+    mod = _mod(be)
+    return mod.bias_act(_c(x, be), _c(bias, be), code, out, dt.type(0))
+
+
+def bias_act_backward(dy, x, bias, act="relu", backend=None):
+    """(dx, dbias) for y = act(x + bias); the pre-activation is recomputed, not stored."""
+    dt = _check_layer("bias_act_backward", x, bias)
+    _same("bias_act_backward", "x", x, dy=dy)
+    code = _act_code("bias_act_backward", act)
+    be = _pick("bias_act_backward", backend, dy, x, bias)
+    if be == "numpy":
+        return reference.bias_act_backward(dy, x, bias, act)
+    dx = np.empty(x.shape, dt) if be == "cpu" else _device_like(x)
+    db = _mod(be).bias_act_backward(_c(dy, be), _c(x, be), _c(bias, be), code, dx,
+                                    dt.type(0), dt.type(1))
+    return dx, db.astype(dt)
+
+
+def softmax_xent(logits, labels, backend=None):
+    """(mean cross-entropy, d loss / d logits) of softmax(logits) vs integer labels, in one
+    pass over each row."""
+    if len(logits.shape) != 2 or len(labels.shape) != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"softmax_xent: logits must be rows x classes and labels (rows,), "
+                         f"got {logits.shape} and {labels.shape}")
+    dt = _float("softmax_xent", "logits", logits)
+    if not np.issubdtype(np.dtype(labels.dtype), np.integer):
+        raise TypeError(f"softmax_xent: labels must be integers, got {labels.dtype}")
+    if not _is_device(labels) and labels.size and (labels.min() < 0 or
+                                                   labels.max() >= logits.shape[1]):
+        raise ValueError(f"softmax_xent: labels must be in 0..{logits.shape[1] - 1}, got "
+                         f"{labels.min()}..{labels.max()}")
+    if logits.shape[1] == 0 and logits.shape[0]:
+        raise ValueError("softmax_xent: no classes")
+    be = _pick("softmax_xent", backend, logits, labels)
+    if be == "numpy":
+        return reference.softmax_xent(logits, labels)
+    grad = np.empty(logits.shape, dt) if be == "cpu" else _device_like(logits)
+    loss = _mod(be).softmax_xent(_c(logits, be), _c(labels, be), grad)
+    return float(loss), grad
+
+
+# --- optimizer updates (in place over flat buffers) ------------------------------------
+
+def sgd_update(params, grads, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
+               backend=None):
+    """SGD in place (PyTorch's rule): g += wd*p; v = mu*v + g; p -= lr*(g + mu*v if nesterov
+    else v). velocity is unused (may be None) when momentum is 0."""
+    dt = _float("sgd_update", "params", params)
+    if nesterov and not momentum:
+        raise ValueError("sgd_update: nesterov needs momentum > 0")
+    if velocity is None:
+        if momentum:
+            raise ValueError("sgd_update: momentum needs a velocity buffer")
+        velocity = params  # not touched when momentum == 0
+    _same("sgd_update", "params", params, grads=grads, velocity=velocity)
+    be = _pick("sgd_update", backend, params, grads, velocity)
+    if be == "numpy":
+        return reference.sgd_update(params, grads, velocity if momentum else None, lr,
+                                    momentum, nesterov, weight_decay)
+    p = _flat_inplace("sgd_update", "params", params)
+    _mod(be).sgd_update(p, _flat(grads, be), _flat_inplace("sgd_update", "velocity", velocity),
+                        dt.type(lr), dt.type(momentum), bool(nesterov), dt.type(weight_decay))
+    return params
+
+
+def adam_update(params, grads, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0, decoupled=False, backend=None):
+    """Adam in place with bias correction at `step` (1-based); decoupled=True is AdamW."""
+    dt = _float("adam_update", "params", params)
+    _same("adam_update", "params", params, grads=grads, m=m, v=v)
+    if int(step) < 1:
+        raise ValueError(f"adam_update: step counts from 1, got {step}")
+    be = _pick("adam_update", backend, params, grads, m, v)
+    if be == "numpy":
+        return reference.adam_update(params, grads, m, v, step, lr, beta1, beta2, eps,
+                                     weight_decay, decoupled)
+    bc1 = 1 - beta1 ** int(step)
+    bc2 = 1 - beta2 ** int(step)
+    t = dt.type
+    _mod(be).adam_update(_flat_inplace("adam_update", "params", params), _flat(grads, be),
+                         _flat_inplace("adam_update", "m", m),
+                         _flat_inplace("adam_update", "v", v), t(lr), t(beta1), t(beta2),
+                         t(eps), t(weight_decay), bool(decoupled), t(bc1), t(bc2), t(1))
+    return params
+
+
+def clip_grad_norm(grads, max_norm, backend=None):
+    """Scale grads in place to global L2 norm <= max_norm (PyTorch's rule); returns the norm
+    before clipping. A non-finite norm leaves grads untouched."""
+    dt = _float("clip_grad_norm", "grads", grads)
+    if not max_norm > 0:
+        raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
+    be = _pick("clip_grad_norm", backend, grads)
+    if be == "numpy":
+        return reference.clip_grad_norm(grads, max_norm)
+    flat = _flat_inplace("clip_grad_norm", "grads", grads)
+    mod = _mod(be)
+    norm = float(np.sqrt(mod.sum_squares(flat)))
+    coef = max_norm / (norm + 1e-6)
+    if np.isfinite(norm) and coef < 1:
+        mod.scale(flat, dt.type(coef))
+    return norm
+
+
+def reduce_into(acc, x, op="sum", incoming_first=False, backend=None):
+    """acc = op(acc, x) in place (op(x, acc) when incoming_first): sum, prod, max, min."""
+    if op not in UFUNCS:
+        raise ValueError(f"reduce_into: unknown op {op!r}; expected one of {', '.join(UFUNCS)}")
+    _same("reduce_into", "acc", acc, x=x)
+    be = _pick("reduce_into", backend, acc, x)
+    if be == "numpy":
+        from .reduce import reduce_into as ref
+        return ref(acc, x, op, incoming_first)
+    code = ("sum", "prod", "max", "min").index(op)
+    _mod(be).reduce_into(_flat_inplace("reduce_into", "acc", acc), _flat(x, be), code,
+                         bool(incoming_first))
+    return acc
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def _mod(backend):
+    if backend == "cpu":
+        from .cpu import elementwise
+        return elementwise
+    from .cuda import elementwise
+    return elementwise
+
+
+def _c(a, backend):
+    return a if (backend == "cuda" or a.flags.c_contiguous) else np.ascontiguousarray(a)
+
+
+def _flat(a, backend):
+    a = _c(a, backend)
+    return a.reshape(-1) if len(a.shape) != 1 else a
+
+
+def _device_like(a):
+    from numba import cuda
+    return cuda.device_array(a.shape, a.dtype) if _is_device(a) else np.empty(a.shape, a.dtype)
+
+
+__all__ = ["matmul", "bias_act", "bias_act_backward", "softmax_xent", "sgd_update",
+           "adam_update", "clip_grad_norm", "reduce_into", "set_backend", "get_backend",
+           "BACKENDS", "AUTO", "ACTIVATIONS", "OP_NAMES"]

@@ -16,7 +16,7 @@ from numba import njit, prange
 KC = 1024  # k-slab
 MC = 64    # rows per parallel task
 NB = 16    # columns per inner block
-_FM = True  # reductions over k need reassociation; inputs are finite products
+_FM = {"contract", "reassoc", "nsz"}  # the k sums need reassociation; nan/inf still propagate
 
 
 @njit(fastmath=_FM, inline="always")

@@ -1,0 +1,1 @@
+"""Numba CPU-JIT kernels."""

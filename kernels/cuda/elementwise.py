@@ -1,0 +1,224 @@
+"""CUDA element-wise kernels: one thread per element (grid-stride), same rules as cpu/.
+
+Arguments may be host arrays (numba copies them in and out) or device arrays. Scalars
+arrive cast to the arrays' dtype by the dispatcher, as for the CPU kernels.
+"""
+import math
+
+import numpy as np
+from numba import cuda
+
+TPB = 256
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def _grid(n):
+    return max(1, min(4096, (n + TPB - 1) // TPB))
+
+
+@cuda.jit(device=True)
+def _act(z, code, zero):
+    if code == 1:
+        return z if (z > 0 or z != z) else zero
+    if code == 2:
+        return math.tanh(z)
+    if code == 3:
+        return 0.5 * z * (1 + math.tanh(_GELU_C * (z + 0.044715 * z * z * z)))
+    return z
+
+
+@cuda.jit(device=True)
+def _act_grad(z, code, zero, one):
+    if code == 1:
+        if z > 0:
+            return one
+        return zero if z == z else z
+    if code == 2:
+        t = math.tanh(z)
+        return 1 - t * t
+    if code == 3:
+        u = _GELU_C * (z + 0.044715 * z * z * z)
+        t = math.tanh(u)
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
+    return one
+
+
+@cuda.jit
+def _bias_act(x, bias, code, out, zero):
+    n, f = x.shape
+    start = cuda.grid(1)
+    for idx in range(start, n * f, cuda.gridsize(1)):
+        i = idx // f
+        j = idx - i * f
+        out[i, j] = _act(x[i, j] + bias[j], code, zero)
+
+
+@cuda.jit
+def _bias_act_backward(dy, x, bias, code, dx, zero, one):
+    n, f = x.shape
+    start = cuda.grid(1)
+    for idx in range(start, n * f, cuda.gridsize(1)):
+        i = idx // f
+        j = idx - i * f
+        dx[i, j] = dy[i, j] * _act_grad(x[i, j] + bias[j], code, zero, one)
+
+
+@cuda.jit
+def _column_sums(dx, db):
+    n, f = dx.shape
+    j = cuda.grid(1)
+    if j < f:  # guard: one thread per column
+        s = 0.0
+        for i in range(n):
+            s += dx[i, j]
+        db[j] = s
+
+
+@cuda.jit
+def _softmax_xent(logits, labels, grad, losses, inv_n):
+    n, c = logits.shape
+    i = cuda.grid(1)
+    if i < n:  # guard: one thread per row
+        m = logits[i, 0]
+        for j in range(1, c):
+            v = logits[i, j]
+            if v > m or v != v:
+                m = v
+        s = 0.0
+        for j in range(c):
+            e = math.exp(logits[i, j] - m)
+            grad[i, j] = e
+            s += e
+        label = labels[i]
+        losses[i] = math.log(s) - (logits[i, label] - m)
+        scale = inv_n / s
+        for j in range(c):
+            grad[i, j] = grad[i, j] * scale
+        grad[i, label] -= inv_n
+
+
+@cuda.jit
+def _sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay):
+    start = cuda.grid(1)
+    for i in range(start, params.size, cuda.gridsize(1)):
+        g = grads[i]
+        if weight_decay != 0:
+            g = g + weight_decay * params[i]
+        if momentum != 0:
+            v = momentum * velocity[i] + g
+            velocity[i] = v
+            g = g + momentum * v if nesterov else v
+        params[i] = params[i] - lr * g
+
+
+@cuda.jit
+def _adam(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2, one):
+    start = cuda.grid(1)
+    for i in range(start, params.size, cuda.gridsize(1)):
+        p = params[i]
+        g = grads[i]
+        if weight_decay != 0:
+            if decoupled:
+                p = p * (one - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        mi = beta1 * m[i] + (one - beta1) * g
+        vi = beta2 * v[i] + (one - beta2) * g * g
+        m[i] = mi
+        v[i] = vi
+        params[i] = p - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
+
+
+@cuda.jit
+def _sum_squares(x, out):
+    partial = cuda.shared.array(TPB, np.float64)
+    tid = cuda.threadIdx.x
+    s = 0.0
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        xi = np.float64(x[i])
+        s += xi * xi
+    partial[tid] = s
+    cuda.syncthreads()  # every thread's partial sum is in shared memory
+    step = TPB // 2
+    while step > 0:
+        if tid < step:
+            partial[tid] += partial[tid + step]
+        cuda.syncthreads()  # this level of the tree is complete before the next reads it
+        step //= 2
+    if tid == 0:
+        cuda.atomic.add(out, 0, partial[0])
+
+
+@cuda.jit
+def _scale(x, factor):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        x[i] = x[i] * factor
+
+
+@cuda.jit
+def _reduce_into(acc, x, code, incoming_first):
+    for i in range(cuda.grid(1), acc.size, cuda.gridsize(1)):
+        a = acc[i]
+        b = x[i]
+        if incoming_first:
+            a, b = b, a
+        if code == 0:
+            r = a + b
+        elif code == 1:
+            r = a * b
+        elif code == 2:
+            r = a if (a >= b or a != a) else b
+        else:
+            r = a if (a <= b or a != a) else b
+        acc[i] = r
+
+
+def bias_act(x, bias, code, out, zero):
+    _bias_act[_grid(x.size), TPB](x, bias, code, out, zero)
+    return out
+
+
+def bias_act_backward(dy, x, bias, code, dx, zero, one):
+    _bias_act_backward[_grid(x.size), TPB](dy, x, bias, code, dx, zero, one)
+    db = np.zeros(x.shape[1], np.float64)
+    if x.shape[1]:
+        _column_sums[(x.shape[1] + TPB - 1) // TPB, TPB](dx, db)
+    return db
+
+
+def softmax_xent(logits, labels, grad):
+    n = logits.shape[0]
+    if n == 0:
+        return 0.0
+    losses = np.zeros(n, np.float64)
+    _softmax_xent[(n + TPB - 1) // TPB, TPB](logits, labels, grad, losses, 1.0 / n)
+    return float(losses.sum() / n)
+
+
+def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
+    _sgd[_grid(params.size), TPB](params, grads, velocity, lr, momentum, nesterov, weight_decay)
+    return params
+
+
+def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                bc1, bc2, one):
+    _adam[_grid(params.size), TPB](params, grads, m, v, lr, beta1, beta2, eps, weight_decay,
+                                   decoupled, bc1, bc2, one)
+    return params
+
+
+def sum_squares(x):
+    out = np.zeros(1, np.float64)
+    if x.size:
+        _sum_squares[_grid(x.size), TPB](x, out)
+    return float(out[0])
+
+
+def scale(x, factor):
+    _scale[_grid(x.size), TPB](x, factor)
+    return x
+
+
+def reduce_into(acc, x, code, incoming_first):
+    _reduce_into[_grid(acc.size), TPB](acc, x, code, incoming_first)
+    return acc
