@@ -23,6 +23,8 @@ setup(
         # leave this extra out and build mpi4py against the site MPI (see README).
         "mpich": ["mpich"],
         "plot": ["matplotlib>=3.5"],
+        # Numba CUDA for real GPUs (the CUDA simulator needs nothing extra).
+        "cuda": ["numba-cuda"],
         "test": [
             "pytest>=7",
             "pytest-mpi>=0.6",

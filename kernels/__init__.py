@@ -12,20 +12,27 @@ arrays to ``cuda`` and otherwise picks, per kernel, the backend measured fastest
 """
 import os
 
-import numpy as np
+# Idle OpenMP workers (Numba's parallel kernels) sleep instead of spinning, so they do not
+# steal the cores BLAS and the other ranks on the node need between kernels. Set before
+# Numba starts its thread pool; an explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import reference
-from .reference import ACTIVATIONS
-from .reduce import OP_NAMES, UFUNCS
+import numpy as np  # noqa: E402
+
+from . import reference  # noqa: E402
+from .reference import ACTIVATIONS  # noqa: E402
+from .reduce import OP_NAMES, UFUNCS  # noqa: E402
+from .reduce import reduce_into as reference_reduce  # noqa: E402,F401 (tests' oracle)
 
 BACKENDS = ("auto", "numpy", "cpu", "cuda")
 FLOATS = (np.dtype("float32"), np.dtype("float64"))
 
 #: auto's choice on CPU per kernel, from benchmarks/kernels.py on the 2-core CI machine:
-#: BLAS (numpy) wins matmul at every size (Numba reaches 0.7-0.85x on one thread); the fused
-#: Numba kernels win every element-wise kernel because they make one pass instead of many.
+#: BLAS (numpy) wins matmul at every size (Numba reaches about 0.7x); the fused Numba kernels
+#: win the updates and the bias+activation passes (one pass instead of many); NumPy wins
+#: softmax+cross-entropy, whose cost is exp, which NumPy vectorises and Numba does not.
 AUTO = {"matmul": "numpy", "bias_act": "cpu", "bias_act_backward": "cpu",
-        "softmax_xent": "cpu", "sgd_update": "cpu", "adam_update": "cpu",
+        "softmax_xent": "numpy", "sgd_update": "cpu", "adam_update": "cpu",
         "clip_grad_norm": "cpu", "reduce_into": "cpu"}
 
 _backend = os.environ.get("HPCML_KERNEL_BACKEND", "auto")
@@ -211,15 +218,18 @@ def sgd_update(params, grads, velocity, lr, momentum=0.0, nesterov=False, weight
     if velocity is None:
         if momentum:
             raise ValueError("sgd_update: momentum needs a velocity buffer")
-        velocity = params  # not touched when momentum == 0
-    _same("sgd_update", "params", params, grads=grads, velocity=velocity)
+        velocity = np.empty(0, dt)  # never read or written when momentum == 0
+    else:
+        _same("sgd_update", "params", params, velocity=velocity)
+    _same("sgd_update", "params", params, grads=grads)
     be = _pick("sgd_update", backend, params, grads, velocity)
     if be == "numpy":
-        return reference.sgd_update(params, grads, velocity if momentum else None, lr,
-                                    momentum, nesterov, weight_decay)
+        return reference.sgd_update(params, grads, velocity, lr, momentum, nesterov,
+                                    weight_decay)
     p = _flat_inplace("sgd_update", "params", params)
-    _mod(be).sgd_update(p, _flat(grads, be), _flat_inplace("sgd_update", "velocity", velocity),
-                        dt.type(lr), dt.type(momentum), bool(nesterov), dt.type(weight_decay))
+    vel = _flat_inplace("sgd_update", "velocity", velocity) if velocity.size else velocity
+    _mod(be).sgd_update(p, _flat(grads, be), vel, dt.type(lr), dt.type(momentum),
+                        bool(nesterov), dt.type(weight_decay))
     return params
 
 

@@ -42,8 +42,9 @@ def _act_grad(z, act):
 
 
 def bias_act(x, bias, act="relu", out=None):
-    """y = act(x + bias) for x (rows x features), bias (features)."""
-    y = _act(x + bias, act).astype(x.dtype, copy=False)
+    """y = act(x + bias) for x (rows x features), bias (features). The sum is formed in the
+    array dtype; the activation is evaluated in float64 and stored in the array dtype."""
+    y = _act((x + bias).astype(np.float64), act).astype(x.dtype)
     if out is None:
         return y
     out[...] = y
@@ -51,8 +52,9 @@ def bias_act(x, bias, act="relu", out=None):
 
 
 def bias_act_backward(dy, x, bias, act="relu"):
-    """Gradients of y = act(x + bias): (dx, dbias); the pre-activation is recomputed."""
-    dz = (dy * _act_grad(x + bias, act)).astype(x.dtype, copy=False)
+    """Gradients of y = act(x + bias): (dx, dbias); the pre-activation is recomputed and
+    the activation's derivative evaluated in float64, as in bias_act."""
+    dz = (dy * _act_grad((x + bias).astype(np.float64), act)).astype(x.dtype)
     return dz, dz.sum(axis=0, dtype=np.float64).astype(x.dtype)
 
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Run the whole hpcml test suite: serial tests, then the MPI tests at 2, 3 and 4 ranks.
+"""Run the whole hpcml test suite: serial tests, CUDA kernel tests on the Numba simulator,
+then the MPI tests at 2, 3 and 4 ranks.
 
     python tests/run_all.py            # everything (what CI runs)
     python tests/run_all.py --serial   # only the serial tests
     python tests/run_all.py --mpi 3    # only the MPI tests at 3 ranks
+    python tests/run_all.py --cuda     # only the CUDA kernel tests (simulator unless
+                                       # HPCML_CUDA_REAL=1, for a machine with a GPU)
 
 Each MPI run is `mpiexec -n N python tests/pytest_rank.py --with-mpi tests/mpi` under a wall-clock
 limit (the whole process group is killed past it), with HPCML_TIMEOUT set so that a rank
@@ -62,15 +65,24 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serial", action="store_true", help="only the serial tests")
     ap.add_argument("--mpi", type=int, action="append", help="only MPI tests at N ranks")
+    ap.add_argument("--cuda", action="store_true", help="only the CUDA kernel tests")
     ap.add_argument("--limit", type=int, default=600, help="seconds per MPI run")
     ap.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = ap.parse_args()
     results = {}
-    if not args.mpi:
+    only = args.serial or args.mpi or args.cuda
+    if args.serial or not only:
         results["serial"] = run([sys.executable, "-m", "pytest", "-q", "tests",
-                                 "--ignore", os.path.join("tests", "mpi")] + args.pytest_args,
+                                 "--ignore", os.path.join("tests", "mpi"),
+                                 "--ignore", os.path.join("tests", "cuda")] + args.pytest_args,
                                 args.limit * 2)
-    if not args.serial:
+    if args.cuda or not only:
+        real = os.environ.get("HPCML_CUDA_REAL", "") == "1"
+        env = dict(os.environ, **({} if real else {"NUMBA_ENABLE_CUDASIM": "1"}))
+        results["cuda (gpu)" if real else "cuda (simulator)"] = run(
+            [sys.executable, "-m", "pytest", "-q", os.path.join("tests", "cuda")]
+            + args.pytest_args, args.limit, env)
+    if args.mpi or not only:
         for n in args.mpi or (2, 3, 4):
             results[f"mpi n={n}"] = mpi_run(n, args.limit, args.pytest_args)
     print("\nsummary: " + ", ".join(f"{k}: {'ok' if v == 0 else f'FAILED ({v})'}"

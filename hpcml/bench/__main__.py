@@ -2,12 +2,14 @@
 
     mpiexec -n 4 python -m hpcml.bench allreduce     # hand-written vs MPI_Allreduce
     mpiexec -n 2 python -m hpcml.bench tune          # measure the alpha-beta cost model
+    python -m hpcml.bench kernels                    # Numba/CUDA kernels vs NumPy
 """
 import sys
 
 BENCHMARKS = {
     "allreduce": "hpcml.bench.allreduce",
     "tune": "hpcml.bench.tune",
+    "kernels": "hpcml.bench.kernels",
 }
 
 

@@ -78,13 +78,26 @@ def check_launch(comm=None):
             f"--mpi plugin, or use mpiexec inside the allocation.")
 
 
+def local_ranks(comm=None):
+    """How many ranks of `comm` share this node (collective)."""
+    comm = comm or MPI.COMM_WORLD
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_size()
+    finally:
+        node.Free()
+
+
 def entry_point(main):
-    """Decorator for a job's main(): installs the guard, checks how the job was launched and
-    sets up the watchdog, then runs main."""
+    """Decorator for a job's main(): installs the guard, checks how the job was launched,
+    sets up the watchdog and gives each rank cores / ranks-on-this-node compute threads
+    (hpcml.kernels.threads; HPCML_NUM_THREADS overrides), then runs main."""
     def wrapped(*args, **kwargs):
         install()
         check_launch()
         Watchdog.from_env()
+        from hpcml.kernels import threads
+        threads.configure(local_ranks())
         return main(*args, **kwargs)
     wrapped.__name__ = getattr(main, "__name__", "main")
     wrapped.__doc__ = main.__doc__

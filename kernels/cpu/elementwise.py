@@ -162,3 +162,11 @@ def reduce_into(acc, x, code, incoming_first):
             r = a if (a <= b or a != a) else b
         acc[i] = r
     return acc
+
+
+@njit(parallel=True, cache=True)
+def copy(dst, src):
+    """dst[:] = src with the kernels' threads: the copy bandwidth updates are compared to."""
+    for i in prange(dst.size):
+        dst[i] = src[i]
+    return dst

@@ -1,0 +1,77 @@
+"""CUDA kernels against the NumPy references, on a GPU or on Numba's CUDA simulator.
+
+CI runs this folder with NUMBA_ENABLE_CUDASIM=1 (tests/run_all.py); the simulator runs
+every thread in Python, so sizes stay small but still cover several blocks, partial tiles
+and grid-stride loops.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import kernel_cases as C  # noqa: E402
+from hpcml import kernels as K  # noqa: E402
+from hpcml.kernels.cuda import available, why_unavailable  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not available(), reason=str(why_unavailable()))
+FLOATS = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul(dtype, trans):
+    for m, k, n in [(1, 1, 1), (3, 9, 2), (0, 3, 4), (3, 0, 4), (5, 1, 7)]:
+        C.check_matmul("cuda", dtype, m, k, n, *trans)
+
+
+def test_matmul_several_blocks_and_partial_tiles():
+    C.check_matmul("cuda", np.float32, 70, 11, 66, False, False)  # 2 x 2 blocks, ragged
+
+
+def test_matmul_nonfinite_propagates():
+    C.check_matmul_nonfinite("cuda", np.float32)
+
+
+def test_device_arrays_stay_on_the_device():
+    from numba import cuda
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.ones((4, 2), np.float32)
+    out = K.matmul(cuda.to_device(a), cuda.to_device(b))  # auto -> cuda for device arrays
+    assert hasattr(out, "copy_to_host")
+    np.testing.assert_allclose(out.copy_to_host(), a @ b)
+    with pytest.raises(TypeError, match="device arrays need backend"):
+        K.matmul(cuda.to_device(a), cuda.to_device(b), backend="cpu")
+
+
+@pytest.mark.parametrize("act", K.ACTIVATIONS)
+def test_bias_act(act):
+    C.check_bias_act("cuda", np.float32, 3, 5, act)
+    C.check_bias_act("cuda", np.float64, 4, 3, act, edge=True)
+
+
+def test_softmax_xent():
+    C.check_softmax_xent("cuda", np.float32, 5, 4)
+    C.check_softmax_xent("cuda", np.float64, 3, 6, big=True)
+    C.check_softmax_xent("cuda", np.float32, 0, 3)
+
+
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, True, 1e-2)])
+def test_sgd(momentum, nesterov, wd):
+    C.check_sgd("cuda", np.float32, 300, momentum, nesterov, wd, steps=5)
+
+
+@pytest.mark.parametrize("wd,decoupled", [(0.0, False), (1e-2, True)])
+def test_adam(wd, decoupled):
+    C.check_adam("cuda", np.float32, 300, wd, decoupled, steps=5)
+
+
+def test_clip_grad_norm():
+    C.check_clip("cuda", np.float32, 600, 1.0)  # 3 blocks: shared-memory tree + atomics
+    C.check_clip("cuda", np.float64, 10, 1e9)
+
+
+@pytest.mark.parametrize("op", ["sum", "prod", "max", "min"])
+def test_reduce_into(op):
+    C.check_reduce_into("cuda", np.float32, op, True)
