@@ -10,8 +10,10 @@
   to the measured copy bandwidth (np.copyto of the same bytes); bytes counted are those the
   update must read and write once;
 * fused layer helpers (bias+activation forward/backward, softmax+cross-entropy).
-Times are the median of repeated calls after a warm-up; CUDA rows appear when a real GPU
-is present (not under the simulator). Writes kernels.json and kernels.png.
+Times are the median of repeated calls after a warm-up, one backend at a time after a pause
+(idle BLAS/OpenMP threads spin for a while and would steal the next backend's cores); CUDA
+rows appear when a real GPU is present (not under the simulator). Writes kernels.json and
+kernels.png.
 """
 import argparse
 import sys
@@ -36,25 +38,23 @@ def median_time(f, reps, warmup=1):
     return float(np.median(ts))
 
 
-def interleaved(calls, reps, warmup=1, budget=0.5):
-    """name -> median seconds; calls run in rotating order each round, so thread pools
-    left spinning by one backend (BLAS, OpenMP) slow the others alike. At least `reps`
-    rounds, more (up to 200) while they fit in `budget` seconds."""
-    names = list(calls)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        for f in calls.values():
+def measure(calls, reps, warmup=1, budget=0.5, pause=0.3):
+    """name -> median seconds of each call, measured one backend at a time.
+
+    Before each backend's block the process sleeps `pause` seconds: BLAS and OpenMP worker
+    threads spin for a while after a call, and a pool left spinning by the previous backend
+    would otherwise steal the cores of the next one. Each block runs at least `reps` calls,
+    more (up to 200) while they fit in `budget` seconds."""
+    out = {}
+    for name, f in calls.items():
+        time.sleep(pause)
+        t0 = time.perf_counter()
+        for _ in range(warmup):
             f()
-    per_round = max((time.perf_counter() - t0) / max(warmup, 1), 1e-9)
-    reps = int(min(200, max(reps, budget / per_round)))
-    ts = {k: [] for k in names}
-    for r in range(reps):
-        for j in range(len(names)):
-            k = names[(r + j) % len(names)]
-            t = time.perf_counter()
-            calls[k]()
-            ts[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in ts.items()}
+        per_call = max((time.perf_counter() - t0) / max(warmup, 1), 1e-9)
+        n = int(min(200, max(reps, budget / per_call)))
+        out[name] = median_time(f, n, warmup=0)
+    return out
 
 
 def bench_matmul(sizes, backends, nthreads, reps):
@@ -65,7 +65,7 @@ def bench_matmul(sizes, backends, nthreads, reps):
         b = rng.standard_normal((n, n)).astype(np.float32)
         out = np.empty((n, n), np.float32)
         r = reps
-        t = interleaved({be: (lambda be=be: K.matmul(a, b, out=out, backend=be))
+        t = measure({be: (lambda be=be: K.matmul(a, b, out=out, backend=be))
                          for be in backends}, r)
         for be in backends:
             rows.append({"kernel": "matmul", "backend": be, "n": n, "threads": nthreads,
@@ -88,6 +88,12 @@ def bench_updates(n, nthreads, reps):
     bufs["p"][:] = p0
     bufs["v"][:] = g
     last = [float(np.linalg.norm(g))]
+
+    def clip_halving(be):
+        if last[0] < 1e-12:  # rare (every ~80 calls): start again; the median ignores it
+            bufs["v"][:] = g
+            last[0] = float(np.linalg.norm(g))
+        last[0] = K.clip_grad_norm(bufs["v"], 0.5 * last[0], backend=be)
     cases = {
         # name: (call(backend), bytes moved once: arrays read + arrays written)
         "sgd_momentum_nesterov_wd": (lambda be: K.sgd_update(bufs["p"], g, bufs["v"], 1e-3, 0.9,
@@ -98,12 +104,11 @@ def bench_updates(n, nthreads, reps):
                                            weight_decay=1e-2, decoupled=True, backend=be), 7),
         # each call clips to half the norm the previous call returned, so every call
         # reads the gradients once for the norm and scales them (reads and writes) once
-        "clip_grad_norm": (lambda be: last.__setitem__(0, K.clip_grad_norm(
-            bufs["v"], 0.5 * last[0], backend=be)), 3),
+        "clip_grad_norm": (lambda be: clip_halving(be), 3),
     }
     rows = []
     for name, (call, arrays) in cases.items():
-        t = interleaved({be: (lambda be=be: call(be)) for be in ("numpy", "cpu", "auto")}, reps)
+        t = measure({be: (lambda be=be: call(be)) for be in ("numpy", "cpu", "auto")}, reps)
         for be, tb in t.items():
             gbs = arrays * 4 * n / tb / 1e9
             rows.append({"kernel": name, "backend": be, "n": n, "threads": nthreads,
@@ -126,7 +131,7 @@ def bench_layers(nthreads, reps):
     }
     rows = []
     for name, call in cases.items():
-        t = interleaved({be: (lambda be=be: call(be)) for be in ("numpy", "cpu", "auto")}, reps)
+        t = measure({be: (lambda be=be: call(be)) for be in ("numpy", "cpu", "auto")}, reps)
         for be, tb in t.items():
             rows.append({"kernel": name, "backend": be, "threads": nthreads, "median_s": tb,
                          "speedup_vs_numpy": t["numpy"] / tb})
