@@ -8,7 +8,8 @@
 Backends: ``numpy`` (reference.py, the specification), ``cpu`` (Numba JIT, cpu/) and
 ``cuda`` (Numba CUDA, cuda/; device arrays stay on the device). ``auto`` sends device
 arrays to ``cuda`` and otherwise picks, per kernel, the backend measured fastest on CPU
-(AUTO; `python -m hpcml.bench kernels` re-measures it). Pure compute: no MPI, no I/O.
+(AUTO, measured by benchmarks/kernels.py; `hpcml.kernels.tune.autotune()` re-measures it on
+the machine at hand in a few seconds). Pure compute: no MPI, no I/O.
 """
 import os
 

@@ -137,3 +137,12 @@ def test_threads_per_rank(monkeypatch):
         threads.configure()
     monkeypatch.delenv("HPCML_NUM_THREADS")
     threads.configure(local_ranks=1)
+
+
+def test_autotune_sets_auto_from_measurement(monkeypatch):
+    from hpcml.kernels import tune
+    monkeypatch.setattr(K, "AUTO", dict(K.AUTO))
+    times = tune.autotune()
+    assert set(times) == set(K.AUTO)
+    for kernel, t in times.items():
+        assert K.AUTO[kernel] == min(t, key=t.get)
