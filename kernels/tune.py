@@ -12,8 +12,10 @@ import time
 import numpy as np
 
 
-def _median(f, reps=5):
-    f()
+def median_time(f, reps=5, warmup=1):
+    """Median seconds of `reps` calls of f() after `warmup` untimed calls."""
+    for _ in range(warmup):
+        f()
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
@@ -47,6 +49,6 @@ def autotune(backends=("numpy", "cpu")):
     }
     times = {}
     for kernel, call in cases.items():
-        times[kernel] = {be: _median(lambda be=be: call(be)) for be in backends}
+        times[kernel] = {be: median_time(lambda be=be: call(be)) for be in backends}
         K.AUTO[kernel] = min(times[kernel], key=times[kernel].get)
     return times

@@ -10,10 +10,10 @@
   to the measured copy bandwidth (np.copyto of the same bytes); bytes counted are those the
   update must read and write once;
 * fused layer helpers (bias+activation forward/backward, softmax+cross-entropy).
-Times are the median of repeated calls after a warm-up, one backend at a time after a pause
-(idle BLAS/OpenMP threads spin for a while and would steal the next backend's cores); CUDA
-rows appear when a real GPU is present (not under the simulator). Writes kernels.json and
-kernels.png.
+Each time is the best of 3 block medians per backend, blocks in rotation, each after a
+short pause (idle BLAS/OpenMP threads spin for a while and would steal the next backend's
+cores); CUDA rows appear when a real GPU is present (not under the simulator). Writes
+kernels.json and kernels.png.
 """
 import argparse
 import sys
@@ -24,37 +24,30 @@ import numpy as np
 from hpcml import kernels as K
 from hpcml.atomic import atomic_write_json, atomic_savefig
 from hpcml.kernels import threads
+from hpcml.kernels.tune import median_time
 from hpcml.kernels.cuda import available as cuda_available
 
 
-def median_time(f, reps, warmup=1):
-    for _ in range(warmup):
-        f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+def measure(calls, reps, warmup=1, budget=0.2, pause=0.2, rounds=3):
+    """name -> seconds per call: the best of `rounds` block medians per backend.
 
-
-def measure(calls, reps, warmup=1, budget=0.5, pause=0.3):
-    """name -> median seconds of each call, measured one backend at a time.
-
-    Before each backend's block the process sleeps `pause` seconds: BLAS and OpenMP worker
-    threads spin for a while after a call, and a pool left spinning by the previous backend
-    would otherwise steal the cores of the next one. Each block runs at least `reps` calls,
-    more (up to 200) while they fit in `budget` seconds."""
-    out = {}
-    for name, f in calls.items():
-        time.sleep(pause)
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            f()
-        per_call = max((time.perf_counter() - t0) / max(warmup, 1), 1e-9)
-        n = int(min(200, max(reps, budget / per_call)))
-        out[name] = median_time(f, n, warmup=0)
-    return out
+    Backends are measured in blocks, in rotation (A B C A B C ...), each block after a
+    `pause`: BLAS and OpenMP worker threads spin for a while after a call, and a pool left
+    spinning by the previous backend would steal the next one's cores. A block runs at
+    least `reps` calls, more (up to 200) while they fit in `budget` seconds; taking the best
+    block median discards blocks that hit a slow phase of a shared machine."""
+    best = {}
+    for _ in range(rounds):
+        for name, f in calls.items():
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                f()
+            per_call = max((time.perf_counter() - t0) / max(warmup, 1), 1e-9)
+            n = int(min(200, max(reps, budget / per_call)))
+            t = median_time(f, n, warmup=0)
+            best[name] = min(best.get(name, t), t)
+    return best
 
 
 def bench_matmul(sizes, backends, nthreads, reps):

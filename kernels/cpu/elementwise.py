@@ -11,38 +11,18 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .. import scalar
+
 _FM = {"contract"}
 _FM_SUM = {"contract", "reassoc"}
-_GELU_C = math.sqrt(2.0 / math.pi)
-
 ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "gelu": 3}
 
 
-@njit(fastmath=_FM, inline="always")
-def _act(z, code, zero):
-    if code == 1:
-        return z if (z > 0 or z != z) else zero  # max(z, 0) that keeps nan, as np.maximum
-    if code == 2:
-        return math.tanh(z)
-    if code == 3:
-        return 0.5 * z * (1 + math.tanh(_GELU_C * (z + 0.044715 * z * z * z)))
-    return z
-
-
-@njit(fastmath=_FM, inline="always")
-def _act_grad(z, code, zero, one):
-    if code == 1:
-        if z > 0:
-            return one
-        return zero if z == z else z  # 0, or nan for nan
-    if code == 2:
-        t = math.tanh(z)
-        return 1 - t * t
-    if code == 3:
-        u = _GELU_C * (z + 0.044715 * z * z * z)
-        t = math.tanh(u)
-        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
-    return one
+_act = njit(fastmath=_FM, inline="always")(scalar.act)
+_act_grad = njit(fastmath=_FM, inline="always")(scalar.act_grad)
+_sgd_step = njit(fastmath=_FM, inline="always")(scalar.sgd_step)
+_adam_step = njit(fastmath=_FM, inline="always")(scalar.adam_step)
+_combine = njit(fastmath=_FM, inline="always")(scalar.combine)
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
@@ -68,24 +48,30 @@ def bias_act_backward(dy, x, bias, code, dx, zero, one):
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
-def softmax_xent(logits, labels, grad):
-    """One pass per row: max, exp-sum, loss term and gradient; returns the mean loss."""
+def _row_max(logits, out):
     n, c = logits.shape
-    losses = np.zeros(n, np.float64)
-    inv_n = 1.0 / max(n, 1)
     for i in prange(n):
         m = logits[i, 0]
         for j in range(1, c):
             v = logits[i, j]
             if v > m or v != v:
                 m = v
+        out[i] = m
+    return out
+
+
+@njit(parallel=True, fastmath=_FM_SUM, cache=True)
+def _xent_finish(logits, labels, grad, m):
+    """grad holds exp(logits - m) per row: normalise it into the gradient, return the loss."""
+    n, c = grad.shape
+    losses = np.zeros(n, np.float64)
+    inv_n = 1.0 / max(n, 1)
+    for i in prange(n):
         s = 0.0
         for j in range(c):
-            e = math.exp(logits[i, j] - m)
-            grad[i, j] = e
-            s += e
+            s += grad[i, j]
         label = labels[i]
-        losses[i] = math.log(s) - (logits[i, label] - m)
+        losses[i] = math.log(s) - (logits[i, label] - m[i])
         scale = inv_n / s
         for j in range(c):
             grad[i, j] = grad[i, j] * scale
@@ -93,17 +79,23 @@ def softmax_xent(logits, labels, grad):
     return losses.sum() * inv_n if n else 0.0
 
 
+def softmax_xent(logits, labels, grad):
+    """Softmax + cross-entropy forward and backward: a Numba pass for the row maxima, NumPy's
+    vectorised exp written straight into grad (Numba's exp does not vectorise), and one
+    Numba pass for the sums, the loss and the gradient. Returns the mean loss."""
+    m = _row_max(logits, np.empty(logits.shape[0], logits.dtype))
+    np.subtract(logits, m[:, None], out=grad)
+    np.exp(grad, out=grad)
+    return _xent_finish(logits, labels, grad, m)
+
+
 @njit(parallel=True, fastmath=_FM, cache=True)
 def sgd_update(params, grads, velocity, lr, momentum, nesterov, weight_decay):
     for i in prange(params.size):
-        g = grads[i]
-        if weight_decay != 0:
-            g = g + weight_decay * params[i]
+        vi = velocity[i] if momentum != 0 else params[i]
+        params[i], vi = _sgd_step(params[i], grads[i], vi, lr, momentum, nesterov, weight_decay)
         if momentum != 0:
-            v = momentum * velocity[i] + g
-            velocity[i] = v
-            g = g + momentum * v if nesterov else v
-        params[i] = params[i] - lr * g
+            velocity[i] = vi
     return params
 
 
@@ -112,18 +104,8 @@ def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoup
                 bc1, bc2, one):
     """bc1 = 1 - beta1**step, bc2 = 1 - beta2**step (computed once by the caller)."""
     for i in prange(params.size):
-        p = params[i]
-        g = grads[i]
-        if weight_decay != 0:
-            if decoupled:
-                p = p * (one - lr * weight_decay)
-            else:
-                g = g + weight_decay * p
-        mi = beta1 * m[i] + (one - beta1) * g
-        vi = beta2 * v[i] + (one - beta2) * g * g
-        m[i] = mi
-        v[i] = vi
-        params[i] = p - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
+        params[i], m[i], v[i] = _adam_step(params[i], grads[i], m[i], v[i], lr, beta1, beta2,
+                                           eps, weight_decay, decoupled, bc1, bc2, one)
     return params
 
 
@@ -148,19 +130,7 @@ def reduce_into(acc, x, code, incoming_first):
     """acc = op(acc, x) (or op(x, acc)); code 0 sum, 1 prod, 2 max, 3 min (NumPy semantics:
     max/min propagate nan)."""
     for i in prange(acc.size):
-        a = acc[i]
-        b = x[i]
-        if incoming_first:
-            a, b = b, a
-        if code == 0:
-            r = a + b
-        elif code == 1:
-            r = a * b
-        elif code == 2:
-            r = a if (a >= b or a != a) else b
-        else:
-            r = a if (a <= b or a != a) else b
-        acc[i] = r
+        acc[i] = _combine(x[i], acc[i], code) if incoming_first else _combine(acc[i], x[i], code)
     return acc
 
 

@@ -8,39 +8,20 @@ import math
 import numpy as np
 from numba import cuda
 
+from .. import scalar
+
 TPB = 256
-_GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def _grid(n):
     return max(1, min(4096, (n + TPB - 1) // TPB))
 
 
-@cuda.jit(device=True)
-def _act(z, code, zero):
-    if code == 1:
-        return z if (z > 0 or z != z) else zero
-    if code == 2:
-        return math.tanh(z)
-    if code == 3:
-        return 0.5 * z * (1 + math.tanh(_GELU_C * (z + 0.044715 * z * z * z)))
-    return z
-
-
-@cuda.jit(device=True)
-def _act_grad(z, code, zero, one):
-    if code == 1:
-        if z > 0:
-            return one
-        return zero if z == z else z
-    if code == 2:
-        t = math.tanh(z)
-        return 1 - t * t
-    if code == 3:
-        u = _GELU_C * (z + 0.044715 * z * z * z)
-        t = math.tanh(u)
-        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
-    return one
+_act = cuda.jit(device=True)(scalar.act)
+_act_grad = cuda.jit(device=True)(scalar.act_grad)
+_sgd_step = cuda.jit(device=True)(scalar.sgd_step)
+_adam_step = cuda.jit(device=True)(scalar.adam_step)
+_combine = cuda.jit(device=True)(scalar.combine)
 
 
 @cuda.jit
@@ -101,32 +82,22 @@ def _softmax_xent(logits, labels, grad, losses, inv_n):
 def _sgd(params, grads, velocity, lr, momentum, nesterov, weight_decay):
     start = cuda.grid(1)
     for i in range(start, params.size, cuda.gridsize(1)):
-        g = grads[i]
-        if weight_decay != 0:
-            g = g + weight_decay * params[i]
+        vi = velocity[i] if momentum != 0 else params[i]
+        p, vi = _sgd_step(params[i], grads[i], vi, lr, momentum, nesterov, weight_decay)
+        params[i] = p
         if momentum != 0:
-            v = momentum * velocity[i] + g
-            velocity[i] = v
-            g = g + momentum * v if nesterov else v
-        params[i] = params[i] - lr * g
+            velocity[i] = vi
 
 
 @cuda.jit
 def _adam(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2, one):
     start = cuda.grid(1)
     for i in range(start, params.size, cuda.gridsize(1)):
-        p = params[i]
-        g = grads[i]
-        if weight_decay != 0:
-            if decoupled:
-                p = p * (one - lr * weight_decay)
-            else:
-                g = g + weight_decay * p
-        mi = beta1 * m[i] + (one - beta1) * g
-        vi = beta2 * v[i] + (one - beta2) * g * g
+        p, mi, vi = _adam_step(params[i], grads[i], m[i], v[i], lr, beta1, beta2, eps,
+                               weight_decay, decoupled, bc1, bc2, one)
+        params[i] = p
         m[i] = mi
         v[i] = vi
-        params[i] = p - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
 
 
 @cuda.jit
@@ -158,19 +129,7 @@ def _scale(x, factor):
 @cuda.jit
 def _reduce_into(acc, x, code, incoming_first):
     for i in range(cuda.grid(1), acc.size, cuda.gridsize(1)):
-        a = acc[i]
-        b = x[i]
-        if incoming_first:
-            a, b = b, a
-        if code == 0:
-            r = a + b
-        elif code == 1:
-            r = a * b
-        elif code == 2:
-            r = a if (a >= b or a != a) else b
-        else:
-            r = a if (a <= b or a != a) else b
-        acc[i] = r
+        acc[i] = _combine(x[i], acc[i], code) if incoming_first else _combine(acc[i], x[i], code)
 
 
 def bias_act(x, bias, code, out, zero):
