@@ -10,9 +10,11 @@
   to the measured copy bandwidth (np.copyto of the same bytes); bytes counted are those the
   update must read and write once;
 * fused layer helpers (bias+activation forward/backward, softmax+cross-entropy).
-Each time is the best of 3 block medians per backend, blocks in rotation, each after a
-short pause (idle BLAS/OpenMP threads spin for a while and would steal the next backend's
-cores); CUDA rows appear when a real GPU is present (not under the simulator). Writes
+Each single backend is timed in its own block (median of the calls) after a pause, since
+idle BLAS/OpenMP threads spin for a while and would steal the next backend's cores; `auto`
+is then timed call by call in alternation with the fastest single backend, and
+`auto_vs_best` is the ratio of those paired medians. CUDA rows appear when a real GPU is
+present (not under the simulator). Writes
 kernels.json and kernels.png.
 """
 import argparse
@@ -24,30 +26,73 @@ import numpy as np
 from hpcml import kernels as K
 from hpcml.atomic import atomic_write_json, atomic_savefig
 from hpcml.kernels import threads
-from hpcml.kernels.tune import median_time
 from hpcml.kernels.cuda import available as cuda_available
 
 
-def measure(calls, reps, warmup=1, budget=0.2, pause=0.2, rounds=3):
-    """name -> seconds per call: the best of `rounds` block medians per backend.
+def _warm(f, seconds=0.15):
+    """Call f for at least `seconds` (and at least once): caches, page tables, and a clock
+    that has ramped back up after the pause. Returns the time of one call."""
+    t0 = time.perf_counter()
+    calls = 0
+    while True:
+        f()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return elapsed / calls
 
-    Backends are measured in blocks, in rotation (A B C A B C ...), each block after a
-    `pause`: BLAS and OpenMP worker threads spin for a while after a call, and a pool left
-    spinning by the previous backend would steal the next one's cores. A block runs at
-    least `reps` calls, more (up to 200) while they fit in `budget` seconds; taking the best
-    block median discards blocks that hit a slow phase of a shared machine."""
-    best = {}
-    for _ in range(rounds):
-        for name, f in calls.items():
-            time.sleep(pause)
-            t0 = time.perf_counter()
-            for _ in range(warmup):
-                f()
-            per_call = max((time.perf_counter() - t0) / max(warmup, 1), 1e-9)
-            n = int(min(200, max(reps, budget / per_call)))
-            t = median_time(f, n, warmup=0)
-            best[name] = min(best.get(name, t), t)
-    return best
+
+def _timed_calls(f, n):
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
+def measure(calls, reps, budget=0.5, pause=0.3):
+    """name -> median seconds per call, one backend at a time: before each backend's block
+    the process sleeps `pause` seconds, because BLAS and OpenMP workers spin for a while
+    after a call and a pool left spinning by the previous backend would steal the next one's
+    cores. A block runs one warm-up call, then at least `reps` calls, more (up to 200) while
+    they fit in `budget` seconds, after 0.15 s of warm-up calls (the clock ramps down
+    during the pause)."""
+    out = {}
+    for name, f in calls.items():
+        time.sleep(pause)
+        n = int(min(200, max(reps, budget / max(_warm(f), 1e-9))))
+        out[name] = float(np.median(_timed_calls(f, n)))
+    return out
+
+
+def paired(auto, best, reps, budget=0.5, pause=0.3):
+    """(auto median, best median) with the two timed call by call in alternation, so both see
+    the same conditions: the test of "auto is not slower than the best single backend"."""
+    time.sleep(pause)
+    per_pair = _warm(auto) + _warm(best)
+    n = int(min(200, max(reps, budget / max(per_pair, 1e-9))))
+    ta, tb = [], []
+    for i in range(n):
+        first, second = (auto, best) if i % 2 == 0 else (best, auto)
+        t = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        t2 = time.perf_counter()
+        (ta if first is auto else tb).append(t1 - t)
+        (tb if first is auto else ta).append(t2 - t1)
+    return float(np.median(ta)), float(np.median(tb))
+
+
+def with_auto(calls_by_backend, reps):
+    """Time the single backends (blocks), then auto paired with the fastest of them."""
+    singles = {be: f for be, f in calls_by_backend.items() if be != "auto"}
+    t = measure(singles, reps)
+    best = min(t, key=t.get)
+    t_auto, t_best = paired(calls_by_backend["auto"], singles[best], reps)
+    t["auto"] = t_auto
+    return t, {"best_backend": best, "auto_vs_best": t_auto / t_best}
 
 
 def bench_matmul(sizes, backends, nthreads, reps):
@@ -58,12 +103,13 @@ def bench_matmul(sizes, backends, nthreads, reps):
         b = rng.standard_normal((n, n)).astype(np.float32)
         out = np.empty((n, n), np.float32)
         r = reps
-        t = measure({be: (lambda be=be: K.matmul(a, b, out=out, backend=be))
-                         for be in backends}, r)
+        t, vs = with_auto({be: (lambda be=be: K.matmul(a, b, out=out, backend=be))
+                           for be in backends}, r)
         for be in backends:
             rows.append({"kernel": "matmul", "backend": be, "n": n, "threads": nthreads,
                          "median_s": t[be], "gflops": 2 * n ** 3 / t[be] / 1e9,
-                         "ratio_vs_numpy": t["numpy"] / t[be]})
+                         "ratio_vs_numpy": t["numpy"] / t[be],
+                         **(vs if be == "auto" else {})})
     return rows
 
 
@@ -74,8 +120,9 @@ def bench_updates(n, nthreads, reps):
     g = (rng.standard_normal(n) * 1e-2).astype(f32)
     src = np.empty(n, f32)
     from hpcml.kernels.cpu.elementwise import copy as numba_copy
-    copy_t = min(median_time(lambda: np.copyto(src, p0), reps),   # the faster of NumPy's
-                 median_time(lambda: numba_copy(src, p0), reps))  # and a threaded copy
+    copy_t = min(measure({"numpy": lambda: np.copyto(src, p0),   # the faster of NumPy's
+                          "numba": lambda: numba_copy(src, p0)},  # and a threaded copy
+                         reps).values())
     copy_gbs = 2 * p0.nbytes / copy_t / 1e9
     bufs = {k: np.zeros(n, f32) for k in ("p", "v", "m", "s")}
     bufs["p"][:] = p0
@@ -83,7 +130,7 @@ def bench_updates(n, nthreads, reps):
     last = [float(np.linalg.norm(g))]
 
     def clip_halving(be):
-        if last[0] < 1e-12:  # rare (every ~80 calls): start again; the median ignores it
+        if last[0] < 1e-12:  # rare (every ~45 calls): start again; the median ignores it
             bufs["v"][:] = g
             last[0] = float(np.linalg.norm(g))
         last[0] = K.clip_grad_norm(bufs["v"], 0.5 * last[0], backend=be)
@@ -101,12 +148,14 @@ def bench_updates(n, nthreads, reps):
     }
     rows = []
     for name, (call, arrays) in cases.items():
-        t = measure({be: (lambda be=be: call(be)) for be in ("numpy", "cpu", "auto")}, reps)
+        t, vs = with_auto({be: (lambda be=be: call(be)) for be in ("numpy", "cpu", "auto")},
+                          reps)
         for be, tb in t.items():
             gbs = arrays * 4 * n / tb / 1e9
             rows.append({"kernel": name, "backend": be, "n": n, "threads": nthreads,
                          "median_s": tb, "GBps": gbs, "speedup_vs_numpy": t["numpy"] / tb,
-                         "fraction_of_copy_bw": gbs / copy_gbs, "copy_GBps": copy_gbs})
+                         "fraction_of_copy_bw": gbs / copy_gbs, "copy_GBps": copy_gbs,
+                         **(vs if be == "auto" else {})})
     return rows
 
 
@@ -117,17 +166,19 @@ def bench_layers(nthreads, reps):
     dy = rng.standard_normal((4096, 1024)).astype(np.float32)
     logits = rng.standard_normal((4096, 1000)).astype(np.float32)
     labels = rng.integers(0, 1000, 4096)
+    y = np.empty_like(x)  # outputs preallocated where the API allows: no page faults timed
     cases = {
-        "bias_gelu": lambda be: K.bias_act(x, bias, "gelu", backend=be),
+        "bias_gelu": lambda be: K.bias_act(x, bias, "gelu", out=y, backend=be),
         "bias_relu_backward": lambda be: K.bias_act_backward(dy, x, bias, "relu", backend=be),
         "softmax_xent": lambda be: K.softmax_xent(logits, labels, backend=be),
     }
     rows = []
     for name, call in cases.items():
-        t = measure({be: (lambda be=be: call(be)) for be in ("numpy", "cpu", "auto")}, reps)
+        t, vs = with_auto({be: (lambda be=be: call(be)) for be in ("numpy", "cpu", "auto")},
+                          reps)
         for be, tb in t.items():
             rows.append({"kernel": name, "backend": be, "threads": nthreads, "median_s": tb,
-                         "speedup_vs_numpy": t["numpy"] / tb})
+                         "speedup_vs_numpy": t["numpy"] / tb, **(vs if be == "auto" else {})})
     return rows
 
 
@@ -137,8 +188,8 @@ def summarize(rows):
     groups = {}
     for r in rows:
         groups.setdefault((r["kernel"], r.get("n"), r["threads"]), {})[r["backend"]] = r
-    worst = max(((g["auto"]["median_s"] / min(v["median_s"] for b, v in g.items() if b != "auto"),
-                  k) for k, g in groups.items() if "auto" in g), default=(None, None))
+    worst = max(((g["auto"]["auto_vs_best"], k) for k, g in groups.items() if "auto" in g),
+                default=(None, None))
     out["auto_vs_best_single_backend_worst"] = {"slowdown": worst[0], "case": worst[1]}
     for th in sorted({r["threads"] for r in rows}):
         mm = groups.get(("matmul", 1024, th))
