@@ -36,3 +36,24 @@ def test_bench_help_lists_benchmarks():
     proc = subprocess.run([sys.executable, "-m", "hpcml.bench", "--help"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "allreduce" in proc.stdout
+
+
+def test_kernels_benchmark_writes_json_and_png(tmp_path):
+    cmd = [sys.executable, "-m", "hpcml.bench", "kernels", "--sizes", "64,96", "--threads", "1",
+           "--params", "50000", "--reps", "2", "--budget", "0.01", "--pause", "0",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "kernels.json").read_text())
+    assert (tmp_path / "kernels.png").read_bytes()[:4] == b"\x89PNG"
+    recs = result["records"]
+    mm = [r for r in recs if r["kernel"] == "matmul"]
+    assert {(r["backend"], r["n"]) for r in mm} == {(b, n) for b in ("numpy", "cpu", "auto")
+                                                    for n in (64, 96)}
+    for r in mm:
+        assert r["gflops"] == pytest.approx(2 * r["n"] ** 3 / r["median_s"] / 1e9)
+    updates = {r["kernel"] for r in recs if "GBps" in r}
+    assert updates == {"sgd_momentum_nesterov_wd", "adam", "adamw", "clip_grad_norm"}
+    autos = [r for r in recs if r["backend"] == "auto"]
+    assert autos and all(r["auto_vs_best"] > 0 for r in autos)
+    assert result["summary"]["auto_vs_best_single_backend_worst"]["slowdown"] is not None

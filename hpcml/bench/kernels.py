@@ -51,26 +51,32 @@ def _timed_calls(f, n):
     return ts
 
 
-def measure(calls, reps, budget=0.5, pause=0.3):
+TIMING = {"budget": 0.5, "pause": 0.3, "warm": 0.15}  # seconds; --budget/--pause change them
+
+
+def measure(calls, reps, budget=None, pause=None):
     """name -> median seconds per call, one backend at a time: before each backend's block
     the process sleeps `pause` seconds, because BLAS and OpenMP workers spin for a while
     after a call and a pool left spinning by the previous backend would steal the next one's
     cores. A block runs one warm-up call, then at least `reps` calls, more (up to 200) while
     they fit in `budget` seconds, after 0.15 s of warm-up calls (the clock ramps down
     during the pause)."""
+    budget = TIMING["budget"] if budget is None else budget
+    pause = TIMING["pause"] if pause is None else pause
     out = {}
     for name, f in calls.items():
         time.sleep(pause)
-        n = int(min(200, max(reps, budget / max(_warm(f), 1e-9))))
+        n = int(min(200, max(reps, budget / max(_warm(f, TIMING["warm"]), 1e-9))))
         out[name] = float(np.median(_timed_calls(f, n)))
     return out
 
 
-def paired(auto, best, reps, budget=0.5, pause=0.3):
+def paired(auto, best, reps, budget=None, pause=None):
     """(auto median, best median) with the two timed call by call in alternation, so both see
     the same conditions: the test of "auto is not slower than the best single backend"."""
-    time.sleep(pause)
-    per_pair = _warm(auto) + _warm(best)
+    budget = TIMING["budget"] if budget is None else budget
+    time.sleep(TIMING["pause"] if pause is None else pause)
+    per_pair = _warm(auto, TIMING["warm"]) + _warm(best, TIMING["warm"])
     n = int(min(200, max(reps, budget / max(per_pair, 1e-9))))
     ta, tb = [], []
     for i in range(n):
@@ -247,9 +253,14 @@ def main(argv=None):
     ap.add_argument("--threads", default=f"1,{threads.available_cores()}")
     ap.add_argument("--params", type=int, default=16 * 2 ** 20, help="parameters per update")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--budget", type=float, default=TIMING["budget"],
+                    help="seconds of timed calls per backend and case")
+    ap.add_argument("--pause", type=float, default=TIMING["pause"],
+                    help="seconds of idle before each backend's block")
     ap.add_argument("--out", default="results")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    TIMING.update(budget=args.budget, pause=args.pause, warm=min(0.15, args.budget))
     sizes = [int(s) for s in args.sizes.split(",")]
     backends = ["numpy", "cpu", "auto"]
     real_gpu = cuda_available() and not _simulated()
