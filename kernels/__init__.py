@@ -119,19 +119,24 @@ def matmul(a, b, out=None, trans_a=False, trans_b=False, backend=None):
     K2, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if K != K2:
         raise ValueError(f"matmul: inner dimensions differ: op(a) is {M}x{K}, op(b) {K2}x{N}")
-    if out is not None and (tuple(out.shape) != (M, N) or np.dtype(out.dtype) != dt):
-        raise ValueError(f"matmul: out must be {M}x{N} {dt}, got {out.shape} {out.dtype}")
-    be = _pick("matmul", backend, a, b)
+    _check_out("matmul", out, (M, N), dt)
+    be = _pick("matmul", backend, a, b, *(() if out is None else (out,)))
     if be == "numpy":
         return reference.matmul(a, b, out, trans_a, trans_b)
+    # the kernels write C while still reading A and B: an out that overlaps an input, or is
+    # not C-contiguous, gets a fresh result buffer that is copied into it at the end
+    direct = out is not None and not _overlaps(out, a) and not _overlaps(out, b) and \
+        (_is_device(out) or out.flags.c_contiguous)
     if be == "cuda":
         from .cuda.matmul import matmul as cuda_matmul
-        return cuda_matmul(a, b, out, trans_a, trans_b)
-    from .cpu.matmul import gemm
-    res = out if out is not None and out.flags.c_contiguous else np.empty((M, N), dt)
-    gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), res, bool(trans_a), bool(trans_b))
+        res = cuda_matmul(_c(a, be), _c(b, be), out if direct else None, trans_a, trans_b)
+    else:
+        from .cpu.matmul import gemm
+        res = out if direct else np.empty((M, N), dt)
+        gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), res, bool(trans_a),
+             bool(trans_b))
     if out is not None and res is not out:
-        out[...] = res
+        out[...] = res.copy_to_host() if (_is_device(res) and not _is_device(out)) else res
         return out
     return res
 
@@ -160,13 +165,17 @@ def bias_act(x, bias, act="relu", out=None, backend=None):
     """y = act(x + bias), one pass (act: identity, relu, tanh, gelu (tanh approximation))."""
     dt = _check_layer("bias_act", x, bias)
     code = _act_code("bias_act", act)
-    be = _pick("bias_act", backend, x, bias)
+    _check_out("bias_act", out, tuple(x.shape), dt)
+    be = _pick("bias_act", backend, x, bias, *(() if out is None else (out,)))
     if be == "numpy":
         return reference.bias_act(x, bias, act, out)
-    if out is None:
-        out = np.empty(x.shape, dt) if be == "cpu" else _device_like(x)
-    mod = _mod(be)
-    return mod.bias_act(_c(x, be), _c(bias, be), code, out, dt.type(0))
+    direct = out is not None and (_is_device(out) or out.flags.c_contiguous)
+    res = out if direct else (np.empty(x.shape, dt) if be == "cpu" else _device_like(x))
+    _mod(be).bias_act(_c(x, be), _c(bias, be), code, res, dt.type(0))
+    if out is not None and res is not out:
+        out[...] = res
+        return out
+    return res
 
 
 def bias_act_backward(dy, x, bias, act="relu", backend=None):
@@ -186,16 +195,19 @@ def bias_act_backward(dy, x, bias, act="relu", backend=None):
 def softmax_xent(logits, labels, backend=None):
     """(mean cross-entropy, d loss / d logits) of softmax(logits) vs integer labels, in one
     pass over each row."""
+    for name, arr in (("logits", logits), ("labels", labels)):
+        if not (_is_device(arr) or isinstance(arr, np.ndarray)):
+            raise TypeError(f"softmax_xent: {name} must be an array, got {type(arr).__name__}")
     if len(logits.shape) != 2 or len(labels.shape) != 1 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"softmax_xent: logits must be rows x classes and labels (rows,), "
                          f"got {logits.shape} and {labels.shape}")
     dt = _float("softmax_xent", "logits", logits)
     if not np.issubdtype(np.dtype(labels.dtype), np.integer):
         raise TypeError(f"softmax_xent: labels must be integers, got {labels.dtype}")
-    if not _is_device(labels) and labels.size and (labels.min() < 0 or
-                                                   labels.max() >= logits.shape[1]):
+    host_labels = labels.copy_to_host() if _is_device(labels) else labels  # n ints: cheap
+    if host_labels.size and (host_labels.min() < 0 or host_labels.max() >= logits.shape[1]):
         raise ValueError(f"softmax_xent: labels must be in 0..{logits.shape[1] - 1}, got "
-                         f"{labels.min()}..{labels.max()}")
+                         f"{host_labels.min()}..{host_labels.max()}")
     if logits.shape[1] == 0 and logits.shape[0]:
         raise ValueError("softmax_xent: no classes")
     be = _pick("softmax_xent", backend, logits, labels)
@@ -238,7 +250,9 @@ def adam_update(params, grads, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
     """Adam in place with bias correction at `step` (1-based); decoupled=True is AdamW."""
     dt = _float("adam_update", "params", params)
     _same("adam_update", "params", params, grads=grads, m=m, v=v)
-    if int(step) < 1:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"adam_update: step must be an integer (1, 2, ...), got {step!r}")
+    if step < 1:
         raise ValueError(f"adam_update: step counts from 1, got {step}")
     be = _pick("adam_update", backend, params, grads, m, v)
     if be == "numpy":
@@ -277,7 +291,14 @@ def reduce_into(acc, x, op="sum", incoming_first=False, backend=None):
     if op not in UFUNCS:
         raise ValueError(f"reduce_into: unknown op {op!r}; expected one of {', '.join(UFUNCS)}")
     _same("reduce_into", "acc", acc, x=x)
+    compiled_ok = np.dtype(acc.dtype) in _REDUCE_COMPILED
+    if (backend or _backend) == "auto" and not compiled_ok and not _is_device(acc):
+        backend = "numpy"  # float16, complex, small ints: NumPy's ufuncs handle them
     be = _pick("reduce_into", backend, acc, x)
+    if be != "numpy" and not compiled_ok:
+        raise TypeError(f"reduce_into: backend {be!r} supports "
+                        f"{', '.join(str(d) for d in _REDUCE_COMPILED)}; got {acc.dtype} "
+                        f"(use backend 'numpy' or 'auto')")
     if be == "numpy":
         from .reduce import reduce_into as ref
         return ref(acc, x, op, incoming_first)
@@ -289,6 +310,34 @@ def reduce_into(acc, x, op="sum", incoming_first=False, backend=None):
 
 # --- helpers ---------------------------------------------------------------------------
 
+_REDUCE_COMPILED = tuple(np.dtype(t) for t in ("float32", "float64", "int32", "int64"))
+
+
+def _check_out(kernel, out, shape, dtype):
+    if out is None:
+        return
+    if not (_is_device(out) or isinstance(out, np.ndarray)):
+        raise TypeError(f"{kernel}: out must be an array, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != dtype:
+        raise ValueError(f"{kernel}: out must be {'x'.join(map(str, shape))} {dtype}, got "
+                         f"{'x'.join(map(str, out.shape))} {out.dtype}")
+    if not _is_device(out) and not out.flags.writeable:
+        raise ValueError(f"{kernel}: out is read-only")
+
+
+def _overlaps(x, y):
+    """Whether two (host or device) arrays may share memory."""
+    if _is_device(x) or _is_device(y):
+        if not (_is_device(x) and _is_device(y)):
+            return False
+        try:
+            bx = x.__cuda_array_interface__["data"][0]
+            by = y.__cuda_array_interface__["data"][0]
+            return bx < by + y.nbytes and by < bx + x.nbytes
+        except (AttributeError, KeyError, TypeError):  # simulator arrays: compare objects
+            return x is y
+    return np.may_share_memory(x, y)
+
 def _mod(backend):
     if backend == "cpu":
         from .cpu import elementwise
@@ -298,7 +347,8 @@ def _mod(backend):
 
 
 def _c(a, backend):
-    return a if (backend == "cuda" or a.flags.c_contiguous) else np.ascontiguousarray(a)
+    """A C-contiguous version of a host array (device arrays are passed as they are)."""
+    return a if (_is_device(a) or a.flags.c_contiguous) else np.ascontiguousarray(a)
 
 
 def _flat(a, backend):

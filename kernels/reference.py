@@ -87,7 +87,9 @@ def adam_update(params, grads, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
                 weight_decay=0.0, decoupled=False):
     """Adam (Kingma & Ba) with bias correction; decoupled=True is AdamW (Loshchilov & Hutter):
     weight decay scales the parameters directly instead of being added to the gradient."""
-    g = grads + weight_decay * params if (weight_decay and not decoupled) else grads
+    g = grads.copy()  # the gradient as passed, even if it aliases params
+    if weight_decay and not decoupled:
+        g += weight_decay * params
     if weight_decay and decoupled:
         params *= 1 - lr * weight_decay
     m *= beta1

@@ -60,11 +60,12 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bc1, b
 
 
 def combine(a, b, code):
-    """code 0 sum, 1 prod, 2 max, 3 min; max/min propagate nan like np.maximum/np.minimum."""
+    """code 0 sum, 1 prod, 2 max, 3 min, exactly as np.maximum/np.minimum: nan propagates,
+    and of two equal values (+0 and -0) the second operand is returned."""
     if code == 0:
         return a + b
     if code == 1:
         return a * b
     if code == 2:
-        return a if (a >= b or a != a) else b
-    return a if (a <= b or a != a) else b
+        return a if (a > b or a != a) else b
+    return a if (a < b or a != a) else b

@@ -76,6 +76,17 @@ def test_clip_grad_norm(dtype):
         C.check_clip("cpu", dtype, n, max_norm)
 
 
+def test_adamw_with_gradient_aliasing_params():
+    """The gradient is the value passed in, even when it is the parameter buffer itself."""
+    p_ref, p = np.array([1.0, -2.0, 3.0]), np.array([1.0, -2.0, 3.0])
+    m_ref, v_ref, m, v = (np.zeros(3) for _ in range(4))
+    K.reference.adam_update(p_ref, p_ref, m_ref, v_ref, 1, 0.1, weight_decay=0.5,
+                            decoupled=True)
+    K.adam_update(p, p, m, v, 1, 0.1, weight_decay=0.5, decoupled=True, backend="cpu")
+    np.testing.assert_allclose(m, m_ref)
+    np.testing.assert_allclose(p, p_ref)
+
+
 def test_clip_grad_norm_nonfinite_leaves_grads():
     g = np.array([1.0, np.inf, 2.0], np.float32)
     assert K.clip_grad_norm(g, 1.0, backend="cpu") == np.inf
@@ -87,6 +98,35 @@ def test_clip_grad_norm_nonfinite_leaves_grads():
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_reduce_into(op, incoming_first, dtype):
     C.check_reduce_into("cpu", dtype, op, incoming_first)
+
+
+def test_matmul_out_aliasing_an_input():
+    C.check_out_aliasing("cpu")
+
+
+def test_out_is_validated():
+    x = np.ones((3, 4))
+    buf = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="out must be 3x4 float64, got 2x4 float64"):
+        K.bias_act(x, np.ones(4), "identity", out=buf[:2], backend="cpu")
+    with pytest.raises(ValueError, match="out must be 3x4 float64, got 3x4 float32"):
+        K.bias_act(x, np.ones(4), "identity", out=np.zeros((3, 4), np.float32))
+    ro = np.zeros((3, 3))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        K.matmul(x, x, trans_b=True, out=ro, backend="cpu")
+    strided = np.zeros((3, 8))[:, ::2]
+    assert K.bias_act(x, np.ones(4), "relu", out=strided, backend="cpu") is strided
+    np.testing.assert_array_equal(strided, 2 * np.ones((3, 4)))
+
+
+def test_reduce_into_dtypes_outside_the_compiled_set():
+    z = np.ones(3, np.complex64)
+    np.testing.assert_array_equal(K.reduce_into(z.copy(), z), 2 * z)  # auto -> numpy
+    h = np.ones(3, np.float16)
+    np.testing.assert_array_equal(K.reduce_into(h.copy(), h, "max"), h)
+    with pytest.raises(TypeError, match="reduce_into: backend 'cpu' supports"):
+        K.reduce_into(z.copy(), z, backend="cpu")
 
 
 def test_argument_errors_name_the_argument():
@@ -108,6 +148,10 @@ def test_argument_errors_name_the_argument():
                       np.ones((4, 2)), 1, 0.1, backend="cpu")
     with pytest.raises(ValueError, match="step counts from 1"):
         K.adam_update(*(np.ones(3) for _ in range(4)), 0, 0.1)
+    with pytest.raises(TypeError, match="step must be an integer"):
+        K.adam_update(*(np.ones(3) for _ in range(4)), 2.5, 0.1)
+    with pytest.raises(TypeError, match="labels must be an array"):
+        K.softmax_xent(a, [0, 1, 2])
     with pytest.raises(ValueError, match="nesterov needs momentum"):
         K.sgd_update(np.ones(3), np.ones(3), None, 0.1, nesterov=True)
 

@@ -34,6 +34,21 @@ def test_matmul_nonfinite_propagates():
     C.check_matmul_nonfinite("cuda", np.float32)
 
 
+def test_matmul_out_aliasing_an_input():
+    from numba import cuda
+    C.check_out_aliasing("cuda")
+    C.check_out_aliasing("cuda", cuda.to_device, lambda d: d.copy_to_host())
+
+
+def test_non_contiguous_host_inputs():
+    a = np.arange(40, dtype=np.float32).reshape(5, 8)[:, ::2]
+    b = np.ones((4, 3), np.float32)
+    np.testing.assert_allclose(K.matmul(a, b, backend="cuda"), a @ b)
+    x = np.ones((3, 8), np.float32)[:, ::2]
+    np.testing.assert_allclose(K.bias_act(x, np.ones(4, np.float32), "relu", backend="cuda"),
+                               2 * np.ones((3, 4)))
+
+
 def test_device_arrays_stay_on_the_device():
     from numba import cuda
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -69,9 +84,12 @@ def test_adam(wd, decoupled):
 
 def test_clip_grad_norm():
     C.check_clip("cuda", np.float32, 600, 1.0)  # 3 blocks: shared-memory tree + atomics
-    C.check_clip("cuda", np.float64, 10, 1e9)
+    C.check_clip("cuda", np.float64, 10, 1.0)   # clips
+    C.check_clip("cuda", np.float64, 10, 1e9)   # does not clip
 
 
 @pytest.mark.parametrize("op", ["sum", "prod", "max", "min"])
-def test_reduce_into(op):
-    C.check_reduce_into("cuda", np.float32, op, True)
+@pytest.mark.parametrize("incoming_first", [False, True])
+def test_reduce_into(op, incoming_first):
+    C.check_reduce_into("cuda", np.float32, op, incoming_first)
+    C.check_reduce_into("cuda", np.float64, op, incoming_first)
