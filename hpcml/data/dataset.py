@@ -1,0 +1,239 @@
+"""ShardedDataset and its per-rank streaming loader.
+
+Partitioning (exactly once per epoch, equal work): the dataset is cut into blocks of
+`block_rows` rows (never across shards); the blocks are shuffled with
+default_rng([seed, epoch]) (or kept in order), which defines one global stream of all N
+rows; rank r takes rows [r*N//p, (r+1)*N//p) of that stream. Shards of different sizes
+therefore still give every rank the same number of rows (+-1). Inside each block the rows
+are shuffled with default_rng([seed, epoch, block]) so order is deterministic from
+(seed, epoch) and independent of timing. Every rank makes the same number of steps per
+epoch: the last batch of a rank can be smaller (even empty) unless drop_last.
+
+I/O: one background thread per rank reads row blocks with h5py (which holds a global lock:
+more threads do not help) into a bounded queue of `prefetch` blocks, so memory is bounded by
+prefetch x block size, never the dataset size.
+"""
+import os
+import queue
+import threading
+
+import h5py
+import numpy as np
+
+from hpcml.comm.guard import agree
+from .format import read_manifest, DataError, CHUNK_ROWS
+
+
+class ShardedDataset:
+    """A sharded dataset folder opened on every rank of `comm` (collective when comm given).
+
+    Opening checks the manifest and every shard's header (present, readable HDF5, x/y with
+    the manifest's rows, features and dtypes); any problem on any rank raises the same
+    DataError on every rank, naming the file."""
+
+    def __init__(self, path, comm=None):
+        self.path = os.fspath(path)
+        self.comm = comm
+        error = None
+        try:
+            self.manifest = read_manifest(self.path)
+            self._check_shards()
+            p = comm.Get_size() if comm is not None else 1
+            if self.manifest["rows"] == 0:
+                raise DataError(f"{self.path}: the dataset is empty")
+            if self.manifest["rows"] < p:
+                raise DataError(f"{self.path}: {self.manifest['rows']} rows for {p} ranks: "
+                                f"every rank needs at least one row")
+        except (DataError, OSError) as e:
+            error = str(e)
+        if comm is not None:
+            agree(comm, error, what=f"opening dataset {self.path}")
+        elif error:
+            raise DataError(error)
+        m = self.manifest
+        self.rows, self.features = m["rows"], m["features"]
+        self.classes = m.get("classes")
+        self.task = m["task"]
+        self.shard_rows = [s["rows"] for s in m["shards"]]
+        self.files = [os.path.join(self.path, s["file"]) for s in m["shards"]]
+
+    def _check_shards(self):
+        m = self.manifest
+        xdt, ydt, f = np.dtype(m["x_dtype"]), np.dtype(m["y_dtype"]), m["features"]
+        for s in m["shards"]:
+            path = os.path.join(self.path, s["file"])
+            if not os.path.exists(path):
+                raise DataError(f"{path}: shard listed in manifest.json is missing")
+            try:
+                with h5py.File(path, "r") as h:
+                    x, y = h["x"], h["y"]
+                    if x.shape != (s["rows"], f) or y.shape != (s["rows"],):
+                        raise DataError(f"{path}: x is {x.shape} and y {y.shape}, but the "
+                                        f"manifest says {s['rows']} rows x {f} features")
+                    if x.dtype != xdt or y.dtype != ydt:
+                        raise DataError(f"{path}: dtypes x {x.dtype}, y {y.dtype}; the "
+                                        f"manifest says x {xdt}, y {ydt}")
+            except DataError:
+                raise
+            except (OSError, KeyError) as e:
+                raise DataError(f"{path}: not a readable shard ({type(e).__name__}: {e})") \
+                    from None
+
+    def loader(self, batch_size, shuffle=True, seed=0, drop_last=False, prefetch=2,
+               block_rows=CHUNK_ROWS, nonfinite="error"):
+        return Loader(self, batch_size, shuffle, seed, drop_last, prefetch, block_rows,
+                      nonfinite)
+
+
+class Loader:
+    """Iterates this rank's batches (x, y) of one epoch; the next iteration is the next epoch."""
+
+    def __init__(self, ds, batch_size, shuffle, seed, drop_last, prefetch, block_rows,
+                 nonfinite):
+        if batch_size < 1 or prefetch < 1 or block_rows < 1:
+            raise ValueError("batch_size, prefetch and block_rows must be >= 1")
+        if nonfinite not in ("error", "drop"):
+            raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
+        self.ds, self.batch_size, self.shuffle, self.seed = ds, batch_size, shuffle, seed
+        self.drop_last, self.prefetch, self.block_rows = drop_last, prefetch, block_rows
+        self.nonfinite = nonfinite
+        comm = ds.comm
+        self.rank, self.size = (comm.Get_rank(), comm.Get_size()) if comm else (0, 1)
+        self.epoch, self.batches_done = 0, 0
+
+    # --- the plan ----------------------------------------------------------------------
+    def _blocks(self):
+        blocks = []
+        for s, n in enumerate(self.ds.shard_rows):
+            for start in range(0, n, self.block_rows):
+                blocks.append((s, start, min(n, start + self.block_rows)))
+        return blocks
+
+    def share(self, epoch):
+        """This rank's pieces for `epoch`: [(block id, shard, start, stop), ...]."""
+        blocks = self._blocks()
+        order = np.arange(len(blocks))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(blocks))
+        n, p, r = self.ds.rows, self.size, self.rank
+        lo, hi = n * r // p, n * (r + 1) // p
+        pieces, pos = [], 0
+        for b in order:
+            s, start, stop = blocks[b]
+            a, z = max(lo, pos), min(hi, pos + stop - start)
+            if a < z:
+                pieces.append((int(b), s, start + a - pos, start + z - pos))
+            pos += stop - start
+            if pos >= hi:
+                break
+        return pieces
+
+    def __len__(self):
+        n, p, b = self.ds.rows, self.size, self.batch_size
+        fewest, most = n // p, -(-n // p)
+        return fewest // b if self.drop_last else -(-most // b)
+
+    # --- state -------------------------------------------------------------------------
+    def state_dict(self):
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed,
+                "ranks": self.size, "batch_size": self.batch_size, "shuffle": self.shuffle,
+                "block_rows": self.block_rows}
+
+    def load_state_dict(self, state):
+        for key in ("seed", "ranks", "batch_size", "shuffle", "block_rows"):
+            mine = self.state_dict()[key]
+            if state[key] != mine:
+                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has "
+                                 f"{mine!r}: resuming needs the same configuration")
+        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+
+    # --- reading -----------------------------------------------------------------------
+    def _read(self, pieces, out, stop):
+        files = {}
+        try:
+            for b, s, start, end in pieces:
+                if stop.is_set():
+                    return
+                h = files.get(s)
+                if h is None:
+                    h = files[s] = h5py.File(self.ds.files[s], "r")
+                x, y = h["x"][start:end], h["y"][start:end]
+                out.put((b, s, start, x, y))
+            out.put(None)
+        except BaseException as e:  # hand the error to the consumer, which raises it
+            out.put(e)
+        finally:
+            for h in files.values():
+                h.close()
+
+    def _check(self, s, start, x, y):
+        path = self.ds.files[s]
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            if self.nonfinite == "error":
+                row = start + int(np.argmax(bad))
+                raise DataError(f"{path}: row {row} has a NaN or Inf feature (pass "
+                                f"nonfinite='drop' to skip such rows)")
+            x, y = x[~bad], y[~bad]
+        if self.ds.classes is not None and y.size and (y.min() < 0 or
+                                                       y.max() >= self.ds.classes):
+            row = start + int(np.argmax((y < 0) | (y >= self.ds.classes)))
+            raise DataError(f"{path}: row {row} has label outside 0..{self.ds.classes - 1}")
+        return x, y
+
+    def __iter__(self):
+        epoch, skip = self.epoch, self.batches_done * self.batch_size
+        pieces = self.share(epoch)
+        q = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._read, args=(pieces, q, stop), daemon=True,
+                                  name="hpcml-loader")
+        reader.start()
+        steps = len(self)
+        xs, ys, have, done = [], [], 0, self.batches_done
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                b, s, start, x, y = item
+                x, y = self._check(s, start, x, y)
+                if self.shuffle:
+                    perm = np.random.default_rng([self.seed, epoch, b]).permutation(len(x))
+                    x, y = x[perm], y[perm]
+                if skip:
+                    cut = min(skip, len(x))
+                    x, y, skip = x[cut:], y[cut:], skip - cut
+                xs.append(x)
+                ys.append(y)
+                have += len(x)
+                while have >= self.batch_size and done < steps:
+                    bx, by, xs, ys, have = self._take(xs, ys, self.batch_size)
+                    done += 1
+                    self.batches_done = done
+                    yield bx, by
+            while done < steps:  # the rank's last (smaller, possibly empty) batches
+                bx, by, xs, ys, have = self._take(xs, ys, min(have, self.batch_size))
+                done += 1
+                self.batches_done = done
+                yield bx, by
+        finally:
+            stop.set()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    reader.join(0.05)
+        self.epoch, self.batches_done = epoch + 1, 0
+
+    def _take(self, xs, ys, n):
+        """The first n buffered rows as a batch, and the rest."""
+        m = self.ds.manifest
+        if not xs:
+            xs = [np.empty((0, self.ds.features), m["x_dtype"])]
+            ys = [np.empty(0, m["y_dtype"])]
+        x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        y = np.concatenate(ys) if len(ys) > 1 else ys[0]
+        return x[:n], y[:n], [x[n:]], [y[n:]], len(x) - n

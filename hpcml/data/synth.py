@@ -1,0 +1,68 @@
+"""Deterministic synthetic datasets of any size, written shard by shard (rank-parallel).
+
+Shard i is generated from numpy.random.default_rng([seed, i]) alone, so the data do not
+depend on how many ranks write it or in which order. Classification: Gaussian blobs around
+`classes` random centres; regression: a random linear map plus noise.
+"""
+import os
+
+import numpy as np
+
+from .format import write_shard, write_manifest, DataError
+
+
+def shard_rows(rows, shards):
+    """Rows per shard: as equal as possible."""
+    return [rows * (i + 1) // shards - rows * i // shards for i in range(shards)]
+
+
+def _params(seed, features, classes, regression):
+    rng = np.random.default_rng([seed, 1 << 30])
+    if regression:
+        return rng.standard_normal(features)
+    return rng.standard_normal((classes, features)) * 3.0
+
+
+def make_shard(seed, index, rows, features, classes=None, regression=False, dtype="float32"):
+    """(x, y) of shard `index`."""
+    params = _params(seed, features, classes, regression)
+    rng = np.random.default_rng([seed, index])
+    if regression:
+        x = rng.standard_normal((rows, features))
+        y = x @ params + 0.1 * rng.standard_normal(rows)
+        return x.astype(dtype), y.astype(dtype)
+    y = rng.integers(0, classes, rows)
+    x = params[y] + rng.standard_normal((rows, features))
+    return x.astype(dtype), y.astype(np.int64)
+
+
+def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
+          dtype="float32", comm=None):
+    """Write a synthetic sharded dataset to `out`; with `comm`, ranks write shards i = rank,
+    rank + p, ... and rank 0 writes the manifest. Returns the manifest (on rank 0)."""
+    if regression == (classes is not None):
+        raise DataError("give either classes (classification) or regression=True")
+    if rows < 1 or features < 1 or shards < 1 or (classes is not None and classes < 1):
+        raise DataError("rows, features, shards and classes must be >= 1")
+    if shards > rows:
+        raise DataError(f"{shards} shards for {rows} rows: some would be empty")
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    os.makedirs(out, exist_ok=True)
+    counts = shard_rows(rows, shards)
+    entries = {}
+    for i in range(rank, shards, size):
+        x, y = make_shard(seed, i, counts[i], features, classes, regression, dtype)
+        entries[i] = write_shard(out, i, x, y)
+    if comm is not None:
+        gathered = comm.gather(entries, root=0)
+        if rank != 0:
+            comm.Barrier()
+            return None
+        entries = {k: v for part in gathered for k, v in part.items()}
+    m = write_manifest(out, [entries[i] for i in range(shards)], features, dtype,
+                       dtype if regression else "int64",
+                       "regression" if regression else "classification", classes,
+                       extra={"generator": {"kind": "synth", "seed": seed}})
+    if comm is not None:
+        comm.Barrier()
+    return m

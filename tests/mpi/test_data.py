@@ -1,0 +1,70 @@
+"""hpcml.data on real ranks: rank-parallel synth, exactly-once loading, collective errors."""
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data_helpers import indexed_dataset  # noqa: E402
+from hpcml import comm as hc  # noqa: E402
+from hpcml.data import ShardedDataset, synth, verify  # noqa: E402
+from mpi_helpers import all_ranks  # noqa: E402
+
+
+@pytest.fixture
+def shared_dir(comm):
+    path = comm.bcast(tempfile.mkdtemp(prefix="hpcml-data-") if comm.Get_rank() == 0 else None)
+    yield path
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_rank_parallel_synth_equals_serial(comm, shared_dir):
+    par = synth(os.path.join(shared_dir, "par"), 20_001, 6, classes=3, shards=5, seed=11,
+                comm=comm)
+    if comm.Get_rank() == 0:
+        ser = synth(os.path.join(shared_dir, "ser"), 20_001, 6, classes=3, shards=5, seed=11)
+        same = [s["sha256"] for s in par["shards"]] == [s["sha256"] for s in ser["shards"]]
+    else:
+        same = None
+    all_ranks(comm, comm.bcast(same), "rank-parallel synth wrote different shards")
+    all_ranks(comm, verify(os.path.join(shared_dir, "par"), comm) == 5, "verify")
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_row_once_across_ranks(comm, shared_dir, shuffle):
+    folder = os.path.join(shared_dir, "idx")
+    if comm.Get_rank() == 0:
+        indexed_dataset(folder, [1000, 7, 2048, 333])
+    comm.Barrier()
+    ds = ShardedDataset(folder, comm)
+    ld = ds.loader(batch_size=64, shuffle=shuffle, seed=2, block_rows=256)
+    batches = list(ld)
+    rows = np.concatenate([x[:, 0] for x, _ in batches]).astype(np.int64)
+    everything = np.concatenate(comm.allgather(rows))
+    all_ranks(comm, np.array_equal(np.sort(everything), np.arange(ds.rows)), "exactly once")
+    all_ranks(comm, len(set(comm.allgather(len(batches)))) == 1, "same number of steps")
+
+
+def test_missing_shard_fails_on_every_rank(comm, shared_dir):
+    folder = os.path.join(shared_dir, "broken")
+    if comm.Get_rank() == 0:
+        indexed_dataset(folder, [100, 100])
+        os.unlink(os.path.join(folder, "shard-00001.h5"))
+    comm.Barrier()
+    with pytest.raises(hc.CollectiveError, match="shard-00001.h5: shard listed in manifest"):
+        ShardedDataset(folder, comm)
+
+
+def test_more_ranks_than_rows(comm, shared_dir):
+    folder = os.path.join(shared_dir, "tiny")
+    if comm.Get_rank() == 0:
+        indexed_dataset(folder, [comm.Get_size() - 1])
+    comm.Barrier()
+    with pytest.raises(hc.CollectiveError, match=f"{comm.Get_size() - 1} rows for "
+                                                 f"{comm.Get_size()} ranks"):
+        ShardedDataset(folder, comm)
