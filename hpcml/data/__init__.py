@@ -6,13 +6,15 @@
     for x, y in ds.loader(batch_size=256, shuffle=True, seed=0):
         ...
 
-Status: the format, `synth`, `info`/`verify` and the loader are here; `convert` (CSV, npy,
-HDF5), the built-in `digits` dataset and benchmarks/io.py are not yet (issue 4 is open).
+Status (issue 4 open): the format, `synth`, `convert` (one rank, streaming), `info`/`verify`
+and the loader are here; rank-parallel convert, the built-in `digits` dataset and
+benchmarks/io.py are not yet.
 """
 from .format import DataError, read_manifest, write_shard, write_manifest, CHUNK_ROWS
 from .dataset import ShardedDataset, Loader
 from .synth import synth
 from .verify import verify, info
+from .convert import convert
 
 __all__ = ["DataError", "read_manifest", "write_shard", "write_manifest", "CHUNK_ROWS",
-           "ShardedDataset", "Loader", "synth", "verify", "info"]
+           "ShardedDataset", "Loader", "synth", "verify", "info", "convert"]

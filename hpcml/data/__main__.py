@@ -2,6 +2,8 @@
 
     python -m hpcml.data synth data/blobs --rows 100000 --features 32 --classes 10 --shards 8
     mpiexec -n 4 python -m hpcml.data synth data/big --rows 10000000 --features 64 --regression
+    python -m hpcml.data convert table.csv data/table --shards 8 --label-column label \
+        --test-fraction 0.1
     python -m hpcml.data info data/blobs
     mpiexec -n 4 python -m hpcml.data verify data/blobs
 """
@@ -28,6 +30,17 @@ def main(argv=None):
     s.add_argument("--shards", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    c = sub.add_parser("convert", help="CSV / .npy / .npz / .h5 -> sharded dataset")
+    c.add_argument("input")
+    c.add_argument("output")
+    c.add_argument("--shards", type=int, default=1)
+    c.add_argument("--label-column", default="-1", help="index (negative from the end) or "
+                   "header name")
+    c.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    c.add_argument("--test-fraction", type=float, default=0.0)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--regression", action="store_true", help="real-valued targets")
+    c.add_argument("--chunk-rows", type=int, default=65536)
     i = sub.add_parser("info", help="summarise a dataset")
     i.add_argument("path")
     v = sub.add_parser("verify", help="recompute every shard's checksum")
@@ -41,6 +54,21 @@ def main(argv=None):
                        args.shards, args.seed, args.dtype, comm=comm)
         if rank == 0:
             print(f"wrote {args.output}: {m['rows']:,} rows in {len(m['shards'])} shards")
+    elif args.cmd == "convert":
+        # one rank converts (streaming, bounded memory); the others wait for it
+        error = None
+        if rank == 0:
+            try:
+                out = data.convert(args.input, args.output, args.shards, args.label_column,
+                                   args.dtype, args.test_fraction, args.seed,
+                                   "regression" if args.regression else None,
+                                   args.chunk_rows, progress=True)
+                for name, m in out.items():
+                    print(f"wrote {name}: {m['rows']:,} rows in {len(m['shards'])} shards")
+            except data.DataError as e:
+                error = str(e)
+        from hpcml.comm import agree
+        agree(comm, error, what=f"converting {args.input}")
     elif args.cmd == "info":
         if rank == 0:
             print(data.info(args.path))

@@ -1,0 +1,119 @@
+"""python -m hpcml.data convert: CSV / npy / npz / h5 to shards, bounded chunks, clear errors."""
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from hpcml.data import ShardedDataset, DataError, convert, verify
+
+
+def table(rows=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.hstack([rng.standard_normal((rows, 4)), rng.integers(0, 3, (rows, 1))])
+
+
+def read_all(folder):
+    xs, ys = zip(*ShardedDataset(folder).loader(10_000, shuffle=False))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_csv_roundtrip_in_small_chunks(tmp_path, header):
+    a = table()
+    path = str(tmp_path / "t.csv")
+    np.savetxt(path, a, delimiter=",", header="a,b,c,d,label" if header else "", comments="")
+    m = convert(path, str(tmp_path / "out"), shards=3, chunk_rows=97)["train"]
+    assert m["rows"] == 1000 and len(m["shards"]) == 3 and m["classes"] == 3
+    assert verify(str(tmp_path / "out")) == 3
+    x, y = read_all(str(tmp_path / "out"))
+    np.testing.assert_allclose(x, a[:, :4].astype(np.float32), rtol=1e-6)
+    np.testing.assert_array_equal(y, a[:, 4])
+
+
+def test_label_by_name_and_test_split(tmp_path):
+    a = table(2000)
+    a = a[:, [4, 0, 1, 2, 3]]  # label first
+    path = str(tmp_path / "t.csv")
+    np.savetxt(path, a, delimiter=",", header="label,a,b,c,d", comments="")
+    out = convert(path, str(tmp_path / "o"), shards=4, label_column="label",
+                  test_fraction=0.25, seed=3, chunk_rows=300)
+    assert out["train"]["rows"] + out["test"]["rows"] == 2000
+    assert 350 < out["test"]["rows"] < 650
+    again = convert(path, str(tmp_path / "o2"), shards=4, label_column="label",
+                    test_fraction=0.25, seed=3, chunk_rows=300)
+    assert [s["sha256"] for s in again["test"]["shards"]] == \
+        [s["sha256"] for s in out["test"]["shards"]]
+    xtr, _ = read_all(str(tmp_path / "o" / "train"))
+    xte, _ = read_all(str(tmp_path / "o" / "test"))
+    got = np.sort(np.concatenate([xtr[:, 0], xte[:, 0]]))
+    np.testing.assert_allclose(got, np.sort(a[:, 1].astype(np.float32)))
+
+
+def test_npy_npz_h5_inputs(tmp_path):
+    a = table(500)
+    np.save(tmp_path / "t.npy", a)
+    np.savez(tmp_path / "t.npz", x=a[:, :4], y=a[:, 4].astype(int))
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f["x"] = a[:, :4]
+        f["y"] = a[:, 4].astype(int)
+    for name in ("t.npy", "t.npz", "t.h5"):
+        out = str(tmp_path / name.replace(".", "_"))
+        convert(str(tmp_path / name), out, shards=2, chunk_rows=64)
+        x, y = read_all(out)
+        np.testing.assert_allclose(x, a[:, :4].astype(np.float32), rtol=1e-6)
+        np.testing.assert_array_equal(y, a[:, 4])
+
+
+def test_regression_targets(tmp_path):
+    a = np.random.default_rng(1).standard_normal((300, 3))
+    np.save(tmp_path / "r.npy", a)
+    with pytest.raises(DataError, match="not an integer .*--regression"):
+        convert(str(tmp_path / "r.npy"), str(tmp_path / "o"))
+    m = convert(str(tmp_path / "r.npy"), str(tmp_path / "o2"), task="regression")["train"]
+    assert m["task"] == "regression" and m["y_dtype"] == "float32"
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a,b,label\n1,2,0\n3,x,1\n5,6,1\n", "line 3: malformed CSV row"),
+    ("a,b,label\n1,2,0\n3,4\n", "line 3: malformed CSV row .*2 fields, expected 3"),
+    ("1,2,0\n3,4,1.5\n", "line 2: label 1.5 is not an integer"),
+    ("1,2,0\n3,4,-1\n", "line 2: negative class label"),
+    ("", "empty file"),
+    ("a,b,label\n", "no data rows"),
+])
+def test_bad_csv_is_named_with_its_line(tmp_path, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=match):
+        convert(str(path), str(tmp_path / "out"), chunk_rows=2)
+    left = [f for f in os.listdir(tmp_path / "out")] if (tmp_path / "out").exists() else []
+    assert not [f for f in left if f.endswith(".h5") or f == "manifest.json"]
+
+
+def test_label_column_errors(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,label\n1,2,0\n")
+    with pytest.raises(DataError, match="no column named 'y'"):
+        convert(str(path), str(tmp_path / "o"), label_column="y")
+    with pytest.raises(DataError, match="label column 5 outside the 3 columns"):
+        convert(str(path), str(tmp_path / "o"), label_column=5)
+
+
+def test_cli_convert_info_verify(tmp_path):
+    a = table(300)
+    np.savetxt(tmp_path / "t.csv", a, delimiter=",")
+    run = lambda *args: subprocess.run([sys.executable, "-m", "hpcml.data", *args],  # noqa
+                                       capture_output=True, text=True, timeout=120)
+    p = run("convert", str(tmp_path / "t.csv"), str(tmp_path / "o"), "--shards", "2")
+    assert p.returncode == 0, p.stderr
+    assert "wrote train: 300 rows in 2 shards" in p.stdout
+    p = run("info", str(tmp_path / "o"))
+    assert "300 rows x 4 features" in p.stdout
+    p = run("verify", str(tmp_path / "o"))
+    assert p.returncode == 0 and "all checksums match" in p.stdout
+    (tmp_path / "bad.csv").write_text("1,2,0\n1,zz,0\n")
+    p = run("convert", str(tmp_path / "bad.csv"), str(tmp_path / "o3"))
+    assert p.returncode != 0 and "line 2: malformed CSV row" in p.stderr
