@@ -203,3 +203,13 @@ def test_loader_arguments(uneven):
         uneven.loader(batch_size=0)
     assert isinstance(uneven.loader(batch_size=4), Loader)
     assert read_manifest(uneven.path)["rows"] == uneven.rows
+
+
+def test_builtin_digits_by_name():
+    from hpcml.data.builtin import resolve
+    train, test = ShardedDataset("digits"), ShardedDataset("digits:test")
+    assert (train.rows, test.rows, train.features, train.classes) == (1438, 359, 64, 10)
+    assert verify(resolve("digits")) == 1 and verify(resolve("digits:test")) == 1
+    x, y = next(iter(train.loader(batch_size=2000, shuffle=False)))
+    assert x.shape == (1438, 64) and x.min() == 0 and x.max() == 16
+    assert set(np.unique(y)) == set(range(10))

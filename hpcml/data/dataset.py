@@ -25,14 +25,19 @@ from .format import read_manifest, DataError, CHUNK_ROWS
 
 
 class ShardedDataset:
-    """A sharded dataset folder opened on every rank of `comm` (collective when comm given).
+    """A sharded dataset folder (or a built-in one by name: "digits", "digits:test") opened
+    on every rank of `comm` (collective when comm given).
 
     Opening checks the manifest and every shard's header (present, readable HDF5, x/y with
     the manifest's rows, features and dtypes); any problem on any rank raises the same
     DataError on every rank, naming the file."""
 
     def __init__(self, path, comm=None):
-        self.path = os.fspath(path)
+        from .builtin import resolve
+        path = os.fspath(path)
+        if not os.path.exists(path) and resolve(path):
+            path = resolve(path)  # a built-in dataset by name, e.g. "digits"
+        self.path = path
         self.comm = comm
         error = None
         try:
