@@ -83,7 +83,7 @@ def test_resume_mid_epoch_matches_uninterrupted(uneven, stop_after):
 
 
 def test_memory_is_bounded_by_prefetch(tmp_path):
-    """The reader never runs more than `prefetch` blocks ahead of the consumer."""
+    """The reader never runs more than `prefetch` batches ahead of the consumer."""
     ds = ShardedDataset(indexed_dataset(str(tmp_path / "d"), [5000]))
     ld = ds.loader(batch_size=10, shuffle=False, prefetch=2, block_rows=100)
     reads = []
@@ -99,7 +99,7 @@ def test_memory_is_bounded_by_prefetch(tmp_path):
         next(it)
         import time
         time.sleep(0.3)  # give the reader every chance to run ahead
-        assert len(reads) <= 1 + 2 + 1  # the block in use, the queue, one blocked in put
+        assert len(reads) <= 3 + 1  # 3 batches (in use, 2 queued) of 10 rows: 1 block, + 1
         it.close()
     finally:
         h5py.Dataset.__getitem__ = orig

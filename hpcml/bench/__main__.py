@@ -10,6 +10,7 @@ BENCHMARKS = {
     "allreduce": "hpcml.bench.allreduce",
     "tune": "hpcml.bench.tune",
     "kernels": "hpcml.bench.kernels",
+    "io": "hpcml.bench.io",
 }
 
 

@@ -10,8 +10,10 @@ are shuffled with default_rng([seed, epoch, block]) so order is deterministic fr
 epoch: the last batch of a rank can be smaller (even empty) unless drop_last.
 
 I/O: one background thread per rank reads row blocks with h5py (which holds a global lock:
-more threads do not help) into a bounded queue of `prefetch` blocks, so memory is bounded by
-prefetch x block size, never the dataset size.
+more threads do not help), checks and shuffles them, assembles whole batches and keeps at
+most `prefetch` of them in a bounded queue, so memory is bounded by about
+(prefetch + 1) x batch + one block, never the dataset size, and the consumer's thread does
+no I/O work at all.
 """
 import os
 import queue
@@ -152,29 +154,16 @@ class Loader:
                                  f"{mine!r}: resuming needs the same configuration")
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
-    # --- reading -----------------------------------------------------------------------
-    def _read(self, pieces, out, stop):
-        files = {}
-        try:
-            for b, s, start, end in pieces:
-                if stop.is_set():
-                    return
-                h = files.get(s)
-                if h is None:
-                    h = files[s] = h5py.File(self.ds.files[s], "r")
-                x, y = h["x"][start:end], h["y"][start:end]
-                out.put((b, s, start, x, y))
-            out.put(None)
-        except BaseException as e:  # hand the error to the consumer, which raises it
-            out.put(e)
-        finally:
-            for h in files.values():
-                h.close()
-
+    # --- reading ---------------------------------------------------------------------
     def _check(self, s, start, x, y):
         path = self.ds.files[s]
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():
+        # one pass: a row sum (in float64, so finite float32 rows cannot overflow) is
+        # finite iff every value is; only then look element by element
+        if x.size and np.isfinite(x.sum(dtype=np.float64)):
+            bad = None
+        else:
+            bad = ~np.isfinite(x).all(axis=1)
+        if bad is not None and bad.any():
             if self.nonfinite == "error":
                 row = start + int(np.argmax(bad))
                 raise DataError(f"{path}: row {row} has a NaN or Inf feature (pass "
@@ -186,25 +175,30 @@ class Loader:
             raise DataError(f"{path}: row {row} has label outside 0..{self.ds.classes - 1}")
         return x, y
 
-    def __iter__(self):
-        epoch, skip = self.epoch, self.batches_done * self.batch_size
-        pieces = self.share(epoch)
-        q = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        reader = threading.Thread(target=self._read, args=(pieces, q, stop), daemon=True,
-                                  name="hpcml-loader")
-        reader.start()
+    def _produce(self, epoch, skip, first_batch, out, stop):
+        """Reader thread: read this rank's pieces, check, shuffle within blocks, assemble
+        whole batches and queue them (at most `prefetch` batches ahead of the consumer)."""
+        files = {}
         steps = len(self)
-        xs, ys, have, done = [], [], 0, self.batches_done
+        done = first_batch
+        xs, ys, have = [], [], 0
+
+        def put(item):
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
         try:
-            while True:
-                item = q.get()
-                if item is None:
+            for b, s, start, end in self.share(epoch):
+                if done >= steps or stop.is_set():
                     break
-                if isinstance(item, BaseException):
-                    raise item
-                b, s, start, x, y = item
-                x, y = self._check(s, start, x, y)
+                h = files.get(s)
+                if h is None:
+                    h = files[s] = h5py.File(self.ds.files[s], "r")
+                x, y = self._check(s, start, h["x"][start:end], h["y"][start:end])
                 if self.shuffle:
                     perm = np.random.default_rng([self.seed, epoch, b]).permutation(len(x))
                     x, y = x[perm], y[perm]
@@ -217,20 +211,39 @@ class Loader:
                 while have >= self.batch_size and done < steps:
                     bx, by, xs, ys, have = self._take(xs, ys, self.batch_size)
                     done += 1
-                    self.batches_done = done
-                    yield bx, by
+                    if not put((bx, by)):
+                        return
             while done < steps:  # the rank's last (smaller, possibly empty) batches
                 bx, by, xs, ys, have = self._take(xs, ys, min(have, self.batch_size))
                 done += 1
-                self.batches_done = done
-                yield bx, by
+                if not put((bx, by)):
+                    return
+            put(None)
+        except BaseException as e:  # hand the error to the consumer, which raises it
+            put(e)
+        finally:
+            for h in files.values():
+                h.close()
+
+    def __iter__(self):
+        epoch, first = self.epoch, self.batches_done
+        q = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._produce, daemon=True, name="hpcml-loader",
+                                  args=(epoch, first * self.batch_size, first, q, stop))
+        reader.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                self.batches_done += 1
+                yield item
         finally:
             stop.set()
-            while reader.is_alive():  # unblock a reader waiting on a full queue
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    reader.join(0.05)
+            reader.join()
         self.epoch, self.batches_done = epoch + 1, 0
 
     def _take(self, xs, ys, n):
