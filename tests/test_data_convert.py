@@ -117,3 +117,24 @@ def test_cli_convert_info_verify(tmp_path):
     (tmp_path / "bad.csv").write_text("1,2,0\n1,zz,0\n")
     p = run("convert", str(tmp_path / "bad.csv"), str(tmp_path / "o3"))
     assert p.returncode != 0 and "line 2: malformed CSV row" in p.stderr
+
+
+@pytest.mark.skipif(__import__("shutil").which("mpiexec") is None, reason="mpiexec not found")
+def test_cli_errors_end_every_rank_cleanly(tmp_path):
+    """Under mpiexec -n 2: one message, exit status 1, no traceback, no hang."""
+    import shutil
+    (tmp_path / "bad.csv").write_text("1,2,0\n1,2,0\n1,zz,0\n")
+    folder = tmp_path / "ds"
+    nan_at_line_30 = tmp_path / "nan.csv"  # convert keeps features as they are; verify scans
+    nan_at_line_30.write_text("".join(f"{'nan' if i == 29 else i},{i % 3}\n"
+                                      for i in range(50)))
+    convert(str(nan_at_line_30), str(folder), shards=2)  # 25 rows each: line 30 = row 4
+    for args, msg in [(["convert", str(tmp_path / "bad.csv"), str(tmp_path / "o")],
+                       "line 3: malformed CSV row"),
+                      (["verify", str(folder)], "shard-00001.h5: row 4 has a NaN or Inf"),
+                      (["verify", str(tmp_path / "nowhere")], "no manifest.json")]:
+        p = subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m",
+                            "hpcml.data", *args], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert p.stderr.count("error: ") == 1 and msg in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr

@@ -133,9 +133,24 @@ def agree(comm, error=None, what="validation"):
     for n in lengths:
         errors.append(raw[o:o + n].decode("utf-8", "replace") or None)
         o += int(n)
-    lines = "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e)
+    by_message = {}  # ranks that report the same problem are named together
+    for r, e in enumerate(errors):
+        if e:
+            by_message.setdefault(e, []).append(r)
+    lines = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {_ranks(rs)}: {e}"
+                      for e, rs in by_message.items())
     raise CollectiveError(f"{what} failed on {sum(1 for e in errors if e)} of "
                           f"{len(errors)} ranks: {lines}")
+
+
+def _ranks(rs):
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], rs[0]
+    for a, b in zip(rs, rs[1:] + [None]):
+        if b != a + 1:
+            out.append(f"{start}-{a}" if a > start else f"{start}")
+            start = b
+    return ", ".join(out)
 
 
 class Watchdog:

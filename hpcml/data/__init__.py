@@ -13,8 +13,8 @@ benchmarks/io.py are not yet.
 from .format import DataError, read_manifest, write_shard, write_manifest, CHUNK_ROWS
 from .dataset import ShardedDataset, Loader
 from .synth import synth
-from .verify import verify, info
+from .verify import verify, scan, info
 from .convert import convert
 
 __all__ = ["DataError", "read_manifest", "write_shard", "write_manifest", "CHUNK_ROWS",
-           "ShardedDataset", "Loader", "synth", "verify", "info", "convert"]
+           "ShardedDataset", "Loader", "synth", "verify", "scan", "info", "convert"]

@@ -15,8 +15,21 @@ from mpi4py import MPI
 from hpcml.comm.guard import entry_point
 
 
-@entry_point
 def main(argv=None):
+    """Runs the command; a bad dataset or input ends every rank with the same one-line
+    message on rank 0 and exit status 1 (no traceback, no abort)."""
+    from hpcml.comm import CollectiveError
+    from hpcml.data import DataError
+    try:
+        return _main(argv)
+    except (DataError, CollectiveError) as e:
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+@entry_point
+def _main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m hpcml.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -43,8 +56,10 @@ def main(argv=None):
     c.add_argument("--chunk-rows", type=int, default=65536)
     i = sub.add_parser("info", help="summarise a dataset")
     i.add_argument("path")
-    v = sub.add_parser("verify", help="recompute every shard's checksum")
+    v = sub.add_parser("verify", help="headers, every shard's checksum, and the values "
+                       "(NaN/Inf features, labels out of range)")
     v.add_argument("path")
+    v.add_argument("--no-scan", action="store_true", help="checksums only")
     args = ap.parse_args(argv)
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -73,9 +88,14 @@ def main(argv=None):
         if rank == 0:
             print(data.info(args.path))
     else:
+        data.ShardedDataset(args.path, comm)  # headers: present, readable, shapes, dtypes
         n = data.verify(args.path, comm)
+        msg = f"{args.path}: {n} shards, all checksums match"
+        if not args.no_scan:
+            rows = comm.allreduce(data.scan(args.path, comm))
+            msg += f"; {rows:,} rows, all values valid"
         if rank == 0:
-            print(f"{args.path}: {n} shards, all checksums match")
+            print(msg)
     return 0
 
 

@@ -45,6 +45,25 @@ def verify(path, comm=None):
     return len(m["shards"])
 
 
+def scan(path, comm=None, batch_size=65536):
+    """Read every row once through the loader (each rank its share) and check the values:
+    NaN/Inf features and labels outside 0..classes-1. The same error on every rank names
+    each file and row found. Returns the number of rows this rank read."""
+    from .dataset import ShardedDataset
+    ds = ShardedDataset(path, comm)
+    rows, error = 0, None
+    try:
+        for x, _ in ds.loader(batch_size, shuffle=False):
+            rows += len(x)
+    except DataError as e:
+        error = str(e)
+    if comm is not None:
+        agree(comm, error, what=f"scanning {path}")
+    elif error:
+        raise DataError(error)
+    return rows
+
+
 def info(path):
     """A short human-readable summary of the manifest."""
     m = read_manifest(path)

@@ -68,3 +68,57 @@ def test_more_ranks_than_rows(comm, shared_dir):
     with pytest.raises(hc.CollectiveError, match=f"{comm.Get_size() - 1} rows for "
                                                  f"{comm.Get_size()} ranks"):
         ShardedDataset(folder, comm)
+
+
+def _broken(comm, shared_dir, how):
+    """A dataset broken in one way, made by rank 0 (see tests/test_data_loader.py)."""
+    import pathlib
+    from test_data_loader import _break
+    folder = None
+    if comm.Get_rank() == 0:
+        base = pathlib.Path(shared_dir) / how
+        base.mkdir()
+        folder = _break(base, how)
+    return comm.bcast(folder)
+
+
+@pytest.mark.parametrize("how,match", [
+    ("missing", "shard-00001.h5: shard listed in manifest.json is missing"),
+    ("truncated", "shard-00001.h5: not a readable shard"),
+    ("rows", "shard-00001.h5: x is .* but the manifest says 201 rows"),
+    ("features", "shard-00001.h5: x is \\(200, 5\\)"),
+    ("dtype", "shard-00001.h5: dtypes x float64"),
+    ("manifest", "manifest.json: unreadable manifest"),
+    ("empty", "the dataset is empty"),
+])
+def test_bad_dataset_fails_on_every_rank(comm, shared_dir, how, match):
+    folder = _broken(comm, shared_dir, how)
+    with pytest.raises(hc.CollectiveError, match=match) as info:
+        ShardedDataset(folder, comm)
+    all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
+
+
+@pytest.mark.parametrize("what,match", [
+    ("nan", "shard-00001.h5: row 17 has a NaN or Inf feature"),
+    ("label", "shard-00000.h5: row 250 has label outside 0..3"),
+    ("checksum", "shard-00000.h5: checksum mismatch"),
+])
+def test_bad_values_fail_on_every_rank(comm, shared_dir, what, match):
+    import h5py
+    folder = os.path.join(shared_dir, what)
+    if comm.Get_rank() == 0:
+        indexed_dataset(folder, [300, 200])
+        with h5py.File(os.path.join(folder, "shard-00001.h5" if what == "nan"
+                                    else "shard-00000.h5"), "r+") as f:
+            if what == "nan":
+                f["x"][17, 1] = np.inf
+            elif what == "label":
+                f["y"][250] = 4
+            else:
+                f["x"][3, 2] = -1.0
+    comm.Barrier()
+    from hpcml.data import scan
+    check = (lambda: verify(folder, comm)) if what == "checksum" else (lambda: scan(folder,
+                                                                                     comm))
+    with pytest.raises(hc.CollectiveError, match=match):
+        check()
