@@ -70,20 +70,14 @@ def _main(argv=None):
         if rank == 0:
             print(f"wrote {args.output}: {m['rows']:,} rows in {len(m['shards'])} shards")
     elif args.cmd == "convert":
-        # one rank converts (streaming, bounded memory); the others wait for it
-        error = None
+        # every rank converts its part of the input (streaming, bounded memory)
+        out = data.convert(args.input, args.output, args.shards, args.label_column,
+                           args.dtype, args.test_fraction, args.seed,
+                           "regression" if args.regression else None, args.chunk_rows,
+                           progress=True, comm=comm)
         if rank == 0:
-            try:
-                out = data.convert(args.input, args.output, args.shards, args.label_column,
-                                   args.dtype, args.test_fraction, args.seed,
-                                   "regression" if args.regression else None,
-                                   args.chunk_rows, progress=True)
-                for name, m in out.items():
-                    print(f"wrote {name}: {m['rows']:,} rows in {len(m['shards'])} shards")
-            except data.DataError as e:
-                error = str(e)
-        from hpcml.comm import agree
-        agree(comm, error, what=f"converting {args.input}")
+            for name, m in out.items():
+                print(f"wrote {name}: {m['rows']:,} rows in {len(m['shards'])} shards")
     elif args.cmd == "info":
         if rank == 0:
             print(data.info(args.path))

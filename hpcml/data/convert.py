@@ -106,8 +106,8 @@ def _parse(lines, first_line_no, path, ncols):
                     f"could not parse")
 
 
-def _csv_blocks(path, chunk_rows, label_column):
-    """(row count, feature count, label index, iterator of (first line number, float64 block))."""
+def _csv_header(path, label_column):
+    """(has header, column count, label index) from the first line."""
     with open(path, encoding="utf-8") as f:
         first = f.readline()
     if not first.strip():
@@ -130,18 +130,48 @@ def _csv_blocks(path, chunk_rows, label_column):
         label %= ncols
     if ncols < 2:
         raise DataError(f"{path}: need at least one feature column and a label column")
-    rows = count_lines(path) - header
+    return header, ncols, label
+
+
+def _line_start(f, pos):
+    """Offset of the first line that starts at or after byte `pos`."""
+    if pos == 0:
+        return 0
+    f.seek(pos - 1)
+    f.readline()  # the rest of the line holding byte pos - 1
+    return f.tell()
+
+
+def _csv_blocks(path, chunk_rows, label_column, part=0, parts=1, lines_before=None):
+    """This part's lines of the CSV (the lines that start in its 1/parts of the bytes):
+    (row count, feature count, label index, blocks) where blocks(first line number) yields
+    (line number, float64 block). With parts > 1, lines_before(count) must return the
+    number of data lines in the parts before this one (a collective)."""
+    header, ncols, label = _csv_header(path, label_column)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head_end = _line_start(f, 1) if header else 0
+        lo = max(head_end, _line_start(f, size * part // parts))
+        hi = max(lo, _line_start(f, size * (part + 1) // parts)) if part < parts - 1 else size
+        rows, pos = 0, lo
+        f.seek(lo)
+        while pos < hi:
+            block = f.read(min(1 << 24, hi - pos))
+            rows += block.count(b"\n")
+            pos += len(block)
+            last = block[-1:]
+        if hi > lo and hi == size and last != b"\n":
+            rows += 1  # a last line without newline
+    first_line = 1 + header + (lines_before(rows) if lines_before else 0)
 
     def blocks():
-        with open(path, encoding="utf-8") as f:
-            line_no = 1
-            if header:
-                f.readline()
-                line_no = 2
-            while True:
-                lines = [ln for ln in (f.readline() for _ in range(chunk_rows)) if ln]
-                if not lines:
-                    return
+        with open(path, "rb") as f:
+            f.seek(lo)
+            line_no = first_line
+            while f.tell() < hi:
+                lines = []
+                while len(lines) < chunk_rows and f.tell() < hi:
+                    lines.append(f.readline().decode("utf-8"))
                 keep = [ln for ln in lines if ln.strip()]
                 if keep:
                     yield line_no, _parse(keep, line_no, path, ncols)
@@ -149,18 +179,20 @@ def _csv_blocks(path, chunk_rows, label_column):
     return rows, ncols - 1, label, blocks()
 
 
-def _array_blocks(path, chunk_rows, label_column):
-    """.npy (rows x columns, label column inside) or .npz/.h5 with arrays x and y."""
+def _array_blocks(path, chunk_rows, label_column, part=0, parts=1, lines_before=None):
+    """.npy (rows x columns, label column inside) or .npz/.h5 with arrays x and y; this
+    part's rows [N*part/parts, N*(part+1)/parts)."""
     if path.endswith(".npy"):
         a = np.load(path, mmap_mode="r", allow_pickle=False)
         if a.ndim != 2 or a.shape[1] < 2:
             raise DataError(f"{path}: expected a 2-D array with features and a label column")
         label = int(label_column) % a.shape[1]
+        lo, hi = a.shape[0] * part // parts, a.shape[0] * (part + 1) // parts
 
         def blocks():
-            for s in range(0, a.shape[0], chunk_rows):
-                yield s + 1, np.asarray(a[s:s + chunk_rows], np.float64)
-        return a.shape[0], a.shape[1] - 1, label, blocks()
+            for s in range(lo, hi, chunk_rows):
+                yield s + 1, np.asarray(a[s:min(hi, s + chunk_rows)], np.float64)
+        return hi - lo, a.shape[1] - 1, label, blocks()
     if path.endswith(".npz"):
         z = np.load(path, allow_pickle=False)
         x, y = z["x"], z["y"]
@@ -170,28 +202,100 @@ def _array_blocks(path, chunk_rows, label_column):
     if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise DataError(f"{path}: x must be rows x features and y (rows,), got {x.shape}, "
                         f"{y.shape}")
+    lo, hi = x.shape[0] * part // parts, x.shape[0] * (part + 1) // parts
 
     def blocks():
-        for s in range(0, x.shape[0], chunk_rows):
-            xb = np.asarray(x[s:s + chunk_rows], np.float64)
-            yield s + 1, np.concatenate([xb, np.asarray(y[s:s + chunk_rows],
-                                                         np.float64)[:, None]], axis=1)
-    return x.shape[0], x.shape[1], x.shape[1], blocks()
+        for s in range(lo, hi, chunk_rows):
+            e = min(hi, s + chunk_rows)
+            xb = np.asarray(x[s:e], np.float64)
+            yield s + 1, np.concatenate([xb, np.asarray(y[s:e], np.float64)[:, None]], axis=1)
+    return hi - lo, x.shape[1], x.shape[1], blocks()
+
+
+def _uniform(seed, ids):
+    """A uniform [0, 1) number per row id (splitmix64): the same for a row whatever the
+    chunking or the number of ranks."""
+    z = (np.uint64(seed & 0xFFFFFFFF) << np.uint64(32)) ^ ids.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def convert(input, output, shards=1, label_column=-1, dtype="float32", test_fraction=0.0,
-            seed=0, task=None, chunk_rows=65536, progress=False):
-    """Convert `input` into OUTPUT (or OUTPUT/train and OUTPUT/test); returns manifests."""
-    if not os.path.exists(input):
-        raise DataError(f"{input}: no such file")
-    if shards < 1 or not 0 <= test_fraction < 1:
-        raise DataError("shards must be >= 1 and test_fraction in [0, 1)")
-    if task not in (None, "classification", "regression"):
-        raise DataError(f"task must be classification or regression, got {task!r}")
-    reader = _csv_blocks if input.endswith((".csv", ".txt")) else _array_blocks
-    rows, features, label, blocks = reader(input, chunk_rows, label_column)
-    if rows < 1:
-        raise DataError(f"{input}: no data rows")
+            seed=0, task=None, chunk_rows=65536, progress=False, comm=None):
+    """Convert `input` into OUTPUT (or OUTPUT/train and OUTPUT/test); returns the manifests
+    (on every rank). With `comm`, every rank converts its own part of the input (a byte
+    range of a CSV, a row range of an array) into its own shards; rank 0 writes the
+    manifests. Each split gets max(shards, ranks) shards then. Errors are agreed: every
+    rank raises the same DataError/CollectiveError, and no shard of a failed run is left."""
+    rank, p = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    error, written, result = None, [], None
+    try:
+        if not os.path.exists(input):
+            raise DataError(f"{input}: no such file")
+        if shards < 1 or not 0 <= test_fraction < 1:
+            raise DataError("shards must be >= 1 and test_fraction in [0, 1)")
+        if task not in (None, "classification", "regression"):
+            raise DataError(f"task must be classification or regression, got {task!r}")
+        reader = _csv_blocks if input.endswith((".csv", ".txt")) else _array_blocks
+        before = None
+        if comm is not None:
+            before = lambda n: sum(comm.allgather(n)[:rank])  # noqa: E731 (collective)
+        rows, features, label, blocks = reader(input, chunk_rows, label_column, rank, p, before)
+    except DataError as e:
+        error = str(e)
+    _agree(comm, error, input)
+    total = comm.allreduce(rows) if comm is not None else rows
+    if total < 1:
+        _agree(comm, f"{input}: no data rows", input)
+    try:
+        result = _convert_part(input, output, shards, features, label, blocks, rows, dtype,
+                               test_fraction, seed, task, progress and rank == 0, rank, p,
+                               written)
+    except DataError as e:
+        error = str(e)
+    try:
+        _agree(comm, error, input)
+    except (DataError, RuntimeError):  # the run failed somewhere: remove this rank's shards
+        for path in written:
+            if os.path.exists(path):
+                os.unlink(path)
+        raise
+    state, max_label = result
+    if comm is not None:
+        max_label = comm.allreduce(max_label, op=__import__("mpi4py").MPI.MAX)
+        parts = comm.gather({k: v["entries"] for k, v in state.items()}, root=0)
+    else:
+        parts = [{k: v["entries"] for k, v in state.items()}]
+    manifests = None
+    if rank == 0:
+        manifests = {}
+        for name, st in state.items():
+            entries = sorted((e for part in parts for e in part[name]),
+                             key=lambda e: e["file"])
+            kind = "regression" if task == "regression" else "classification"
+            manifests[name] = write_manifest(
+                st["folder"], entries, features, dtype, st["ydt"], kind,
+                max_label + 1 if kind == "classification" else None,
+                extra={"source": os.path.basename(input), "split": name,
+                       "test_fraction": test_fraction, "seed": seed})
+    return comm.bcast(manifests) if comm is not None else manifests
+
+
+def _agree(comm, error, input):
+    if comm is not None:
+        from hpcml.comm.guard import agree
+        agree(comm, error, what=f"converting {input}")
+    elif error:
+        raise DataError(error)
+
+
+def _convert_part(input, output, shards, features, label, blocks, rows, dtype, test_fraction,
+                  seed, task, progress, rank, p, written):
+    """This rank's rows into this rank's shards; returns (per-split state, max label)."""
     splits = {"train": 1 - test_fraction}
     if test_fraction:
         splits["test"] = test_fraction
@@ -201,12 +305,17 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
         folder = os.path.join(output, name) if test_fraction else output
         os.makedirs(folder, exist_ok=True)
         n = max(1, round(shards * frac)) if name == "test" else shards
-        state[name] = {"folder": folder, "n": n, "expected": max(1, int(rows * frac)),
-                       "entries": [], "writer": None, "seen": 0}
+        n = max(n, p)  # every rank writes at least one shard of each split
+        mine = n * (rank + 1) // p - n * rank // p
+        state[name] = {"folder": folder, "n": mine, "offset": n * rank // p, "ydt": ydt,
+                       "expected": max(1, int(rows * frac)), "entries": [], "writer": None,
+                       "written": written}
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=rows, unit="rows", desc=f"convert {os.path.basename(input)}")
+        bar = tqdm(total=rows, unit="rows",
+                   desc=f"convert {os.path.basename(input)}" + (f" (rank 0 of {p})"
+                                                                if p > 1 else ""))
     max_label = -1
     try:
         for line_no, a in blocks:
@@ -228,7 +337,8 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
                 max_label = max(max_label, int(y.max()))
             yv = y.astype(ydt)
             if test_fraction:
-                to_test = np.random.default_rng([seed, line_no]).random(len(a)) < test_fraction
+                ids = np.arange(line_no, line_no + len(a), dtype=np.int64)
+                to_test = _uniform(seed, ids) < test_fraction
                 parts = {"train": ~to_test, "test": to_test}
             else:
                 parts = {"train": slice(None)}
@@ -236,18 +346,15 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
                 _append(state[name], x[sel], yv[sel], features, dtype, ydt)
             if bar is not None:
                 bar.update(len(a))
-        manifests = {}
-        for name, st in state.items():
-            if st["writer"] is not None:
+        for st in state.values():
+            while len(st["entries"]) < st["n"]:  # close the current shard, and write any
+                if st["writer"] is None:         # this rank's share left empty (tiny input)
+                    st["writer"] = ShardWriter(st["folder"], st["offset"] + len(st["entries"]),
+                                               features, dtype, ydt)
                 st["entries"].append(st["writer"].close())
+                written.append(os.path.join(st["folder"], st["entries"][-1]["file"]))
                 st["writer"] = None
-            kind = "regression" if task == "regression" else "classification"
-            manifests[name] = write_manifest(
-                st["folder"], st["entries"], features, dtype, ydt, kind,
-                max_label + 1 if kind == "classification" else None,
-                extra={"source": os.path.basename(input), "split": name,
-                       "test_fraction": test_fraction, "seed": seed})
-        return manifests
+        return state, max_label
     except BaseException:
         for st in state.values():
             if st["writer"] is not None:
@@ -263,7 +370,8 @@ def _append(st, x, y, features, dtype, ydt):
     per_shard = -(-st["expected"] // st["n"])
     while len(x):
         if st["writer"] is None:
-            st["writer"] = ShardWriter(st["folder"], len(st["entries"]), features, dtype, ydt)
+            st["writer"] = ShardWriter(st["folder"], st["offset"] + len(st["entries"]),
+                                       features, dtype, ydt)
         w = st["writer"]
         last = len(st["entries"]) == st["n"] - 1
         room = len(x) if last else max(0, per_shard - w.rows)
@@ -272,4 +380,5 @@ def _append(st, x, y, features, dtype, ydt):
         x, y = x[take:], y[take:]
         if not last and w.rows >= per_shard:
             st["entries"].append(w.close())
+            st["written"].append(os.path.join(st["folder"], st["entries"][-1]["file"]))
             st["writer"] = None

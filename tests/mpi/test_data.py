@@ -122,3 +122,53 @@ def test_bad_values_fail_on_every_rank(comm, shared_dir, what, match):
                                                                                      comm))
     with pytest.raises(hc.CollectiveError, match=match):
         check()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npy"])
+def test_rank_parallel_convert_matches_serial(comm, shared_dir, suffix):
+    from hpcml.data import convert
+    src = os.path.join(shared_dir, "table" + suffix)
+    if comm.Get_rank() == 0:
+        rng = np.random.default_rng(5)
+        a = np.hstack([rng.standard_normal((3001, 3)), rng.integers(0, 4, (3001, 1))])
+        if suffix == ".csv":
+            np.savetxt(src, a, delimiter=",", header="a,b,c,label", comments="")
+        else:
+            np.save(src, a)
+    comm.Barrier()
+    par = convert(src, os.path.join(shared_dir, "par" + suffix), shards=2, test_fraction=0.2,
+                  seed=9, chunk_rows=250, comm=comm)
+    ser = None
+    if comm.Get_rank() == 0:
+        ser = convert(src, os.path.join(shared_dir, "ser" + suffix), shards=2,
+                      test_fraction=0.2, seed=9, chunk_rows=999)
+    ser = comm.bcast(ser)
+
+    def rows(folder):
+        ds = ShardedDataset(folder, comm)
+        xs = [np.column_stack([x, y]) for x, y in ds.loader(10_000, shuffle=False)]
+        mine = np.concatenate(xs) if xs else np.empty((0, 4))
+        allrows = np.concatenate(comm.allgather(mine))
+        return allrows[np.lexsort(allrows.T[::-1])]
+    for split in ("train", "test"):
+        all_ranks(comm, par[split]["rows"] == ser[split]["rows"], f"{split} row counts")
+        all_ranks(comm, len(par[split]["shards"]) == max(2 if split == "train" else 1,
+                                                         comm.Get_size()), "shard count")
+        same = np.array_equal(rows(os.path.join(shared_dir, "par" + suffix, split)),
+                              rows(os.path.join(shared_dir, "ser" + suffix, split)))
+        all_ranks(comm, same, f"{split}: the same rows as the serial conversion")
+
+
+def test_rank_parallel_convert_error_names_the_line(comm, shared_dir):
+    from hpcml.data import convert
+    src = os.path.join(shared_dir, "bad.csv")
+    if comm.Get_rank() == 0:
+        lines = [f"{i},{i % 2}\n" for i in range(400)]
+        lines[350] = "350,oops\n"  # line 351, in the last rank's part
+        open(src, "w").write("".join(lines))
+    comm.Barrier()
+    with pytest.raises(hc.CollectiveError, match="line 351: malformed CSV row"):
+        convert(src, os.path.join(shared_dir, "bad-out"), chunk_rows=64, comm=comm)
+    left = [f for f in os.listdir(os.path.join(shared_dir, "bad-out"))
+            if f.endswith(".h5") or f == "manifest.json"]
+    all_ranks(comm, left == [], f"no shard or manifest of a failed conversion: {left}")
