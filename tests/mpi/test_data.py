@@ -169,6 +169,7 @@ def test_rank_parallel_convert_error_names_the_line(comm, shared_dir):
     comm.Barrier()
     with pytest.raises(hc.CollectiveError, match="line 351: malformed CSV row"):
         convert(src, os.path.join(shared_dir, "bad-out"), chunk_rows=64, comm=comm)
+    comm.Barrier()  # every rank has removed its own shards
     left = [f for f in os.listdir(os.path.join(shared_dir, "bad-out"))
             if f.endswith(".h5") or f == "manifest.json"]
     all_ranks(comm, left == [], f"no shard or manifest of a failed conversion: {left}")
