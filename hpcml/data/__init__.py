@@ -6,9 +6,9 @@
     for x, y in ds.loader(batch_size=256, shuffle=True, seed=0):
         ...
 
-Status (issue 4 open): the format, `synth`, `convert` (one rank, streaming), `info`/`verify`
-and the loader are here; rank-parallel convert, the built-in `digits` dataset and
-benchmarks/io.py are not yet.
+Status (issue 4 open): the format, `synth`, `convert`, `info`/`verify`/`scan`, the loader,
+the built-in `digits` dataset and benchmarks/io.py are here; the loader reaches 0.72-0.80x a
+plain h5py read (the issue asks for 0.9x).
 """
 from .format import DataError, read_manifest, write_shard, write_manifest, CHUNK_ROWS
 from .dataset import ShardedDataset, Loader

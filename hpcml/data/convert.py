@@ -6,7 +6,9 @@ bounded by one block, whatever the file size. A malformed line is reported with 
 number. The label column is chosen by index (negative counts from the end) or by header name;
 integer labels make a classification dataset, anything else needs task="regression".
 `test_fraction` sends each row to a separate test dataset (OUTPUT/test, its own shards) with
-that probability, deterministically from `seed`; the training split goes to OUTPUT/train.
+that probability, decided by a hash of (seed, line number), so the split does not depend on
+chunking or ranks; the training split goes to OUTPUT/train. Under MPI every rank converts its
+own byte range (CSV) or row range (arrays).
 """
 import hashlib
 import io
