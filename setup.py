@@ -19,6 +19,7 @@ setup(
         "numpy>=1.23",
         "numba>=0.58",
         "h5py>=3.8",
+        "tqdm>=4.60",  # progress bars on rank 0
     ],
     extras_require={
         # The MPI runtime as a wheel from PyPI (no system MPI, no compiler). On a cluster,
