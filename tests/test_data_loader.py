@@ -154,7 +154,8 @@ def _break(tmp_path, how):
     return folder
 
 
-@pytest.mark.parametrize("how,match", [
+#: (how the dataset is broken, the message that must name it); also used by tests/mpi
+BAD_DATASETS = [
     ("missing", "shard-00001.h5: shard listed in manifest.json is missing"),
     ("truncated", "shard-00001.h5: not a readable shard"),
     ("rows", "shard-00001.h5: x is .* but the manifest says 201 rows"),
@@ -162,7 +163,10 @@ def _break(tmp_path, how):
     ("dtype", "shard-00001.h5: dtypes x float64"),
     ("manifest", "manifest.json: unreadable manifest"),
     ("empty", "the dataset is empty"),
-])
+]
+
+
+@pytest.mark.parametrize("how,match", BAD_DATASETS)
 def test_bad_dataset_is_named(tmp_path, how, match):
     folder = _break(tmp_path, how)
     with pytest.raises(DataError, match=match):

@@ -12,6 +12,7 @@ from data_helpers import indexed_dataset  # noqa: E402
 from hpcml import comm as hc  # noqa: E402
 from hpcml.data import ShardedDataset, synth, verify  # noqa: E402
 from mpi_helpers import all_ranks  # noqa: E402
+from test_data_loader import BAD_DATASETS  # noqa: E402
 
 
 @pytest.fixture
@@ -82,15 +83,7 @@ def _broken(comm, shared_dir, how):
     return comm.bcast(folder)
 
 
-@pytest.mark.parametrize("how,match", [
-    ("missing", "shard-00001.h5: shard listed in manifest.json is missing"),
-    ("truncated", "shard-00001.h5: not a readable shard"),
-    ("rows", "shard-00001.h5: x is .* but the manifest says 201 rows"),
-    ("features", "shard-00001.h5: x is \\(200, 5\\)"),
-    ("dtype", "shard-00001.h5: dtypes x float64"),
-    ("manifest", "manifest.json: unreadable manifest"),
-    ("empty", "the dataset is empty"),
-])
+@pytest.mark.parametrize("how,match", BAD_DATASETS)
 def test_bad_dataset_fails_on_every_rank(comm, shared_dir, how, match):
     folder = _broken(comm, shared_dir, how)
     with pytest.raises(hc.CollectiveError, match=match) as info:
