@@ -157,12 +157,11 @@ class Loader:
     # --- reading ---------------------------------------------------------------------
     def _check(self, s, start, x, y):
         path = self.ds.files[s]
-        # one pass: a row sum (in float64, so finite float32 rows cannot overflow) is
-        # finite iff every value is; only then look element by element
-        if x.size and np.isfinite(x.sum(dtype=np.float64)):
-            bad = None
-        else:
-            bad = ~np.isfinite(x).all(axis=1)
+        # one fast pass: the block's sum is finite when every value is (a huge finite
+        # block can overflow it; then the exact element check below finds nothing)
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = None if np.isfinite(np.add.reduce(x, axis=None)) else \
+                ~np.isfinite(x).all(axis=1)
         if bad is not None and bad.any():
             if self.nonfinite == "error":
                 row = start + int(np.argmax(bad))
