@@ -7,7 +7,7 @@
         ...
 
 Status (issue 4 open): the format, `synth`, `convert`, `info`/`verify`/`scan`, the loader,
-the built-in `digits` dataset and benchmarks/io.py are here; the loader reaches 0.72-0.80x a
+the built-in `digits` dataset and benchmarks/io.py are here; the loader reaches 0.72-0.85x a
 plain h5py read (the issue asks for 0.9x).
 """
 from .format import DataError, read_manifest, write_shard, write_manifest, CHUNK_ROWS
