@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from hpcml.comm.guard import agree
+from hpcml.kernels.cpu.elementwise import gather_rows_finite
 from .format import read_manifest, DataError, CHUNK_ROWS
 
 
@@ -155,6 +156,13 @@ class Loader:
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
     # --- reading ---------------------------------------------------------------------
+    def _check_labels(self, s, start, y):
+        if self.ds.classes is not None and y.size and (y.min() < 0 or
+                                                       y.max() >= self.ds.classes):
+            row = start + int(np.argmax((y < 0) | (y >= self.ds.classes)))
+            raise DataError(f"{self.ds.files[s]}: row {row} has label outside "
+                            f"0..{self.ds.classes - 1}")
+
     def _check(self, s, start, x, y):
         path = self.ds.files[s]
         # one fast pass: the block's sum is finite when every value is (a huge finite
@@ -178,8 +186,9 @@ class Loader:
         """Reader thread: read this rank's pieces, check, shuffle within blocks, assemble
         whole batches and queue them (at most `prefetch` batches ahead of the consumer).
 
-        Each block is read once and copied once, into the batch buffer (np.take gathers a
-        shuffled block). h5py's read_direct into the buffer was measured slower here."""
+        Each block is read once and copied once, into the batch buffer, by a Numba pass
+        that also checks the values are finite (h5py's read_direct into the buffer, and a
+        separate check pass, were measured slower here)."""
         files = {}
         steps = len(self)
         done = first_batch
@@ -203,20 +212,22 @@ class Loader:
                 h = files.get(s)
                 if h is None:
                     h = files[s] = h5py.File(self.ds.files[s], "r")
-                x, y = self._check(s, start, h["x"][start:end], h["y"][start:end])
+                x, y = h["x"][start:end], h["y"][start:end]
+                if self.nonfinite == "drop":  # rows may go: check (and drop) up front
+                    x, y = self._check(s, start, x, y)
+                else:
+                    self._check_labels(s, start, y)
                 n = len(x)
                 order = (np.random.default_rng([self.seed, epoch, b]).permutation(n)
-                         if self.shuffle else None)
+                         if self.shuffle else np.arange(n))
                 o = min(skip, n)
                 skip -= o
                 while o < n and done < steps:
                     k = min(B - fill, n - o)
-                    if order is None:
-                        bx[fill:fill + k] = x[o:o + k]
-                        by[fill:fill + k] = y[o:o + k]
-                    else:
-                        np.take(x, order[o:o + k], axis=0, out=bx[fill:fill + k])
-                        np.take(y, order[o:o + k], axis=0, out=by[fill:fill + k])
+                    # one pass copies the rows into the batch and checks them (Numba)
+                    if not gather_rows_finite(x, order[o:o + k], bx, fill):
+                        self._check(s, start, x, y)  # names the first bad row, raises
+                    np.take(y, order[o:o + k], axis=0, out=by[fill:fill + k])
                     fill += k
                     o += k
                     if fill == B:

@@ -140,3 +140,18 @@ def copy(dst, src):
     for i in prange(dst.size):
         dst[i] = src[i]
     return dst
+
+
+@njit(fastmath=_FM, cache=True)
+def gather_rows_finite(src, rows, dst, offset):
+    """dst[offset + i] = src[rows[i]] for each i (rows: indices into src), in one pass that
+    also reports whether every copied value is finite (the data loader's check)."""
+    ok = True
+    f = src.shape[1]
+    for i in range(rows.size):
+        r = rows[i]
+        for j in range(f):
+            v = src[r, j]
+            dst[offset + i, j] = v
+            ok &= (v - v) == 0  # false for nan and +-inf
+    return ok
