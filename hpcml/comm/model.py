@@ -49,10 +49,13 @@ class CostModel:
         if measured is not None:
             return measured
         q = 1 << (p.bit_length() - 1)
-        t = math.log2(q) * (self.alpha + nbytes * (self.beta + self.gamma))
-        if q != p:
-            t += 2 * (self.alpha + nbytes * self.beta) + nbytes * self.gamma
-        return t
+        return math.log2(q) * (self.alpha + nbytes * (self.beta + self.gamma)) + \
+            self._fold(nbytes, p, q)
+
+    def _fold(self, nbytes, p, q):
+        """Ranks above the largest power of two q fold their data in, then get the result
+        back: two exchanges of the whole message and one reduction (0 when p == q)."""
+        return 0.0 if q == p else 2 * (self.alpha + nbytes * self.beta) + nbytes * self.gamma
 
     def ring_allreduce(self, nbytes, p, seg_bytes):
         """Segmented ring reduce-scatter + ring all-gather."""
@@ -77,10 +80,8 @@ class CostModel:
         lg = math.log2(q)
         half = nbytes / 2
         nseg = max(1, math.ceil(half / max(seg_bytes, 1)))
-        t = (lg * nseg + lg) * self.alpha + (q - 1) / q * nbytes * (2 * self.beta + self.gamma)
-        if q != p:
-            t += 2 * (self.alpha + nbytes * self.beta) + nbytes * self.gamma
-        return t
+        return (lg * nseg + lg) * self.alpha + \
+            (q - 1) / q * nbytes * (2 * self.beta + self.gamma) + self._fold(nbytes, p, q)
 
     def allreduce(self, algorithm, nbytes, p, seg_bytes):
         """Predicted seconds of one all-reduce of nbytes with `algorithm` on p ranks."""

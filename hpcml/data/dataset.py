@@ -164,22 +164,17 @@ class Loader:
                             f"0..{self.ds.classes - 1}")
 
     def _check(self, s, start, x, y):
-        path = self.ds.files[s]
-        # one fast pass: the block's sum is finite when every value is (a huge finite
-        # block can overflow it; then the exact element check below finds nothing)
-        with np.errstate(over="ignore", invalid="ignore"):
-            bad = None if np.isfinite(np.add.reduce(x, axis=None)) else \
-                ~np.isfinite(x).all(axis=1)
-        if bad is not None and bad.any():
+        """Exact value check of a block (used when rows may be dropped, and to name the
+        bad row once the one-pass check in the copy has failed): NaN/Inf features raise
+        or are dropped, labels out of range raise."""
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
             if self.nonfinite == "error":
-                row = start + int(np.argmax(bad))
-                raise DataError(f"{path}: row {row} has a NaN or Inf feature (pass "
-                                f"nonfinite='drop' to skip such rows)")
+                raise DataError(f"{self.ds.files[s]}: row {start + int(np.argmax(bad))} has "
+                                f"a NaN or Inf feature (pass nonfinite='drop' to skip such "
+                                f"rows)")
             x, y = x[~bad], y[~bad]
-        if self.ds.classes is not None and y.size and (y.min() < 0 or
-                                                       y.max() >= self.ds.classes):
-            row = start + int(np.argmax((y < 0) | (y >= self.ds.classes)))
-            raise DataError(f"{path}: row {row} has label outside 0..{self.ds.classes - 1}")
+        self._check_labels(s, start, y)
         return x, y
 
     def _produce(self, epoch, skip, first_batch, out, stop):
