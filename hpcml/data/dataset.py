@@ -5,15 +5,16 @@ Partitioning (exactly once per epoch, equal work): the dataset is cut into block
 default_rng([seed, epoch]) (or kept in order), which defines one global stream of all N
 rows; rank r takes rows [r*N//p, (r+1)*N//p) of that stream. Shards of different sizes
 therefore still give every rank the same number of rows (+-1). Inside each block the rows
-are shuffled with default_rng([seed, epoch, block]) so order is deterministic from
-(seed, epoch) and independent of timing. Every rank makes the same number of steps per
-epoch: the last batch of a rank can be smaller (even empty) unless drop_last.
+are shuffled by keyed_permutation(seed, epoch, block) (a splitmix64 Fisher-Yates), so
+order is deterministic from (seed, epoch) and independent of timing. Every rank makes the
+same number of steps per epoch: the last batch of a rank can be smaller (even empty) unless
+drop_last.
 
-I/O: one background thread per rank reads row blocks with h5py (which holds a global lock:
-more threads do not help), checks and shuffles them, assembles whole batches and keeps at
-most `prefetch` of them in a bounded queue, so memory is bounded by about
-(prefetch + 1) x batch + one block, never the dataset size, and the consumer's thread does
-no I/O work at all.
+I/O: one background thread per rank reads row blocks (shardio: raw preads located through
+HDF5's chunk index when the shard is stored plainly, h5py otherwise), checks and shuffles
+them with GIL-free Numba kernels, assembles whole batches and keeps at most `prefetch` of
+them in a bounded queue, so memory is bounded by about (prefetch + 1) x batch + one block,
+never the dataset size, and the consumer's thread does no I/O work at all.
 """
 import os
 import queue
@@ -23,8 +24,14 @@ import h5py
 import numpy as np
 
 from hpcml.comm.guard import agree
-from hpcml.kernels.cpu.elementwise import gather_rows_finite
+from hpcml.kernels.cpu.elementwise import (gather_rows_finite, first_nonfinite_row,
+                                           first_label_outside, keyed_permutation)
 from .format import read_manifest, DataError, CHUNK_ROWS
+from .shardio import ShardReader
+
+
+def _u64(v):
+    return np.uint64(int(v) & 0xFFFFFFFFFFFFFFFF)
 
 
 class ShardedDataset:
@@ -88,23 +95,23 @@ class ShardedDataset:
                     from None
 
     def loader(self, batch_size, shuffle=True, seed=0, drop_last=False, prefetch=2,
-               block_rows=CHUNK_ROWS, nonfinite="error"):
+               block_rows=CHUNK_ROWS, nonfinite="error", agree_errors=True):
         return Loader(self, batch_size, shuffle, seed, drop_last, prefetch, block_rows,
-                      nonfinite)
+                      nonfinite, agree_errors)
 
 
 class Loader:
     """Iterates this rank's batches (x, y) of one epoch; the next iteration is the next epoch."""
 
     def __init__(self, ds, batch_size, shuffle, seed, drop_last, prefetch, block_rows,
-                 nonfinite):
+                 nonfinite, agree_errors=True):
         if batch_size < 1 or prefetch < 1 or block_rows < 1:
             raise ValueError("batch_size, prefetch and block_rows must be >= 1")
         if nonfinite not in ("error", "drop"):
             raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
         self.ds, self.batch_size, self.shuffle, self.seed = ds, batch_size, shuffle, seed
         self.drop_last, self.prefetch, self.block_rows = drop_last, prefetch, block_rows
-        self.nonfinite = nonfinite
+        self.nonfinite, self.agree_errors = nonfinite, agree_errors
         comm = ds.comm
         self.rank, self.size = (comm.Get_rank(), comm.Get_size()) if comm else (0, 1)
         self.epoch, self.batches_done = 0, 0
@@ -156,24 +163,31 @@ class Loader:
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
     # --- reading ---------------------------------------------------------------------
+    def _bad_row(self, s, row):
+        return DataError(f"{self.ds.files[s]}: row {row} has a NaN or Inf feature (pass "
+                         f"nonfinite='drop' to skip such rows)")
+
+    def _bad_label(self, s, row):
+        return DataError(f"{self.ds.files[s]}: row {row} has label outside "
+                         f"0..{self.ds.classes - 1}")
+
     def _check_labels(self, s, start, y):
-        if self.ds.classes is not None and y.size and (y.min() < 0 or
-                                                       y.max() >= self.ds.classes):
-            row = start + int(np.argmax((y < 0) | (y >= self.ds.classes)))
-            raise DataError(f"{self.ds.files[s]}: row {row} has label outside "
-                            f"0..{self.ds.classes - 1}")
+        if self.ds.classes is not None and y.dtype.kind in "iu":
+            bad = first_label_outside(y, self.ds.classes)
+            if bad >= 0:
+                raise self._bad_label(s, start + bad)
 
     def _check(self, s, start, x, y):
-        """Exact value check of a block (used when rows may be dropped, and to name the
-        bad row once the one-pass check in the copy has failed): NaN/Inf features raise
-        or are dropped, labels out of range raise."""
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():
-            if self.nonfinite == "error":
-                raise DataError(f"{self.ds.files[s]}: row {start + int(np.argmax(bad))} has "
-                                f"a NaN or Inf feature (pass nonfinite='drop' to skip such "
-                                f"rows)")
-            x, y = x[~bad], y[~bad]
+        """Value check of rows x, y read from shard s at row `start`: NaN/Inf features raise
+        (naming the row) or, with nonfinite='drop', are dropped; labels out of range raise.
+        Returns the rows kept."""
+        if x.dtype.kind == "f":
+            bad = first_nonfinite_row(x)
+            if bad >= 0:
+                if self.nonfinite == "error":
+                    raise self._bad_row(s, start + bad)
+                keep = np.isfinite(x).all(axis=1)
+                x, y = x[keep], y[keep]
         self._check_labels(s, start, y)
         return x, y
 
@@ -181,16 +195,22 @@ class Loader:
         """Reader thread: read this rank's pieces, check, shuffle within blocks, assemble
         whole batches and queue them (at most `prefetch` batches ahead of the consumer).
 
-        Each block is read once and copied once, into the batch buffer, by a Numba pass
-        that also checks the values are finite (h5py's read_direct into the buffer, and a
-        separate check pass, were measured slower here)."""
-        files = {}
+        In order without dropping (shuffle=False, nonfinite='error') the rows are read
+        straight into the batch buffer and checked there: one copy, from the page cache.
+        Otherwise a block is read into a scratch buffer, then copied into the batch in its
+        shuffled order by a Numba pass that also checks the values are finite. Reads and
+        checks release the GIL (shardio, nogil kernels), so the consumer computes
+        meanwhile."""
+        readers = {}
         steps = len(self)
         done = first_batch
         m = self.ds.manifest
         B, F = self.batch_size, self.ds.features
         xdt, ydt = np.dtype(m["x_dtype"]), np.dtype(m["y_dtype"])
         bx, by, fill = np.empty((B, F), xdt), np.empty(B, ydt), 0
+        direct = not self.shuffle and self.nonfinite == "error"
+        if not direct:
+            tx, ty = np.empty((self.block_rows, F), xdt), np.empty(self.block_rows, ydt)
 
         def put(item):
             while not stop.is_set():
@@ -204,16 +224,33 @@ class Loader:
             for b, s, start, end in self.share(epoch):
                 if done >= steps or stop.is_set():
                     break
-                h = files.get(s)
-                if h is None:
-                    h = files[s] = h5py.File(self.ds.files[s], "r")
-                x, y = h["x"][start:end], h["y"][start:end]
+                r = readers.get(s)
+                if r is None:
+                    r = readers[s] = ShardReader(self.ds.files[s])
+                if direct:  # rows in file order: skip (resume), then read into the batch
+                    o = min(skip, end - start)
+                    skip -= o
+                    a = start + o
+                    while a < end and done < steps:
+                        k = min(B - fill, end - a)
+                        r.read(a, a + k, bx[fill:], by[fill:])
+                        self._check(s, a, bx[fill:fill + k], by[fill:fill + k])
+                        fill += k
+                        a += k
+                        if fill == B:
+                            done += 1
+                            if not put((bx, by)):
+                                return
+                            bx, by, fill = np.empty((B, F), xdt), np.empty(B, ydt), 0
+                    continue
+                r.read(start, end, tx, ty)
+                x, y = tx[:end - start], ty[:end - start]
                 if self.nonfinite == "drop":  # rows may go: check (and drop) up front
                     x, y = self._check(s, start, x, y)
                 else:
                     self._check_labels(s, start, y)
                 n = len(x)
-                order = (np.random.default_rng([self.seed, epoch, b]).permutation(n)
+                order = (keyed_permutation(n, _u64(self.seed), _u64(epoch), _u64(b))
                          if self.shuffle else np.arange(n))
                 o = min(skip, n)
                 skip -= o
@@ -239,8 +276,8 @@ class Loader:
         except BaseException as e:  # hand the error to the consumer, which raises it
             put(e)
         finally:
-            for h in files.values():
-                h.close()
+            for r in readers.values():
+                r.close()
 
     def __iter__(self):
         epoch, first = self.epoch, self.batches_done
