@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 MPIEXEC = shutil.which("mpiexec")
@@ -77,3 +78,27 @@ def test_srun_without_pmi_is_refused_loudly():
     assert "[rank 0] RuntimeError: srun started 4 tasks but this MPI world has 1 rank" \
         in proc.stderr
     assert "--mpi=pmi2" in proc.stderr
+
+
+def test_bad_row_met_while_training_ends_the_job(tmp_path):
+    """A NaN row that only rank 1 reads, in the middle of an epoch, while every rank
+    all-reduces after each batch: rank 1 names the file and row, the job ends non-zero."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import h5py
+    from data_helpers import indexed_dataset
+    folder = indexed_dataset(str(tmp_path / "d"), [400, 400])
+    with h5py.File(os.path.join(folder, "shard-00001.h5"), "r+") as f:
+        f["x"][250, 1] = np.nan  # global row 650: rank 1's half
+    code = ("import numpy as np; from mpi4py import MPI; from hpcml import comm as hc\n"
+            "from hpcml.data import ShardedDataset\n"
+            "@hc.entry_point\n"
+            "def main():\n"
+            f"    ds = ShardedDataset({folder!r}, MPI.COMM_WORLD)\n"
+            "    for x, y in ds.loader(50, shuffle=False):\n"
+            "        hc.allreduce(np.ones(4))\n"
+            "main()\n")
+    proc, seconds = launch(2, code=code)
+    assert proc.returncode != 0 and seconds < 30, (proc.returncode, seconds)
+    assert "[rank 1] hpcml.data.format.DataError: " in proc.stderr or \
+        "[rank 1] DataError: " in proc.stderr, proc.stderr
+    assert "shard-00001.h5: row 250 has a NaN or Inf feature" in proc.stderr

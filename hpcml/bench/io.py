@@ -72,6 +72,8 @@ def main(argv=None):
     ap.add_argument("--features", type=int, default=64)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--agree-errors", action="store_true",
+                    help="loaders with agree_errors=True (per-batch error agreement)")
     ap.add_argument("--out", default="results")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
@@ -86,14 +88,14 @@ def main(argv=None):
               comm=comm)
     try:
         ds = ShardedDataset(path, comm)
-        plain_ld = ds.loader(args.batch_size, shuffle=False)
+        plain_ld = ds.loader(args.batch_size, shuffle=False, agree_errors=args.agree_errors)
         loader_pass(plain_ld)  # warm-up: the same page cache for every reader below
         comm.Barrier()
         t_plain, b_plain = plain_read(ds, plain_ld, args.batch_size)
         comm.Barrier()
-        t_seq, b_seq, n_batches, _ = loader_pass(ds.loader(args.batch_size, shuffle=False))
+        t_seq, b_seq, n_batches, _ = loader_pass(ds.loader(args.batch_size, shuffle=False, agree_errors=args.agree_errors))
         comm.Barrier()
-        t_shuf, b_shuf, _, _ = loader_pass(ds.loader(args.batch_size, shuffle=True, seed=1))
+        t_shuf, b_shuf, _, _ = loader_pass(ds.loader(args.batch_size, shuffle=True, seed=1, agree_errors=args.agree_errors))
         comm.Barrier()
         per_batch = t_seq / max(n_batches, 1)
         # a sleep overshoots its request (timer slack, wake-up): ask for less, so that
@@ -103,7 +105,7 @@ def main(argv=None):
             time.sleep(per_batch)
         overshoot = (time.perf_counter() - trial) / 20 - per_batch
         request = max(per_batch - overshoot, per_batch / 10)
-        t_over, _, _, compute = loader_pass(ds.loader(args.batch_size, shuffle=False),
+        t_over, _, _, compute = loader_pass(ds.loader(args.batch_size, shuffle=False, agree_errors=args.agree_errors),
                                             request)
         hidden = 1 - max(t_over - compute, 0.0) / t_seq
         mine = np.array([t_plain, t_seq, t_shuf, t_over, compute, hidden])

@@ -118,6 +118,14 @@ def agree(comm, error=None, what="validation"):
             comm.Allgather(np.array([len(text)], np.int64), lengths)
     else:
         lengths = np.array([len(text)], np.int64)
+    raise_agreed(comm, lengths, text, what)
+
+
+def raise_agreed(comm, lengths, text, what):
+    """The second half of agree(), for callers that gathered the message lengths themselves
+    (e.g. with a non-blocking MPI_Iallgather): returns if every length is 0, else gathers
+    the messages and raises the same CollectiveError on every rank. Collective."""
+    p = comm.Get_size()
     if not lengths.any():
         return
     if p > 1:

@@ -117,6 +117,44 @@ def test_bad_values_fail_on_every_rank(comm, shared_dir, what, match):
         check()
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("what,match", [
+    ("nan", "shard-00001.h5: row 17 has a NaN or Inf feature"),
+    ("label", "shard-00000.h5: row 250 has label outside 0..3"),
+])
+def test_loader_errors_agreed_on_every_rank(comm, shared_dir, what, match, shuffle):
+    """agree_errors=True: a bad row met by one rank mid-epoch raises the same
+    CollectiveError on every rank, at the same step, while each step all-reduces."""
+    import h5py
+    folder = os.path.join(shared_dir, what)
+    if comm.Get_rank() == 0:
+        indexed_dataset(folder, [300, 200])
+        with h5py.File(os.path.join(folder, "shard-00001.h5" if what == "nan"
+                                    else "shard-00000.h5"), "r+") as f:
+            if what == "nan":
+                f["x"][17, 1] = np.inf
+            else:
+                f["y"][250] = 4
+    comm.Barrier()
+    ld = ShardedDataset(folder, comm).loader(16, shuffle=shuffle, seed=5, agree_errors=True)
+    steps = 0
+    with pytest.raises(hc.CollectiveError, match=match) as info:
+        for x, y in ld:
+            hc.allreduce(np.ones(3))
+            steps += 1
+    all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
+    all_ranks(comm, len(set(comm.allgather(steps))) == 1, "same step everywhere")
+    # the loader stays usable: a clean dataset after a failed epoch agrees again
+    clean = os.path.join(shared_dir, what + "-clean")
+    if comm.Get_rank() == 0:
+        indexed_dataset(clean, [300, 200])
+    comm.Barrier()
+    rows = np.concatenate([x[:, 0] for x, _ in ShardedDataset(clean, comm).loader(
+        16, shuffle=shuffle, agree_errors=True)])
+    every = np.sort(np.concatenate(comm.allgather(rows)))
+    all_ranks(comm, np.array_equal(every, np.arange(500)), "every row once")
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".npy"])
 def test_rank_parallel_convert_matches_serial(comm, shared_dir, suffix):
     from hpcml.data import convert
