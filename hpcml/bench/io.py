@@ -10,8 +10,9 @@ Per rank, in the same run, on a synthetic dataset written first (or --data):
   the GIL as NumPy/Numba kernels do) as long as that batch's read; the fraction of I/O time
   hidden is 1 - (epoch time - compute time) / loader time without compute, where compute
   time is the sum of the compute steps as measured (a sleep overshoots its request).
-MB/s counts the x and y bytes delivered. Each figure is the max over ranks of per-rank
-times (the slowest rank sets the pace); page-cache effects are the same for all readers,
+MB/s counts the x and y bytes delivered. Each reader runs --repeats times, interleaved;
+each rank takes the median of its times, and each figure is the max over ranks of those
+(the slowest rank sets the pace; the hidden fraction is the min over ranks); page-cache effects are the same for all readers,
 which run after one untimed warm-up pass. Writes io-p<ranks>.json and .png.
 """
 import argparse
@@ -74,6 +75,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--agree-errors", action="store_true",
                     help="loaders with agree_errors=True (per-batch error agreement)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="passes of each reader; each rank's median is reported")
     ap.add_argument("--out", default="results")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
@@ -88,26 +91,35 @@ def main(argv=None):
               comm=comm)
     try:
         ds = ShardedDataset(path, comm)
-        plain_ld = ds.loader(args.batch_size, shuffle=False, agree_errors=args.agree_errors)
+        agree = args.agree_errors
+        plain_ld = ds.loader(args.batch_size, shuffle=False, agree_errors=agree)
         loader_pass(plain_ld)  # warm-up: the same page cache for every reader below
-        comm.Barrier()
-        t_plain, b_plain = plain_read(ds, plain_ld, args.batch_size)
-        comm.Barrier()
-        t_seq, b_seq, n_batches, _ = loader_pass(ds.loader(args.batch_size, shuffle=False, agree_errors=args.agree_errors))
-        comm.Barrier()
-        t_shuf, b_shuf, _, _ = loader_pass(ds.loader(args.batch_size, shuffle=True, seed=1, agree_errors=args.agree_errors))
-        comm.Barrier()
-        per_batch = t_seq / max(n_batches, 1)
-        # a sleep overshoots its request (timer slack, wake-up): ask for less, so that
-        # the compute step as measured is about as long as the batch's read
-        trial = time.perf_counter()
-        for _ in range(20):
-            time.sleep(per_batch)
-        overshoot = (time.perf_counter() - trial) / 20 - per_batch
-        request = max(per_batch - overshoot, per_batch / 10)
-        t_over, _, _, compute = loader_pass(ds.loader(args.batch_size, shuffle=False, agree_errors=args.agree_errors),
-                                            request)
-        hidden = 1 - max(t_over - compute, 0.0) / t_seq
+        _, _, n_batches, _ = loader_pass(plain_ld)
+        runs = []  # per repeat: plain, loader, shuffled, loader+compute, compute, hidden
+        for rep in range(args.repeats):  # interleaved, so drift hits every reader alike
+            comm.Barrier()
+            t_plain, b_plain = plain_read(ds, plain_ld, args.batch_size)
+            comm.Barrier()
+            t_seq = loader_pass(ds.loader(args.batch_size, shuffle=False,
+                                          agree_errors=agree))[0]
+            comm.Barrier()
+            t_shuf = loader_pass(ds.loader(args.batch_size, shuffle=True, seed=rep,
+                                           agree_errors=agree))[0]
+            comm.Barrier()
+            per_batch = t_seq / max(n_batches, 1)
+            # a sleep overshoots its request (timer slack, wake-up): ask for less, so
+            # that the compute step as measured is about as long as the batch's read
+            trial = time.perf_counter()
+            for _ in range(20):
+                time.sleep(per_batch)
+            overshoot = (time.perf_counter() - trial) / 20 - per_batch
+            request = max(per_batch - overshoot, per_batch / 10)
+            t_over, _, _, compute = loader_pass(
+                ds.loader(args.batch_size, shuffle=False, agree_errors=agree), request)
+            hidden = 1 - max(t_over - compute, 0.0) / t_seq
+            runs.append([t_plain, t_seq, t_shuf, t_over, compute, hidden])
+        runs = np.array(runs)
+        t_plain, t_seq, t_shuf, t_over, compute, hidden = np.median(runs, axis=0)
         mine = np.array([t_plain, t_seq, t_shuf, t_over, compute, hidden])
         slowest = np.empty_like(mine)
         comm.Allreduce(mine, slowest, op=MPI.MAX)
