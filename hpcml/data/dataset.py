@@ -285,8 +285,7 @@ class Loader:
 
         An error while reading (NaN/Inf row, label out of range, a shard truncated while
         in use) is raised on the rank that read it, naming the file and row; under hpcml's
-        entry point that ends every rank (MPI_Abort) with the message printed once. The
-        trainer agrees on it for free, inside its gradient all-reduce.
+        entry point that ends every rank (MPI_Abort) with the message printed once.
 
         agree_errors=True (with a communicator of 2+ ranks) makes the loader itself agree:
         no rank hands out batch k before every rank has read batch k without error, so an
