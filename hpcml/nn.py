@@ -1,0 +1,275 @@
+"""hpcml.nn: NumPy models with explicit forward and backward passes.
+
+Every parameter of a model lives in one contiguous flat buffer (`model.params`) and every
+gradient in another (`model.grads`, same layout); layers hold views into them. So one fused
+all-reduce covers all gradients, and one optimizer kernel updates all parameters.
+
+    model = Sequential(Linear(64, 512), ReLU(), Linear(512, 10), seed=0)
+    logits = model.forward(x)                       # caches what backward needs
+    loss, dlogits = cross_entropy(logits, y)        # mean over the batch
+    model.backward(dlogits)                         # writes model.grads
+    # model.backward(dlogits, accumulate=True)      # adds to model.grads instead
+
+Losses take `denom`, the number of rows the loss is averaged over (default: this batch).
+Data-parallel training passes the global batch size, so each rank's gradient is its share
+of the global mean, and the sum over ranks equals one process's gradient at the global
+batch.
+
+Layout: Linear stores W as (in, out) row-major, then b (out,), so y = x @ W + b. The
+matrix products go through hpcml.kernels (its measured dispatch), activations through
+the fused bias_act kernels.
+"""
+import math
+
+import numpy as np
+
+from hpcml import kernels as K
+
+DTYPES = (np.float32, np.float64)
+
+
+class Layer:
+    """A layer: `shapes()` lists its parameters; `bind` gives it views of the flat buffers;
+    `forward(x, train, rng)` caches what `backward(dy, accumulate)` needs."""
+
+    def shapes(self):
+        return []
+
+    def bind(self, params, grads):
+        self.p, self.g = params, grads
+
+    def init(self, rng):
+        pass
+
+    def forward(self, x, train=True, rng=None):
+        raise NotImplementedError
+
+    def backward(self, dy, accumulate=False):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+INITS = ("torch", "he", "xavier")
+
+
+class Linear(Layer):
+    """y = x @ W + b. init: "torch" (PyTorch's nn.Linear default: W and b uniform in
+    +-1/sqrt(in)), "he" (W normal with std sqrt(2/in), b = 0: for ReLU), "xavier" (W
+    uniform in +-sqrt(6/(in+out)), b = 0: for tanh)."""
+
+    def __init__(self, in_features, out_features, bias=True, init="torch"):
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
+        if init not in INITS:
+            raise ValueError(f"Linear: init must be one of {', '.join(INITS)}, got {init!r}")
+        self.fan_in, self.fan_out = int(in_features), int(out_features)
+        self.has_bias, self.init_name = bool(bias), init
+
+    def shapes(self):
+        s = [("weight", (self.fan_in, self.fan_out))]
+        return s + [("bias", (self.fan_out,))] if self.has_bias else s
+
+    def init(self, rng):
+        W, dt = self.p[0], self.p[0].dtype
+        if self.init_name == "torch":
+            bound = 1 / math.sqrt(self.fan_in)
+            W[...] = rng.uniform(-bound, bound, W.shape).astype(dt)
+            if self.has_bias:
+                self.p[1][...] = rng.uniform(-bound, bound, self.fan_out).astype(dt)
+            return
+        if self.init_name == "he":
+            W[...] = (rng.standard_normal(W.shape) * math.sqrt(2 / self.fan_in)).astype(dt)
+        else:
+            bound = math.sqrt(6 / (self.fan_in + self.fan_out))
+            W[...] = rng.uniform(-bound, bound, W.shape).astype(dt)
+        if self.has_bias:
+            self.p[1][...] = 0
+
+    def forward(self, x, train=True, rng=None):
+        if x.ndim != 2 or x.shape[1] != self.fan_in:
+            raise ValueError(f"Linear({self.fan_in}, {self.fan_out}): input must be rows x "
+                             f"{self.fan_in}, got {x.shape}")
+        self.x = x
+        y = K.matmul(x, self.p[0])
+        if self.has_bias:
+            y += self.p[1]
+        return y
+
+    def backward(self, dy, accumulate=False):
+        x, W = self.x, self.p[0]
+        gW = self.g[0]
+        if accumulate:
+            gW += K.matmul(x, dy, trans_a=True)
+        else:
+            K.matmul(x, dy, out=gW, trans_a=True)
+        if self.has_bias:
+            if accumulate:
+                self.g[1] += dy.sum(axis=0)
+            else:
+                np.sum(dy, axis=0, out=self.g[1])
+        self.x = None
+        return K.matmul(dy, W, trans_b=True)
+
+    def __repr__(self):
+        return f"Linear({self.fan_in}, {self.fan_out}, bias={self.has_bias})"
+
+
+class _Activation(Layer):
+    act = None
+
+    def forward(self, x, train=True, rng=None):
+        self.x = x
+        return K.bias_act(x, self._zero(x), self.act)
+
+    def backward(self, dy, accumulate=False):
+        dx, _ = K.bias_act_backward(dy, self.x, self._zero(self.x), self.act)
+        self.x = None
+        return dx
+
+    def _zero(self, x):
+        z = getattr(self, "_z", None)
+        if z is None or z.shape[0] != x.shape[1] or z.dtype != x.dtype:
+            z = self._z = np.zeros(x.shape[1], x.dtype)
+        return z
+
+
+class ReLU(_Activation):
+    act = "relu"
+
+
+class Tanh(_Activation):
+    act = "tanh"
+
+
+class GELU(_Activation):
+    """GELU, tanh approximation (as PyTorch's approximate="tanh")."""
+    act = "gelu"
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each value with probability p and scale the rest
+    by 1/(1-p); identity in evaluation. The mask comes from the rng the model is given per
+    step, so a run is reproducible (and resumable) from its seed."""
+
+    def __init__(self, p=0.5):
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.rate = float(p)
+
+    def forward(self, x, train=True, rng=None):
+        if not train or self.rate == 0:
+            self.mask = None
+            return x
+        if rng is None:
+            raise ValueError("Dropout: training needs an rng (Sequential.forward(x, rng=...))")
+        keep = rng.random(x.shape) >= self.rate
+        self.mask = keep.astype(x.dtype) / x.dtype.type(1 - self.rate)
+        return x * self.mask
+
+    def backward(self, dy, accumulate=False):
+        return dy if self.mask is None else dy * self.mask
+
+    def __repr__(self):
+        return f"Dropout({self.rate})"
+
+
+class Sequential:
+    """Layers applied in order, their parameters in one flat buffer `params` and their
+    gradients in one flat buffer `grads` (same layout; see `layout`)."""
+
+    def __init__(self, *layers, dtype=np.float32, seed=0):
+        if np.dtype(dtype).type not in DTYPES:
+            raise ValueError(f"Sequential: dtype must be float32 or float64, got {dtype!r}")
+        for layer in layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: {layer!r} is not an hpcml.nn layer")
+        self.layers, self.dtype = list(layers), np.dtype(dtype)
+        self.layout = []  # (layer index, name, shape, offset)
+        n = 0
+        for i, layer in enumerate(self.layers):
+            for name, shape in layer.shapes():
+                self.layout.append((i, name, shape, n))
+                n += int(np.prod(shape))
+        self.size = n
+        self.params = np.zeros(n, self.dtype)
+        self.grads = np.zeros(n, self.dtype)
+        views = [([], []) for _ in self.layers]
+        for i, name, shape, off in self.layout:
+            m = int(np.prod(shape))
+            views[i][0].append(self.params[off:off + m].reshape(shape))
+            views[i][1].append(self.grads[off:off + m].reshape(shape))
+        for layer, (p, g) in zip(self.layers, views):
+            layer.bind(p, g)
+        self.init(seed)
+
+    def init(self, seed):
+        """(Re)initialise every parameter from `seed` (numpy's default_rng)."""
+        rng = np.random.default_rng(seed)
+        for layer in self.layers:
+            layer.init(rng)
+
+    def forward(self, x, train=True, rng=None):
+        x = np.asarray(x)
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        for layer in self.layers:
+            x = layer.forward(x, train, rng)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy, accumulate=False):
+        """Back-propagate dy (d loss / d output); gradients go to `grads` (added to them
+        when accumulate). Returns d loss / d input."""
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy, accumulate)
+        return dy
+
+    def zero_grad(self):
+        self.grads[...] = 0
+
+    def __repr__(self):
+        inner = ", ".join(map(repr, self.layers))
+        return f"Sequential({inner}; {self.size} parameters, {self.dtype})"
+
+
+def mlp(features, hidden, classes, activation="relu", dropout=0.0, dtype=np.float32, seed=0,
+        init="torch"):
+    """features -> hidden... -> classes, each hidden layer Linear + activation
+    (+ Dropout)."""
+    acts = {"relu": ReLU, "tanh": Tanh, "gelu": GELU}
+    if activation not in acts:
+        raise ValueError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
+    layers, n = [], features
+    for h in hidden:
+        layers += [Linear(n, h, init=init), acts[activation]()]
+        if dropout:
+            layers.append(Dropout(dropout))
+        n = h
+    layers.append(Linear(n, classes, init=init))
+    return Sequential(*layers, dtype=dtype, seed=seed)
+
+
+def cross_entropy(logits, labels, denom=None):
+    """(mean softmax cross-entropy of this batch, d(sum of losses / denom) / d logits);
+    denom defaults to the batch's rows."""
+    n = logits.shape[0]
+    if n == 0:
+        return 0.0, np.zeros_like(logits)
+    loss, grad = K.softmax_xent(logits, np.ascontiguousarray(labels))
+    if denom is not None and denom != n:
+        grad *= logits.dtype.type(n / denom)
+    return loss, grad
+
+
+def mse(pred, target, denom=None):
+    """(mean over rows of the squared error summed over outputs, its gradient scaled by
+    1/denom). pred: rows x outputs; target: same shape, or (rows,) for one output."""
+    target = np.asarray(target, pred.dtype).reshape(pred.shape)
+    n = pred.shape[0]
+    diff = pred - target
+    loss = float((diff.astype(np.float64) ** 2).sum() / max(n, 1))
+    return loss, diff * pred.dtype.type(2 / (denom if denom is not None else max(n, 1)))
