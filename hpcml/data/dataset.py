@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from hpcml.comm.guard import agree, raise_agreed, watching, CollectiveError
-from hpcml.kernels.cpu.elementwise import (gather_rows_finite, first_nonfinite_row,
+from hpcml.kernels.cpu.elementwise import (gather_block, check_block, first_nonfinite_row,
                                            first_label_outside, keyed_permutation)
 from .format import read_manifest, DataError, CHUNK_ROWS
 from .shardio import ShardReader
@@ -210,6 +210,8 @@ class Loader:
         xdt, ydt = np.dtype(m["x_dtype"]), np.dtype(m["y_dtype"])
         bx, by, fill = np.empty((B, F), xdt), np.empty(B, ydt), 0
         direct = not self.shuffle and self.nonfinite == "error"
+        classes = self.ds.classes if self.ds.classes and ydt.kind in "iu" else 0
+        k_seed, k_epoch = _u64(self.seed), _u64(epoch)
         if not direct:
             tx, ty = np.empty((self.block_rows, F), xdt), np.empty(self.block_rows, ydt)
 
@@ -235,7 +237,8 @@ class Loader:
                     while a < end and done < steps:
                         k = min(B - fill, end - a)
                         r.read(a, a + k, bx[fill:], by[fill:])
-                        self._check(s, a, bx[fill:fill + k], by[fill:fill + k])
+                        if check_block(bx[fill:fill + k], by[fill:fill + k], classes) >= 0:
+                            self._check(s, a, bx[fill:fill + k], by[fill:fill + k])
                         fill += k
                         a += k
                         if fill == B:
@@ -248,19 +251,16 @@ class Loader:
                 x, y = tx[:end - start], ty[:end - start]
                 if self.nonfinite == "drop":  # rows may go: check (and drop) up front
                     x, y = self._check(s, start, x, y)
-                else:
-                    self._check_labels(s, start, y)
                 n = len(x)
-                order = (keyed_permutation(n, _u64(self.seed), _u64(epoch), _u64(b))
-                         if self.shuffle else np.arange(n))
+                order = (keyed_permutation(n, k_seed, k_epoch, _u64(b)) if self.shuffle
+                         else np.arange(n))
                 o = min(skip, n)
                 skip -= o
                 while o < n and done < steps:
                     k = min(B - fill, n - o)
                     # one pass copies the rows into the batch and checks them (Numba)
-                    if not gather_rows_finite(x, order[o:o + k], bx, fill):
+                    if gather_block(x, y, order[o:o + k], bx, by, fill, classes) >= 0:
                         self._check(s, start, x, y)  # names the first bad row, raises
-                    np.take(y, order[o:o + k], axis=0, out=by[fill:fill + k])
                     fill += k
                     o += k
                     if fill == B:

@@ -142,21 +142,6 @@ def copy(dst, src):
     return dst
 
 
-@njit(nogil=True, fastmath=_FM, cache=True)
-def gather_rows_finite(src, rows, dst, offset):
-    """dst[offset + i] = src[rows[i]] for each i (rows: indices into src), in one pass that
-    also reports whether every copied value is finite (the data loader's check)."""
-    ok = True
-    f = src.shape[1]
-    for i in range(rows.size):
-        r = rows[i]
-        for j in range(f):
-            v = src[r, j]
-            dst[offset + i, j] = v
-            ok &= (v - v) == 0  # false for nan and +-inf
-    return ok
-
-
 @njit(nogil=True, cache=True)
 def first_nonfinite_row(x):
     """Index of the first row of the 2-D array x with a NaN or +-Inf value, or -1 (one pass,
@@ -203,3 +188,42 @@ def keyed_permutation(n, k0, k1, k2):
         j = np.int64((r * np.uint64(i + 1)) >> np.uint64(32))
         out[i], out[j] = out[j], out[i]
     return out
+
+
+@njit(nogil=True, cache=True)
+def gather_block(x, y, rows, bx, by, fill, classes):
+    """The loader's per-block pass: bx[fill + i] = x[rows[i]] and by[fill + i] = y[rows[i]]
+    for each i, checking on the way that the features are finite and (classes > 0) the
+    labels in 0..classes-1. Returns -1, or the first i whose row failed (the caller then
+    names the row and the problem)."""
+    f = x.shape[1]
+    for i in range(rows.size):
+        r = rows[i]
+        ok = True
+        for j in range(f):
+            v = x[r, j]
+            bx[fill + i, j] = v
+            ok &= (v - v) == 0  # false for nan and +-inf
+        label = y[r]
+        by[fill + i] = label
+        if classes > 0:
+            ok &= (label >= 0) & (label < classes)
+        if not ok:
+            return i
+    return -1
+
+
+@njit(nogil=True, cache=True)
+def check_block(x, y, classes):
+    """-1 if every feature of x is finite and (classes > 0) every label of y in
+    0..classes-1, else the first row that is not."""
+    for i in range(x.shape[0]):
+        ok = True
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            ok &= (v - v) == 0
+        if classes > 0:
+            ok &= (y[i] >= 0) & (y[i] < classes)
+        if not ok:
+            return i
+    return -1
