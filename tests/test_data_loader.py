@@ -45,6 +45,50 @@ def test_every_row_once_per_epoch_equal_work(uneven, size, shuffle):
         assert len(steps) == 1  # every rank makes the same number of steps
 
 
+@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_global_partition_equals_one_process_at_the_global_batch(uneven, size, shuffle,
+                                                                 drop_last):
+    """partition="global": at every step, the ranks' batches concatenated in rank order are
+    exactly the batch one process gets at batch_size * ranks."""
+    kw = dict(shuffle=shuffle, seed=9, block_rows=256, drop_last=drop_last)
+    serial = [x[:, 0].copy() for x, _ in uneven.loader(batch_size=30 * size, **kw)]
+    ranks = [[(x[:, 0].copy(), y.copy()) for x, y in
+              uneven.loader(batch_size=30, partition="global", rank=r, ranks=size, **kw)]
+             for r in range(size)]
+    assert all(len(b) == len(serial) for b in ranks)
+    for k, whole in enumerate(serial):
+        parts = [ranks[r][k][0] for r in range(size)]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+        for r in range(size):
+            np.testing.assert_array_equal(ranks[r][k][1], ranks[r][k][0].astype(int) % 4)
+    if drop_last:
+        assert all(len(w) == 30 * size for w in serial)
+    else:
+        assert sum(map(len, serial)) == uneven.rows
+
+
+@pytest.mark.parametrize("stop_after", [0, 3, 30])
+def test_global_partition_resumes_mid_epoch(uneven, stop_after):
+    kw = dict(batch_size=16, seed=2, block_rows=100, partition="global", rank=1, ranks=3)
+    full = [x.copy() for x, _ in uneven.loader(**kw)]
+    ld = uneven.loader(**kw)
+    it = iter(ld)
+    head = [next(it)[0].copy() for _ in range(stop_after)]
+    it.close()
+    resumed = uneven.loader(**kw)
+    resumed.load_state_dict(json.loads(json.dumps(ld.state_dict())))
+    rest = [x for x, _ in resumed]
+    assert len(head) + len(rest) == len(full)
+    for a, b in zip(head + rest, full):
+        np.testing.assert_array_equal(a, b)
+    other = uneven.loader(**dict(kw, partition="contiguous"))
+    with pytest.raises(ValueError, match="partition='global'"):
+        other.load_state_dict(ld.state_dict())
+
+
 def test_order_is_deterministic_and_changes_by_epoch(uneven):
     def rows(seed, epoch):
         ld = plan_loader(uneven, 1, 3, batch_size=50, seed=seed, block_rows=128)

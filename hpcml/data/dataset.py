@@ -16,7 +16,9 @@ them with GIL-free Numba kernels, assembles whole batches and keeps at most `pre
 them in a bounded queue, so memory is bounded by about (prefetch + 1) x batch + one block,
 never the dataset size, and the consumer's thread does no I/O work at all.
 """
+import bisect
 import collections
+import itertools
 import os
 import queue
 import threading
@@ -96,16 +98,26 @@ class ShardedDataset:
                     from None
 
     def loader(self, batch_size, shuffle=True, seed=0, drop_last=False, prefetch=2,
-               block_rows=CHUNK_ROWS, nonfinite="error", agree_errors=False):
+               block_rows=CHUNK_ROWS, nonfinite="error", agree_errors=False, partition="contiguous", rank=None,
+               ranks=None):
+        """This rank's batch iterator (see Loader). partition="contiguous" gives rank r
+        the stream rows [r*N/p, (r+1)*N/p) (the fewest reads); "global" gives it the r-th
+        slice of each global batch of batch_size*p consecutive stream rows, so p ranks see
+        per step exactly the rows one process sees at batch batch_size*p (what
+        data-parallel training needs to match a serial run). rank/ranks: one rank's view
+        of a run on `ranks` ranks, for a dataset opened without a communicator."""
         return Loader(self, batch_size, shuffle, seed, drop_last, prefetch, block_rows,
-                      nonfinite, agree_errors)
+                      nonfinite, agree_errors, partition, rank, ranks)
 
 
 class Loader:
     """Iterates this rank's batches (x, y) of one epoch; the next iteration is the next epoch."""
 
     def __init__(self, ds, batch_size, shuffle, seed, drop_last, prefetch, block_rows,
-                 nonfinite, agree_errors=False):
+                 nonfinite, agree_errors=False, partition="contiguous", rank=None,
+                 ranks=None):
+        if partition not in ("contiguous", "global"):
+            raise ValueError(f"partition must be 'contiguous' or 'global', got {partition!r}")
         if batch_size < 1 or prefetch < 1 or block_rows < 1:
             raise ValueError("batch_size, prefetch and block_rows must be >= 1")
         if nonfinite not in ("error", "drop"):
@@ -113,8 +125,13 @@ class Loader:
         self.ds, self.batch_size, self.shuffle, self.seed = ds, batch_size, shuffle, seed
         self.drop_last, self.prefetch, self.block_rows = drop_last, prefetch, block_rows
         self.nonfinite, self.agree_errors = nonfinite, agree_errors
+        self.partition = partition
         comm = ds.comm
         self.rank, self.size = (comm.Get_rank(), comm.Get_size()) if comm else (0, 1)
+        if ranks is not None:  # one rank's view of a run on `ranks` ranks, without MPI
+            if comm is not None or not 0 <= rank < ranks:
+                raise ValueError("rank/ranks are for a dataset opened without a communicator")
+            self.rank, self.size = int(rank), int(ranks)
         self.epoch, self.batches_done = 0, 0
 
     # --- the plan ----------------------------------------------------------------------
@@ -125,20 +142,37 @@ class Loader:
                 blocks.append((s, start, min(n, start + self.block_rows)))
         return blocks
 
-    def share(self, epoch):
-        """This rank's pieces for `epoch`: [(block id, shard, start, stop), ...]."""
+    def stream(self, epoch):
+        """The epoch's stream of all rows as blocks in order: [(block id, shard, start,
+        stop), ...] (rows inside a block are further shuffled when shuffle)."""
         blocks = self._blocks()
         order = np.arange(len(blocks))
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(blocks))
+        return [(int(b),) + blocks[b] for b in order]
+
+    def interval(self, step):
+        """Stream positions [p0, p1) of this rank's batch `step`."""
+        n, p, r, b = self.ds.rows, self.size, self.rank, self.batch_size
+        if self.partition == "contiguous":
+            lo, hi = n * r // p, n * (r + 1) // p
+            return min(hi, lo + step * b), min(hi, lo + (step + 1) * b)
+        g0 = step * b * p
+        m = min(b * p, n - g0)  # the global batch's rows (fewer in the last one)
+        return g0 + r * m // p, g0 + (r + 1) * m // p
+
+    def share(self, epoch):
+        """This rank's rows for `epoch` as pieces [(block id, shard, start, stop), ...] in
+        stream order (contiguous partition)."""
+        if self.partition != "contiguous":
+            raise ValueError("share() describes the contiguous partition only")
         n, p, r = self.ds.rows, self.size, self.rank
         lo, hi = n * r // p, n * (r + 1) // p
         pieces, pos = [], 0
-        for b in order:
-            s, start, stop = blocks[b]
+        for b, s, start, stop in self.stream(epoch):
             a, z = max(lo, pos), min(hi, pos + stop - start)
             if a < z:
-                pieces.append((int(b), s, start + a - pos, start + z - pos))
+                pieces.append((b, s, start + a - pos, start + z - pos))
             pos += stop - start
             if pos >= hi:
                 break
@@ -146,6 +180,8 @@ class Loader:
 
     def __len__(self):
         n, p, b = self.ds.rows, self.size, self.batch_size
+        if self.partition == "global":
+            return n // (b * p) if self.drop_last else -(-n // (b * p))
         fewest, most = n // p, -(-n // p)
         return fewest // b if self.drop_last else -(-most // b)
 
@@ -153,14 +189,14 @@ class Loader:
     def state_dict(self):
         return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed,
                 "ranks": self.size, "batch_size": self.batch_size, "shuffle": self.shuffle,
-                "block_rows": self.block_rows}
+                "block_rows": self.block_rows, "partition": self.partition}
 
     def load_state_dict(self, state):
-        for key in ("seed", "ranks", "batch_size", "shuffle", "block_rows"):
+        for key in ("seed", "ranks", "batch_size", "shuffle", "block_rows", "partition"):
             mine = self.state_dict()[key]
-            if state[key] != mine:
-                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has "
-                                 f"{mine!r}: resuming needs the same configuration")
+            if state.get(key, "contiguous" if key == "partition" else None) != mine:
+                raise ValueError(f"loader state has {key}={state.get(key)!r} but this loader "
+                                 f"has {mine!r}: resuming needs the same configuration")
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
     # --- reading ---------------------------------------------------------------------
@@ -172,47 +208,33 @@ class Loader:
         return DataError(f"{self.ds.files[s]}: row {row} has label outside "
                          f"0..{self.ds.classes - 1}")
 
-    def _check_labels(self, s, start, y):
-        if self.ds.classes is not None and y.dtype.kind in "iu":
-            bad = first_label_outside(y, self.ds.classes)
-            if bad >= 0:
-                raise self._bad_label(s, start + bad)
+    def _bad(self, s, row, x_row):
+        """The error for a row that failed the one-pass check."""
+        finite = x_row.dtype.kind != "f" or np.isfinite(x_row).all()
+        return self._bad_label(s, row) if finite else self._bad_row(s, row)
 
-    def _check(self, s, start, x, y):
-        """Value check of rows x, y read from shard s at row `start`: NaN/Inf features raise
-        (naming the row) or, with nonfinite='drop', are dropped; labels out of range raise.
-        Returns the rows kept."""
-        if x.dtype.kind == "f":
-            bad = first_nonfinite_row(x)
-            if bad >= 0:
-                if self.nonfinite == "error":
-                    raise self._bad_row(s, start + bad)
-                keep = np.isfinite(x).all(axis=1)
-                x, y = x[keep], y[keep]
-        self._check_labels(s, start, y)
-        return x, y
+    def _produce(self, epoch, first_step, out, stop):
+        """Reader thread: assemble this rank's batches from `first_step` on and queue them
+        (at most `prefetch` ahead of the consumer).
 
-    def _produce(self, epoch, skip, first_batch, out, stop):
-        """Reader thread: read this rank's pieces, check, shuffle within blocks, assemble
-        whole batches and queue them (at most `prefetch` batches ahead of the consumer).
-
-        In order without dropping (shuffle=False, nonfinite='error') the rows are read
-        straight into the batch buffer and checked there: one copy, from the page cache.
-        Otherwise a block is read into a scratch buffer, then copied into the batch in its
-        shuffled order by a Numba pass that also checks the values are finite. Reads and
-        checks release the GIL (shardio, nogil kernels), so the consumer computes
-        meanwhile."""
+        Batch k holds the stream positions interval(k). In order (shuffle=False) those
+        rows are read straight into the batch buffer and checked there in one pass: one
+        copy, from the page cache. Shuffled, each block is read once into a scratch buffer
+        and its rows copied into batches in the block's permuted order by a Numba pass
+        that also checks them. Reads and checks release the GIL (shardio, nogil kernels),
+        so the consumer computes meanwhile. nonfinite='drop' leaves rows with NaN/Inf out
+        of their batch (which is then smaller)."""
         readers = {}
-        steps = len(self)
-        done = first_batch
         m = self.ds.manifest
-        B, F = self.batch_size, self.ds.features
+        F = self.ds.features
         xdt, ydt = np.dtype(m["x_dtype"]), np.dtype(m["y_dtype"])
-        bx, by, fill = np.empty((B, F), xdt), np.empty(B, ydt), 0
-        direct = not self.shuffle and self.nonfinite == "error"
         classes = self.ds.classes if self.ds.classes and ydt.kind in "iu" else 0
+        drop = self.nonfinite == "drop"
         k_seed, k_epoch = _u64(self.seed), _u64(epoch)
-        if not direct:
+        blocks = self.stream(epoch)
+        starts = [0, *itertools.accumulate(z - a for _, _, a, z in blocks)]  # Python ints
+        cached, tx, ty, order = -1, None, None, None
+        if self.shuffle:
             tx, ty = np.empty((self.block_rows, F), xdt), np.empty(self.block_rows, ydt)
 
         def put(item):
@@ -223,56 +245,56 @@ class Loader:
                 except queue.Full:
                     continue
             return False
+
+        def reader(s):
+            r = readers.get(s)
+            if r is None:
+                r = readers[s] = ShardReader(self.ds.files[s])
+            return r
         try:
-            for b, s, start, end in self.share(epoch):
-                if done >= steps or stop.is_set():
-                    break
-                r = readers.get(s)
-                if r is None:
-                    r = readers[s] = ShardReader(self.ds.files[s])
-                if direct:  # rows in file order: skip (resume), then read into the batch
-                    o = min(skip, end - start)
-                    skip -= o
-                    a = start + o
-                    while a < end and done < steps:
-                        k = min(B - fill, end - a)
-                        r.read(a, a + k, bx[fill:], by[fill:])
-                        if check_block(bx[fill:fill + k], by[fill:fill + k], classes) >= 0:
-                            self._check(s, a, bx[fill:fill + k], by[fill:fill + k])
-                        fill += k
-                        a += k
-                        if fill == B:
-                            done += 1
-                            if not put((bx, by)):
-                                return
-                            bx, by, fill = np.empty((B, F), xdt), np.empty(B, ydt), 0
-                    continue
-                r.read(start, end, tx, ty)
-                x, y = tx[:end - start], ty[:end - start]
-                if self.nonfinite == "drop":  # rows may go: check (and drop) up front
-                    x, y = self._check(s, start, x, y)
-                n = len(x)
-                order = (keyed_permutation(n, k_seed, k_epoch, _u64(b)) if self.shuffle
-                         else np.arange(n))
-                o = min(skip, n)
-                skip -= o
-                while o < n and done < steps:
-                    k = min(B - fill, n - o)
-                    # one pass copies the rows into the batch and checks them (Numba)
-                    if gather_block(x, y, order[o:o + k], bx, by, fill, classes) >= 0:
-                        self._check(s, start, x, y)  # names the first bad row, raises
+            bi = 0
+            for step in range(first_step, len(self)):
+                if stop.is_set():
+                    return
+                p0, p1 = self.interval(step)
+                bx, by, fill = np.empty((p1 - p0, F), xdt), np.empty(p1 - p0, ydt), 0
+                if p0 < p1:
+                    bi = max(bi, bisect.bisect_right(starts, p0) - 1)
+                while p0 < p1:
+                    while starts[bi + 1] <= p0:
+                        bi += 1
+                    b, s, start, _ = blocks[bi]
+                    q0, q1 = p0 - starts[bi], min(p1, starts[bi + 1]) - starts[bi]
+                    k = q1 - q0
+                    if not self.shuffle:
+                        reader(s).read(start + q0, start + q1, bx[fill:], by[fill:])
+                        xs, ys = bx[fill:fill + k], by[fill:fill + k]
+                        bad = check_block(xs, ys, classes)
+                        if bad >= 0 and drop and xdt.kind == "f":
+                            keep = np.isfinite(xs).all(axis=1)
+                            kept = int(keep.sum())
+                            xs[:kept], ys[:kept] = xs[keep], ys[keep]
+                            xs, ys, k = xs[:kept], ys[:kept], kept
+                            bad = check_block(xs, ys, classes)
+                        if bad >= 0:
+                            raise self._bad(s, start + q0 + bad, xs[bad])
+                    else:
+                        if cached != bi:
+                            n = starts[bi + 1] - starts[bi]
+                            reader(s).read(start, start + n, tx, ty)
+                            order = keyed_permutation(n, k_seed, k_epoch, _u64(b))
+                            cached = bi
+                        rows = order[q0:q1]
+                        if drop and xdt.kind == "f":
+                            rows = rows[np.isfinite(tx[rows]).all(axis=1)]
+                            k = rows.size
+                        bad = gather_block(tx, ty, rows, bx, by, fill, classes)
+                        if bad >= 0:
+                            raise self._bad(s, start + int(rows[bad]), tx[rows[bad]])
                     fill += k
-                    o += k
-                    if fill == B:
-                        done += 1
-                        if not put((bx, by)):
-                            return
-                        bx, by, fill = np.empty((B, F), xdt), np.empty(B, ydt), 0
-            while done < steps:  # the rank's last (smaller, possibly empty) batches
-                done += 1
+                    p0 = q1 + starts[bi]
                 if not put((bx[:fill], by[:fill])):
                     return
-                bx, by, fill = bx[fill:fill], by[fill:fill], 0
             put(None)
         except BaseException as e:  # hand the error to the consumer, which raises it
             put(e)
@@ -309,7 +331,7 @@ class Loader:
             with watching("loader: MPI_Comm_dup for the epoch's error agreement"):
                 epoch_comm = state_of(comm).private.Dup()
         reader = threading.Thread(target=self._produce, daemon=True, name="hpcml-loader",
-                                  args=(epoch, first * self.batch_size, first, q, stop))
+                                  args=(epoch, first, q, stop))
         reader.start()
         posted = collections.deque()  # (item, agreement in flight), oldest first
         last_posted = False  # the end marker or an error was posted: nothing follows
