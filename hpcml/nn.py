@@ -228,6 +228,21 @@ class Sequential:
             dy = layer.backward(dy, accumulate)
         return dy
 
+    def rebind_grads(self, buffer):
+        """Make `buffer` (a flat array of `size` elements and the model's dtype) hold the
+        gradients: layers get views of it; the current gradients are copied in."""
+        if buffer.shape != (self.size,) or buffer.dtype != self.dtype:
+            raise ValueError(f"rebind_grads: need a flat {self.dtype} buffer of {self.size}, "
+                             f"got {buffer.dtype} {buffer.shape}")
+        if buffer is not self.grads:
+            buffer[...] = self.grads
+        self.grads = buffer
+        views = [[] for _ in self.layers]
+        for i, name, shape, off in self.layout:
+            views[i].append(buffer[off:off + int(np.prod(shape))].reshape(shape))
+        for layer, g in zip(self.layers, views):
+            layer.g = g
+
     def zero_grad(self):
         self.grads[...] = 0
 

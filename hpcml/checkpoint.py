@@ -1,0 +1,109 @@
+"""Atomic training checkpoints: one HDF5 file per step, a `latest` pointer, the last N kept.
+
+    folder/step-00000120.h5   params, optim/<name> arrays; attrs: step, format, version,
+                              config (JSON), state (JSON: loader position, counters...)
+    folder/latest             {"file": "step-00000120.h5", "step": 120} (JSON)
+
+Every file is written under a temporary name, fsynced and renamed, so a kill at any moment
+leaves the previous checkpoint intact. `find_latest` trusts nothing: it opens candidates
+newest first and returns the first that reads back completely. Nothing is pickled.
+"""
+import glob
+import json
+import os
+import re
+import tempfile
+
+import h5py
+import numpy as np
+
+from hpcml.atomic import atomic_write_json
+
+FORMAT, VERSION = "hpcml-checkpoint", 1
+_NAME = re.compile(r"step-(\d{8,})\.h5$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the file and the problem named."""
+
+
+def save(folder, step, params, optim_state, state, config, keep=3):
+    """Write the checkpoint for `step` atomically, point `latest` at it, and delete all but
+    the newest `keep` checkpoints. Call on one rank. Returns the path."""
+    os.makedirs(folder, exist_ok=True)
+    name = f"step-{step:08d}.h5"
+    path = os.path.join(folder, name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
+            f.attrs["step"] = int(step)
+            f.attrs["config"] = json.dumps(config)
+            f.attrs["state"] = json.dumps(state)
+            f.create_dataset("params", data=params)
+            g = f.create_group("optim")
+            scalars = {}
+            for key, value in optim_state.items():
+                if isinstance(value, np.ndarray):
+                    g.create_dataset(key, data=value)
+                else:
+                    scalars[key] = value
+            g.attrs["scalars"] = json.dumps(scalars)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    atomic_write_json(os.path.join(folder, "latest"), {"file": name, "step": int(step)})
+    for old in sorted(_checkpoints(folder))[:-keep] if keep > 0 else []:
+        os.unlink(old[1])
+    return path
+
+
+def _checkpoints(folder):
+    out = []
+    for p in glob.glob(os.path.join(folder, "step-*.h5")):
+        m = _NAME.search(os.path.basename(p))
+        if m:
+            out.append((int(m.group(1)), p))
+    return out
+
+
+def load(path):
+    """{"step", "params", "optim", "state", "config"} from one checkpoint file; raises
+    CheckpointError naming the file when it is not a complete hpcml checkpoint."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: not an hpcml checkpoint")
+            if int(f.attrs["version"]) != VERSION:
+                raise CheckpointError(f"{path}: checkpoint version {f.attrs['version']}, "
+                                      f"this hpcml reads {VERSION}")
+            optim = {k: f["optim"][k][()] for k in f["optim"]}
+            optim.update(json.loads(f["optim"].attrs["scalars"]))
+            return {"step": int(f.attrs["step"]), "params": f["params"][()],
+                    "optim": optim, "state": json.loads(f.attrs["state"]),
+                    "config": json.loads(f.attrs["config"]), "path": path}
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") \
+            from None
+
+
+def find_latest(folder):
+    """The newest checkpoint in `folder` that reads back completely (loaded), or None.
+    Unreadable newer files are skipped (and reported in the returned 'skipped')."""
+    skipped = []
+    for _, path in sorted(_checkpoints(folder), reverse=True):
+        try:
+            ck = load(path)
+        except CheckpointError as e:
+            skipped.append(str(e))
+            continue
+        ck["skipped"] = skipped
+        return ck
+    return None

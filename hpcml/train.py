@@ -1,0 +1,458 @@
+"""python -m hpcml.train: data-parallel training of an MLP on a sharded dataset.
+
+    mpirun -n 8 python -m hpcml.train                       # MLP on built-in digits
+    mpirun -n 4 python -m hpcml.train --config run.toml --epochs 5 --lr 0.1
+    python -m hpcml.train --data /scratch/shards --test-data /scratch/shards-test \\
+        --hidden 1024,512 --optimizer adamw --checkpoint-dir ck --resume auto
+
+Every rank holds the whole model; each step, each rank runs forward and backward on its
+slice of the global batch (the loader's partition="global"), the gradients are summed by
+one all-reduce (hpcml.comm, --algorithm), and every rank makes the same optimizer step.
+With the same global batch and seed, P ranks follow one process step for step (to
+rounding).
+
+Settings come from defaults, then a TOML file (--config), then --key value flags. Rank 0
+prints a progress bar and one line per epoch, appends per-epoch metrics (averaged across
+ranks) to --metrics (JSONL), and ends with a one-line JSON summary on stdout.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcml import checkpoint as ckpt
+from hpcml import comm as hc
+from hpcml import nn, optim
+from hpcml.comm.guard import agree, CollectiveError
+from hpcml.data import ShardedDataset, DataError
+from hpcml.parallel import DataParallel
+
+# name: (default, type, help)
+SETTINGS = {
+    "data": ("digits", str, "training dataset: a sharded folder or a built-in name"),
+    "test_data": ("auto", str, "test dataset: folder, built-in name, 'auto' (NAME:test for a "
+                               "built-in) or 'none'"),
+    "hidden": ("256,128", str, "hidden layer widths, comma-separated ('' for none)"),
+    "activation": ("relu", str, "relu, tanh or gelu"),
+    "dropout": (0.0, float, "dropout after each hidden layer"),
+    "init": ("torch", str, "weight initialisation: torch, he, xavier"),
+    "optimizer": ("sgd", str, "sgd, adam or adamw"),
+    "lr": (0.05, float, "peak learning rate (before --scale-lr)"),
+    "momentum": (0.9, float, "SGD momentum"),
+    "nesterov": (True, bool, "SGD Nesterov momentum"),
+    "weight_decay": (1e-4, float, "weight decay (decoupled for adamw)"),
+    "clip": (0.0, float, "clip the global gradient norm to this (0: off)"),
+    "schedule": ("cosine", str, "constant, step or cosine (after warm-up)"),
+    "warmup": (20, int, "warm-up steps"),
+    "step_size": (0, int, "steps between rate drops (step schedule)"),
+    "gamma": (0.1, float, "rate factor per drop (step schedule)"),
+    "scale_lr": (0, int, "linear scaling: lr * global_batch / this (0: off)"),
+    "epochs": (30, int, "epochs"),
+    "batch_size": (64, int, "global batch size (all ranks, all accumulation steps)"),
+    "accumulation": (1, int, "micro-steps per optimizer step (no communication between)"),
+    "algorithm": ("auto", str, "gradient all-reduce: auto, ring, tree, rhd, mpi"),
+    "dtype": ("float32", str, "float32 or float64"),
+    "standardize": (True, bool, "scale features to zero mean, unit variance (train stats)"),
+    "seed": (0, int, "seed for initialisation, data order and dropout"),
+    "checkpoint_dir": ("", str, "folder for checkpoints ('' : none)"),
+    "checkpoint_every": (0, int, "checkpoint every N optimizer steps (0: each epoch end)"),
+    "keep": (3, int, "checkpoints kept"),
+    "resume": ("", str, "'auto' (latest good checkpoint in --checkpoint-dir, if any), a "
+                        "checkpoint file, or '' (start fresh)"),
+    "max_steps": (0, int, "stop after this many optimizer steps (0: run all epochs)"),
+    "metrics": ("", str, "append per-epoch metrics to this JSONL file ('': none)"),
+    "progress": (True, bool, "progress bar on rank 0 (when stderr is a terminal)"),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _bool(v):
+    if isinstance(v, bool):
+        return v
+    s = str(v).lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {v!r}")
+
+
+def _coerce(key, value, source):
+    default, typ, _ = SETTINGS[key]
+    try:
+        if typ is bool:
+            return _bool(value)
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("not an integer")
+        if typ is int and isinstance(value, bool):
+            raise ValueError("not an integer")
+        return typ(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {key} = {value!r}: expected {typ.__name__} ({e})") \
+            from None
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m hpcml.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="TOML file of settings (flags override it)")
+    for key, (default, typ, text) in SETTINGS.items():
+        ap.add_argument("--" + key.replace("_", "-"), dest=key, default=None,
+                        help=f"{text} [default: {default!r}]")
+    args = ap.parse_args(argv)
+    cfg = {k: v[0] for k, v in SETTINGS.items()}
+    if args.config:
+        import tomllib
+        try:
+            with open(args.config, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"--config {args.config}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--config {args.config}: not valid TOML ({e})") from None
+        for k, v in doc.items():
+            key = k.replace("-", "_")
+            if key not in SETTINGS:
+                raise ConfigError(f"--config {args.config}: unknown setting {k!r} (see --help)")
+            cfg[key] = _coerce(key, v, f"--config {args.config}")
+    for key in SETTINGS:
+        v = getattr(args, key)
+        if v is not None:
+            cfg[key] = _coerce(key, v, "--" + key.replace("_", "-"))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg):
+    def bad(key, why):
+        raise ConfigError(f"{key.replace('_', '-')} = {cfg[key]!r}: {why}")
+    choices = {"activation": ("relu", "tanh", "gelu"), "init": nn.INITS,
+               "optimizer": ("sgd", "adam", "adamw"), "schedule": optim.Schedule.DECAYS,
+               "algorithm": hc.ALGORITHMS, "dtype": ("float32", "float64")}
+    for key, ok in choices.items():
+        if cfg[key] not in ok:
+            bad(key, f"must be one of {', '.join(ok)}")
+    for key in ("epochs", "batch_size", "accumulation", "keep"):
+        if cfg[key] < 1:
+            bad(key, "must be >= 1")
+    for key in ("warmup", "checkpoint_every", "max_steps", "scale_lr", "step_size"):
+        if cfg[key] < 0:
+            bad(key, "must be >= 0")
+    if not cfg["lr"] > 0:
+        bad("lr", "must be > 0")
+    if not 0 <= cfg["dropout"] < 1:
+        bad("dropout", "must be in [0, 1)")
+    if not 0 <= cfg["momentum"] < 1:
+        bad("momentum", "must be in [0, 1)")
+    if cfg["schedule"] == "step" and not cfg["step_size"]:
+        bad("step_size", "the step schedule needs --step-size > 0")
+    try:
+        cfg["hidden_sizes"] = [int(h) for h in cfg["hidden"].split(",") if h.strip()]
+    except ValueError:
+        bad("hidden", "must be comma-separated integers, e.g. 512,256")
+    if any(h < 1 for h in cfg["hidden_sizes"]):
+        bad("hidden", "widths must be >= 1")
+    if cfg["resume"] and cfg["resume"] != "auto" and not os.path.exists(cfg["resume"]):
+        bad("resume", "no such checkpoint file")
+    if cfg["resume"] == "auto" and not cfg["checkpoint_dir"]:
+        bad("resume", "'auto' needs --checkpoint-dir")
+    return cfg
+
+
+# --- the run --------------------------------------------------------------------------
+class Preemption:
+    """SIGTERM/SIGUSR1 set a flag; the ranks agree on it at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self.old = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self.old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+
+
+def _test_name(cfg):
+    t = cfg["test_data"]
+    if t == "none":
+        return None
+    if t == "auto":
+        from hpcml.data.builtin import resolve
+        name = cfg["data"].split(":")[0]
+        return f"{name}:test" if not os.path.exists(cfg["data"]) and resolve(
+            f"{name}:test") else None
+    return t
+
+
+def _standardizer(ds, comm, dtype):
+    """Per-feature mean and 1/std of the training set (one pass, sums all-reduced)."""
+    s = np.zeros(ds.features * 2 + 1)
+    for x, _ in ds.loader(4096, shuffle=False):
+        x64 = x.astype(np.float64)
+        s[:ds.features] += x64.sum(axis=0)
+        s[ds.features:-1] += (x64 * x64).sum(axis=0)
+        s[-1] += len(x)
+    if comm.Get_size() > 1:
+        comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM)
+    n = s[-1]
+    mean = s[:ds.features] / n
+    var = np.maximum(s[ds.features:-1] / n - mean * mean, 0.0)
+    inv = np.where(var > 1e-12, 1 / np.sqrt(np.where(var > 1e-12, var, 1.0)), 1.0)
+    return mean.astype(dtype), inv.astype(dtype)
+
+
+def run(cfg, comm=None, log=print):
+    """Train per cfg (validated) on comm; returns the summary dict (on every rank)."""
+    comm = comm if comm is not None else MPI.COMM_WORLD
+    rank, P = comm.Get_rank(), comm.Get_size()
+    t_start = time.perf_counter()
+    dtype = np.dtype(cfg["dtype"])
+    K, G = cfg["accumulation"], cfg["batch_size"]
+    error = None
+    if G % (P * K):
+        error = (f"batch-size {G} must be a multiple of ranks x accumulation = {P} x {K} "
+                 f"= {P * K}")
+    agree(comm, error, what="checking the configuration")
+    b = G // (P * K)  # rows per rank per micro-step
+    ds = ShardedDataset(cfg["data"], comm)
+    if ds.task != "classification":
+        agree(comm, f"{cfg['data']}: hpcml.train trains classifiers; this dataset is "
+                    f"{ds.task}", what="opening the data")
+    test_name = _test_name(cfg)
+    test = ShardedDataset(test_name, comm) if test_name else None
+    if test is not None and (test.features != ds.features or test.classes != ds.classes):
+        agree(comm, f"{test_name}: {test.features} features / {test.classes} classes, the "
+                    f"training data has {ds.features} / {ds.classes}", what="opening the data")
+    mean, inv = (_standardizer(ds, comm, dtype) if cfg["standardize"]
+                 else (np.zeros(ds.features, dtype), np.ones(ds.features, dtype)))
+    model = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
+                   cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"])
+    dp = DataParallel(model, comm, cfg["algorithm"])
+    lr = cfg["lr"] * (G / cfg["scale_lr"] if cfg["scale_lr"] else 1)
+    if cfg["optimizer"] == "sgd":
+        opt = optim.SGD(model, lr, cfg["momentum"], cfg["nesterov"] and cfg["momentum"] > 0,
+                        cfg["weight_decay"])
+    else:
+        opt = optim.Adam(model, lr, weight_decay=cfg["weight_decay"],
+                         decoupled=cfg["optimizer"] == "adamw")
+    loader = ds.loader(b, shuffle=True, seed=cfg["seed"], partition="global")
+    micro_per_epoch = len(loader)
+    steps_per_epoch = -(-micro_per_epoch // K)
+    total = steps_per_epoch * cfg["epochs"]
+    if cfg["max_steps"]:
+        total = min(total, cfg["max_steps"])
+    sched = optim.Schedule(lr, cfg["warmup"], cfg["schedule"], total=total,
+                           step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
+
+    # --- resume ---
+    step = 0
+    resumed_from = None
+    if cfg["resume"]:
+        error, ck = None, None
+        if rank == 0:
+            try:
+                ck = (ckpt.find_latest(cfg["checkpoint_dir"]) if cfg["resume"] == "auto"
+                      else ckpt.load(cfg["resume"]))
+            except ckpt.CheckpointError as e:
+                error = str(e)
+            if ck is not None and error is None:
+                if ck["params"].shape != model.params.shape or \
+                        ck["params"].dtype != model.params.dtype:
+                    error = (f"{ck['path']}: parameters {ck['params'].dtype} "
+                             f"{ck['params'].shape}, this model has {model.params.dtype} "
+                             f"{model.params.shape}")
+                elif ck["state"]["ranks"] != P or ck["state"]["algorithm"] != cfg["algorithm"]:
+                    log(f"note: {ck['path']} was written with {ck['state']['ranks']} ranks and "
+                        f"algorithm {ck['state']['algorithm']}; the run continues, but not bit "
+                        f"for bit as it would have")
+        agree(comm, error, what="loading the checkpoint")
+        found = comm.bcast(ck is not None if rank == 0 else None)
+        if found:
+            ck = comm.bcast(ck if rank == 0 else None)
+            model.params[...] = ck["params"]
+            opt.load_state_dict(ck["optim"])
+            state = ck["state"]
+            step = state["step"]
+            loader.epoch, loader.batches_done = state["epoch"], state["batches_done"]
+            resumed_from = ck["path"]
+            if rank == 0:
+                for s in ck.get("skipped", []):
+                    log(f"skipped unreadable checkpoint: {s}")
+                log(f"resumed from {ck['path']} at step {step}")
+        elif rank == 0:
+            log(f"no checkpoint in {cfg['checkpoint_dir']}: starting fresh")
+
+    def save():
+        if not cfg["checkpoint_dir"]:
+            return
+        if rank == 0:
+            state = {"step": step, "epoch": loader.epoch, "batches_done": loader.batches_done,
+                     "ranks": P, "algorithm": cfg["algorithm"]}
+            ckpt.save(cfg["checkpoint_dir"], step, model.params, opt.state_dict(), state,
+                      {k: v for k, v in cfg.items() if k != "hidden_sizes"}, cfg["keep"])
+        comm.Barrier()
+
+    def global_rows(micro):
+        """Rows of the global micro-batch `micro` (all ranks)."""
+        g = b * P
+        return max(0, min(g, ds.rows - micro * g))
+
+    def evaluate(d):
+        correct, count, loss = 0.0, 0.0, 0.0
+        for x, y in d.loader(1024, shuffle=False):
+            logits = model.forward((x - mean) * inv, train=False)
+            if len(y):
+                l, _ = nn.cross_entropy(logits, y)
+                loss += l * len(y)
+                correct += float((logits.argmax(axis=1) == y).sum())
+                count += len(y)
+        s = dp.allreduce_sums([correct, count, loss])
+        return s[0] / max(s[1], 1), s[2] / max(s[1], 1)
+
+    preempt = Preemption()
+    bar = None
+    if rank == 0 and cfg["progress"] and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True)
+    history = []
+    stopped = False
+    try:
+        while step < total and not stopped:
+            epoch = loader.epoch
+            t_epoch, comm_before = time.perf_counter(), dp.comm_seconds
+            sums = np.zeros(4)  # loss*rows, correct, rows, steps
+            it = iter(loader)
+            micro = loader.batches_done
+            while micro < micro_per_epoch and step < total:
+                first = micro
+                last = min(micro_per_epoch, first + K)
+                denom = sum(global_rows(m) for m in range(first, last))
+                failed = None
+                for m in range(first, last):
+                    try:
+                        x, y = next(it)
+                    except (DataError, OSError) as e:  # agreed on in the all-reduce
+                        failed = e
+                        break
+                    xs = (x - mean) * inv
+                    rng = np.random.default_rng([cfg["seed"], step, m, rank]) \
+                        if cfg["dropout"] else None
+                    logits = model.forward(xs, train=True, rng=rng)
+                    loss, dl = nn.cross_entropy(logits, y, denom=denom)
+                    model.backward(dl, accumulate=m > first)
+                    sums += (loss * len(y), float((logits.argmax(axis=1) == y).sum()),
+                             len(y), 0)
+                if failed is not None:
+                    model.grads[...] = 0
+                flags = dp.sync(error=failed is not None, stop=preempt.requested)
+                if flags.failed:
+                    agree(comm, str(failed) if failed else None,
+                          what=f"training step {step} (epoch {epoch})")
+                if cfg["clip"]:
+                    optim.clip_grad_norm(model.grads, cfg["clip"])
+                opt.step(lr=sched(step))
+                step += 1
+                micro = last
+                sums[3] += 1
+                if bar is not None:
+                    bar.update(1)
+                if flags.stop:
+                    # the loader's position: the micro-batches consumed so far this epoch
+                    loader.batches_done = micro
+                    save()
+                    if rank == 0:
+                        log(f"stop requested (signal) on {flags.stop} rank(s): checkpointed "
+                            f"at step {step}, exiting")
+                    stopped = True
+                    break
+                if cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0 and \
+                        micro < micro_per_epoch:
+                    loader.batches_done = micro
+                    save()
+            it.close()
+            if stopped:
+                break
+            if micro >= micro_per_epoch:
+                loader.epoch, loader.batches_done = epoch + 1, 0
+            else:
+                loader.batches_done = micro
+            g = dp.allreduce_sums(sums[:3])
+            seconds = time.perf_counter() - t_epoch
+            entry = {"epoch": epoch + 1, "step": step, "train_loss": g[0] / max(g[2], 1),
+                     "train_accuracy": g[1] / max(g[2], 1), "samples_per_s": g[2] / seconds,
+                     "comm_fraction": (dp.comm_seconds - comm_before) / seconds,
+                     "lr": sched(max(step - 1, 0))}
+            if test is not None:
+                entry["test_accuracy"], entry["test_loss"] = evaluate(test)
+            history.append(entry)
+            if rank == 0:
+                line = (f"epoch {entry['epoch']:3d}  step {step:6d}  loss "
+                        f"{entry['train_loss']:.4f}  acc {entry['train_accuracy']:.4f}")
+                if "test_accuracy" in entry:
+                    line += f"  test acc {entry['test_accuracy']:.4f}"
+                line += (f"  {entry['samples_per_s']:,.0f} samples/s  comm "
+                         f"{100 * entry['comm_fraction']:.0f}%")
+                (bar.write if bar is not None else log)(line)
+                if cfg["metrics"]:
+                    with open(cfg["metrics"], "a") as f:
+                        f.write(json.dumps(entry) + "\n")
+            if not cfg["checkpoint_every"] or loader.batches_done == 0:
+                save()
+    finally:
+        preempt.restore()
+        if bar is not None:
+            bar.close()
+    summary = {"status": "stopped" if stopped else "done", "step": step, "ranks": P,
+               "epochs_done": loader.epoch, "seconds": time.perf_counter() - t_start,
+               "resumed_from": resumed_from}
+    if history:
+        summary.update({k: history[-1][k] for k in ("train_loss", "train_accuracy",
+                                                    "test_accuracy", "samples_per_s")
+                        if k in history[-1]})
+    summary["params_sha256"] = __import__("hashlib").sha256(model.params.tobytes()).hexdigest()
+    return summary, model
+
+
+@hc.entry_point
+def main(argv=None):
+    comm = MPI.COMM_WORLD
+    try:
+        cfg = parse_args(argv)
+        error = None
+    except ConfigError as e:
+        cfg, error = None, str(e)
+    try:
+        agree(comm, error, what="reading the settings")
+    except CollectiveError as e:
+        if comm.Get_rank() == 0:
+            print(f"error: {error or e}", file=sys.stderr)
+        return 2
+    try:
+        summary, _ = run(cfg, comm)
+    except (CollectiveError, DataError, ckpt.CheckpointError) as e:
+        if comm.Get_rank() == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
+    if comm.Get_rank() == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
