@@ -96,8 +96,9 @@ def _coerce(key, value, source):
             raise ValueError("not an integer")
         return typ(value)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{source}: {key} = {value!r}: expected {typ.__name__} ({e})") \
-            from None
+        where = source if source.startswith("--" + key.replace("_", "-")) else \
+            f"{source}: {key}"
+        raise ConfigError(f"{where} = {value!r}: expected {typ.__name__} ({e})") from None
 
 
 def parse_args(argv=None):

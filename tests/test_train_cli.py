@@ -1,0 +1,169 @@
+"""python -m hpcml.train as users run it: settings, exact resume after a kill, preemption,
+errors on every rank. The MPI jobs run under mpiexec with a hard time limit."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from hpcml import train
+from data_helpers import indexed_dataset
+
+MPIEXEC = shutil.which("mpiexec")
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
+FAST = ["--hidden", "32", "--epochs", "40", "--batch-size", "32", "--test-data", "none",
+        "--progress", "false", "--dtype", "float64"]
+
+
+def _launch(n, args, limit=120):
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "hpcml.train", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc, limit=120):
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{proc.args} still running after {limit} s: a hang")
+    return proc.returncode, out, err
+
+
+def _summary(out):
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _rank_pids(marker):
+    """PIDs of the python ranks whose command line contains `marker`."""
+    out = subprocess.run(["pgrep", "-f", f"hpcml.train.*{marker}"], capture_output=True,
+                         text=True).stdout.split()
+    pids = []
+    for pid in map(int, out):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0].decode()).startswith("python"):
+            pids.append(pid)
+    return sorted(pids)
+
+
+def _wait_for_checkpoint(folder, proc, at_least, limit=60):
+    t = time.monotonic()
+    while time.monotonic() - t < limit:
+        try:
+            with open(os.path.join(folder, "latest")) as f:
+                if json.load(f)["step"] >= at_least:
+                    return
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None:
+            pytest.fail("the run ended before its first checkpoint")
+        time.sleep(0.01)
+    pytest.fail("no checkpoint appeared")
+
+
+# --- settings --------------------------------------------------------------------------
+def test_toml_config_then_flags(tmp_path):
+    cfgfile = tmp_path / "run.toml"
+    cfgfile.write_text('hidden = "64,32"\nlr = 0.2\nepochs = 2\noptimizer = "adamw"\n')
+    cfg = train.parse_args(["--config", str(cfgfile), "--lr", "0.3"])
+    assert cfg["hidden_sizes"] == [64, 32] and cfg["lr"] == 0.3 and cfg["epochs"] == 2
+    assert cfg["optimizer"] == "adamw" and cfg["batch_size"] == 64  # default kept
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--lr", "-1"], "lr = -1.0: must be > 0"),
+    (["--epochs", "two"], "--epochs = 'two': expected int"),
+    (["--optimizer", "lamb"], "optimizer = 'lamb': must be one of sgd, adam, adamw"),
+    (["--hidden", "64,x"], "hidden = '64,x': must be comma-separated integers"),
+    (["--resume", "auto"], "'auto' needs --checkpoint-dir"),
+    (["--nesterov", "maybe"], "--nesterov = 'maybe': expected bool"),
+])
+def test_bad_settings_are_named(args, match):
+    with pytest.raises(train.ConfigError, match=match):
+        train.parse_args(args)
+
+
+def test_bad_toml_is_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = [\n")
+    with pytest.raises(train.ConfigError, match="bad.toml: not valid TOML"):
+        train.parse_args(["--config", str(bad)])
+    bad.write_text("learning_rate = 0.1\n")
+    with pytest.raises(train.ConfigError, match="unknown setting 'learning_rate'"):
+        train.parse_args(["--config", str(bad)])
+
+
+@needs_mpi
+def test_cli_error_exits_2_with_one_message():
+    rc, out, err = _finish(_launch(2, ["--batch-size", "0"]), limit=60)
+    assert rc != 0 and err.count("error: batch-size = 0: must be >= 1") == 1, err
+
+
+def test_defaults_reach_97_percent_on_digits():
+    summary, _ = train.run(train.validate({k: v[0] for k, v in train.SETTINGS.items()}),
+                           log=lambda *a: None)
+    assert summary["test_accuracy"] >= 0.97, summary
+
+
+# --- faults ------------------------------------------------------------------------------
+@needs_mpi
+def test_kill_one_rank_then_resume_is_bit_identical(tmp_path):
+    full_dir, ck = str(tmp_path / "full"), str(tmp_path / "ck")
+    rc, out, err = _finish(_launch(2, FAST + ["--checkpoint-dir", full_dir]))
+    assert rc == 0, err
+    uninterrupted = _summary(out)
+    marker = str(tmp_path / "ck")
+    proc = _launch(2, FAST + ["--checkpoint-dir", ck, "--checkpoint-every", "25"])
+    _wait_for_checkpoint(ck, proc, 50)
+    pids = _rank_pids(marker)
+    assert len(pids) == 2, pids
+    os.kill(pids[1], signal.SIGKILL)
+    t = time.monotonic()
+    rc, _, _ = _finish(proc, limit=60)
+    assert rc != 0 and time.monotonic() - t < 30
+    rc, out, err = _finish(_launch(2, FAST + ["--checkpoint-dir", ck, "--resume", "auto"]))
+    assert rc == 0, err
+    resumed = _summary(out)
+    assert resumed["resumed_from"] and resumed["step"] == uninterrupted["step"]
+    assert resumed["params_sha256"] == uninterrupted["params_sha256"]
+
+
+@needs_mpi
+def test_sigterm_on_one_rank_checkpoints_everywhere_and_exits_0(tmp_path):
+    ck = str(tmp_path / "pre")
+    rc, out, _ = _finish(_launch(2, FAST))
+    uninterrupted = _summary(out)
+    proc = _launch(2, FAST + ["--checkpoint-dir", ck, "--checkpoint-every", "1000"])
+    _wait_for_checkpoint(ck, proc, 1)  # the first epoch's checkpoint: running
+    os.kill(_rank_pids(ck)[0], signal.SIGTERM)
+    rc, out, err = _finish(proc, limit=60)
+    assert rc == 0, err
+    stopped = _summary(out)
+    assert stopped["status"] == "stopped" and 0 < stopped["step"] < uninterrupted["step"]
+    rc, out, err = _finish(_launch(2, FAST + ["--checkpoint-dir", ck, "--resume", "auto"]))
+    assert rc == 0, err
+    assert _summary(out)["params_sha256"] == uninterrupted["params_sha256"]
+
+
+@needs_mpi
+def test_bad_row_on_one_rank_stops_every_rank_with_its_name(tmp_path):
+    folder = indexed_dataset(str(tmp_path / "d"), [400, 400], features=4, classes=4)
+    with h5py.File(os.path.join(folder, "shard-00001.h5"), "r+") as f:
+        f["x"][123, 2] = np.inf
+    rc, out, err = _finish(_launch(2, ["--data", folder, "--test-data", "none", "--hidden",
+                                       "8", "--standardize", "false", "--epochs", "2",
+                                       "--batch-size", "20", "--progress", "false"]), 60)
+    assert rc == 1, err
+    assert "shard-00001.h5: row 123 has a NaN or Inf feature" in err
+    assert "failed on 1 of 2 ranks" in err and err.count("error: ") == 1
