@@ -98,23 +98,59 @@ class Linear(Layer):
             y += self.p[1]
         return y
 
-    def backward(self, dy, accumulate=False):
-        x, W = self.x, self.p[0]
-        gW = self.g[0]
-        if accumulate:
-            gW += K.matmul(x, dy, trans_a=True)
-        else:
-            K.matmul(x, dy, out=gW, trans_a=True)
+    def backward(self, dy, accumulate=False, need_dx=True):
         if self.has_bias:
             if accumulate:
                 self.g[1] += dy.sum(axis=0)
             else:
                 np.sum(dy, axis=0, out=self.g[1])
+        return self._weight_backward(dy, accumulate, need_dx)
+
+    def _weight_backward(self, dy, accumulate, need_dx):
+        x, W, gW = self.x, self.p[0], self.g[0]
+        if accumulate:
+            gW += K.matmul(x, dy, trans_a=True)
+        else:
+            K.matmul(x, dy, out=gW, trans_a=True)
         self.x = None
-        return K.matmul(dy, W, trans_b=True)
+        return K.matmul(dy, W, trans_b=True) if need_dx else None
 
     def __repr__(self):
         return f"Linear({self.fan_in}, {self.fan_out}, bias={self.has_bias})"
+
+
+class Dense(Linear):
+    """act(x @ W + b) in one layer: the bias and the activation are applied in one fused
+    pass (hpcml.kernels.bias_act) over the matrix product, and the backward pass gets the
+    bias gradient from the same pass that applies the activation's derivative. Same
+    parameters and layout as Linear."""
+
+    def __init__(self, in_features, out_features, activation="relu", init="torch"):
+        super().__init__(in_features, out_features, bias=True, init=init)
+        if activation not in K.ACTIVATIONS:
+            raise ValueError(f"Dense: activation must be one of {', '.join(K.ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        self.act = activation
+
+    def forward(self, x, train=True, rng=None):
+        if x.ndim != 2 or x.shape[1] != self.fan_in:
+            raise ValueError(f"Dense({self.fan_in}, {self.fan_out}): input must be rows x "
+                             f"{self.fan_in}, got {x.shape}")
+        self.x = x
+        self.z = K.matmul(x, self.p[0])  # before bias and activation
+        return K.bias_act(self.z, self.p[1], self.act)
+
+    def backward(self, dy, accumulate=False, need_dx=True):
+        dz, db = K.bias_act_backward(dy, self.z, self.p[1], self.act)
+        self.z = None
+        if accumulate:
+            self.g[1] += db
+        else:
+            self.g[1][...] = db
+        return self._weight_backward(dz, accumulate, need_dx)
+
+    def __repr__(self):
+        return f"Dense({self.fan_in}, {self.fan_out}, {self.act})"
 
 
 class _Activation(Layer):
@@ -221,10 +257,15 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dy, accumulate=False):
+    def backward(self, dy, accumulate=False, input_grad=True):
         """Back-propagate dy (d loss / d output); gradients go to `grads` (added to them
-        when accumulate). Returns d loss / d input."""
-        for layer in reversed(self.layers):
+        when accumulate). Returns d loss / d input, or None with input_grad=False (which
+        spares the first Linear layer's input-gradient product: a quarter of the
+        backward work of a wide first layer)."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if i == 0 and not input_grad and isinstance(layer, Linear):
+                return layer.backward(dy, accumulate, need_dx=False)
             dy = layer.backward(dy, accumulate)
         return dy
 
@@ -253,14 +294,14 @@ class Sequential:
 
 def mlp(features, hidden, classes, activation="relu", dropout=0.0, dtype=np.float32, seed=0,
         init="torch"):
-    """features -> hidden... -> classes, each hidden layer Linear + activation
-    (+ Dropout)."""
+    """features -> hidden... -> classes: each hidden layer a Dense (Linear and activation
+    fused), then Dropout if asked; the output layer a Linear."""
     acts = {"relu": ReLU, "tanh": Tanh, "gelu": GELU}
     if activation not in acts:
         raise ValueError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
     layers, n = [], features
     for h in hidden:
-        layers += [Linear(n, h, init=init), acts[activation]()]
+        layers.append(Dense(n, h, activation, init=init))
         if dropout:
             layers.append(Dropout(dropout))
         n = h

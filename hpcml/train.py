@@ -218,8 +218,9 @@ def _standardizer(ds, comm, dtype):
     return mean.astype(dtype), inv.astype(dtype)
 
 
-def run(cfg, comm=None, log=print):
-    """Train per cfg (validated) on comm; returns the summary dict (on every rank)."""
+def run(cfg, comm=None, log=print, history=None):
+    """Train per cfg (validated) on comm; returns (summary dict, model) on every rank.
+    history: a list that receives each epoch's metrics."""
     comm = comm if comm is not None else MPI.COMM_WORLD
     rank, P = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
@@ -317,7 +318,8 @@ def run(cfg, comm=None, log=print):
     def evaluate(d):
         correct, count, loss = 0.0, 0.0, 0.0
         for x, y in d.loader(1024, shuffle=False):
-            logits = model.forward((x - mean) * inv, train=False)
+            logits = model.forward((x - mean) * inv if cfg["standardize"] else x,
+                                   train=False)
             if len(y):
                 l, _ = nn.cross_entropy(logits, y)
                 loss += l * len(y)
@@ -331,7 +333,7 @@ def run(cfg, comm=None, log=print):
     if rank == 0 and cfg["progress"] and sys.stderr.isatty():
         from tqdm import tqdm
         bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True)
-    history = []
+    history = [] if history is None else history
     stopped = False
     try:
         while step < total and not stopped:
@@ -351,12 +353,12 @@ def run(cfg, comm=None, log=print):
                     except (DataError, OSError) as e:  # agreed on in the all-reduce
                         failed = e
                         break
-                    xs = (x - mean) * inv
+                    xs = (x - mean) * inv if cfg["standardize"] else x
                     rng = np.random.default_rng([cfg["seed"], step, m, rank]) \
                         if cfg["dropout"] else None
                     logits = model.forward(xs, train=True, rng=rng)
                     loss, dl = nn.cross_entropy(logits, y, denom=denom)
-                    model.backward(dl, accumulate=m > first)
+                    model.backward(dl, accumulate=m > first, input_grad=False)
                     sums += (loss * len(y), float((logits.argmax(axis=1) == y).sum()),
                              len(y), 0)
                 if failed is not None:

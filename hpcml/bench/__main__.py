@@ -3,6 +3,8 @@
     mpiexec -n 4 python -m hpcml.bench allreduce     # hand-written vs MPI_Allreduce
     mpiexec -n 2 python -m hpcml.bench tune          # measure the alpha-beta cost model
     python -m hpcml.bench kernels                    # Numba/CUDA kernels vs NumPy
+    python -m hpcml.bench io                         # data loader vs plain h5py
+    python -m hpcml.bench train                      # hpcml.train vs PyTorch DDP
 """
 import sys
 
@@ -11,6 +13,7 @@ BENCHMARKS = {
     "tune": "hpcml.bench.tune",
     "kernels": "hpcml.bench.kernels",
     "io": "hpcml.bench.io",
+    "train": "hpcml.bench.train",
 }
 
 
