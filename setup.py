@@ -28,6 +28,8 @@ setup(
         "plot": ["matplotlib>=3.5"],
         # Numba CUDA for real GPUs (the CUDA simulator needs nothing extra).
         "cuda": ["numba-cuda"],
+        # Benchmark anchors only, never imported by hpcml at run time.
+        "bench": ["torch", "matplotlib>=3.5"],
         "test": [
             "pytest>=7",
             "pytest-mpi>=0.6",
