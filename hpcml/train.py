@@ -56,6 +56,8 @@ SETTINGS = {
     "batch_size": (64, int, "global batch size (all ranks, all accumulation steps)"),
     "accumulation": (1, int, "micro-steps per optimizer step (no communication between)"),
     "algorithm": ("auto", str, "gradient all-reduce: auto, ring, tree, rhd, mpi"),
+    "overlap": (False, bool, "all-reduce each layer's gradients in a background thread "
+                             "while the backward pass goes on (see benchmarks/README.md)"),
     "dtype": ("float32", str, "float32 or float64"),
     "standardize": (True, bool, "scale features to zero mean, unit variance (train stats)"),
     "seed": (0, int, "seed for initialisation, data order and dropout"),
@@ -245,7 +247,7 @@ def run(cfg, comm=None, log=print, history=None):
                  else (np.zeros(ds.features, dtype), np.ones(ds.features, dtype)))
     model = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
                    cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"])
-    dp = DataParallel(model, comm, cfg["algorithm"])
+    dp = DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"])
     lr = cfg["lr"] * (G / cfg["scale_lr"] if cfg["scale_lr"] else 1)
     if cfg["optimizer"] == "sgd":
         opt = optim.SGD(model, lr, cfg["momentum"], cfg["nesterov"] and cfg["momentum"] > 0,
@@ -358,7 +360,8 @@ def run(cfg, comm=None, log=print, history=None):
                         if cfg["dropout"] else None
                     logits = model.forward(xs, train=True, rng=rng)
                     loss, dl = nn.cross_entropy(logits, y, denom=denom)
-                    model.backward(dl, accumulate=m > first, input_grad=False)
+                    dp.backward(dl, accumulate=m > first, last=m == last - 1,
+                                error=False, stop=preempt.requested)
                     sums += (loss * len(y), float((logits.argmax(axis=1) == y).sum()),
                              len(y), 0)
                 if failed is not None:
@@ -418,6 +421,7 @@ def run(cfg, comm=None, log=print, history=None):
             if not cfg["checkpoint_every"] or loader.batches_done == 0:
                 save()
     finally:
+        dp.close()
         preempt.restore()
         if bar is not None:
             bar.close()

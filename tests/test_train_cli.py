@@ -157,13 +157,15 @@ def test_sigterm_on_one_rank_checkpoints_everywhere_and_exits_0(tmp_path):
 
 
 @needs_mpi
-def test_bad_row_on_one_rank_stops_every_rank_with_its_name(tmp_path):
+@pytest.mark.parametrize("overlap", ["false", "true"])
+def test_bad_row_on_one_rank_stops_every_rank_with_its_name(tmp_path, overlap):
     folder = indexed_dataset(str(tmp_path / "d"), [400, 400], features=4, classes=4)
     with h5py.File(os.path.join(folder, "shard-00001.h5"), "r+") as f:
         f["x"][123, 2] = np.inf
     rc, out, err = _finish(_launch(2, ["--data", folder, "--test-data", "none", "--hidden",
                                        "8", "--standardize", "false", "--epochs", "2",
-                                       "--batch-size", "20", "--progress", "false"]), 60)
+                                       "--batch-size", "20", "--progress", "false",
+                                       "--overlap", overlap]), 60)
     assert rc == 1, err
     assert "shard-00001.h5: row 123 has a NaN or Inf feature" in err
     assert "failed on 1 of 2 ranks" in err and err.count("error: ") == 1

@@ -18,6 +18,8 @@ learns both in the same call, for free, so a bad row on one rank raises the same
 every rank at the same step, and a preemption signal makes every rank checkpoint at the
 same step boundary.
 """
+import queue
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +38,7 @@ class DataParallel:
     """Wraps an hpcml.nn.Sequential: its gradient buffer becomes the head of a buffer with
     two flag slots, all-reduced in one call per optimizer step."""
 
-    def __init__(self, model, comm=None, algorithm="auto"):
+    def __init__(self, model, comm=None, algorithm="auto", overlap=False):
         if algorithm not in hc.ALGORITHMS:
             raise ValueError(f"DataParallel: algorithm must be one of "
                              f"{', '.join(hc.ALGORITHMS)}, got {algorithm!r}")
@@ -49,11 +51,88 @@ class DataParallel:
         model.rebind_grads(self.buffer[:n])
         self.comm_seconds = 0.0
         hc.broadcast(model.params, root=0, comm=self.comm)
+        # overlap: each layer's gradients are all-reduced by a background thread, on a
+        # communicator of their own, while the backward pass goes on to earlier layers
+        self.overlap = bool(overlap) and self.size > 1
+        self._worker = None
+        if self.overlap:
+            if MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+                raise RuntimeError("DataParallel(overlap=True) needs MPI_THREAD_MULTIPLE")
+            self.bucket_comm = self.comm.Dup()
+            self._todo, self._done = queue.Queue(), queue.Queue()
+            self._worker = threading.Thread(target=self._reduce_buckets, daemon=True,
+                                            name="hpcml-grad-allreduce")
+            self._worker.start()
+            self._pending = 0
+            regions = {}
+            for i, _, shape, off in model.layout:
+                lo, hi = regions.get(i, (off, off))
+                regions[i] = (min(lo, off), max(hi, off + int(np.prod(shape))))
+            self.regions = regions  # layer index -> [lo, hi) of the flat buffer
+
+    def _reduce_buckets(self):
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            lo, hi = item
+            try:
+                hc.allreduce(self.buffer[lo:hi], "sum", comm=self.bucket_comm,
+                             algorithm=self.algorithm)
+                self._done.put(None)
+            except BaseException as e:  # handed to the main thread
+                self._done.put(e)
+
+    def backward(self, dy, accumulate=False, last=True, error=False, stop=False):
+        """model.backward without the input gradient; with overlap and on the last
+        micro-step, each layer's gradients (and, with the last layer, the flags) start
+        their all-reduce as soon as they are complete. sync() then waits for them."""
+        model = self.model
+        if not (self.overlap and last):
+            model.backward(dy, accumulate, input_grad=False)
+            return
+        n = model.size
+        self.buffer[n] = 1 if error else 0
+        self.buffer[n + 1] = 1 if stop else 0
+        first = True
+        for i in range(len(model.layers) - 1, -1, -1):
+            layer = model.layers[i]
+            if i == 0 and hasattr(layer, "_weight_backward"):
+                layer.backward(dy, accumulate, need_dx=False)
+            else:
+                dy = layer.backward(dy, accumulate)
+            if i in self.regions:
+                lo, hi = self.regions[i]
+                self._todo.put((lo, n + 2 if first else hi))
+                self._pending += 1
+                first = False
 
     def sync(self, error=False, stop=False):
         """All-reduce (sum) the gradients and the flags; returns the summed StepFlags.
         The gradients are left as received even when a rank failed (callers stop then)."""
         n = self.model.size
+        if self.overlap:
+            if not self._pending:  # no backward on this rank this step (it failed, say):
+                self.buffer[n] = 1 if error else 0  # the same buckets, in the same order
+                self.buffer[n + 1] = 1 if stop else 0
+                first = True
+                for i in range(len(self.model.layers) - 1, -1, -1):
+                    if i in self.regions:
+                        lo, hi = self.regions[i]
+                        self._todo.put((lo, n + 2 if first else hi))
+                        self._pending += 1
+                        first = False
+            t = MPI.Wtime()
+            failure = None
+            while self._pending:
+                e = self._done.get()
+                self._pending -= 1
+                failure = failure or e
+            self.comm_seconds += MPI.Wtime() - t
+            if failure is not None:
+                raise failure
+            return StepFlags(int(round(float(self.buffer[n]))),
+                             int(round(float(self.buffer[n + 1]))))
         self.buffer[n] = 1 if error else 0
         self.buffer[n + 1] = 1 if stop else 0
         if self.size > 1:
@@ -61,6 +140,13 @@ class DataParallel:
             hc.allreduce(self.buffer, "sum", comm=self.comm, algorithm=self.algorithm)
             self.comm_seconds += MPI.Wtime() - t
         return StepFlags(int(round(float(self.buffer[n]))), int(round(float(self.buffer[n + 1]))))
+
+    def close(self):
+        if self._worker is not None:
+            self._todo.put(None)
+            self._worker.join()
+            self._worker = None
+            self.bucket_comm.Free()
 
     def allreduce_sums(self, values):
         """Sum a few float64 numbers over ranks (metrics): one MPI_Allreduce."""

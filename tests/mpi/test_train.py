@@ -26,10 +26,13 @@ def _serial(comm, cfg):
     return comm.bcast(params)
 
 
-@pytest.mark.parametrize("algorithm", ["ring", "tree", "rhd", "mpi", "auto"])
-def test_p_ranks_follow_one_process(comm, algorithm):
+@pytest.mark.parametrize("algorithm,overlap", [("ring", False), ("tree", False),
+                                               ("rhd", False), ("mpi", False),
+                                               ("auto", False), ("ring", True),
+                                               ("auto", True)])
+def test_p_ranks_follow_one_process(comm, algorithm, overlap):
     p = comm.Get_size()
-    cfg = _cfg(batch_size=12 * p, algorithm=algorithm)
+    cfg = _cfg(batch_size=12 * p, algorithm=algorithm, overlap=overlap)
     summary, model = train.run(cfg, comm, log=lambda *a: None)
     assert summary["step"] == 50
     ref = _serial(comm, cfg)
@@ -40,11 +43,13 @@ def test_p_ranks_follow_one_process(comm, algorithm):
     all_ranks(comm, same_bytes_everywhere(comm, model.params), "same parameters everywhere")
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_accumulation_follows_one_process(comm, optimizer):
+@pytest.mark.parametrize("optimizer,overlap", [("sgd", False), ("adamw", False),
+                                               ("sgd", True)])
+def test_accumulation_follows_one_process(comm, optimizer, overlap):
     """K=3 micro-steps on P ranks at per-rank batch b = one process at batch 3*P*b."""
     p = comm.Get_size()
-    cfg = _cfg(batch_size=3 * p * 8, accumulation=3, optimizer=optimizer, lr=0.01)
+    cfg = _cfg(batch_size=3 * p * 8, accumulation=3, optimizer=optimizer, lr=0.01,
+               overlap=overlap)
     _, model = train.run(cfg, comm, log=lambda *a: None)
     ref = _serial(comm, cfg)
     rel = np.abs(model.params - ref).max() / np.abs(ref).max()
