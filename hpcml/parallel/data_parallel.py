@@ -91,21 +91,27 @@ class DataParallel:
         if not (self.overlap and last):
             model.backward(dy, accumulate, input_grad=False)
             return
-        n = model.size
-        self.buffer[n] = 1 if error else 0
-        self.buffer[n + 1] = 1 if stop else 0
-        first = True
+        self._set_flags(error, stop)
         for i in range(len(model.layers) - 1, -1, -1):
             layer = model.layers[i]
             if i == 0 and hasattr(layer, "_weight_backward"):
                 layer.backward(dy, accumulate, need_dx=False)
             else:
                 dy = layer.backward(dy, accumulate)
-            if i in self.regions:
-                lo, hi = self.regions[i]
-                self._todo.put((lo, n + 2 if first else hi))
-                self._pending += 1
-                first = False
+            self._submit(i)
+
+    def _set_flags(self, error, stop):
+        n = self.model.size
+        self.buffer[n] = 1 if error else 0
+        self.buffer[n + 1] = 1 if stop else 0
+
+    def _submit(self, i):
+        """Queue layer i's gradient region for the all-reduce thread; the first region
+        queued in a step also carries the two flags after the gradients."""
+        if i in self.regions:
+            lo, hi = self.regions[i]
+            self._todo.put((lo, self.model.size + 2 if self._pending == 0 else hi))
+            self._pending += 1
 
     def sync(self, error=False, stop=False):
         """All-reduce (sum) the gradients and the flags; returns the summed StepFlags.
@@ -113,15 +119,9 @@ class DataParallel:
         n = self.model.size
         if self.overlap:
             if not self._pending:  # no backward on this rank this step (it failed, say):
-                self.buffer[n] = 1 if error else 0  # the same buckets, in the same order
-                self.buffer[n + 1] = 1 if stop else 0
-                first = True
+                self._set_flags(error, stop)  # the same buckets, in the same order
                 for i in range(len(self.model.layers) - 1, -1, -1):
-                    if i in self.regions:
-                        lo, hi = self.regions[i]
-                        self._todo.put((lo, n + 2 if first else hi))
-                        self._pending += 1
-                        first = False
+                    self._submit(i)
             t = MPI.Wtime()
             failure = None
             while self._pending:
@@ -133,8 +133,7 @@ class DataParallel:
                 raise failure
             return StepFlags(int(round(float(self.buffer[n]))),
                              int(round(float(self.buffer[n + 1]))))
-        self.buffer[n] = 1 if error else 0
-        self.buffer[n + 1] = 1 if stop else 0
+        self._set_flags(error, stop)
         if self.size > 1:
             t = MPI.Wtime()
             hc.allreduce(self.buffer, "sum", comm=self.comm, algorithm=self.algorithm)
