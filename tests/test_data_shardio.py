@@ -7,7 +7,7 @@ import pytest
 
 from hpcml.data import DataError, ShardedDataset
 from hpcml.data.shardio import ShardReader
-from hpcml.kernels.cpu.elementwise import keyed_permutation, first_nonfinite_row
+from hpcml.kernels.cpu.elementwise import keyed_permutation, check_block, gather_block
 from data_helpers import indexed_dataset
 
 
@@ -110,10 +110,18 @@ def test_keyed_permutation():
     assert ((counts - 1000) ** 2 / 1000).sum() < 30
 
 
-def test_first_nonfinite_row():
+def test_block_checks_name_the_first_bad_row():
     x = np.zeros((50, 7), np.float32)
-    assert first_nonfinite_row(x) == -1
+    y = np.arange(50) % 4
+    rows = np.arange(50)[::-1].copy()
+    bx, by = np.empty((60, 7), np.float32), np.empty(60, np.int64)
+    assert check_block(x, y, 4) == -1 and gather_block(x, y, rows, bx, by, 10, 4) == -1
+    np.testing.assert_array_equal(by[10:], y[::-1])
     for v in (np.nan, np.inf, -np.inf):
         x[:] = 0
         x[31, 6], x[40, 0] = v, v
-        assert first_nonfinite_row(x) == 31
+        assert check_block(x, y, 4) == 31
+        assert gather_block(x, y, rows, bx, by, 0, 4) == 9  # rows[9] == 40
+    x[:] = 0
+    y[12] = 4
+    assert check_block(x, y, 4) == 12 and check_block(x, y, 0) == -1  # 0: no label check

@@ -24,13 +24,20 @@ def launch(n, *args, env=None, limit=60, code=None):
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, **(env or {})), start_new_session=True)
+    rc, out, err = finish(proc, limit)
+    return subprocess.CompletedProcess(cmd, rc, out, err), time.monotonic() - t0
+
+
+def finish(proc, limit):
+    """(returncode, stdout, stderr) of a Popen started with start_new_session; its whole
+    process group is killed if it outlives `limit` (then the test fails: a hang)."""
     try:
         out, err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} still running after {limit} s: a hang")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.monotonic() - t0
+        pytest.fail(f"{' '.join(proc.args)} still running after {limit} s: a hang")
+    return proc.returncode, out, err
 
 
 def test_exception_on_one_rank_of_four_ends_all_four():

@@ -14,6 +14,7 @@ import pytest
 
 from hpcml import train
 from data_helpers import indexed_dataset
+from test_no_hang import finish
 
 MPIEXEC = shutil.which("mpiexec")
 needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
@@ -28,13 +29,7 @@ def _launch(n, args, limit=120):
 
 
 def _finish(proc, limit=120):
-    try:
-        out, err = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"{proc.args} still running after {limit} s: a hang")
-    return proc.returncode, out, err
+    return finish(proc, limit)
 
 
 def _summary(out):

@@ -27,8 +27,7 @@ import h5py
 import numpy as np
 
 from hpcml.comm.guard import agree, raise_agreed, watching, CollectiveError
-from hpcml.kernels.cpu.elementwise import (gather_block, check_block, first_nonfinite_row,
-                                           first_label_outside, keyed_permutation)
+from hpcml.kernels.cpu.elementwise import gather_block, check_block, keyed_permutation
 from .format import read_manifest, DataError, CHUNK_ROWS
 from .shardio import ShardReader
 

@@ -142,29 +142,6 @@ def copy(dst, src):
     return dst
 
 
-@njit(nogil=True, cache=True)
-def first_nonfinite_row(x):
-    """Index of the first row of the 2-D array x with a NaN or +-Inf value, or -1 (one pass,
-    the GIL released: the data loader checks every block it reads)."""
-    for i in range(x.shape[0]):
-        ok = True
-        for j in range(x.shape[1]):
-            v = x[i, j]
-            ok &= (v - v) == 0  # false for nan and +-inf
-        if not ok:
-            return i
-    return -1
-
-
-@njit(nogil=True, cache=True)
-def first_label_outside(y, classes):
-    """Index of the first label of y outside 0..classes-1, or -1."""
-    for i in range(y.size):
-        if y[i] < 0 or y[i] >= classes:
-            return i
-    return -1
-
-
 @njit(inline="always")
 def _mix64(z):
     """splitmix64's finaliser (uint64 -> uint64)."""

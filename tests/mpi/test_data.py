@@ -91,12 +91,10 @@ def test_bad_dataset_fails_on_every_rank(comm, shared_dir, how, match):
     all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
 
 
-@pytest.mark.parametrize("what,match", [
-    ("nan", "shard-00001.h5: row 17 has a NaN or Inf feature"),
-    ("label", "shard-00000.h5: row 250 has label outside 0..3"),
-    ("checksum", "shard-00000.h5: checksum mismatch"),
-])
-def test_bad_values_fail_on_every_rank(comm, shared_dir, what, match):
+def _bad_values(comm, shared_dir, what):
+    """Rank 0 writes shards [300, 200] with one bad value: "nan" (shard 1, row 17), "label"
+    (shard 0, row 250) or "checksum" (shard 0 changed after its checksum); every rank gets
+    the folder."""
     import h5py
     folder = os.path.join(shared_dir, what)
     if comm.Get_rank() == 0:
@@ -110,6 +108,16 @@ def test_bad_values_fail_on_every_rank(comm, shared_dir, what, match):
             else:
                 f["x"][3, 2] = -1.0
     comm.Barrier()
+    return folder
+
+
+@pytest.mark.parametrize("what,match", [
+    ("nan", "shard-00001.h5: row 17 has a NaN or Inf feature"),
+    ("label", "shard-00000.h5: row 250 has label outside 0..3"),
+    ("checksum", "shard-00000.h5: checksum mismatch"),
+])
+def test_bad_values_fail_on_every_rank(comm, shared_dir, what, match):
+    folder = _bad_values(comm, shared_dir, what)
     from hpcml.data import scan
     check = (lambda: verify(folder, comm)) if what == "checksum" else (lambda: scan(folder,
                                                                                      comm))
@@ -125,17 +133,7 @@ def test_bad_values_fail_on_every_rank(comm, shared_dir, what, match):
 def test_loader_errors_agreed_on_every_rank(comm, shared_dir, what, match, shuffle):
     """agree_errors=True: a bad row met by one rank mid-epoch raises the same
     CollectiveError on every rank, at the same step, while each step all-reduces."""
-    import h5py
-    folder = os.path.join(shared_dir, what)
-    if comm.Get_rank() == 0:
-        indexed_dataset(folder, [300, 200])
-        with h5py.File(os.path.join(folder, "shard-00001.h5" if what == "nan"
-                                    else "shard-00000.h5"), "r+") as f:
-            if what == "nan":
-                f["x"][17, 1] = np.inf
-            else:
-                f["y"][250] = 4
-    comm.Barrier()
+    folder = _bad_values(comm, shared_dir, what)
     ld = ShardedDataset(folder, comm).loader(16, shuffle=shuffle, seed=5, agree_errors=True)
     steps = 0
     with pytest.raises(hc.CollectiveError, match=match) as info:
