@@ -18,7 +18,6 @@ never the dataset size, and the consumer's thread does no I/O work at all.
 """
 import bisect
 import collections
-import itertools
 import os
 import queue
 import threading
@@ -27,8 +26,9 @@ import h5py
 import numpy as np
 
 from hpcml.comm.guard import agree, raise_agreed, watching, CollectiveError
-from hpcml.kernels.cpu.elementwise import gather_block, check_block, keyed_permutation
+from hpcml.kernels.cpu.elementwise import gather_block, check_block, keyed_permutation_into
 from .format import read_manifest, DataError, CHUNK_ROWS
+from . import blockio
 from .shardio import ShardReader
 
 
@@ -219,22 +219,34 @@ class Loader:
         Batch k holds the stream positions interval(k). In order (shuffle=False) those
         rows are read straight into the batch buffer and checked there in one pass: one
         copy, from the page cache. Shuffled, each block is read once into a scratch buffer
-        and its rows copied into batches in the block's permuted order by a Numba pass
-        that also checks them. Reads and checks release the GIL (shardio, nogil kernels),
-        so the consumer computes meanwhile. nonfinite='drop' leaves rows with NaN/Inf out
-        of their batch (which is then smaller)."""
+        and its rows copied into batches in the block's permuted order by a pass that also
+        checks them. For plainly stored shards the whole batch is one GIL-free Numba call
+        (blockio.assemble: pread, permute, copy, check); other shards (and a failed pread)
+        go piece by piece through ShardReader (h5py or os.preadv) and the same kernels, so
+        the consumer computes meanwhile either way. nonfinite='drop' leaves rows with
+        NaN/Inf out of their batch (which is then smaller)."""
         readers = {}
         m = self.ds.manifest
         F = self.ds.features
         xdt, ydt = np.dtype(m["x_dtype"]), np.dtype(m["y_dtype"])
         classes = self.ds.classes if self.ds.classes and ydt.kind in "iu" else 0
-        drop = self.nonfinite == "drop"
+        drop = self.nonfinite == "drop" and xdt.kind == "f"
         k_seed, k_epoch = _u64(self.seed), _u64(epoch)
-        blocks = self.stream(epoch)
-        starts = [0, *itertools.accumulate(z - a for _, _, a, z in blocks)]  # Python ints
-        cached, tx, ty, order = -1, None, None, None
-        if self.shuffle:
-            tx, ty = np.empty((self.block_rows, F), xdt), np.empty(self.block_rows, ydt)
+        stream = self.stream(epoch)
+        blocks = np.array([(b, s, a, z) for b, s, a, z in stream], np.int64).reshape(-1, 4)
+        starts = np.zeros(len(stream) + 1, np.int64)
+        np.cumsum(blocks[:, 3] - blocks[:, 2], out=starts[1:])
+        ns = len(self.ds.files)
+        mode = np.full(ns, blockio.M_CLOSED, np.int64)
+        pread = blockio.libc_pread()
+        fds, xc, xbase, yc, ybase = (np.zeros(ns, np.int64) for _ in range(5))
+        tabs = {"x": [], "y": []}
+        xtab = ytab = np.zeros(1, np.int64)
+        st = np.zeros(8, np.int64)
+        st[blockio.S_CACHED] = -1
+        scratch = self.block_rows if self.shuffle else 0
+        tx, ty = np.empty((scratch, F), xdt), np.empty(scratch, ydt)
+        order = np.empty(scratch, np.int64)
 
         def put(item):
             while not stop.is_set():
@@ -245,53 +257,86 @@ class Loader:
                     continue
             return False
 
-        def reader(s):
-            r = readers.get(s)
-            if r is None:
-                r = readers[s] = ShardReader(self.ds.files[s])
-            return r
+        def open_shard(s):
+            """Open shard s; record its layout for assemble() when it is stored plainly."""
+            nonlocal xtab, ytab
+            r = readers[s] = ShardReader(self.ds.files[s])
+            if not (r.raw and pread is not None):
+                mode[s] = blockio.M_PYTHON
+                return
+            fds[s] = r.fd
+            for key, lay, c, base in (("x", r.lx, xc, xbase), ("y", r.ly, yc, ybase)):
+                base[s] = sum(t.size for t in tabs[key])
+                if lay.contiguous is not None:
+                    c[s], t = lay.rows, np.array([lay.contiguous], np.int64)
+                else:
+                    c[s], t = lay.chunk_rows, lay.offsets
+                tabs[key].append(t)
+            xtab, ytab = np.concatenate(tabs["x"]), np.concatenate(tabs["y"])
+            mode[s] = blockio.M_RAW
+
+        def python_piece(bx, by):
+            """The piece at st's position, through ShardReader (h5py or os.preadv)."""
+            p0, fill, bi = (int(v) for v in st[[blockio.S_POS, blockio.S_FILL,
+                                                   blockio.S_BLOCK]])
+            b, s, start, _ = stream[bi]
+            q0 = p0 - int(starts[bi])
+            q1 = min(p1, int(starts[bi + 1])) - int(starts[bi])
+            k = q1 - q0
+            if not self.shuffle:
+                readers[s].read(start + q0, start + q1, bx[fill:], by[fill:])
+                xs, ys = bx[fill:fill + k], by[fill:fill + k]
+                bad = check_block(xs, ys, classes)
+                if bad >= 0 and drop:
+                    keep = np.isfinite(xs).all(axis=1)
+                    kept = int(keep.sum())
+                    xs[:kept], ys[:kept] = xs[keep], ys[keep]
+                    xs, ys, k = xs[:kept], ys[:kept], kept
+                    bad = check_block(xs, ys, classes)
+                if bad >= 0:
+                    raise self._bad(s, start + q0 + bad, xs[bad])
+            else:
+                if st[blockio.S_CACHED] != bi:
+                    n = int(starts[bi + 1] - starts[bi])
+                    st[blockio.S_CACHED] = -1
+                    readers[s].read(start, start + n, tx, ty)
+                    keyed_permutation_into(order, n, k_seed, k_epoch, _u64(b))
+                    st[blockio.S_CACHED] = bi
+                rows = order[q0:q1]
+                if drop:
+                    rows = rows[np.isfinite(tx[rows]).all(axis=1)]
+                    k = rows.size
+                bad = gather_block(tx, ty, rows, bx, by, fill, classes)
+                if bad >= 0:
+                    raise self._bad(s, start + int(rows[bad]), tx[rows[bad]])
+            st[blockio.S_POS], st[blockio.S_FILL] = int(starts[bi]) + q1, fill + k
+
         try:
-            bi = 0
             for step in range(first_step, len(self)):
                 if stop.is_set():
                     return
                 p0, p1 = self.interval(step)
-                bx, by, fill = np.empty((p1 - p0, F), xdt), np.empty(p1 - p0, ydt), 0
+                bx, by = np.empty((p1 - p0, F), xdt), np.empty(p1 - p0, ydt)
+                st[blockio.S_POS], st[blockio.S_FILL] = p0, 0
                 if p0 < p1:
-                    bi = max(bi, bisect.bisect_right(starts, p0) - 1)
-                while p0 < p1:
-                    while starts[bi + 1] <= p0:
-                        bi += 1
-                    b, s, start, _ = blocks[bi]
-                    q0, q1 = p0 - starts[bi], min(p1, starts[bi + 1]) - starts[bi]
-                    k = q1 - q0
-                    if not self.shuffle:
-                        reader(s).read(start + q0, start + q1, bx[fill:], by[fill:])
-                        xs, ys = bx[fill:fill + k], by[fill:fill + k]
-                        bad = check_block(xs, ys, classes)
-                        if bad >= 0 and drop and xdt.kind == "f":
-                            keep = np.isfinite(xs).all(axis=1)
-                            kept = int(keep.sum())
-                            xs[:kept], ys[:kept] = xs[keep], ys[keep]
-                            xs, ys, k = xs[:kept], ys[:kept], kept
-                            bad = check_block(xs, ys, classes)
-                        if bad >= 0:
-                            raise self._bad(s, start + q0 + bad, xs[bad])
-                    else:
-                        if cached != bi:
-                            n = starts[bi + 1] - starts[bi]
-                            reader(s).read(start, start + n, tx, ty)
-                            order = keyed_permutation(n, k_seed, k_epoch, _u64(b))
-                            cached = bi
-                        rows = order[q0:q1]
-                        if drop and xdt.kind == "f":
-                            rows = rows[np.isfinite(tx[rows]).all(axis=1)]
-                            k = rows.size
-                        bad = gather_block(tx, ty, rows, bx, by, fill, classes)
-                        if bad >= 0:
-                            raise self._bad(s, start + int(rows[bad]), tx[rows[bad]])
-                    fill += k
-                    p0 = q1 + starts[bi]
+                    st[blockio.S_BLOCK] = max(int(st[blockio.S_BLOCK]),
+                                              bisect.bisect_right(starts, p0) - 1)
+                while True:
+                    blockio.assemble(pread, blocks, starts, p1, mode, fds, xc, xbase, xtab,
+                                     yc, ybase, ytab, tx, ty, order, bx, by, classes, drop,
+                                     self.shuffle, k_seed, k_epoch, st)
+                    status, s = int(st[blockio.S_STATUS]), int(st[blockio.S_SHARD])
+                    if status == blockio.ST_DONE:
+                        break
+                    if status == blockio.ST_OPEN:
+                        open_shard(s)
+                    elif status == blockio.ST_BAD:
+                        row = int(st[blockio.S_ROW])
+                        raise (self._bad_label(s, row) if st[blockio.S_KIND] == blockio.K_LABEL
+                               else self._bad_row(s, row))
+                    else:  # not stored plainly, or a pread failed or came up short
+                        python_piece(bx, by)
+                fill = int(st[blockio.S_FILL])
                 if not put((bx[:fill], by[:fill])):
                     return
             put(None)
