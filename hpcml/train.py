@@ -15,7 +15,6 @@ Settings come from defaults, then a TOML file (--config), then --key value flags
 prints a progress bar and one line per epoch, appends per-epoch metrics (averaged across
 ranks) to --metrics (JSONL), and ends with a one-line JSON summary on stdout.
 """
-import argparse
 import json
 import os
 import signal
@@ -26,6 +25,8 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcml import checkpoint as ckpt
+from hpcml import config
+from hpcml.config import ConfigError
 from hpcml import comm as hc
 from hpcml import nn, optim
 from hpcml.comm.guard import agree, CollectiveError
@@ -72,71 +73,15 @@ SETTINGS = {
 }
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _bool(v):
-    if isinstance(v, bool):
-        return v
-    s = str(v).lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {v!r}")
-
-
-def _coerce(key, value, source):
-    default, typ, _ = SETTINGS[key]
-    try:
-        if typ is bool:
-            return _bool(value)
-        if typ is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError("not an integer")
-        if typ is int and isinstance(value, bool):
-            raise ValueError("not an integer")
-        return typ(value)
-    except (TypeError, ValueError) as e:
-        where = source if source.startswith("--" + key.replace("_", "-")) else \
-            f"{source}: {key}"
-        raise ConfigError(f"{where} = {value!r}: expected {typ.__name__} ({e})") from None
-
-
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m hpcml.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="TOML file of settings (flags override it)")
-    for key, (default, typ, text) in SETTINGS.items():
-        ap.add_argument("--" + key.replace("_", "-"), dest=key, default=None,
-                        help=f"{text} [default: {default!r}]")
-    args = ap.parse_args(argv)
-    cfg = {k: v[0] for k, v in SETTINGS.items()}
-    if args.config:
-        import tomllib
-        try:
-            with open(args.config, "rb") as f:
-                doc = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError(f"--config {args.config}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"--config {args.config}: not valid TOML ({e})") from None
-        for k, v in doc.items():
-            key = k.replace("-", "_")
-            if key not in SETTINGS:
-                raise ConfigError(f"--config {args.config}: unknown setting {k!r} (see --help)")
-            cfg[key] = _coerce(key, v, f"--config {args.config}")
-    for key in SETTINGS:
-        v = getattr(args, key)
-        if v is not None:
-            cfg[key] = _coerce(key, v, "--" + key.replace("_", "-"))
+    cfg = config.parse("python -m hpcml.train", __doc__, SETTINGS, argv)
     validate(cfg)
     return cfg
 
 
 def validate(cfg):
     def bad(key, why):
-        raise ConfigError(f"{key.replace('_', '-')} = {cfg[key]!r}: {why}")
+        config.bad(cfg, key, why)
     choices = {"activation": ("relu", "tanh", "gelu"), "init": nn.INITS,
                "optimizer": ("sgd", "adam", "adamw"), "schedule": optim.Schedule.DECAYS,
                "algorithm": hc.ALGORITHMS, "dtype": ("float32", "float64")}
@@ -439,16 +384,8 @@ def run(cfg, comm=None, log=print, history=None):
 @hc.entry_point
 def main(argv=None):
     comm = MPI.COMM_WORLD
-    try:
-        cfg = parse_args(argv)
-        error = None
-    except ConfigError as e:
-        cfg, error = None, str(e)
-    try:
-        agree(comm, error, what="reading the settings")
-    except CollectiveError as e:
-        if comm.Get_rank() == 0:
-            print(f"error: {error or e}", file=sys.stderr)
+    cfg = config.start(comm, parse_args, argv)
+    if cfg is None:
         return 2
     try:
         summary, _ = run(cfg, comm)

@@ -1,0 +1,101 @@
+"""Settings for every `python -m hpcml.<job>`: defaults, then a TOML file (--config), then
+--key value flags, each typed and named in its error; and the agreed start of a job.
+
+A job declares SETTINGS = {name: (default, type, help)} and calls `parse(...)`; a bad value
+raises ConfigError naming the flag or file and key (`lr = -1.0: must be > 0`).
+`start(comm, parse_fn, argv)` parses on every rank and agrees: one message, exit 2.
+"""
+import argparse
+import sys
+
+from hpcml.comm.guard import agree, CollectiveError
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def to_bool(v):
+    if isinstance(v, bool):
+        return v
+    s = str(v).lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {v!r}")
+
+
+def coerce(settings, key, value, source):
+    default, typ, _ = settings[key]
+    try:
+        if typ is bool:
+            return to_bool(value)
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("not an integer")
+        if typ is int and isinstance(value, bool):
+            raise ValueError("not an integer")
+        return typ(value)
+    except (TypeError, ValueError) as e:
+        where = source if source.startswith("--" + key.replace("_", "-")) else \
+            f"{source}: {key}"
+        raise ConfigError(f"{where} = {value!r}: expected {typ.__name__} ({e})") from None
+
+
+def parse(prog, doc, settings, argv=None, positional=()):
+    """The resolved settings dict: defaults < TOML (--config) < flags. `positional` names
+    settings that are also accepted as optional positional arguments (e.g. DATA)."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    for key in positional:
+        ap.add_argument("_pos_" + key, nargs="?", default=None, metavar=key.upper(),
+                        help=f"same as --{key.replace('_', '-')}")
+    ap.add_argument("--config", help="TOML file of settings (flags override it)")
+    for key, (default, typ, text) in settings.items():
+        ap.add_argument("--" + key.replace("_", "-"), dest=key, default=None,
+                        help=f"{text} [default: {default!r}]")
+    args = ap.parse_args(argv)
+    cfg = {k: v[0] for k, v in settings.items()}
+    if args.config:
+        import tomllib
+        try:
+            with open(args.config, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"--config {args.config}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--config {args.config}: not valid TOML ({e})") from None
+        for k, v in doc.items():
+            key = k.replace("-", "_")
+            if key not in settings:
+                raise ConfigError(f"--config {args.config}: unknown setting {k!r} (see --help)")
+            cfg[key] = coerce(settings, key, v, f"--config {args.config}")
+    for key in positional:
+        v = getattr(args, "_pos_" + key)
+        if v is not None:
+            cfg[key] = coerce(settings, key, v, "--" + key.replace("_", "-"))
+    for key in settings:
+        v = getattr(args, key)
+        if v is not None:
+            cfg[key] = coerce(settings, key, v, "--" + key.replace("_", "-"))
+    return cfg
+
+
+def bad(cfg, key, why):
+    raise ConfigError(f"{key.replace('_', '-')} = {cfg[key]!r}: {why}")
+
+
+def start(comm, parse_fn, argv=None):
+    """Parse the settings on every rank and agree. Returns the config dict, or None after
+    rank 0 printed the one error message (the caller then exits 2)."""
+    try:
+        cfg, error = parse_fn(argv), None
+    except ConfigError as e:
+        cfg, error = None, str(e)
+    try:
+        agree(comm, error, what="reading the settings")
+    except CollectiveError as e:
+        if comm.Get_rank() == 0:
+            print(f"error: {error or e}", file=sys.stderr)
+        return None
+    return cfg
