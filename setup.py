@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.9",
     # kernels/ is installed as hpcml.kernels: nothing named `kernels` lands in site-packages.
     packages=["hpcml", "hpcml.comm", "hpcml.bench", "hpcml.data", "hpcml.data.builtin",
-              "hpcml.parallel", "hpcml.kernels", "hpcml.kernels.cpu", "hpcml.kernels.cuda"],
+              "hpcml.parallel", "hpcml.ml", "hpcml.kernels", "hpcml.kernels.cpu", "hpcml.kernels.cuda"],
     package_dir={"hpcml": "hpcml", "hpcml.kernels": "kernels"},
     # built-in datasets (manifest + shards) ship inside the package
     package_data={"hpcml.data.builtin": ["digits/*/manifest.json", "digits/*/*.h5"]},

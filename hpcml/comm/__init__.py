@@ -16,8 +16,10 @@ from .model import CostModel
 from .state import set_model, model_for
 from .calibrate import calibrate
 from .schedules import chunk_bounds
+from .rows import RowGather, allgather_rows, row_bounds, row_counts
 
 __all__ = ["allreduce", "reduce_scatter", "allgather", "broadcast", "reduce", "allreduce_many",
            "plan_buckets", "chunk_bounds", "config", "ALGORITHMS", "DTYPES", "BUCKET_BYTES",
            "CollectiveError", "agree", "install_guard", "entry_point", "Watchdog",
-           "CostModel", "calibrate", "set_model", "model_for"]
+           "CostModel", "calibrate", "set_model", "model_for", "RowGather", "allgather_rows",
+           "row_bounds", "row_counts"]

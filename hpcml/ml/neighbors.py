@@ -1,0 +1,55 @@
+"""Exact k nearest neighbours by brute force: BLAS distance blocks, a GIL-free top-k merge,
+then the chosen neighbours' squared distances recomputed directly (no cancellation) and
+sorted by (distance, index), so the result does not depend on how rows are blocked or
+split across ranks."""
+import numpy as np
+
+from hpcml.kernels import tsne as KT
+
+QUERY_BLOCK = 2048
+REF_BLOCK = 8192
+
+
+def knn(xq, xr, k, self_offset=None, extra=4):
+    """(indices (nq, k) int64, squared distances (nq, k) float64) of each query row's k
+    nearest rows of xr, nearest first. self_offset: xq[i] is xr[self_offset + i], which is
+    then not its own neighbour. `extra` more candidates are taken by the fast BLAS
+    distances and re-ranked by exact ones."""
+    from hpcml.kernels.cpu.tsne import topk_merge
+    nq, nr = xq.shape[0], xr.shape[0]
+    avail = nr - (1 if self_offset is not None else 0)
+    if not 1 <= k <= avail:
+        raise ValueError(f"knn: k = {k} neighbours asked, {avail} available")
+    kc = min(avail, k + extra)
+    dt = np.result_type(xq.dtype, xr.dtype, np.float32)
+    xq = np.ascontiguousarray(xq, dt)
+    xr = np.ascontiguousarray(xr, dt)
+    rn = np.einsum("ij,ij->i", xr, xr)
+    idx = np.empty((nq, k), np.int64)
+    d2 = np.empty((nq, k))
+    for q0 in range(0, nq, QUERY_BLOCK):
+        q1 = min(nq, q0 + QUERY_BLOCK)
+        xb = xq[q0:q1]
+        qn = np.einsum("ij,ij->i", xb, xb)
+        best_d = np.full((q1 - q0, kc), np.inf, dt)
+        best_i = np.full((q1 - q0, kc), -1, np.int64)
+        for r0 in range(0, nr, REF_BLOCK):
+            r1 = min(nr, r0 + REF_BLOCK)
+            d = xb @ xr[r0:r1].T
+            d *= -2
+            d += qn[:, None]
+            d += rn[None, r0:r1]
+            self0 = -1 if self_offset is None else self_offset + q0
+            topk_merge(d, r0, self0, kc, best_d, best_i)
+        exact = KT.sq_dist_rows(xb, xr, best_i)
+        order = _sort_rows(exact, best_i)[:, :k]
+        idx[q0:q1] = np.take_along_axis(best_i, order, axis=1)
+        d2[q0:q1] = np.take_along_axis(exact, order, axis=1)
+    return idx, d2
+
+
+def _sort_rows(d, i):
+    """Per row, the order sorting by distance then index."""
+    order = np.argsort(i, axis=1, kind="stable")
+    d_by_i = np.take_along_axis(d, order, axis=1)
+    return np.take_along_axis(order, np.argsort(d_by_i, axis=1, kind="stable"), axis=1)

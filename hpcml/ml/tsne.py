@@ -1,0 +1,331 @@
+"""t-SNE across MPI ranks (scikit-learn's contract and optimisation schedule).
+
+Each rank owns a run of rows (its rows of the input). Affinities: the k = 3*perplexity + 1
+exact nearest neighbours of the rank's rows among all rows (hpcml.ml.neighbors), the
+perplexity binary search per row, then the symmetrised P for the rank's rows built from
+every rank's conditional rows. Optimisation: every rank holds the whole embedding; each
+iteration it computes the gradient of its own rows (attractive term over its P rows,
+repulsive term over all points), updates them (gains and momentum), and the rows are
+all-gathered. The repulsive term is the FFT-accelerated interpolation (method "fft", 2-D,
+O(N)), or exact (O(N^2), "exact"; also the CUDA path: an exact tiled kernel).
+
+With method "fft" every quantity a rank computes depends only on the whole embedding,
+never on how rows are split, so P ranks give the same embedding as one process.
+"""
+import math
+import time
+
+import numpy as np
+
+from hpcml import comm as hc
+from hpcml.comm.guard import agree
+from hpcml.comm.rows import RowGather, allgather_rows, row_counts
+from hpcml.kernels import tsne as KT
+
+from .neighbors import knn
+
+EXPLORATION_ITER = 250  # scikit-learn's early-exaggeration phase
+CHECK_EVERY = 50  # KL and stopping checks (scikit-learn's _N_ITER_CHECK)
+METHODS = ("auto", "exact", "barnes_hut", "fft")
+
+
+def _local_data(X, comm):
+    """(this rank's rows as a 2-D float array, labels or None) from an array or a sharded
+    dataset (path, built-in name or ShardedDataset: rows split by the loader)."""
+    from hpcml.data import ShardedDataset
+    if isinstance(X, (str, bytes)) or hasattr(X, "__fspath__"):
+        X = ShardedDataset(X, comm)
+    if isinstance(X, ShardedDataset):
+        xs, ys = [], []
+        for x, y in X.loader(65536, shuffle=False):
+            xs.append(x)
+            ys.append(y)
+        f = X.features
+        xdt = np.dtype(X.manifest["x_dtype"])
+        return (np.concatenate(xs) if xs else np.empty((0, f), xdt),
+                np.concatenate(ys) if ys else np.empty(0))
+    return np.asarray(X), None
+
+
+class TSNE:
+    """t-distributed Stochastic Neighbor Embedding.
+
+    Parameters follow scikit-learn's TSNE (same defaults and schedule: 250 iterations of
+    early exaggeration with momentum 0.5, then momentum 0.8; learning_rate "auto" =
+    max(N / early_exaggeration / 4, 50); init "pca" scaled to std 1e-4).
+    method: "barnes_hut" (quadtree, `angle` as scikit-learn's, 2-D), "fft" (FIt-SNE's
+    interpolation on a grid + FFT, 2-D; faster for very large N, less accurate at its
+    default 3 points per interval), "exact" (O(N^2)), "auto" ("exact" under 1,000 points
+    or for n_components != 2, else "barnes_hut"). comm: an mpi4py communicator;
+    each rank then passes its own rows. backend: kernel backend ("cpu", "numpy", "cuda";
+    "cuda" computes the repulsion with the exact tiled GPU kernel).
+
+    Attributes: embedding_ (all rows, on every rank), kl_divergence_, n_iter_,
+    learning_rate_, n_features_in_.
+    """
+
+    def __init__(self, n_components=2, *, perplexity=30.0, early_exaggeration=12.0,
+                 learning_rate="auto", max_iter=1000, n_iter_without_progress=300,
+                 min_grad_norm=1e-7, init="pca", method="auto", angle=0.5,
+                 random_state=None, verbose=0, comm=None, backend=None,
+                 n_interpolation_points=3, min_num_intervals=50, intervals_per_unit=1.0):
+        self.n_components = n_components
+        self.perplexity = perplexity
+        self.early_exaggeration = early_exaggeration
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.n_iter_without_progress = n_iter_without_progress
+        self.min_grad_norm = min_grad_norm
+        self.init = init
+        self.method = method
+        self.angle = angle
+        self.random_state = random_state
+        self.verbose = verbose
+        self.comm = comm
+        self.backend = backend
+        self.n_interpolation_points = n_interpolation_points
+        self.min_num_intervals = min_num_intervals
+        self.intervals_per_unit = intervals_per_unit
+
+    # --- checks ------------------------------------------------------------------------
+    def _check_params(self, n):
+        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+            raise ValueError(f"n_components must be a positive int, got {self.n_components!r}")
+        if not self.perplexity > 0:
+            raise ValueError(f"perplexity must be > 0, got {self.perplexity}")
+        if self.perplexity >= n:
+            raise ValueError(f"perplexity ({self.perplexity}) must be less than the number "
+                             f"of samples ({n})")
+        if not self.early_exaggeration >= 1:
+            raise ValueError(f"early_exaggeration must be >= 1, got {self.early_exaggeration}")
+        if not (self.learning_rate == "auto" or (isinstance(self.learning_rate, (int, float))
+                                                 and self.learning_rate > 0)):
+            raise ValueError(f"learning_rate must be 'auto' or > 0, got {self.learning_rate!r}")
+        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive int, got {self.max_iter!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0 <= self.angle <= 1:
+            raise ValueError(f"angle must be in [0, 1], got {self.angle}")
+        method = self.method
+        if method == "auto":
+            method = "exact" if (n < 1000 or self.n_components != 2) else "barnes_hut"
+        if self.backend == "cuda":
+            method = "exact"
+        if method in ("fft", "barnes_hut") and self.n_components != 2:
+            raise ValueError(f"method {method!r} embeds in 2 dimensions; n_components is "
+                             f"{self.n_components} (use method='exact')")
+        if not (isinstance(self.init, np.ndarray) or self.init in ("pca", "random")):
+            raise ValueError(f"init must be 'pca', 'random' or an array, got {self.init!r}")
+        return method
+
+    # --- affinities --------------------------------------------------------------------
+    def _affinities(self, X_all, lo, hi, n):
+        """CSR (indptr, indices, pvals) of the symmetrised, normalised P for rows [lo, hi)."""
+        comm = self.comm
+        k = min(n - 1, int(3.0 * self.perplexity + 1))
+        t = time.perf_counter()
+        idx, d2 = knn(X_all[lo:hi], X_all, k, self_offset=lo)
+        self._log(f"[t-SNE] {k} nearest neighbours of {hi - lo} rows per rank in "
+                  f"{time.perf_counter() - t:.2f} s")
+        cond = KT.perplexity_search(d2, self.perplexity, backend=self._host_backend())
+        counts = self._counts
+        idx_all = allgather_rows(idx, comm, counts)
+        cond_all = allgather_rows(cond, comm, counts)
+        total = 2.0 * float(cond_all.sum())
+        rows_all = np.repeat(np.arange(n, dtype=np.int64), k)
+        cols_all = idx_all.reshape(-1)
+        vals_all = cond_all.reshape(-1)
+        # entries of rows [lo, hi): the rows' own conditionals, then the transposed ones
+        t_mask = (cols_all >= lo) & (cols_all < hi)
+        r = np.concatenate([rows_all[lo * k:hi * k], cols_all[t_mask]])
+        c = np.concatenate([cols_all[lo * k:hi * k], rows_all[t_mask]])
+        v = np.concatenate([vals_all[lo * k:hi * k], vals_all[t_mask]])
+        key = r * n + c
+        order = np.argsort(key, kind="stable")
+        key, v = key[order], v[order]
+        first = np.ones(key.size, bool)
+        first[1:] = key[1:] != key[:-1]
+        starts = np.flatnonzero(first)
+        vals = np.add.reduceat(v, starts) / total if key.size else v
+        key = key[starts]
+        rows, cols = key // n, key % n
+        indptr = np.zeros(hi - lo + 1, np.int64)
+        np.cumsum(np.bincount(rows - lo, minlength=hi - lo), out=indptr[1:])
+        return indptr, np.ascontiguousarray(cols), np.ascontiguousarray(vals)
+
+    # --- helpers -----------------------------------------------------------------------
+    def _log(self, text):
+        if self.verbose and (self.comm is None or self.comm.Get_rank() == 0):
+            print(text, flush=True)
+
+    def _host_backend(self):
+        return "numpy" if self.backend == "numpy" else "cpu"
+
+    def _sum(self, values):
+        """Sum a few floats over ranks (identical on every rank)."""
+        buf = np.array(values, np.float64)
+        if self.comm is not None and self.comm.Get_size() > 1:
+            hc.allreduce(buf, "sum", comm=self.comm)
+        return buf
+
+    def _initial(self, X_all, n, lo, hi):
+        d = self.n_components
+        if isinstance(self.init, np.ndarray):
+            if self.init.shape != (n, d):
+                raise ValueError(f"init array has shape {self.init.shape}, expected {(n, d)}")
+            return np.array(self.init[lo:hi], np.float64)
+        if self.init == "random":
+            rng = np.random.default_rng(self.random_state)
+            return 1e-4 * rng.standard_normal((n, d))[lo:hi]
+        from .pca import PCA
+        pca = PCA(n_components=d, comm=self.comm)
+        y = pca.fit(X_all[lo:hi]).transform(X_all[lo:hi]).astype(np.float64)
+        s = self._sum([y[:, 0].sum(), (y[:, 0] ** 2).sum()])
+        var = s[1] / n - (s[0] / n) ** 2
+        return y / math.sqrt(max(var, 1e-300)) * 1e-4
+
+    # --- fit ---------------------------------------------------------------------------
+    def fit(self, X, y=None):
+        self._fit(X)
+        return self
+
+    def fit_transform(self, X, y=None):
+        """The embedding of X's rows: this rank's rows when X is an array (with comm),
+        every row (dataset order) when X is a sharded dataset."""
+        local = self._fit(X)
+        return self.embedding_ if local is None else self.embedding_[local[0]:local[1]]
+
+    def _fit(self, X):
+        comm = self.comm
+        if comm is not None:
+            from hpcml.kernels import threads
+            from hpcml.comm.guard import local_ranks
+            if threads.current() is None:
+                threads.configure(local_ranks(comm))
+        is_data = not isinstance(X, np.ndarray) and not isinstance(X, (list, tuple))
+        error, x = None, None
+        try:
+            x, labels = _local_data(X, comm)
+            if x.ndim != 2:
+                raise ValueError(f"X must be 2-D (rows x features), got shape {x.shape}")
+            if x.dtype.kind not in "fiu":
+                raise ValueError(f"X must be numeric, got {x.dtype}")
+            if x.size and not np.isfinite(x).all():
+                bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+                raise ValueError(f"X has NaN or Inf in row {bad}" +
+                                 (f" of rank {comm.Get_rank()}" if comm is not None else ""))
+        except ValueError as e:
+            error = str(e)
+        if comm is not None:
+            agree(comm, error, what="t-SNE input")
+        elif error:
+            raise ValueError(error)
+        x = np.ascontiguousarray(x, np.float32 if x.dtype == np.float32 else np.float64)
+        if comm is not None and comm.Get_size() > 1:
+            f = np.array([x.shape[1], -x.shape[1]], np.int64)
+            hc.allreduce(f, "max", comm=comm)
+            if f[0] != -f[1]:
+                error = (f"ranks disagree on the feature count ({-f[1]} to {f[0]}); rank "
+                         f"{comm.Get_rank()} has {x.shape[1]}")
+        counts = row_counts(x.shape[0], comm)
+        n = sum(counts)
+        try:
+            if error is None:
+                method = self._check_params(n)
+        except ValueError as e:
+            error = str(e)
+        if comm is not None:
+            agree(comm, error, what="t-SNE settings")
+        elif error:
+            raise ValueError(error)
+        self._counts = counts
+        rank = comm.Get_rank() if comm is not None else 0
+        lo = sum(counts[:rank])
+        hi = lo + counts[rank]
+        t0 = time.perf_counter()
+        X_all = allgather_rows(x, comm, counts)
+        P = self._affinities(X_all, lo, hi, n)
+        self._log(f"[t-SNE] affinities of {n} points in {time.perf_counter() - t0:.2f} s")
+        g = RowGather(n, (self.n_components,), np.float64, comm, counts=counts)
+        g.local[...] = self._initial(X_all, n, lo, hi)
+        del X_all
+        lr = self.learning_rate
+        if lr == "auto":
+            lr = max(n / self.early_exaggeration / 4, 50)
+        self.learning_rate_ = lr
+        self._optimize(g, P, n, lo, hi, method, lr)
+        self.n_features_in_ = x.shape[1]
+        self.labels_ = None
+        if is_data and labels is not None:
+            self.labels_ = allgather_rows(np.asarray(labels, np.int64), comm, counts)
+        return None if is_data else (lo, hi)
+
+    def _optimize(self, g, P, n, lo, hi, method, lr):
+        indptr, indices, pvals = P
+        d = self.n_components
+        cuda = self.backend == "cuda"
+        be = self._host_backend()
+        if method == "fft":
+            approx = KT.RepulsionFFT(self.n_interpolation_points, self.min_num_intervals,
+                                     self.intervals_per_unit)
+        elif method == "barnes_hut":
+            approx = KT.RepulsionBH(self.angle)
+        else:
+            approx = None
+        # per-row parts of Z, gathered and summed in row order: the same Z on every rank
+        # and for every split of the rows
+        zg = RowGather(n, (), np.float64, self.comm, counts=self._counts)
+        y = g.gather()
+        attr = np.empty((hi - lo, d))
+        rep = np.empty((hi - lo, d))
+        grad = np.empty((hi - lo, d))
+        upd = np.zeros((hi - lo, d))
+        gains = np.ones((hi - lo, d))
+        mine = g.local
+        best_kl, best_it, kl, z, stopped = np.inf, 0, np.nan, 1.0, False
+        t_check = time.perf_counter()
+        it = 0
+        stages = [(0, min(EXPLORATION_ITER, self.max_iter), self.early_exaggeration, 0.5),
+                  (EXPLORATION_ITER, self.max_iter, 1.0, 0.8)]
+        for start, stop, exag, momentum in stages:
+            upd[...] = 0.0  # scikit-learn restarts the descent (gains too) for each stage
+            gains[...] = 1.0
+            for it in range(start, stop):
+                KT.attractive(y, lo, indptr, indices, pvals, attr,
+                              backend="cuda" if cuda else be)
+                if approx is not None:
+                    approx.compute(y, lo, hi, rep, zg.local)
+                else:
+                    KT.repulsive_exact(y, lo, rep, zg.local, backend="cuda" if cuda else be)
+                z = float(zg.gather().sum())
+                np.multiply(attr, 4.0 * exag, out=grad)
+                grad -= (4.0 / z) * rep
+                check = (it + 1) % CHECK_EVERY == 0 or it == self.max_iter - 1
+                if check:  # KL(P || Q) of the current embedding (P without exaggeration)
+                    a, b = KT.kl_terms(y, lo, indptr, indices, pvals, backend=be)
+                    s = self._sum([a, b, float((grad * grad).sum())])
+                    kl, gnorm = s[0] + s[1] + math.log(z), math.sqrt(s[2])
+                    self._log(f"[t-SNE] Iteration {it + 1}: error = {kl:.7f}, gradient norm "
+                              f"= {gnorm:.7f} ({time.perf_counter() - t_check:.3f} s since "
+                              f"the last report)")
+                    t_check = time.perf_counter()
+                KT.update(mine, grad, upd, gains, momentum, lr, backend=be)
+                y = g.gather()
+                if check and exag == 1.0:
+                    if kl < best_kl:
+                        best_kl, best_it = kl, it
+                    elif it - best_it > self.n_iter_without_progress:
+                        self._log(f"[t-SNE] Iteration {it + 1}: no progress during the last "
+                                  f"{self.n_iter_without_progress} iterations")
+                        stopped = True
+                        break
+                if check and gnorm < self.min_grad_norm:
+                    self._log(f"[t-SNE] Iteration {it + 1}: gradient norm {gnorm}")
+                    stopped = True
+                    break
+            if stopped:
+                break
+        self.kl_divergence_ = float(kl)
+        self.n_iter_ = it + 1
+        self.embedding_ = y.copy()

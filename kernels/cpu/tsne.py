@@ -1,0 +1,522 @@
+"""Numba CPU kernels for t-SNE (same signatures as the references in kernels/tsne.py).
+
+Rows are independent, so each kernel runs its rows in parallel (prange) without the GIL.
+Embeddings are float64 (n, d) with any small d; the FFT helpers are 2-D only.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+EPS_SUM = 1e-8  # as scikit-learn: a row whose affinities all underflow sums to this
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def sq_dist_rows(xq, xr, idx, out):
+    """out[i, t] = |xq[i] - xr[idx[i, t]]|^2, summed directly (no cancellation)."""
+    for i in prange(idx.shape[0]):
+        for t in range(idx.shape[1]):
+            j = idx[i, t]
+            s = 0.0
+            for c in range(xq.shape[1]):
+                v = np.float64(xq[i, c]) - np.float64(xr[j, c])
+                s += v * v
+            out[i, t] = s
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def perplexity_search(d2, target_entropy, tol, max_steps, out):
+    """Per row, the Gaussian precision beta whose conditional distribution over the row's
+    neighbours (squared distances d2[i]) has entropy log(perplexity) (binary search, as
+    scikit-learn); out[i] = that distribution. Returns the number of rows that did not
+    reach tol within max_steps."""
+    n, k = d2.shape
+    missed = 0
+    for i in prange(n):
+        beta, lo, hi = 1.0, -np.inf, np.inf
+        ok = False
+        for _ in range(max_steps):
+            s = 0.0
+            for t in range(k):
+                v = math.exp(-d2[i, t] * beta)
+                out[i, t] = v
+                s += v
+            if s == 0.0:
+                s = EPS_SUM
+            sd = 0.0
+            for t in range(k):
+                out[i, t] /= s
+                sd += d2[i, t] * out[i, t]
+            diff = math.log(s) + beta * sd - target_entropy
+            if abs(diff) <= tol:
+                ok = True
+                break
+            if diff > 0.0:
+                lo = beta
+                beta = beta * 2.0 if hi == np.inf else (beta + hi) / 2.0
+            else:
+                hi = beta
+                beta = beta / 2.0 if lo == -np.inf else (beta + lo) / 2.0
+        if not ok:
+            missed += 1
+    return missed
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def attractive(y, r0, indptr, indices, pvals, out):
+    """out[i] = sum_j p_ij w_ij (y_i - y_j), w = 1/(1 + |y_i - y_j|^2), for local rows
+    i = r0 + li (CSR indptr/indices/pvals over local rows, global column indices)."""
+    d = y.shape[1]
+    for li in prange(out.shape[0]):
+        i = r0 + li
+        for c in range(d):
+            out[li, c] = 0.0
+        for t in range(indptr[li], indptr[li + 1]):
+            j = indices[t]
+            s = 0.0
+            for c in range(d):
+                v = y[i, c] - y[j, c]
+                s += v * v
+            pw = pvals[t] / (1.0 + s)
+            for c in range(d):
+                out[li, c] += pw * (y[i, c] - y[j, c])
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def kl_terms(y, r0, indptr, indices, pvals):
+    """(sum p log p, sum p log(1 + |y_i - y_j|^2)) over the local rows' entries: with
+    sum p = 1 over all ranks, KL(P || Q) = first + second + log Z."""
+    n = indptr.shape[0] - 1
+    a = 0.0
+    b = 0.0
+    for li in prange(n):
+        i = r0 + li
+        for t in range(indptr[li], indptr[li + 1]):
+            j = indices[t]
+            p = pvals[t]
+            if p > 0.0:
+                s = 0.0
+                for c in range(y.shape[1]):
+                    v = y[i, c] - y[j, c]
+                    s += v * v
+                a += p * math.log(p)
+                b += p * math.log1p(s)
+    return a, b
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def repulsive_exact(y, r0, out, z_rows):
+    """out[li] = sum_{j != i} w_ij^2 (y_i - y_j), z_rows[li] = sum_{j != i} w_ij for
+    i = r0 + li."""
+    n, d = y.shape
+    for li in prange(out.shape[0]):
+        i = r0 + li
+        acc = np.zeros(d)
+        zi = 0.0
+        for j in range(n):
+            if j == i:
+                continue
+            s = 0.0
+            for c in range(d):
+                v = y[i, c] - y[j, c]
+                s += v * v
+            w = 1.0 / (1.0 + s)
+            zi += w
+            for c in range(d):
+                acc[c] += w * w * (y[i, c] - y[j, c])
+        for c in range(d):
+            out[li, c] = acc[c]
+        z_rows[li] = zi
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def update(y, grad, upd, gains, momentum, lr, min_gain):
+    """scikit-learn's step with gains, in place over flat views: a gain grows by 0.2 where
+    the gradient's sign differs from the last update's and shrinks by 0.8 elsewhere (>=
+    min_gain); upd = momentum*upd - lr*gains*grad; y += upd. Returns |grad|^2."""
+    g2 = 0.0
+    for t in prange(y.shape[0]):
+        g = grad[t]
+        g2 += g * g
+        if upd[t] * g < 0.0:
+            gains[t] += 0.2
+        else:
+            gains[t] *= 0.8
+        if gains[t] < min_gain:
+            gains[t] = min_gain
+        upd[t] = momentum * upd[t] - lr * gains[t] * g
+        y[t] += upd[t]
+    return g2
+
+
+# --- FFT-accelerated interpolation (2-D) ------------------------------------------------
+
+@njit(nogil=True, cache=True, inline="always")
+def _lagrange(u, p, out):
+    """Lagrange weights at u in [0, 1] of p nodes at (k + 0.5) / p."""
+    for k in range(p):
+        tk = (k + 0.5) / p
+        w = 1.0
+        for m in range(p):
+            if m != k:
+                tm = (m + 0.5) / p
+                w *= (u - tm) / (tk - tm)
+        out[k] = w
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _cell(v, lo, h, nb):
+    b = int((v - lo) / h)
+    if b >= nb:
+        b = nb - 1
+    if b < 0:
+        b = 0
+    return b, (v - lo) / h - b
+
+
+@njit(nogil=True, cache=True)
+def spread(y, lo, h, nb, p, grid):
+    """grid (nb*p, nb*p) = sum over points of their interpolation weights at the nodes of
+    their box (unit charges)."""
+    grid[:, :] = 0.0
+    wx = np.empty(p)
+    wy = np.empty(p)
+    for i in range(y.shape[0]):
+        bx, ux = _cell(y[i, 0], lo, h, nb)
+        by, uy = _cell(y[i, 1], lo, h, nb)
+        _lagrange(ux, p, wx)
+        _lagrange(uy, p, wy)
+        for a in range(p):
+            for b in range(p):
+                grid[bx * p + a, by * p + b] += wx[a] * wy[b]
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def interpolate(y, r0, r1, lo, h, nb, p, fields, out):
+    """out[i - r0, f] = fields[f] interpolated at y[i] for i in [r0, r1)."""
+    nf = fields.shape[0]
+    for i in prange(r0, r1):
+        wx = np.empty(p)
+        wy = np.empty(p)
+        bx, ux = _cell(y[i, 0], lo, h, nb)
+        by, uy = _cell(y[i, 1], lo, h, nb)
+        _lagrange(ux, p, wx)
+        _lagrange(uy, p, wy)
+        for f in range(nf):
+            s = 0.0
+            for a in range(p):
+                for b in range(p):
+                    s += wx[a] * wy[b] * fields[f, bx * p + a, by * p + b]
+            out[i - r0, f] = s
+
+
+# --- nearest neighbours ----------------------------------------------------------------
+
+@njit(nogil=True, cache=True, parallel=True)
+def topk_merge(dist, col0, self0, k, best_d, best_i):
+    """Merge a block of distances dist (nq, nc), columns numbered from col0, into each
+    row's k best so far (best_d ascending-unsorted max-heap of size k, best_i the
+    columns; empty slots hold +inf / -1). Row q's own point (column self0 + q) is skipped
+    when self0 >= 0. Ties go to the smaller column (deterministic)."""
+    nq, nc = dist.shape
+    for q in prange(nq):
+        skip = self0 + q if self0 >= 0 else -1
+        for c in range(nc):
+            col = col0 + c
+            if col == skip:
+                continue
+            d = dist[q, c]
+            if d > best_d[q, 0] or (d == best_d[q, 0] and col > best_i[q, 0]):
+                continue
+            # replace the heap's root (the worst) and sift down
+            pos = 0
+            while True:
+                a = 2 * pos + 1
+                if a >= k:
+                    break
+                b = a + 1
+                m = a
+                if b < k and (best_d[q, b] > best_d[q, a] or
+                              (best_d[q, b] == best_d[q, a] and best_i[q, b] > best_i[q, a])):
+                    m = b
+                if best_d[q, m] > d or (best_d[q, m] == d and best_i[q, m] > col):
+                    best_d[q, pos] = best_d[q, m]
+                    best_i[q, pos] = best_i[q, m]
+                    pos = m
+                else:
+                    break
+            best_d[q, pos] = d
+            best_i[q, pos] = col
+
+
+# --- Barnes-Hut (2-D quadtree) ----------------------------------------------------------
+
+LEAF, INTERNAL = 1, 2
+BH_MAX_DEPTH = 48  # deeper points (near-duplicates) share a leaf
+
+
+@njit(nogil=True, cache=True)
+def _quadrant(x, y, x0, y0, w):
+    h = w * 0.5
+    return (1 if x >= x0 + h else 0) + (2 if y >= y0 + h else 0)
+
+
+@njit(nogil=True, cache=True)
+def bh_build(pos, x0, y0, w, kind, child, cnt, sx, sy, nx, ny, nw, rep, leaf_of, box):
+    """Quadtree of the points pos (n, 2) in the square [x0, x0 + w) x [y0, y0 + w):
+    kind (LEAF/INTERNAL), child (m, 4), cnt, centre of mass (sx, sy: sums, divided at the
+    end), cell origin and width (nx, ny, nw), rep (a leaf's first point), box (m, 4): the
+    bounding box (x min, x max, y min, y max) of the node's points; leaf_of[i] is the leaf
+    holding point i. Returns the node count, or -1 if m nodes were too few."""
+    m = kind.shape[0]
+    kind[0] = LEAF
+    cnt[0] = 0
+    sx[0] = 0.0
+    sy[0] = 0.0
+    nx[0], ny[0], nw[0] = x0, y0, w
+    child[0, :] = -1
+    used = 1
+    n = pos.shape[0]
+    for i in range(n):
+        px, py = pos[i, 0], pos[i, 1]
+        node = 0
+        depth = 0
+        while True:
+            if kind[node] == INTERNAL:
+                cnt[node] += 1
+                sx[node] += px
+                sy[node] += py
+                q = _quadrant(px, py, nx[node], ny[node], nw[node])
+                c = child[node, q]
+                if c < 0:
+                    if used >= m:
+                        return -1
+                    c = used
+                    used += 1
+                    h = nw[node] * 0.5
+                    kind[c] = LEAF
+                    cnt[c] = 1
+                    sx[c] = px
+                    sy[c] = py
+                    nx[c] = nx[node] + (h if q & 1 else 0.0)
+                    ny[c] = ny[node] + (h if q & 2 else 0.0)
+                    nw[c] = h
+                    rep[c] = i
+                    child[c, :] = -1
+                    child[node, q] = c
+                    break
+                node = c
+                depth += 1
+                continue
+            # a leaf
+            if cnt[node] == 0:
+                cnt[node] = 1
+                sx[node] = px
+                sy[node] = py
+                rep[node] = i
+                break
+            r = rep[node]
+            if depth >= BH_MAX_DEPTH or (pos[r, 0] == px and pos[r, 1] == py):
+                cnt[node] += 1  # duplicates (or nearly): they share this leaf
+                sx[node] += px
+                sy[node] += py
+                break
+            # split: the leaf's occupants move one level down, then insert again here
+            if used >= m:
+                return -1
+            c = used
+            used += 1
+            q = _quadrant(pos[r, 0], pos[r, 1], nx[node], ny[node], nw[node])
+            h = nw[node] * 0.5
+            kind[c] = LEAF
+            cnt[c] = cnt[node]
+            sx[c] = sx[node]
+            sy[c] = sy[node]
+            nx[c] = nx[node] + (h if q & 1 else 0.0)
+            ny[c] = ny[node] + (h if q & 2 else 0.0)
+            nw[c] = h
+            rep[c] = r
+            child[c, :] = -1
+            kind[node] = INTERNAL
+            child[node, :] = -1
+            child[node, q] = c
+    for k in range(used):
+        sx[k] /= cnt[k]
+        sy[k] /= cnt[k]
+        box[k, 0] = np.inf
+        box[k, 1] = -np.inf
+        box[k, 2] = np.inf
+        box[k, 3] = -np.inf
+    for i in range(n):  # the leaf of each point, and the boxes on its path: one descent
+        px, py = pos[i, 0], pos[i, 1]
+        node = 0
+        while True:
+            box[node, 0] = min(box[node, 0], px)
+            box[node, 1] = max(box[node, 1], px)
+            box[node, 2] = min(box[node, 2], py)
+            box[node, 3] = max(box[node, 3], py)
+            if kind[node] != INTERNAL:
+                break
+            node = child[node, _quadrant(px, py, nx[node], ny[node], nw[node])]
+        leaf_of[i] = node
+    return used
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def bh_repulsive(pos, r0, theta, kind, child, cnt, cx, cy, nx, ny, nw, leaf_of, out, z_rows):
+    """Barnes-Hut (scikit-learn's criterion: a cell of width w at distance d from the row's
+    point is summarised by its centre of mass when w / d < theta): out[li] ~ sum_{j != i}
+    w_ij^2 (y_i - y_j) and z_rows[li] ~ sum_{j != i} w_ij for i = r0 + li. A cell that
+    holds the point itself is always opened."""
+    theta2 = theta * theta
+    for li in prange(out.shape[0]):
+        i = r0 + li
+        px, py = pos[i, 0], pos[i, 1]
+        stack = np.empty(4 * BH_MAX_DEPTH + 8, np.int64)
+        top = 0
+        stack[0] = 0
+        top = 1
+        fx = 0.0
+        fy = 0.0
+        z = 0.0
+        mine = leaf_of[i]
+        while top > 0:
+            top -= 1
+            node = stack[top]
+            c = cnt[node]
+            dx = px - cx[node]
+            dy = py - cy[node]
+            d2 = dx * dx + dy * dy
+            if kind[node] == INTERNAL:
+                w = nw[node]
+                inside = (px >= nx[node] and px < nx[node] + w and py >= ny[node]
+                          and py < ny[node] + w)
+                if inside or w * w >= theta2 * d2:
+                    for q in range(4):
+                        k = child[node, q]
+                        if k >= 0:
+                            stack[top] = k
+                            top += 1
+                    continue
+            elif node == mine:
+                c -= 1  # the point itself (and any duplicates of it at distance ~0)
+                if c == 0:
+                    continue
+            q = 1.0 / (1.0 + d2)
+            z += c * q
+            q2 = c * q * q
+            fx += q2 * dx
+            fy += q2 * dy
+        out[li, 0] = fx
+        out[li, 1] = fy
+        z_rows[li] = z
+
+
+@njit(nogil=True, cache=True)
+def bh_groups(pos, r0, r1, gmax, kind, child, cnt, nx, ny, nw, group_of):
+    """group_of[i - r0] = the highest node on point i's path holding <= gmax points (or
+    its leaf): the targets that share one interaction list."""
+    for i in range(r0, r1):
+        node = 0
+        while kind[node] == INTERNAL and cnt[node] > gmax:
+            node = child[node, _quadrant(pos[i, 0], pos[i, 1], nx[node], ny[node], nw[node])]
+        group_of[i - r0] = node
+
+
+GROUP_LIST = 2048  # interaction-list capacity; a full list is evaluated and emptied
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _flush(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, cnt, cx, cy, leaf_of, out,
+           z_rows):
+    for t in range(a, b):
+        li = order[t]
+        i = r0 + li
+        px, py = pos[i, 0], pos[i, 1]
+        ax = 0.0
+        ay = 0.0
+        z = 0.0
+        for k in range(nf):
+            dx = px - fx[k]
+            dy = py - fy[k]
+            q = 1.0 / (1.0 + dx * dx + dy * dy)
+            z += fc[k] * q
+            q2 = fc[k] * q * q
+            ax += q2 * dx
+            ay += q2 * dy
+        mine = leaf_of[i]
+        for k in range(nn):
+            node = near[k]
+            c = cnt[node]
+            if node == mine:
+                c -= 1  # the point itself (and duplicates of it)
+                if c == 0:
+                    continue
+            dx = px - cx[node]
+            dy = py - cy[node]
+            q = 1.0 / (1.0 + dx * dx + dy * dy)
+            z += c * q
+            q2 = c * q * q
+            ax += q2 * dx
+            ay += q2 * dy
+        out[li, 0] += ax
+        out[li, 1] += ay
+        z_rows[li] += z
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def bh_grouped(pos, r0, order, gstart, gnode, theta, kind, child, cnt, cx, cy, nw, box,
+               leaf_of, out, z_rows):
+    """Barnes-Hut with shared interaction lists: for each group of targets (the local
+    rows order[gstart[g]:gstart[g+1]], all inside tree node gnode[g]), a cell of width w
+    is summarised by its centre of mass when w < theta * d, d the distance from that
+    centre to the bounding box of ALL the points of gnode (so w/d < theta for every target,
+    and the list depends only on the tree: the same for every rank); leaves that are not
+    summarised interact exactly. The lists are then evaluated for every target."""
+    theta2 = theta * theta
+    for g in prange(gnode.shape[0]):
+        a, b = gstart[g], gstart[g + 1]
+        for t in range(a, b):
+            out[order[t], 0] = 0.0
+            out[order[t], 1] = 0.0
+            z_rows[order[t]] = 0.0
+        G = gnode[g]
+        bx0, bx1, by0, by1 = box[G, 0], box[G, 1], box[G, 2], box[G, 3]
+        fx = np.empty(GROUP_LIST)
+        fy = np.empty(GROUP_LIST)
+        fc = np.empty(GROUP_LIST)
+        near = np.empty(GROUP_LIST, np.int64)
+        nf = 0
+        nn = 0
+        stack = np.empty(4 * BH_MAX_DEPTH + 8, np.int64)
+        stack[0] = 0
+        top = 1
+        while top > 0:
+            top -= 1
+            node = stack[top]
+            if cnt[node] == 0:
+                continue
+            if kind[node] == INTERNAL:
+                ddx = max(bx0 - cx[node], 0.0, cx[node] - bx1)
+                ddy = max(by0 - cy[node], 0.0, cy[node] - by1)
+                if nw[node] * nw[node] < theta2 * (ddx * ddx + ddy * ddy):
+                    fx[nf] = cx[node]
+                    fy[nf] = cy[node]
+                    fc[nf] = cnt[node]
+                    nf += 1
+                else:
+                    for q in range(4):
+                        k = child[node, q]
+                        if k >= 0:
+                            stack[top] = k
+                            top += 1
+            else:
+                near[nn] = node
+                nn += 1
+            if nf == GROUP_LIST or nn == GROUP_LIST:
+                _flush(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, cnt, cx, cy, leaf_of,
+                       out, z_rows)
+                nf = 0
+                nn = 0
+        _flush(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, cnt, cx, cy, leaf_of, out,
+               z_rows)
