@@ -107,6 +107,11 @@ def reference_update(y, grad, upd, gains, momentum, lr, min_gain):
     return float((grad * grad).sum())
 
 
+def reference_sq_distances(a, b):
+    diff = a[:, None, :].astype(np.float64) - b[None, :, :].astype(np.float64)
+    return (diff * diff).sum(axis=2)
+
+
 def reference_sq_dist_rows(xq, xr, idx):
     diff = xq[:, None, :].astype(np.float64) - xr[idx].astype(np.float64)
     return (diff * diff).sum(axis=2)
@@ -202,6 +207,26 @@ def update(y, grad, upd, gains, momentum, lr, min_gain=0.01, backend=None):
         return _cuda().update(y, grad, upd, gains, momentum, lr, min_gain)
     f = [a.reshape(-1) for a in (y, grad, upd, gains)]
     return float(_cpu().update(*f, float(momentum), float(lr), float(min_gain)))
+
+
+def sq_distances(a, b, backend=None):
+    """All pairwise squared distances (len(a), len(b)) as float64. "cpu" uses BLAS
+    (|a|^2 + |b|^2 - 2 a b^T, clipped at 0: fast, with cancellation error for close
+    points); "cuda" a direct kernel; "numpy" the direct reference."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"sq_distances: a and b must be 2-D with the same columns, got "
+                         f"{a.shape} and {b.shape}")
+    be = _backend("sq_distances", backend, a, b)
+    if be == "numpy":
+        return reference_sq_distances(a, b)
+    if be == "cuda":
+        return _cuda().sq_distances(a, b)
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = a64 @ b64.T
+    d *= -2
+    d += np.einsum("ij,ij->i", a64, a64)[:, None]
+    d += np.einsum("ij,ij->i", b64, b64)[None, :]
+    return np.maximum(d, 0, out=d)
 
 
 def sq_dist_rows(xq, xr, idx, backend=None):

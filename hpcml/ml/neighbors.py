@@ -10,11 +10,12 @@ QUERY_BLOCK = 2048
 REF_BLOCK = 8192
 
 
-def knn(xq, xr, k, self_offset=None, extra=4):
+def knn(xq, xr, k, self_offset=None, extra=4, backend=None):
     """(indices (nq, k) int64, squared distances (nq, k) float64) of each query row's k
     nearest rows of xr, nearest first. self_offset: xq[i] is xr[self_offset + i], which is
     then not its own neighbour. `extra` more candidates are taken by the fast BLAS
-    distances and re-ranked by exact ones."""
+    distances and re-ranked by exact ones. backend="cuda" computes the distance blocks on
+    the GPU."""
     from hpcml.kernels.cpu.tsne import topk_merge
     nq, nr = xq.shape[0], xr.shape[0]
     avail = nr - (1 if self_offset is not None else 0)
@@ -31,14 +32,17 @@ def knn(xq, xr, k, self_offset=None, extra=4):
         q1 = min(nq, q0 + QUERY_BLOCK)
         xb = xq[q0:q1]
         qn = np.einsum("ij,ij->i", xb, xb)
-        best_d = np.full((q1 - q0, kc), np.inf, dt)
+        best_d = np.full((q1 - q0, kc), np.inf, np.float64 if backend == "cuda" else dt)
         best_i = np.full((q1 - q0, kc), -1, np.int64)
         for r0 in range(0, nr, REF_BLOCK):
             r1 = min(nr, r0 + REF_BLOCK)
-            d = xb @ xr[r0:r1].T
-            d *= -2
-            d += qn[:, None]
-            d += rn[None, r0:r1]
+            if backend == "cuda":
+                d = KT.sq_distances(xb, xr[r0:r1], backend="cuda")
+            else:
+                d = xb @ xr[r0:r1].T
+                d *= -2
+                d += qn[:, None]
+                d += rn[None, r0:r1]
             self0 = -1 if self_offset is None else self_offset + q0
             topk_merge(d, r0, self0, kc, best_d, best_i)
         exact = KT.sq_dist_rows(xb, xr, best_i)

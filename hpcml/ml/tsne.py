@@ -125,10 +125,11 @@ class TSNE:
         comm = self.comm
         k = min(n - 1, int(3.0 * self.perplexity + 1))
         t = time.perf_counter()
-        idx, d2 = knn(X_all[lo:hi], X_all, k, self_offset=lo)
+        idx, d2 = knn(X_all[lo:hi], X_all, k, self_offset=lo,
+                      backend="cuda" if self.backend == "cuda" else None)
         self._log(f"[t-SNE] {k} nearest neighbours of {hi - lo} rows per rank in "
                   f"{time.perf_counter() - t:.2f} s")
-        cond = KT.perplexity_search(d2, self.perplexity, backend=self._host_backend())
+        cond = KT.perplexity_search(d2, self.perplexity, backend=self.backend or "cpu")
         counts = self._counts
         idx_all = allgather_rows(idx, comm, counts)
         cond_all = allgather_rows(cond, comm, counts)
@@ -178,12 +179,10 @@ class TSNE:
         if self.init == "random":
             rng = np.random.default_rng(self.random_state)
             return 1e-4 * rng.standard_normal((n, d))[lo:hi]
+        # every rank holds all rows: the same PCA on each, whatever the split of the rows
         from .pca import PCA
-        pca = PCA(n_components=d, comm=self.comm)
-        y = pca.fit(X_all[lo:hi]).transform(X_all[lo:hi]).astype(np.float64)
-        s = self._sum([y[:, 0].sum(), (y[:, 0] ** 2).sum()])
-        var = s[1] / n - (s[0] / n) ** 2
-        return y / math.sqrt(max(var, 1e-300)) * 1e-4
+        y = PCA(n_components=d).fit_transform(X_all).astype(np.float64)
+        return (y / y[:, 0].std() * 1e-4)[lo:hi]
 
     # --- fit ---------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -276,6 +275,9 @@ class TSNE:
         # per-row parts of Z, gathered and summed in row order: the same Z on every rank
         # and for every split of the rows
         zg = RowGather(n, (), np.float64, self.comm, counts=self._counts)
+        if cuda:  # P stays on the GPU; the embedding (n x d) is copied per iteration
+            from numba import cuda as nbcuda
+            indptr, indices, pvals = (nbcuda.to_device(a) for a in (indptr, indices, pvals))
         y = g.gather()
         attr = np.empty((hi - lo, d))
         rep = np.empty((hi - lo, d))
@@ -303,7 +305,8 @@ class TSNE:
                 grad -= (4.0 / z) * rep
                 check = (it + 1) % CHECK_EVERY == 0 or it == self.max_iter - 1
                 if check:  # KL(P || Q) of the current embedding (P without exaggeration)
-                    a, b = KT.kl_terms(y, lo, indptr, indices, pvals, backend=be)
+                    a, b = KT.kl_terms(y, lo, indptr, indices, pvals,
+                                       backend="cuda" if cuda else be)
                     s = self._sum([a, b, float((grad * grad).sum())])
                     kl, gnorm = s[0] + s[1] + math.log(z), math.sqrt(s[2])
                     self._log(f"[t-SNE] Iteration {it + 1}: error = {kl:.7f}, gradient norm "

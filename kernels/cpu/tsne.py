@@ -424,9 +424,11 @@ def bh_groups(pos, r0, r1, gmax, kind, child, cnt, nx, ny, nw, group_of):
 
 
 GROUP_LIST = 2048  # interaction-list capacity; a full list is evaluated and emptied
+# SIMD over an interaction list needs reassociated sums; no nnan/ninf (boxes use inf)
+FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, fastmath=FAST)
 def _flush(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, cnt, cx, cy, leaf_of, out,
            z_rows):
     for t in range(a, b):
@@ -464,7 +466,7 @@ def _flush(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, cnt, cx, cy, leaf_of,
         z_rows[li] += z
 
 
-@njit(nogil=True, cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FAST)
 def bh_grouped(pos, r0, order, gstart, gnode, theta, kind, child, cnt, cx, cy, nw, box,
                leaf_of, out, z_rows):
     """Barnes-Hut with shared interaction lists: for each group of targets (the local

@@ -1,0 +1,75 @@
+"""t-SNE across ranks: the same embedding as one process, any split of the rows, and
+input errors raised on every rank."""
+import numpy as np
+import pytest
+
+from hpcml.comm import row_bounds
+from hpcml.ml import TSNE
+
+from mpi_helpers import all_ranks, same_bytes_everywhere
+
+
+def blobs(n=360, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(-8, 8, (4, d))
+    return (c[rng.integers(0, 4, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["barnes_hut", "exact"])
+def test_ranks_give_the_serial_embedding(comm, method):
+    X = blobs()
+    p, r = comm.Get_size(), comm.Get_rank()
+    lo, hi = row_bounds(len(X), p, r)
+    kw = dict(perplexity=15, max_iter=300, random_state=0, method=method)
+    ours = TSNE(comm=comm, **kw)
+    mine = ours.fit_transform(X[lo:hi])
+    serial = TSNE(**kw).fit(X)
+    all_ranks(comm, same_bytes_everywhere(comm, ours.embedding_), "embeddings differ")
+    all_ranks(comm, np.array_equal(mine, ours.embedding_[lo:hi]), "rows are not mine")
+    # every per-row quantity is independent of the split; Z is summed in row order
+    err = np.abs(ours.embedding_ - serial.embedding_).max()
+    all_ranks(comm, err < 1e-9 * np.abs(serial.embedding_).max(), f"differs by {err}")
+    all_ranks(comm, abs(ours.kl_divergence_ - serial.kl_divergence_) < 1e-9,
+              f"KL {ours.kl_divergence_} vs {serial.kl_divergence_}")
+
+
+def test_uneven_rows(comm):
+    X = blobs(200)
+    p, r = comm.Get_size(), comm.Get_rank()
+    cuts = np.cumsum([0] + [10 * (k + 1) for k in range(p - 1)])
+    cuts = list(cuts) + [200]
+    E = TSNE(perplexity=10, max_iter=260, random_state=0, comm=comm).fit_transform(
+        X[cuts[r]:cuts[r + 1]])
+    all_ranks(comm, E.shape == (cuts[r + 1] - cuts[r], 2), "wrong rows")
+    ref = TSNE(perplexity=10, max_iter=260, random_state=0).fit(X).embedding_
+    all_ranks(comm, np.allclose(E, ref[cuts[r]:cuts[r + 1]], rtol=0, atol=1e-9),
+              "uneven split differs from serial")
+
+
+def test_nan_on_one_rank_stops_every_rank(comm):
+    X = blobs(120)
+    p, r = comm.Get_size(), comm.Get_rank()
+    lo, hi = row_bounds(len(X), p, r)
+    mine = X[lo:hi].copy()
+    if r == p - 1:
+        mine[3, 1] = np.inf
+    with pytest.raises(Exception, match=f"NaN or Inf in row 3 of rank {p - 1}"):
+        TSNE(perplexity=5, comm=comm).fit(mine)
+
+
+def test_feature_mismatch_and_perplexity_errors_on_every_rank(comm):
+    X = blobs(120)
+    p, r = comm.Get_size(), comm.Get_rank()
+    lo, hi = row_bounds(len(X), p, r)
+    mine = X[lo:hi, :7] if r == 0 else X[lo:hi]
+    with pytest.raises(Exception, match="feature count"):
+        TSNE(perplexity=5, comm=comm).fit(mine)
+    with pytest.raises(Exception, match="perplexity"):
+        TSNE(perplexity=200, comm=comm).fit(X[lo:hi])
+
+
+def test_sharded_dataset_across_ranks(comm):
+    m = TSNE(perplexity=20, max_iter=250, random_state=0, comm=comm)
+    E = m.fit_transform("digits")
+    all_ranks(comm, same_bytes_everywhere(comm, E), "embeddings differ")
+    all_ranks(comm, m.labels_.shape[0] == E.shape[0] and np.isfinite(E).all(), "bad result")
