@@ -229,3 +229,38 @@ def test_bad_input():
         TSNE().fit(X)
     with pytest.raises(ValueError, match="2-D"):
         TSNE().fit(X[0])
+
+
+# --- the CLI --------------------------------------------------------------------------
+
+def test_cli_writes_h5_json_png(tmp_path):
+    import json
+    import h5py
+    from hpcml import tsne as cli
+    out = tmp_path / "out"
+    rc = cli.main(["digits", "--output", str(out), "--max-iter", "260", "--perplexity",
+                   "20", "--verbose", "false"])
+    assert rc == 0
+    with h5py.File(out / "embedding.h5") as f:
+        emb, labels = f["embedding"][...], f["labels"][...]
+        assert emb.shape == (1438, 2) and labels.shape == (1438,)
+        assert json.loads(f.attrs["settings"])["perplexity"] == 20.0
+        kl = float(f.attrs["kl_divergence"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"] == 1438 and summary["kl_divergence"] == pytest.approx(kl)
+    assert (out / "embedding.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["embedding.h5", "embedding.png",
+                                                     "summary.json"]  # no temporaries
+
+
+def test_cli_bad_setting_exits_2(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "hpcml.tsne", "digits", "--perplexity", "-3",
+                        "--output", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "perplexity = -3.0: must be > 0" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "hpcml.tsne", str(tmp_path / "missing"),
+                        "--output", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "missing" in r.stderr

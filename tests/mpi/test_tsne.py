@@ -73,3 +73,18 @@ def test_sharded_dataset_across_ranks(comm):
     E = m.fit_transform("digits")
     all_ranks(comm, same_bytes_everywhere(comm, E), "embeddings differ")
     all_ranks(comm, m.labels_.shape[0] == E.shape[0] and np.isfinite(E).all(), "bad result")
+
+
+def test_cli_on_ranks(comm, tmp_path_factory):
+    import json
+    import os
+    from hpcml import tsne as cli
+    out = comm.bcast(str(tmp_path_factory.mktemp("tsne")) if comm.Get_rank() == 0 else None)
+    cfg = cli.parse_args(["digits", "--output", out, "--max-iter", "260", "--verbose",
+                          "false", "--plot", "false"])
+    summary = cli.run(cfg, comm)
+    all_ranks(comm, summary["ranks"] == comm.Get_size() and summary["rows"] == 1438,
+              "bad summary")
+    ok = comm.Get_rank() != 0 or json.load(open(os.path.join(out, "summary.json")))[
+        "kl_divergence"] == summary["kl_divergence"]
+    all_ranks(comm, ok, "summary.json differs")

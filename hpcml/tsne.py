@@ -1,0 +1,172 @@
+"""python -m hpcml.tsne: a t-SNE embedding of a sharded dataset, on one rank or many.
+
+    python -m hpcml.tsne digits --output results/tsne
+    mpiexec -n 4 python -m hpcml.tsne data/blobs --perplexity 50 --output results/blobs
+    python -m hpcml.tsne --help                                 # every setting
+
+Every rank loads its share of the rows (the loader splits them), finds their neighbours
+among all rows and optimises their part of the embedding (hpcml.ml.TSNE); the positions
+are all-gathered each iteration. Rank 0 writes, each file atomically:
+* OUTPUT/embedding.h5: `embedding` (rows x components, dataset order), `labels`;
+  attributes kl_divergence, n_iter, learning_rate, and the settings as JSON (`settings`);
+* OUTPUT/summary.json: the numbers, settings and timing;
+* OUTPUT/embedding.png: the embedding, coloured by label.
+Rank 0 then prints the summary as one JSON line. Settings come from defaults, a TOML file
+(--config) and --key value flags; a bad setting exits 2 with one message, bad data exits 1.
+"""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcml import comm as hc
+from hpcml import config
+from hpcml.atomic import atomic_h5, atomic_savefig, atomic_write_json
+from hpcml.comm.guard import CollectiveError
+from hpcml.data import DataError, ShardedDataset
+from hpcml.ml.tsne import TSNE, METHODS
+
+# name: (default, type, help)
+SETTINGS = {
+    "data": ("digits", str, "dataset: a sharded folder or a built-in name"),
+    "output": ("tsne-out", str, "output folder: embedding.h5, summary.json, embedding.png"),
+    "components": (2, int, "embedding dimensions"),
+    "perplexity": (30.0, float, "perplexity (neighbours: 3 x perplexity + 1)"),
+    "early_exaggeration": (12.0, float, "exaggeration of P during the first 250 iterations"),
+    "learning_rate": ("auto", str, "'auto' (max(N / exaggeration / 4, 50)) or a number"),
+    "max_iter": (1000, int, "iterations"),
+    "method": ("auto", str, "auto, barnes_hut, fft or exact"),
+    "angle": (0.5, float, "Barnes-Hut accuracy (smaller: more accurate, slower)"),
+    "init": ("pca", str, "pca or random"),
+    "backend": ("cpu", str, "cpu, or cuda (exact repulsion on the GPU)"),
+    "seed": (0, int, "seed of the random init"),
+    "plot": (True, bool, "write embedding.png"),
+    "verbose": (True, bool, "progress lines from rank 0"),
+}
+
+
+def parse_args(argv=None):
+    cfg = config.parse("python -m hpcml.tsne", __doc__, SETTINGS, argv, positional=("data",))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg):
+    def bad(key, why):
+        config.bad(cfg, key, why)
+    if cfg["components"] < 1:
+        bad("components", "must be >= 1")
+    if not cfg["perplexity"] > 0:
+        bad("perplexity", "must be > 0")
+    if not cfg["early_exaggeration"] >= 1:
+        bad("early_exaggeration", "must be >= 1")
+    lr = cfg["learning_rate"].strip().lower()
+    if lr != "auto":
+        try:
+            lr = float(lr)
+        except ValueError:
+            bad("learning_rate", "must be 'auto' or a number")
+        if not lr > 0:
+            bad("learning_rate", "must be > 0")
+    cfg["lr"] = lr
+    if cfg["max_iter"] < 1:
+        bad("max_iter", "must be >= 1")
+    if cfg["method"] not in METHODS:
+        bad("method", f"must be one of {', '.join(METHODS)}")
+    if not 0 <= cfg["angle"] <= 1:
+        bad("angle", "must be in [0, 1]")
+    if cfg["init"] not in ("pca", "random"):
+        bad("init", "must be pca or random")
+    if cfg["backend"] not in ("cpu", "cuda", "numpy"):
+        bad("backend", "must be cpu, cuda or numpy")
+    if not cfg["output"].strip():
+        bad("output", "must name a folder")
+    return cfg
+
+
+def plot(path, emb, labels, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 6.5))
+    kw = dict(s=max(0.5, min(8, 20000 / max(len(emb), 1))), linewidths=0)
+    if emb.shape[1] == 1:
+        emb = np.column_stack([emb[:, 0], np.zeros(len(emb))])
+    if labels is not None and len(np.unique(labels)) <= 20:
+        sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10" if labels.max() < 10
+                        else "tab20", **kw)
+        fig.colorbar(sc, ax=ax, label="label")
+    else:
+        ax.scatter(emb[:, 0], emb[:, 1], c="tab:blue", **kw)
+    ax.set_title(title)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(cfg, comm):
+    """Fit on every rank; rank 0 writes the files. Returns the summary (every rank)."""
+    ds = ShardedDataset(cfg["data"], comm)
+    model = TSNE(n_components=cfg["components"], perplexity=cfg["perplexity"],
+                 early_exaggeration=cfg["early_exaggeration"], learning_rate=cfg["lr"],
+                 max_iter=cfg["max_iter"], init=cfg["init"], method=cfg["method"],
+                 angle=cfg["angle"], random_state=cfg["seed"], comm=comm,
+                 verbose=int(cfg["verbose"]),
+                 backend=None if cfg["backend"] == "cpu" else cfg["backend"])
+    comm.Barrier()
+    t0 = time.perf_counter()
+    emb = model.fit_transform(ds)
+    seconds = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    settings = {k: cfg[k] for k in SETTINGS}
+    summary = {"job": "tsne", "data": ds.path, "rows": int(emb.shape[0]),
+               "features": ds.features, "ranks": comm.Get_size(),
+               "kl_divergence": model.kl_divergence_, "n_iter": model.n_iter_,
+               "learning_rate": model.learning_rate_, "seconds": seconds,
+               "output": os.path.abspath(cfg["output"]), "settings": settings}
+    if comm.Get_rank() == 0:
+        out = cfg["output"]
+        with atomic_h5(os.path.join(out, "embedding.h5")) as f:
+            f.create_dataset("embedding", data=emb)
+            if model.labels_ is not None:
+                f.create_dataset("labels", data=model.labels_)
+            f.attrs["kl_divergence"] = model.kl_divergence_
+            f.attrs["n_iter"] = model.n_iter_
+            f.attrs["learning_rate"] = model.learning_rate_
+            f.attrs["settings"] = json.dumps(settings)
+        if cfg["plot"]:
+            name = cfg["data"]
+            plot(os.path.join(out, "embedding.png"), emb, model.labels_,
+                 f"t-SNE of {name}: {emb.shape[0]} rows, KL {model.kl_divergence_:.3f}")
+        atomic_write_json(os.path.join(out, "summary.json"), summary)
+    comm.Barrier()
+    return summary
+
+
+@hc.entry_point
+def main(argv=None):
+    comm = MPI.COMM_WORLD
+    cfg = config.start(comm, parse_args, argv)
+    if cfg is None:
+        return 2
+    if comm.Get_rank() == 0 and cfg["verbose"]:
+        print("# settings: " + json.dumps({k: cfg[k] for k in SETTINGS}), flush=True)
+    try:
+        summary = run(cfg, comm)
+    except (CollectiveError, DataError, ValueError) as e:
+        if comm.Get_rank() == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
+    if comm.Get_rank() == 0:
+        print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
