@@ -346,7 +346,7 @@ class RepulsionBH:
                         np.empty(m, np.int64), np.empty((m, 4)))
 
     def compute(self, y, r0, r1, out, z_rows):
-        from .cpu.tsne import bh_build, bh_repulsive, bh_groups, bh_grouped
+        from .cpu.tsne import bh_build, bh_repulsive, bh_groups, bh_pack, bh_grouped_packed
         if y.ndim != 2 or y.shape[1] != 2:
             raise ValueError(f"RepulsionBH: needs a 2-D embedding, got shape {y.shape}")
         n = y.shape[0]
@@ -369,10 +369,12 @@ class RepulsionBH:
             return
         group_of = np.empty(r1 - r0, np.int64)
         bh_groups(y, r0, r1, self.group, kind, child, cnt, nx, ny, nw, group_of)
+        nd, nbox, new = np.empty((used, 8)), np.empty((used, 4)), np.empty(used, np.int64)
+        bh_pack(used, kind, child, cnt, sx, sy, nw, box, leaf_of, nd, nbox, new)
         order = np.argsort(group_of, kind="stable")
         g = group_of[order]
         starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if g.size else \
             np.zeros(0, np.int64)
         gstart = np.append(starts, g.size).astype(np.int64)
-        bh_grouped(y, r0, order, gstart, g[starts], self.theta, kind, child, cnt, sx, sy, nw,
-                   box, leaf_of, out, z_rows)
+        bh_grouped_packed(y, r0, order, gstart, new[g[starts]], self.theta, nd,
+                          nbox, leaf_of, out, z_rows)

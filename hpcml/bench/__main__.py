@@ -5,6 +5,7 @@
     python -m hpcml.bench kernels                    # Numba/CUDA kernels vs NumPy
     python -m hpcml.bench io                         # data loader vs plain h5py
     python -m hpcml.bench train                      # hpcml.train vs PyTorch DDP
+    python -m hpcml.bench dimred                     # PCA, t-SNE vs scikit-learn, openTSNE
 """
 import sys
 
@@ -14,6 +15,8 @@ BENCHMARKS = {
     "kernels": "hpcml.bench.kernels",
     "io": "hpcml.bench.io",
     "train": "hpcml.bench.train",
+    "dimred": "hpcml.bench.dimred",
+    "pca": "hpcml.bench.pca",
 }
 
 

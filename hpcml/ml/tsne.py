@@ -269,7 +269,7 @@ class TSNE:
             approx = KT.RepulsionFFT(self.n_interpolation_points, self.min_num_intervals,
                                      self.intervals_per_unit)
         elif method == "barnes_hut":
-            approx = KT.RepulsionBH(self.angle)
+            approx = KT.RepulsionBH(self.angle, 32)
         else:
             approx = None
         # per-row parts of Z, gathered and summed in row order: the same Z on every rank
@@ -287,6 +287,7 @@ class TSNE:
         mine = g.local
         best_kl, best_it, kl, z, stopped = np.inf, 0, np.nan, 1.0, False
         t_check = time.perf_counter()
+        prof = np.zeros(4)  # seconds: attractive, repulsive, all-gathers, the rest
         it = 0
         stages = [(0, min(EXPLORATION_ITER, self.max_iter), self.early_exaggeration, 0.5),
                   (EXPLORATION_ITER, self.max_iter, 1.0, 0.8)]
@@ -294,13 +295,17 @@ class TSNE:
             upd[...] = 0.0  # scikit-learn restarts the descent (gains too) for each stage
             gains[...] = 1.0
             for it in range(start, stop):
+                t0 = time.perf_counter()
                 KT.attractive(y, lo, indptr, indices, pvals, attr,
                               backend="cuda" if cuda else be)
+                t1 = time.perf_counter()
                 if approx is not None:
                     approx.compute(y, lo, hi, rep, zg.local)
                 else:
                     KT.repulsive_exact(y, lo, rep, zg.local, backend="cuda" if cuda else be)
+                t2 = time.perf_counter()
                 z = float(zg.gather().sum())
+                t3 = time.perf_counter()
                 np.multiply(attr, 4.0 * exag, out=grad)
                 grad -= (4.0 / z) * rep
                 check = (it + 1) % CHECK_EVERY == 0 or it == self.max_iter - 1
@@ -313,8 +318,12 @@ class TSNE:
                               f"= {gnorm:.7f} ({time.perf_counter() - t_check:.3f} s since "
                               f"the last report)")
                     t_check = time.perf_counter()
+                t4 = time.perf_counter()
                 KT.update(mine, grad, upd, gains, momentum, lr, backend=be)
+                t5 = time.perf_counter()
                 y = g.gather()
+                t6 = time.perf_counter()
+                prof += (t1 - t0, t2 - t1, t3 - t2 + t6 - t5, t4 - t3 + t5 - t4)
                 if check and exag == 1.0:
                     if kl < best_kl:
                         best_kl, best_it = kl, it
@@ -331,4 +340,8 @@ class TSNE:
                 break
         self.kl_divergence_ = float(kl)
         self.n_iter_ = it + 1
+        self.timings_ = dict(zip(("attractive", "repulsive", "allgather", "other"),
+                                 prof.tolist()))
+        self._log("[t-SNE] seconds in " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                     self.timings_.items()))
         self.embedding_ = y.copy()

@@ -65,12 +65,26 @@ def perplexity_search(d2, target_entropy, tol, max_steps, out):
 @njit(nogil=True, cache=True, parallel=True)
 def attractive(y, r0, indptr, indices, pvals, out):
     """out[i] = sum_j p_ij w_ij (y_i - y_j), w = 1/(1 + |y_i - y_j|^2), for local rows
-    i = r0 + li (CSR indptr/indices/pvals over local rows, global column indices)."""
+    i = r0 + li (CSR indptr/indices/pvals over local rows, global column indices).
+    Sums run in registers (2-D specialised), written once per row."""
     d = y.shape[1]
     for li in prange(out.shape[0]):
         i = r0 + li
-        for c in range(d):
-            out[li, c] = 0.0
+        if d == 2:
+            y0, y1 = y[i, 0], y[i, 1]
+            a0 = 0.0
+            a1 = 0.0
+            for t in range(indptr[li], indptr[li + 1]):
+                j = indices[t]
+                u0 = y0 - y[j, 0]
+                u1 = y1 - y[j, 1]
+                pw = pvals[t] / (1.0 + u0 * u0 + u1 * u1)
+                a0 += pw * u0
+                a1 += pw * u1
+            out[li, 0] = a0
+            out[li, 1] = a1
+            continue
+        acc = np.zeros(d)
         for t in range(indptr[li], indptr[li + 1]):
             j = indices[t]
             s = 0.0
@@ -79,7 +93,9 @@ def attractive(y, r0, indptr, indices, pvals, out):
                 s += v * v
             pw = pvals[t] / (1.0 + s)
             for c in range(d):
-                out[li, c] += pw * (y[i, c] - y[j, c])
+                acc[c] += pw * (y[i, c] - y[j, c])
+        for c in range(d):
+            out[li, c] = acc[c]
 
 
 @njit(nogil=True, cache=True, parallel=True)
@@ -522,3 +538,129 @@ def bh_grouped(pos, r0, order, gstart, gnode, theta, kind, child, cnt, cx, cy, n
                 nn = 0
         _flush(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, cnt, cx, cy, leaf_of, out,
                z_rows)
+
+
+@njit(nogil=True, cache=True)
+def bh_pack(used, kind, child, cnt, cx, cy, nw, box, leaf_of, nd, nbox, new):
+    """The tree in depth-first order, one 64-byte row per node: nd[k] = (centre x,
+    centre y, width (-1 for a leaf), count, child 0..3 (-1: none)); nbox[k] the node's
+    bounding box; leaf_of renumbered in place; new[old node] = its packed number.
+    Traversals then read one cache line per node, and a subtree's nodes lie together."""
+    stack = np.empty(4 * BH_MAX_DEPTH + 8, np.int64)
+    stack[0] = 0
+    top = 1
+    k = 0
+    while top > 0:
+        top -= 1
+        node = stack[top]
+        new[node] = k
+        k += 1
+        if kind[node] == INTERNAL:
+            for q in range(3, -1, -1):
+                c = child[node, q]
+                if c >= 0:
+                    stack[top] = c
+                    top += 1
+    for node in range(used):
+        r = new[node]
+        nd[r, 0] = cx[node]
+        nd[r, 1] = cy[node]
+        nd[r, 2] = nw[node] if kind[node] == INTERNAL else -1.0
+        nd[r, 3] = cnt[node]
+        for q in range(4):
+            c = child[node, q]
+            nd[r, 4 + q] = new[c] if (c >= 0 and kind[node] == INTERNAL) else -1.0
+        for q in range(4):
+            nbox[r, q] = box[node, q]
+    for i in range(leaf_of.shape[0]):
+        leaf_of[i] = new[leaf_of[i]]
+
+
+@njit(nogil=True, cache=True, fastmath=FAST)
+def _flush_packed(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, nd, leaf_of, out,
+                  z_rows):
+    for t in range(a, b):
+        li = order[t]
+        i = r0 + li
+        px, py = pos[i, 0], pos[i, 1]
+        ax = 0.0
+        ay = 0.0
+        z = 0.0
+        for k in range(nf):
+            dx = px - fx[k]
+            dy = py - fy[k]
+            q = 1.0 / (1.0 + dx * dx + dy * dy)
+            cq = fc[k] * q
+            z += cq
+            ax += cq * q * dx
+            ay += cq * q * dy
+        mine = leaf_of[i]
+        for k in range(nn):
+            node = near[k]
+            c = nd[node, 3]
+            if node == mine:
+                c -= 1.0  # the point itself (and duplicates of it)
+                if c == 0.0:
+                    continue
+            dx = px - nd[node, 0]
+            dy = py - nd[node, 1]
+            q = 1.0 / (1.0 + dx * dx + dy * dy)
+            cq = c * q
+            z += cq
+            ax += cq * q * dx
+            ay += cq * q * dy
+        out[li, 0] += ax
+        out[li, 1] += ay
+        z_rows[li] += z
+
+
+@njit(nogil=True, cache=True, parallel=True, fastmath=FAST)
+def bh_grouped_packed(pos, r0, order, gstart, gnode, theta, nd, nbox, leaf_of, out, z_rows):
+    """bh_grouped over the packed tree (bh_pack); gnode in the packed numbering."""
+    theta2 = theta * theta
+    for g in prange(gnode.shape[0]):
+        a, b = gstart[g], gstart[g + 1]
+        for t in range(a, b):
+            out[order[t], 0] = 0.0
+            out[order[t], 1] = 0.0
+            z_rows[order[t]] = 0.0
+        G = gnode[g]
+        bx0, bx1, by0, by1 = nbox[G, 0], nbox[G, 1], nbox[G, 2], nbox[G, 3]
+        fx = np.empty(GROUP_LIST)
+        fy = np.empty(GROUP_LIST)
+        fc = np.empty(GROUP_LIST)
+        near = np.empty(GROUP_LIST, np.int64)
+        nf = 0
+        nn = 0
+        stack = np.empty(4 * BH_MAX_DEPTH + 8, np.int64)
+        stack[0] = 0
+        top = 1
+        while top > 0:
+            top -= 1
+            node = stack[top]
+            w = nd[node, 2]
+            if w >= 0.0:  # internal
+                ccx, ccy = nd[node, 0], nd[node, 1]
+                ddx = max(bx0 - ccx, 0.0, ccx - bx1)
+                ddy = max(by0 - ccy, 0.0, ccy - by1)
+                if w * w < theta2 * (ddx * ddx + ddy * ddy):
+                    fx[nf] = ccx
+                    fy[nf] = ccy
+                    fc[nf] = nd[node, 3]
+                    nf += 1
+                else:
+                    for q in range(4):
+                        k = int(nd[node, 4 + q])
+                        if k >= 0:
+                            stack[top] = k
+                            top += 1
+            elif nd[node, 3] > 0.0:
+                near[nn] = node
+                nn += 1
+            if nf == GROUP_LIST or nn == GROUP_LIST:
+                _flush_packed(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, nd, leaf_of,
+                              out, z_rows)
+                nf = 0
+                nn = 0
+        _flush_packed(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, nd, leaf_of, out,
+                      z_rows)
