@@ -26,7 +26,7 @@ from mpi4py import MPI
 
 from hpcml import checkpoint as ckpt
 from hpcml import config
-from hpcml.config import ConfigError
+from hpcml.config import ConfigError  # noqa: F401  (train.ConfigError, as before)
 from hpcml import comm as hc
 from hpcml import nn, optim
 from hpcml.comm.guard import agree, CollectiveError

@@ -361,6 +361,11 @@ def _device_like(a):
     return cuda.device_array(a.shape, a.dtype) if _is_device(a) else np.empty(a.shape, a.dtype)
 
 
-__all__ = ["matmul", "bias_act", "bias_act_backward", "softmax_xent", "sgd_update",
+# dimensionality-reduction kernels live in their own modules (reference + dispatch):
+# hpcml.kernels.covariance (blocked scatter, Chan merge), hpcml.kernels.tsne
+from .covariance import scatter_block, merge_scatter  # noqa: E402
+from . import tsne  # noqa: E402
+
+__all__ = ["scatter_block", "merge_scatter", "tsne", "matmul", "bias_act", "bias_act_backward", "softmax_xent", "sgd_update",
            "adam_update", "clip_grad_norm", "reduce_into", "set_backend", "get_backend",
            "BACKENDS", "AUTO", "ACTIVATIONS", "OP_NAMES", "reference_reduce"]

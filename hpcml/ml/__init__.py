@@ -3,15 +3,7 @@ sharded dataset, across the ranks of an optional communicator.
 
     from hpcml.ml import PCA, TSNE
 """
-__all__ = []
+from .pca import PCA
+from .tsne import TSNE
 
-try:
-    from .pca import PCA  # noqa: F401
-    __all__.append("PCA")
-except ImportError:  # pragma: no cover - during development only
-    pass
-try:
-    from .tsne import TSNE  # noqa: F401
-    __all__.append("TSNE")
-except ImportError:  # pragma: no cover
-    pass
+__all__ = ["PCA", "TSNE"]

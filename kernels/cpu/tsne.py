@@ -78,7 +78,7 @@ def attractive(y, r0, indptr, indices, pvals, out):
                 j = indices[t]
                 u0 = y0 - y[j, 0]
                 u1 = y1 - y[j, 1]
-                pw = pvals[t] / (1.0 + u0 * u0 + u1 * u1)
+                pw = pvals[t] / (1.0 + (u0 * u0 + u1 * u1))  # the CUDA kernel's order
                 a0 += pw * u0
                 a1 += pw * u1
             out[li, 0] = a0

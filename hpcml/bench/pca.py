@@ -1,0 +1,225 @@
+"""PCA benchmark: hpcml.ml.PCA in memory against scikit-learn, and streaming from shards
+against the loader's own read rate, in one run.
+
+    python -m hpcml.bench.pca [--quick] [--out results]            # 1 rank: vs scikit-learn
+    mpiexec -n 2 python -m hpcml.bench.pca --out results            # in memory + streaming
+
+* in memory: a seeded rows x features float64 matrix (1,000,000 x 64; each rank makes only
+  its rows [r*N/p, (r+1)*N/p), the same matrix for any rank count) fitted with
+  PCA(10, comm) (covariance solver). At 1 rank, scikit-learn's PCA(10) with
+  svd_solver="covariance_eigh" (X^T X and eigh) runs interleaved with it in every repeat,
+  and svd_solver="full" (LAPACK SVD) once; both validate the result (largest difference of
+  the explained variance ratios and of the components). ratio = scikit-learn's time /
+  hpcml's (> 1: hpcml is faster). Also the covariance kernel alone (scatter_block) with
+  its cpu and numpy backends.
+* streaming: a synthetic sharded dataset (hpcml.data.synth, float32, 8 shards) read by
+  every rank: plain = iterating this rank's ds.loader(batch, shuffle=False) and doing
+  nothing with the batches; pca = PCA(10, comm, batch_size=batch).fit(ds), which reads the
+  same batches and accumulates them. Interleaved repeats after one untimed warm-up pass
+  (the same page cache for both). ratio = plain time / pca time (1: PCA keeps up with
+  the loader). accumulate_only: the same batches, held in memory, through the covariance
+  kernels alone (scatter_block + merge_scatter): the compute's own rate, the ceiling of pca.
+Timing: Barrier, then perf_counter; each rank's median over repeats; the max over ranks.
+Writes pca-p<ranks>.json and .png (atomic) on rank 0 and prints the ratios.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcml.atomic import atomic_savefig, atomic_write_json
+from hpcml.comm import entry_point
+from hpcml.data import ShardedDataset, synth
+from hpcml.kernels import covariance as KC
+from hpcml.ml import PCA
+
+BLOCK = 1 << 16  # rows per generator block: the matrix does not depend on the rank count
+
+
+def matrix_rows(lo, hi, features, seed=0):
+    """Rows [lo, hi) of the seeded benchmark matrix: a geometric spectrum in a random basis,
+    plus a mean of 5."""
+    rng = np.random.default_rng([seed, 1 << 20])
+    basis = np.linalg.qr(rng.standard_normal((features, features)))[0]
+    scales = np.geomspace(10, 0.1, features)
+    out = np.empty((hi - lo, features))
+    for b in range(lo // BLOCK, -(-hi // BLOCK)):
+        z = np.random.default_rng([seed, b]).standard_normal((BLOCK, features))
+        a, c = max(lo, b * BLOCK), min(hi, (b + 1) * BLOCK)
+        out[a - lo:c - lo] = z[a - b * BLOCK:c - b * BLOCK]
+    out *= scales
+    return out @ basis + 5.0
+
+
+def _timed(comm, f):
+    comm.Barrier()
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+def _slowest(comm, values):
+    mine = np.asarray(values, np.float64)
+    out = np.empty_like(mine)
+    comm.Allreduce(mine, out, op=MPI.MAX)
+    return out
+
+
+def in_memory(comm, rows, features, repeats, k=10):
+    p, r = comm.Get_size(), comm.Get_rank()
+    X = matrix_rows(rows * r // p, rows * (r + 1) // p, features)
+    PCA(k, comm=comm).fit(X[:5000])  # warm-up: Numba kernels loaded, BLAS threads up
+    ours, eigh = [], []
+    sk = None
+    for _ in range(repeats):
+        fitted = []
+        ours.append(_timed(comm, lambda: fitted.append(PCA(k, comm=comm).fit(X))))
+        if p == 1:
+            from sklearn.decomposition import PCA as SkPCA
+            t = time.perf_counter()
+            sk = SkPCA(k, svd_solver="covariance_eigh").fit(X)
+            eigh.append(time.perf_counter() - t)
+    res = {"rows": rows, "features": features, "n_components": k,
+           "hpcml_s": float(_slowest(comm, [np.median(ours)])[0]), "repeats": repeats}
+    if p == 1:
+        from sklearn.decomposition import PCA as SkPCA
+        t = time.perf_counter()
+        full = SkPCA(k, svd_solver="full").fit(X)
+        res["sklearn_full_s"] = time.perf_counter() - t
+        res["sklearn_covariance_eigh_s"] = float(np.median(eigh))
+        res["ratio_vs_covariance_eigh"] = res["sklearn_covariance_eigh_s"] / res["hpcml_s"]
+        res["ratio_vs_full"] = res["sklearn_full_s"] / res["hpcml_s"]
+        for backend in ("cpu", "numpy"):  # the covariance kernel alone, both backends
+            res[f"scatter_block_{backend}_s"] = float(np.median(
+                [_timed(comm, lambda: KC.scatter_block(X, backend=backend))
+                 for _ in range(min(3, repeats))]))
+        mine = fitted[0]
+        for name, other in (("full", full), ("covariance_eigh", sk)):
+            res[f"max_ratio_diff_vs_{name}"] = float(np.abs(
+                mine.explained_variance_ratio_ - other.explained_variance_ratio_).max())
+            res[f"max_component_diff_vs_{name}"] = float(np.abs(
+                mine.components_ - other.components_).max())
+    return res
+
+
+def streaming(comm, rows, features, repeats, batch, folder):
+    synth(folder, rows, features, classes=10, shards=8, seed=0, comm=comm)
+    ds = ShardedDataset(folder, comm)
+
+    def plain():
+        for _ in ds.loader(batch, shuffle=False):
+            pass
+
+    def fit():
+        PCA(10, comm=comm, batch_size=batch).fit(ds)
+    batches = [x for x, _ in ds.loader(batch, shuffle=False)]  # also the warm-up read
+
+    def compute():  # the accumulation alone, on the same batches held in memory
+        total = (0, np.zeros(features), np.zeros((features, features)))
+        for x in batches:
+            total = KC.merge_scatter(total, KC.scatter_block(x), inplace=True)
+    fit()
+    t_plain, t_fit, t_compute = [], [], []
+    for _ in range(repeats):
+        t_plain.append(_timed(comm, plain))
+        t_fit.append(_timed(comm, fit))
+        t_compute.append(_timed(comm, compute))
+    slow = _slowest(comm, [np.median(t_plain), np.median(t_fit), np.median(t_compute)])
+    mb = ds.rows * ds.features * 4 / comm.Get_size() / 1e6  # float32 x per rank
+    return {"rows": rows, "features": features, "batch_size": batch, "repeats": repeats,
+            "loader_s": float(slow[0]), "pca_s": float(slow[1]),
+            "accumulate_only_s": float(slow[2]),
+            "loader_MBps_per_rank": mb / slow[0], "pca_MBps_per_rank": mb / slow[1],
+            "accumulate_only_MBps_per_rank": mb / slow[2],
+            "pca_vs_loader": float(slow[0] / slow[1]),
+            "accumulate_only_vs_loader": float(slow[0] / slow[2])}
+
+
+def bench_pca(out_dir, quick=False, comm=None, rows=None, stream_rows=None, features=64,
+              repeats=None, batch=65536, plot=True):
+    """Run both parts on comm (default COMM_WORLD); rank 0 writes
+    out_dir/pca-p<ranks>.json and .png. Returns the result dict (rank 0; {} elsewhere)."""
+    comm = comm if comm is not None else MPI.COMM_WORLD
+    rank, p = comm.Get_rank(), comm.Get_size()
+    rows = rows or (100_000 if quick else 1_000_000)
+    stream_rows = stream_rows or (200_000 if quick else 2_000_000)
+    repeats = repeats or (2 if quick else 5)
+    mem = in_memory(comm, rows, features, repeats)
+    tmp = comm.bcast(tempfile.mkdtemp(prefix="hpcml-pca-bench-") if rank == 0 else None)
+    try:
+        stream = streaming(comm, stream_rows, features, repeats, batch,
+                           os.path.join(tmp, "data"))
+    finally:
+        comm.Barrier()
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if rank != 0:
+        return {}
+    result = {"benchmark": "pca", "ranks": p, "quick": quick, "in_memory": mem,
+              "streaming": stream}
+    base = os.path.join(out_dir, f"pca-p{p}")
+    atomic_write_json(base + ".json", result)
+    if plot:
+        _plot(base + ".png", result)
+    return result
+
+
+def _plot(path, result):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    mem, st = result["in_memory"], result["streaming"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    names, times = ["hpcml"], [mem["hpcml_s"]]
+    for key, label in (("sklearn_covariance_eigh_s", "sklearn\ncovariance_eigh"),
+                       ("sklearn_full_s", "sklearn full")):
+        if key in mem:
+            names.append(label)
+            times.append(mem[key])
+    a1.bar(names, times, color=["tab:blue", "tab:orange", "tab:gray"][:len(names)])
+    a1.set_ylabel("seconds (median)")
+    a1.set_yscale("log")
+    a1.set_title(f"PCA fit, {mem['rows']:,} x {mem['features']} float64, "
+                 f"{result['ranks']} rank(s)")
+    a2.bar(["loader alone", "PCA fit", "accumulation\nalone (in memory)"],
+           [st["loader_MBps_per_rank"], st["pca_MBps_per_rank"],
+            st["accumulate_only_MBps_per_rank"]], color=["tab:gray", "tab:blue", "tab:green"])
+    a2.set_ylabel("MB/s per rank (slowest rank)")
+    a2.set_title(f"streaming {st['rows']:,} rows: PCA at {st['pca_vs_loader']:.2f}x the loader")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+
+@entry_point
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m hpcml.bench.pca", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, 2 repeats")
+    ap.add_argument("--rows", type=int, default=None, help="in-memory rows (1,000,000)")
+    ap.add_argument("--stream-rows", type=int, default=None, help="dataset rows (2,000,000)")
+    ap.add_argument("--features", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (5)")
+    ap.add_argument("--batch-size", type=int, default=65536)
+    ap.add_argument("--out", default="results")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+    res = bench_pca(args.out, args.quick, rows=args.rows, stream_rows=args.stream_rows,
+                    features=args.features, repeats=args.repeats, batch=args.batch_size,
+                    plot=not args.no_plot)
+    if res:
+        mem, st = res["in_memory"], res["streaming"]
+        for key, value in list(mem.items()) + [("streaming_" + k, v) for k, v in st.items()]:
+            print(f"{key:36s} {value:.4g}" if isinstance(value, float) else
+                  f"{key:36s} {value}")
+        print(f"# wrote {args.out}/pca-p{res['ranks']}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
