@@ -339,42 +339,54 @@ class RepulsionBH:
         self.theta = float(theta)
         self.group = int(group)
         self._arrays = None
-
+        self.seconds = np.zeros(3)  # build, groups + pack, traversal
     def _alloc(self, m):
         self._arrays = (np.zeros(m, np.int8), np.empty((m, 4), np.int64),
                         np.zeros(m, np.int64), *(np.empty(m) for _ in range(5)),
                         np.empty(m, np.int64), np.empty((m, 4)))
+        self._order = None  # insertion order: the last tree's depth-first point order
 
     def compute(self, y, r0, r1, out, z_rows):
         from .cpu.tsne import bh_build, bh_repulsive, bh_groups, bh_pack, bh_grouped_packed
         if y.ndim != 2 or y.shape[1] != 2:
             raise ValueError(f"RepulsionBH: needs a 2-D embedding, got shape {y.shape}")
+        import time
+        t0 = time.perf_counter()
         n = y.shape[0]
         lo = y.min(axis=0)
         w = float((y.max(axis=0) - lo).max()) * (1 + 1e-9) + 1e-12
-        leaf_of = np.empty(n, np.int64)
+        leaf_of, nxt = np.empty(n, np.int64), np.empty(n, np.int64)
         m = 4 * n + 64 if self._arrays is None else self._arrays[0].shape[0]
         while True:
             if self._arrays is None or self._arrays[0].shape[0] < m:
                 self._alloc(m)
             kind, child, cnt, sx, sy, nx, ny, nw, rep, box = self._arrays
-            used = bh_build(y, float(lo[0]), float(lo[1]), w, kind, child, cnt, sx, sy, nx,
-                            ny, nw, rep, leaf_of, box)
+            order = self._order if self._order is not None and len(self._order) == n \
+                else np.arange(n, dtype=np.int64)
+            used = bh_build(y, order, float(lo[0]), float(lo[1]), w, kind, child, cnt, sx, sy,
+                            nx, ny, nw, rep, leaf_of, box, nxt)
             if used >= 0:
                 break
             m *= 2
         if self.group <= 1:
             bh_repulsive(y, r0, self.theta, kind, child, cnt, sx, sy, nx, ny, nw, leaf_of,
                          out, z_rows)
+            self._order = None
             return
+        t1 = time.perf_counter()
         group_of = np.empty(r1 - r0, np.int64)
         bh_groups(y, r0, r1, self.group, kind, child, cnt, nx, ny, nw, group_of)
         nd, nbox, new = np.empty((used, 8)), np.empty((used, 4)), np.empty(used, np.int64)
-        bh_pack(used, kind, child, cnt, sx, sy, nw, box, leaf_of, nd, nbox, new)
+        self._order = np.empty(n, np.int64)
+        bh_pack(y, used, kind, child, cnt, nw, box, leaf_of, nd, nbox, new, rep, nxt,
+                self._order)
+        group_of = new[group_of]  # groups in depth-first order: neighbours work together
         order = np.argsort(group_of, kind="stable")
         g = group_of[order]
         starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if g.size else \
             np.zeros(0, np.int64)
         gstart = np.append(starts, g.size).astype(np.int64)
-        bh_grouped_packed(y, r0, order, gstart, new[g[starts]], self.theta, nd,
+        t2 = time.perf_counter()
+        bh_grouped_packed(y, r0, order, gstart, g[starts], self.theta, nd,
                           nbox, leaf_of, out, z_rows)
+        self.seconds += (t1 - t0, t2 - t1, time.perf_counter() - t2)

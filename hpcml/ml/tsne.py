@@ -342,6 +342,9 @@ class TSNE:
         self.n_iter_ = it + 1
         self.timings_ = dict(zip(("attractive", "repulsive", "allgather", "other"),
                                  prof.tolist()))
+        if hasattr(approx, "seconds"):
+            self.timings_.update(zip(("tree_build", "tree_groups", "tree_traversal"),
+                                     approx.seconds.tolist()))
         self._log("[t-SNE] seconds in " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                      self.timings_.items()))
         self.embedding_ = y.copy()

@@ -277,13 +277,46 @@ def _quadrant(x, y, x0, y0, w):
     return (1 if x >= x0 + h else 0) + (2 if y >= y0 + h else 0)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _new_leaf(c, i, px, py, x0, y0, w, kind, child, cnt, sx, sy, nx, ny, nw, rep, box):
+    kind[c] = LEAF
+    cnt[c] = 1
+    sx[c] = px
+    sy[c] = py
+    nx[c], ny[c], nw[c] = x0, y0, w
+    rep[c] = i
+    child[c, 0] = -1
+    child[c, 1] = -1
+    child[c, 2] = -1
+    child[c, 3] = -1
+    box[c, 0] = px
+    box[c, 1] = px
+    box[c, 2] = py
+    box[c, 3] = py
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add(node, px, py, cnt, sx, sy, box):
+    cnt[node] += 1
+    sx[node] += px
+    sy[node] += py
+    box[node, 0] = min(box[node, 0], px)
+    box[node, 1] = max(box[node, 1], px)
+    box[node, 2] = min(box[node, 2], py)
+    box[node, 3] = max(box[node, 3], py)
+
+
 @njit(nogil=True, cache=True)
-def bh_build(pos, x0, y0, w, kind, child, cnt, sx, sy, nx, ny, nw, rep, leaf_of, box):
-    """Quadtree of the points pos (n, 2) in the square [x0, x0 + w) x [y0, y0 + w):
-    kind (LEAF/INTERNAL), child (m, 4), cnt, centre of mass (sx, sy: sums, divided at the
-    end), cell origin and width (nx, ny, nw), rep (a leaf's first point), box (m, 4): the
-    bounding box (x min, x max, y min, y max) of the node's points; leaf_of[i] is the leaf
-    holding point i. Returns the node count, or -1 if m nodes were too few."""
+def bh_build(pos, order, x0, y0, w, kind, child, cnt, sx, sy, nx, ny, nw, rep, leaf_of, box,
+             nxt):
+    """Quadtree of the points pos (n, 2) in the square [x0, x0 + w) x [y0, y0 + w), points
+    inserted in `order` (spatially sorted, e.g. the last tree's depth-first order, is
+    fastest): kind (LEAF/INTERNAL), child (m, 4), cnt, centre of mass (sx, sy: sums,
+    divided at the end), cell origin and width (nx, ny, nw), rep (a leaf's first point,
+    nxt[i] the next point of the same leaf or -1), box (m, 4): the bounding box (x min,
+    x max, y min, y max) of the node's points; leaf_of[i] is the leaf holding point i.
+    Returns the node count, or -1 if m nodes were too few. The tree does not depend on
+    the order of insertion."""
     m = kind.shape[0]
     kind[0] = LEAF
     cnt[0] = 0
@@ -291,17 +324,20 @@ def bh_build(pos, x0, y0, w, kind, child, cnt, sx, sy, nx, ny, nw, rep, leaf_of,
     sy[0] = 0.0
     nx[0], ny[0], nw[0] = x0, y0, w
     child[0, :] = -1
+    box[0, 0] = np.inf
+    box[0, 1] = -np.inf
+    box[0, 2] = np.inf
+    box[0, 3] = -np.inf
     used = 1
-    n = pos.shape[0]
-    for i in range(n):
+    for t in range(order.shape[0]):
+        i = order[t]
         px, py = pos[i, 0], pos[i, 1]
+        nxt[i] = -1
         node = 0
         depth = 0
         while True:
             if kind[node] == INTERNAL:
-                cnt[node] += 1
-                sx[node] += px
-                sy[node] += py
+                _add(node, px, py, cnt, sx, sy, box)
                 q = _quadrant(px, py, nx[node], ny[node], nw[node])
                 c = child[node, q]
                 if c < 0:
@@ -310,32 +346,27 @@ def bh_build(pos, x0, y0, w, kind, child, cnt, sx, sy, nx, ny, nw, rep, leaf_of,
                     c = used
                     used += 1
                     h = nw[node] * 0.5
-                    kind[c] = LEAF
-                    cnt[c] = 1
-                    sx[c] = px
-                    sy[c] = py
-                    nx[c] = nx[node] + (h if q & 1 else 0.0)
-                    ny[c] = ny[node] + (h if q & 2 else 0.0)
-                    nw[c] = h
-                    rep[c] = i
-                    child[c, :] = -1
+                    _new_leaf(c, i, px, py, nx[node] + (h if q & 1 else 0.0),
+                              ny[node] + (h if q & 2 else 0.0), h, kind, child, cnt, sx, sy,
+                              nx, ny, nw, rep, box)
                     child[node, q] = c
+                    leaf_of[i] = c
                     break
                 node = c
                 depth += 1
                 continue
             # a leaf
-            if cnt[node] == 0:
-                cnt[node] = 1
-                sx[node] = px
-                sy[node] = py
-                rep[node] = i
+            if cnt[node] == 0:  # only the root starts empty
+                _new_leaf(node, i, px, py, nx[node], ny[node], nw[node], kind, child, cnt,
+                          sx, sy, nx, ny, nw, rep, box)
+                leaf_of[i] = node
                 break
             r = rep[node]
             if depth >= BH_MAX_DEPTH or (pos[r, 0] == px and pos[r, 1] == py):
-                cnt[node] += 1  # duplicates (or nearly): they share this leaf
-                sx[node] += px
-                sy[node] += py
+                _add(node, px, py, cnt, sx, sy, box)  # duplicates (or nearly) share it
+                nxt[i] = nxt[r]
+                nxt[r] = i
+                leaf_of[i] = node
                 break
             # split: the leaf's occupants move one level down, then insert again here
             if used >= m:
@@ -353,28 +384,18 @@ def bh_build(pos, x0, y0, w, kind, child, cnt, sx, sy, nx, ny, nw, rep, leaf_of,
             nw[c] = h
             rep[c] = r
             child[c, :] = -1
+            for k in range(4):
+                box[c, k] = box[node, k]
+            j = r
+            while j >= 0:
+                leaf_of[j] = c
+                j = nxt[j]
             kind[node] = INTERNAL
             child[node, :] = -1
             child[node, q] = c
     for k in range(used):
         sx[k] /= cnt[k]
         sy[k] /= cnt[k]
-        box[k, 0] = np.inf
-        box[k, 1] = -np.inf
-        box[k, 2] = np.inf
-        box[k, 3] = -np.inf
-    for i in range(n):  # the leaf of each point, and the boxes on its path: one descent
-        px, py = pos[i, 0], pos[i, 1]
-        node = 0
-        while True:
-            box[node, 0] = min(box[node, 0], px)
-            box[node, 1] = max(box[node, 1], px)
-            box[node, 2] = min(box[node, 2], py)
-            box[node, 3] = max(box[node, 3], py)
-            if kind[node] != INTERNAL:
-                break
-            node = child[node, _quadrant(px, py, nx[node], ny[node], nw[node])]
-        leaf_of[i] = node
     return used
 
 
@@ -444,112 +465,19 @@ GROUP_LIST = 2048  # interaction-list capacity; a full list is evaluated and emp
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-@njit(nogil=True, cache=True, fastmath=FAST)
-def _flush(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, cnt, cx, cy, leaf_of, out,
-           z_rows):
-    for t in range(a, b):
-        li = order[t]
-        i = r0 + li
-        px, py = pos[i, 0], pos[i, 1]
-        ax = 0.0
-        ay = 0.0
-        z = 0.0
-        for k in range(nf):
-            dx = px - fx[k]
-            dy = py - fy[k]
-            q = 1.0 / (1.0 + dx * dx + dy * dy)
-            z += fc[k] * q
-            q2 = fc[k] * q * q
-            ax += q2 * dx
-            ay += q2 * dy
-        mine = leaf_of[i]
-        for k in range(nn):
-            node = near[k]
-            c = cnt[node]
-            if node == mine:
-                c -= 1  # the point itself (and duplicates of it)
-                if c == 0:
-                    continue
-            dx = px - cx[node]
-            dy = py - cy[node]
-            q = 1.0 / (1.0 + dx * dx + dy * dy)
-            z += c * q
-            q2 = c * q * q
-            ax += q2 * dx
-            ay += q2 * dy
-        out[li, 0] += ax
-        out[li, 1] += ay
-        z_rows[li] += z
-
-
-@njit(nogil=True, cache=True, parallel=True, fastmath=FAST)
-def bh_grouped(pos, r0, order, gstart, gnode, theta, kind, child, cnt, cx, cy, nw, box,
-               leaf_of, out, z_rows):
-    """Barnes-Hut with shared interaction lists: for each group of targets (the local
-    rows order[gstart[g]:gstart[g+1]], all inside tree node gnode[g]), a cell of width w
-    is summarised by its centre of mass when w < theta * d, d the distance from that
-    centre to the bounding box of ALL the points of gnode (so w/d < theta for every target,
-    and the list depends only on the tree: the same for every rank); leaves that are not
-    summarised interact exactly. The lists are then evaluated for every target."""
-    theta2 = theta * theta
-    for g in prange(gnode.shape[0]):
-        a, b = gstart[g], gstart[g + 1]
-        for t in range(a, b):
-            out[order[t], 0] = 0.0
-            out[order[t], 1] = 0.0
-            z_rows[order[t]] = 0.0
-        G = gnode[g]
-        bx0, bx1, by0, by1 = box[G, 0], box[G, 1], box[G, 2], box[G, 3]
-        fx = np.empty(GROUP_LIST)
-        fy = np.empty(GROUP_LIST)
-        fc = np.empty(GROUP_LIST)
-        near = np.empty(GROUP_LIST, np.int64)
-        nf = 0
-        nn = 0
-        stack = np.empty(4 * BH_MAX_DEPTH + 8, np.int64)
-        stack[0] = 0
-        top = 1
-        while top > 0:
-            top -= 1
-            node = stack[top]
-            if cnt[node] == 0:
-                continue
-            if kind[node] == INTERNAL:
-                ddx = max(bx0 - cx[node], 0.0, cx[node] - bx1)
-                ddy = max(by0 - cy[node], 0.0, cy[node] - by1)
-                if nw[node] * nw[node] < theta2 * (ddx * ddx + ddy * ddy):
-                    fx[nf] = cx[node]
-                    fy[nf] = cy[node]
-                    fc[nf] = cnt[node]
-                    nf += 1
-                else:
-                    for q in range(4):
-                        k = child[node, q]
-                        if k >= 0:
-                            stack[top] = k
-                            top += 1
-            else:
-                near[nn] = node
-                nn += 1
-            if nf == GROUP_LIST or nn == GROUP_LIST:
-                _flush(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, cnt, cx, cy, leaf_of,
-                       out, z_rows)
-                nf = 0
-                nn = 0
-        _flush(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, cnt, cx, cy, leaf_of, out,
-               z_rows)
-
-
 @njit(nogil=True, cache=True)
-def bh_pack(used, kind, child, cnt, cx, cy, nw, box, leaf_of, nd, nbox, new):
+def bh_pack(pos, used, kind, child, cnt, nw, box, leaf_of, nd, nbox, new, rep, nxt,
+            dfs_points):
     """The tree in depth-first order, one 64-byte row per node: nd[k] = (centre x,
     centre y, width (-1 for a leaf), count, child 0..3 (-1: none)); nbox[k] the node's
-    bounding box; leaf_of renumbered in place; new[old node] = its packed number.
+    bounding box; leaf_of renumbered in place; new[old node] = its packed number;
+    dfs_points: the points in depth-first order (the next build's insertion order).
     Traversals then read one cache line per node, and a subtree's nodes lie together."""
     stack = np.empty(4 * BH_MAX_DEPTH + 8, np.int64)
     stack[0] = 0
     top = 1
     k = 0
+    p = 0
     while top > 0:
         top -= 1
         node = stack[top]
@@ -561,10 +489,14 @@ def bh_pack(used, kind, child, cnt, cx, cy, nw, box, leaf_of, nd, nbox, new):
                 if c >= 0:
                     stack[top] = c
                     top += 1
+        elif cnt[node] > 0:
+            j = rep[node]
+            while j >= 0:
+                dfs_points[p] = j
+                p += 1
+                j = nxt[j]
     for node in range(used):
         r = new[node]
-        nd[r, 0] = cx[node]
-        nd[r, 1] = cy[node]
         nd[r, 2] = nw[node] if kind[node] == INTERNAL else -1.0
         nd[r, 3] = cnt[node]
         for q in range(4):
@@ -572,6 +504,29 @@ def bh_pack(used, kind, child, cnt, cx, cy, nw, box, leaf_of, nd, nbox, new):
             nd[r, 4 + q] = new[c] if (c >= 0 and kind[node] == INTERNAL) else -1.0
         for q in range(4):
             nbox[r, q] = box[node, q]
+        if kind[node] != INTERNAL:  # a leaf's centre of mass: its points, in leaf order
+            ax = 0.0
+            ay = 0.0
+            j = rep[node] if cnt[node] > 0 else -1
+            while j >= 0:
+                ax += pos[j, 0]
+                ay += pos[j, 1]
+                j = nxt[j]
+            nd[r, 0] = ax / max(cnt[node], 1)
+            nd[r, 1] = ay / max(cnt[node], 1)
+    # internal centres of mass from their children, deepest first (children are numbered
+    # after their parent): sums in an order fixed by the tree, not by the insertion order
+    for r in range(k - 1, -1, -1):
+        if nd[r, 2] >= 0.0:
+            ax = 0.0
+            ay = 0.0
+            for q in range(4):
+                c = int(nd[r, 4 + q])
+                if c >= 0:
+                    ax += nd[c, 3] * nd[c, 0]
+                    ay += nd[c, 3] * nd[c, 1]
+            nd[r, 0] = ax / nd[r, 3]
+            nd[r, 1] = ay / nd[r, 3]
     for i in range(leaf_of.shape[0]):
         leaf_of[i] = new[leaf_of[i]]
 
@@ -616,7 +571,13 @@ def _flush_packed(pos, r0, order, a, b, fx, fy, fc, nf, near, nn, nd, leaf_of, o
 
 @njit(nogil=True, cache=True, parallel=True, fastmath=FAST)
 def bh_grouped_packed(pos, r0, order, gstart, gnode, theta, nd, nbox, leaf_of, out, z_rows):
-    """bh_grouped over the packed tree (bh_pack); gnode in the packed numbering."""
+    """Barnes-Hut with shared interaction lists, over the packed tree (bh_pack): for each
+    group of targets (the local rows order[gstart[g]:gstart[g+1]], all inside node
+    gnode[g]), a cell of width w is summarised by its centre of mass when w < theta * d,
+    d the distance from that centre to the bounding box of ALL the points of gnode (so
+    w/d < theta for every target, and the list depends only on the tree: the same for
+    every rank); leaves that are not summarised interact exactly. The lists are then
+    evaluated for every target of the group."""
     theta2 = theta * theta
     for g in prange(gnode.shape[0]):
         a, b = gstart[g], gstart[g + 1]
