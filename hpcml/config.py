@@ -99,3 +99,33 @@ def start(comm, parse_fn, argv=None):
             print(f"error: {error or e}", file=sys.stderr)
         return None
     return cfg
+
+
+def run_job(comm, parse_fn, run_fn, argv=None, failures=(), show_settings=None):
+    """The body of every job's main(): settings parsed and agreed (a bad one: exit 2, one
+    message from rank 0); `run_fn(cfg, comm)` returns the summary dict, printed by rank 0
+    as one JSON line (exit 0). A ConfigError raised during the run (a setting that does
+    not fit the data, the same on every rank) exits 2; an exception of `failures` (agreed
+    on by every rank) exits 1 with its message from rank 0. show_settings(cfg): the
+    settings to print on rank 0 before the run, or None."""
+    import json
+    cfg = start(comm, parse_fn, argv)
+    if cfg is None:
+        return 2
+    rank = comm.Get_rank()
+    shown = show_settings(cfg) if show_settings is not None else None
+    if rank == 0 and shown is not None:
+        print("# settings: " + json.dumps(shown), flush=True)
+    try:
+        summary = run_fn(cfg, comm)
+    except ConfigError as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    except tuple(failures) as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
+    if rank == 0:
+        print(json.dumps(summary), flush=True)
+    return 0

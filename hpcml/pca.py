@@ -165,23 +165,8 @@ def run(cfg, comm):
 
 @hc.entry_point
 def main(argv=None):
-    comm = MPI.COMM_WORLD
-    cfg = config.start(comm, parse_args, argv)
-    if cfg is None:
-        return 2
-    try:
-        summary = run(cfg, comm)
-    except ConfigError as e:  # the same on every rank (it depends on the manifest only)
-        if comm.Get_rank() == 0:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (CollectiveError, DataError, ValueError) as e:  # agreed on by every rank
-        if comm.Get_rank() == 0:
-            print(f"error: {e}", file=sys.stderr)
-        return 1
-    if comm.Get_rank() == 0:
-        print(json.dumps(summary))
-    return 0
+    return config.run_job(MPI.COMM_WORLD, parse_args, run, argv,
+                          failures=(CollectiveError, DataError, ValueError))
 
 
 if __name__ == "__main__":

@@ -383,19 +383,8 @@ def run(cfg, comm=None, log=print, history=None):
 
 @hc.entry_point
 def main(argv=None):
-    comm = MPI.COMM_WORLD
-    cfg = config.start(comm, parse_args, argv)
-    if cfg is None:
-        return 2
-    try:
-        summary, _ = run(cfg, comm)
-    except (CollectiveError, DataError, ckpt.CheckpointError) as e:
-        if comm.Get_rank() == 0:
-            print(f"error: {e}", file=sys.stderr)
-        return 1
-    if comm.Get_rank() == 0:
-        print(json.dumps(summary))
-    return 0
+    return config.run_job(MPI.COMM_WORLD, parse_args, lambda cfg, comm: run(cfg, comm)[0],
+                          argv, failures=(CollectiveError, DataError, ckpt.CheckpointError))
 
 
 if __name__ == "__main__":

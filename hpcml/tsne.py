@@ -151,21 +151,10 @@ def run(cfg, comm):
 
 @hc.entry_point
 def main(argv=None):
-    comm = MPI.COMM_WORLD
-    cfg = config.start(comm, parse_args, argv)
-    if cfg is None:
-        return 2
-    if comm.Get_rank() == 0 and cfg["verbose"]:
-        print("# settings: " + json.dumps({k: cfg[k] for k in SETTINGS}), flush=True)
-    try:
-        summary = run(cfg, comm)
-    except (CollectiveError, DataError, ValueError) as e:
-        if comm.Get_rank() == 0:
-            print(f"error: {e}", file=sys.stderr)
-        return 1
-    if comm.Get_rank() == 0:
-        print(json.dumps(summary), flush=True)
-    return 0
+    return config.run_job(MPI.COMM_WORLD, parse_args, run, argv,
+                          failures=(CollectiveError, DataError, ValueError),
+                          show_settings=lambda cfg: ({k: cfg[k] for k in SETTINGS}
+                                                     if cfg["verbose"] else None))
 
 
 if __name__ == "__main__":

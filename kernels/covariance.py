@@ -33,14 +33,13 @@ Backends (``backend=`` or the process-wide one, hpcml.kernels.set_backend):
 * ``cuda``: cuda/covariance.py, shared-memory tiles of the centred X^T X in float64.
 ``auto`` sends device arrays to cuda and host arrays to AUTO[kernel].
 """
-import contextlib
-import functools
 import math
 import threading
 
 import numpy as np
 
 from .cpu import covariance as _cpu
+from .threads import blas_threads
 
 #: auto's CPU choice per kernel: scatter_block of 1,000,000 x 64 float64 on the 2-core CI
 #: machine took 0.19-0.21 s with cpu, 0.43-0.53 s (and a 512 MB temporary) with numpy
@@ -157,7 +156,6 @@ def _check(kernel, x):
 MIN_SHARE_BLOCKS = 4
 _pools = {}
 _pools_lock = threading.Lock()
-_blas_lock = threading.Lock()
 
 
 def _workers(threads, n, rows):
@@ -173,46 +171,6 @@ def _pool(workers):
             from concurrent.futures import ThreadPoolExecutor
             _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="hpcml-cov")
         return _pools[workers]
-
-
-@functools.lru_cache(maxsize=None)
-def _openblas(name):
-    """OpenBLAS's `name` function (any of its symbol spellings) from the loaded library."""
-    import ctypes
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln}
-    except OSError:
-        return None
-    for path in sorted(libs):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("openblas_", "scipy_openblas_"):
-            for suffix in ("", "64_"):
-                fn = getattr(lib, prefix + name + suffix, None)
-                if fn is not None:
-                    return fn
-    return None
-
-
-@contextlib.contextmanager
-def _blas_threads(n):
-    """BLAS calls made meanwhile use n threads (OpenBLAS; a no-op elsewhere): the workers
-    each run their own single-threaded products instead of sharing one pool."""
-    get, put = _openblas("get_num_threads"), _openblas("set_num_threads")
-    if get is None or put is None:
-        yield
-        return
-    import ctypes
-    with _blas_lock:
-        before = int(get())
-        put(ctypes.c_int(n))
-        try:
-            yield
-        finally:
-            put(ctypes.c_int(before))
 
 
 def _rowmajor(a):
@@ -240,7 +198,7 @@ def scatter_block(x, backend=None, block_rows=None, threads=None):
     if workers == 1:
         return _scatter_rows(x, rows)
     bounds = [n * i // workers for i in range(workers + 1)]
-    with _blas_threads(1):
+    with blas_threads(1):
         parts = list(_pool(workers).map(
             lambda i: _scatter_rows(x[bounds[i]:bounds[i + 1]], rows), range(workers)))
     total = parts[0]

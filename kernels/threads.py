@@ -5,8 +5,11 @@ and, best effort, for the BLAS NumPy uses, so 8 ranks on 2 cores do not each sta
 threads. HPCML_NUM_THREADS overrides. The caller (hpcml.comm's entry point) knows the number
 of ranks on this node; kernels know nothing of MPI.
 """
+import contextlib
 import ctypes
+import functools
 import os
+import threading
 
 _configured = None
 
@@ -18,27 +21,58 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def _blas_set(n):
-    """Set OpenBLAS threads through whichever OpenBLAS this process has loaded."""
+@functools.lru_cache(maxsize=None)
+def openblas(name):
+    """OpenBLAS's `name` function (e.g. "set_num_threads"; any of its symbol spellings:
+    openblas_/scipy_openblas_ prefixes, 64_ suffix) in every OpenBLAS this process has
+    loaded (NumPy's and SciPy's may both be): a tuple, empty if none."""
     try:
         with open("/proc/self/maps") as f:
             libs = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln}
     except OSError:
-        return False
-    done = False
-    for path in libs:
+        return ()
+    found = []
+    for path in sorted(libs):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in ("openblas_set_num_threads", "openblas_set_num_threads64_",
-                     "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_"):
-            fn = getattr(lib, name, None)
+        for spelling in ("openblas_", "scipy_openblas_"):
+            fn = next((getattr(lib, spelling + name + suffix) for suffix in ("", "64_")
+                       if hasattr(lib, spelling + name + suffix)), None)
             if fn is not None:
-                fn(ctypes.c_int(n))
-                done = True
+                found.append(fn)
                 break
-    return done
+    return tuple(found)
+
+
+def _blas_set(n):
+    """Set the threads of every OpenBLAS this process has loaded."""
+    for fn in openblas("set_num_threads"):
+        fn(ctypes.c_int(n))
+    return bool(openblas("set_num_threads"))
+
+
+_blas_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def blas_threads(n):
+    """BLAS calls made meanwhile use n threads (OpenBLAS; a no-op elsewhere), restored
+    after; one such block at a time (the setting is process-wide)."""
+    gets, puts = openblas("get_num_threads"), openblas("set_num_threads")
+    if len(gets) != len(puts) or not puts:
+        yield
+        return
+    with _blas_lock:
+        before = [int(g()) for g in gets]
+        for put in puts:
+            put(ctypes.c_int(n))
+        try:
+            yield
+        finally:
+            for put, b in zip(puts, before):
+                put(ctypes.c_int(b))
 
 
 def configure(local_ranks=1):

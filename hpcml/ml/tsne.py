@@ -18,11 +18,11 @@ import time
 import numpy as np
 
 from hpcml import comm as hc
-from hpcml.comm.guard import agree
 from hpcml.comm.rows import RowGather, allgather_rows, row_counts
 from hpcml.kernels import tsne as KT
 
 from .neighbors import knn
+from .pca import _agree  # the same InputError (a ValueError) on every rank
 
 EXPLORATION_ITER = 250  # scikit-learn's early-exaggeration phase
 CHECK_EVERY = 50  # KL and stopping checks (scikit-learn's _N_ITER_CHECK)
@@ -216,10 +216,7 @@ class TSNE:
                                  (f" of rank {comm.Get_rank()}" if comm is not None else ""))
         except ValueError as e:
             error = str(e)
-        if comm is not None:
-            agree(comm, error, what="t-SNE input")
-        elif error:
-            raise ValueError(error)
+        _agree(comm, error, "t-SNE input")
         x = np.ascontiguousarray(x, np.float32 if x.dtype == np.float32 else np.float64)
         if comm is not None and comm.Get_size() > 1:
             f = np.array([x.shape[1], -x.shape[1]], np.int64)
@@ -234,10 +231,7 @@ class TSNE:
                 method = self._check_params(n)
         except ValueError as e:
             error = str(e)
-        if comm is not None:
-            agree(comm, error, what="t-SNE settings")
-        elif error:
-            raise ValueError(error)
+        _agree(comm, error, "t-SNE settings")
         self._counts = counts
         rank = comm.Get_rank() if comm is not None else 0
         lo = sum(counts[:rank])

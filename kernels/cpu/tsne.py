@@ -3,12 +3,15 @@
 Rows are independent, so each kernel runs its rows in parallel (prange) without the GIL.
 Embeddings are float64 (n, d) with any small d; the FFT helpers are 2-D only.
 """
-import math
 
 import numpy as np
 from numba import njit, prange
 
-EPS_SUM = 1e-8  # as scikit-learn: a row whose affinities all underflow sums to this
+from .. import tsne_rows
+
+_perplexity_row = njit(nogil=True, inline="always")(tsne_rows.perplexity_row)
+_kl_row = njit(nogil=True, inline="always")(tsne_rows.kl_row)
+_attractive_row = njit(nogil=True, inline="always")(tsne_rows.attractive_row)
 
 
 @njit(nogil=True, cache=True, parallel=True)
@@ -30,34 +33,9 @@ def perplexity_search(d2, target_entropy, tol, max_steps, out):
     neighbours (squared distances d2[i]) has entropy log(perplexity) (binary search, as
     scikit-learn); out[i] = that distribution. Returns the number of rows that did not
     reach tol within max_steps."""
-    n, k = d2.shape
     missed = 0
-    for i in prange(n):
-        beta, lo, hi = 1.0, -np.inf, np.inf
-        ok = False
-        for _ in range(max_steps):
-            s = 0.0
-            for t in range(k):
-                v = math.exp(-d2[i, t] * beta)
-                out[i, t] = v
-                s += v
-            if s == 0.0:
-                s = EPS_SUM
-            sd = 0.0
-            for t in range(k):
-                out[i, t] /= s
-                sd += d2[i, t] * out[i, t]
-            diff = math.log(s) + beta * sd - target_entropy
-            if abs(diff) <= tol:
-                ok = True
-                break
-            if diff > 0.0:
-                lo = beta
-                beta = beta * 2.0 if hi == np.inf else (beta + hi) / 2.0
-            else:
-                hi = beta
-                beta = beta / 2.0 if lo == -np.inf else (beta + lo) / 2.0
-        if not ok:
+    for i in prange(d2.shape[0]):
+        if not _perplexity_row(d2, i, target_entropy, tol, max_steps, out):
             missed += 1
     return missed
 
@@ -83,40 +61,20 @@ def attractive(y, r0, indptr, indices, pvals, out):
                 a1 += pw * u1
             out[li, 0] = a0
             out[li, 1] = a1
-            continue
-        acc = np.zeros(d)
-        for t in range(indptr[li], indptr[li + 1]):
-            j = indices[t]
-            s = 0.0
-            for c in range(d):
-                v = y[i, c] - y[j, c]
-                s += v * v
-            pw = pvals[t] / (1.0 + s)
-            for c in range(d):
-                acc[c] += pw * (y[i, c] - y[j, c])
-        for c in range(d):
-            out[li, c] = acc[c]
+        else:
+            _attractive_row(y, i, li, indptr[li], indptr[li + 1], indices, pvals, out)
 
 
 @njit(nogil=True, cache=True, parallel=True)
 def kl_terms(y, r0, indptr, indices, pvals):
     """(sum p log p, sum p log(1 + |y_i - y_j|^2)) over the local rows' entries: with
     sum p = 1 over all ranks, KL(P || Q) = first + second + log Z."""
-    n = indptr.shape[0] - 1
     a = 0.0
     b = 0.0
-    for li in prange(n):
-        i = r0 + li
-        for t in range(indptr[li], indptr[li + 1]):
-            j = indices[t]
-            p = pvals[t]
-            if p > 0.0:
-                s = 0.0
-                for c in range(y.shape[1]):
-                    v = y[i, c] - y[j, c]
-                    s += v * v
-                a += p * math.log(p)
-                b += p * math.log1p(s)
+    for li in prange(indptr.shape[0] - 1):
+        ra, rb = _kl_row(y, r0 + li, indptr[li], indptr[li + 1], indices, pvals)
+        a += ra
+        b += rb
     return a, b
 
 

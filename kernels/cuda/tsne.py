@@ -5,10 +5,15 @@ for what stays put across iterations (the P matrix), as hpcml.ml.TSNE does. The 
 is exact: each block loads TILE source points at a time into shared memory and every
 thread (one target row) sums over them, O(N^2 / TILE) global reads.
 """
-import math
 
 import numpy as np
 from numba import cuda
+
+from .. import tsne_rows
+
+_perplexity_row = cuda.jit(device=True)(tsne_rows.perplexity_row)
+_kl_row = cuda.jit(device=True)(tsne_rows.kl_row)
+_attractive_row = cuda.jit(device=True)(tsne_rows.attractive_row)
 
 TPB = 128  # threads per block = rows per block = source points per shared-memory tile
 MAX_DIM = 3  # embedding dimensions the shared tile holds
@@ -35,77 +40,25 @@ def _sq_distances(a, b, out):
 @cuda.jit
 def _perplexity(d2, target, tol, max_steps, out, missed):
     i = cuda.grid(1)
-    if i >= d2.shape[0]:  # guard: one thread per row
-        return
-    k = d2.shape[1]
-    beta, lo, hi = 1.0, -math.inf, math.inf
-    ok = False
-    for _ in range(max_steps):
-        s = 0.0
-        for t in range(k):
-            v = math.exp(-d2[i, t] * beta)
-            out[i, t] = v
-            s += v
-        if s == 0.0:
-            s = 1e-8
-        sd = 0.0
-        for t in range(k):
-            out[i, t] = out[i, t] / s
-            sd += d2[i, t] * out[i, t]
-        diff = math.log(s) + beta * sd - target
-        if abs(diff) <= tol:
-            ok = True
-            break
-        if diff > 0.0:
-            lo = beta
-            beta = beta * 2.0 if hi == math.inf else (beta + hi) / 2.0
-        else:
-            hi = beta
-            beta = beta / 2.0 if lo == -math.inf else (beta + lo) / 2.0
-    if not ok:
-        cuda.atomic.add(missed, 0, 1)
+    if i < d2.shape[0]:  # guard: one thread per row
+        if not _perplexity_row(d2, i, target, tol, max_steps, out):
+            cuda.atomic.add(missed, 0, 1)
 
 
 @cuda.jit
 def _attractive(y, r0, indptr, indices, pvals, out):
     li = cuda.grid(1)
-    if li >= out.shape[0]:  # guard: one thread per local row
-        return
-    i = r0 + li
-    d = y.shape[1]
-    for c in range(d):
-        out[li, c] = 0.0
-    for t in range(indptr[li], indptr[li + 1]):
-        j = indices[t]
-        s = 0.0
-        for c in range(d):
-            v = y[i, c] - y[j, c]
-            s += v * v
-        pw = pvals[t] / (1.0 + s)
-        for c in range(d):
-            out[li, c] += pw * (y[i, c] - y[j, c])
+    if li < out.shape[0]:  # guard: one thread per local row
+        _attractive_row(y, r0 + li, li, indptr[li], indptr[li + 1], indices, pvals, out)
 
 
 @cuda.jit
 def _kl_rows(y, r0, indptr, indices, pvals, a_rows, b_rows):
     li = cuda.grid(1)
-    if li >= a_rows.shape[0]:  # guard: one thread per local row
-        return
-    i = r0 + li
-    a = 0.0
-    b = 0.0
-    for t in range(indptr[li], indptr[li + 1]):
-        p = pvals[t]
-        if p > 0.0:
-            j = indices[t]
-            s = 0.0
-            for c in range(y.shape[1]):
-                v = y[i, c] - y[j, c]
-                s += v * v
-            a += p * math.log(p)
-            b += p * math.log1p(s)
-    a_rows[li] = a
-    b_rows[li] = b
+    if li < a_rows.shape[0]:  # guard: one thread per local row
+        a, b = _kl_row(y, r0 + li, indptr[li], indptr[li + 1], indices, pvals)
+        a_rows[li] = a
+        b_rows[li] = b
 
 
 @cuda.jit

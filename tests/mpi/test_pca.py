@@ -83,8 +83,7 @@ def threads_per_rank():
     import numba
     from hpcml.comm.guard import local_ranks
     from hpcml.kernels import threads
-    from hpcml.kernels.covariance import _openblas
-    get = _openblas("get_num_threads")
+    get = (threads.openblas("get_num_threads") or (None,))[0]
     before = (numba.get_num_threads(), get() if get else None, threads._configured)
     threads.configure(local_ranks())
     yield
