@@ -29,12 +29,13 @@ setup(
         # Numba CUDA for real GPUs (the CUDA simulator needs nothing extra).
         "cuda": ["numba-cuda"],
         # Benchmark anchors only, never imported by hpcml at run time.
-        "bench": ["torch", "matplotlib>=3.5"],
+        "bench": ["torch", "matplotlib>=3.5", "scikit-learn", "openTSNE"],
         "test": [
             "pytest>=7",
             "pytest-mpi>=0.6",
             "pytest-timeout>=2.1",
             "matplotlib>=3.5",
+            "scikit-learn",  # the oracle for PCA and t-SNE (and scipy, its dependency)
         ],
     },
     entry_points={"console_scripts": ["hpcml-bench=hpcml.bench.__main__:main"]},
