@@ -33,7 +33,13 @@ def atomic_write_bytes(path, data):
         except FileNotFoundError:
             pass
         raise
-    try:  # make the rename itself durable
+    _fsync_folder(folder)
+    return path
+
+
+def _fsync_folder(folder):
+    """Make a rename in `folder` durable (best effort)."""
+    try:
         dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
@@ -41,7 +47,6 @@ def atomic_write_bytes(path, data):
             os.close(dfd)
     except OSError:
         pass
-    return path
 
 
 def atomic_write_json(path, obj):
@@ -58,20 +63,25 @@ def atomic_savefig(fig, path, **kwargs):
 
 class atomic_h5:
     """`with atomic_h5(path) as f:` writes an HDF5 file under a temporary name in the same
-    folder; on success it is fsynced and renamed to `path`, on error removed."""
+    folder; on success it is fsynced and renamed to `path` (and the rename made durable),
+    on error removed."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
 
     def __enter__(self):
         import h5py
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
+        self.folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(self.folder, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.",
-                                        suffix=".tmp", dir=folder)
-        os.fchmod(fd, _umask_mode())
-        os.close(fd)
-        self.f = h5py.File(self.tmp, "w")
+                                        suffix=".tmp", dir=self.folder)
+        try:
+            os.fchmod(fd, _umask_mode())
+            os.close(fd)
+            self.f = h5py.File(self.tmp, "w")
+        except BaseException:
+            os.unlink(self.tmp)
+            raise
         return self.f
 
     def __exit__(self, etype, value, tb):
@@ -81,6 +91,7 @@ class atomic_h5:
                 with open(self.tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
                 os.replace(self.tmp, self.path)
+                _fsync_folder(self.folder)
         finally:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)

@@ -129,3 +129,16 @@ def run_job(comm, parse_fn, run_fn, argv=None, failures=(), show_settings=None):
     if rank == 0:
         print(json.dumps(summary), flush=True)
     return 0
+
+
+def on_rank0(comm, fn, what):
+    """Run fn() on rank 0 only (writing result files) and agree on its outcome: an error
+    there (a bad output folder, a full disk, a plot that cannot be drawn) is raised as the
+    same CollectiveError on every rank, so no rank waits for rank 0 forever."""
+    error = None
+    if comm.Get_rank() == 0:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - reported on every rank, not swallowed
+            error = f"{type(e).__name__}: {e}"
+    agree(comm, error, what=what)

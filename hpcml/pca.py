@@ -154,12 +154,13 @@ def run(cfg, comm):
                "cumulative_ratio": float(np.sum(ratio)),
                "noise_variance": float(pca.noise_variance_), "seconds": seconds,
                "settings": _settings(cfg), "files": files}
-    if comm.Get_rank() == 0:
+    def write():
         write_h5(files["h5"], pca, cfg)
         if cfg["plot"]:
             plot(files["png"], pca, f"PCA of {cfg['data']}: {pca.n_components_} components, "
                                     f"{100 * summary['cumulative_ratio']:.1f}% of variance")
         atomic_write_json(files["summary"], summary)
+    config.on_rank0(comm, write, f"writing the results to {out}")
     return summary
 
 

@@ -76,13 +76,15 @@ def validate(cfg):
         bad("max_iter", "must be >= 1")
     if cfg["method"] not in METHODS:
         bad("method", f"must be one of {', '.join(METHODS)}")
+    if cfg["method"] in ("barnes_hut", "fft") and cfg["components"] != 2:
+        bad("method", f"embeds in 2 dimensions, not {cfg['components']} (use exact)")
     if not 0 <= cfg["angle"] <= 1:
         bad("angle", "must be in [0, 1]")
     if cfg["init"] not in ("pca", "random"):
         bad("init", "must be pca or random")
     if cfg["backend"] not in ("cpu", "cuda", "numpy"):
         bad("backend", "must be cpu, cuda or numpy")
-    if not cfg["output"].strip():
+    if not cfg["output"].strip() or "\0" in cfg["output"]:
         bad("output", "must name a folder")
     return cfg
 
@@ -130,8 +132,9 @@ def run(cfg, comm):
                "kl_divergence": model.kl_divergence_, "n_iter": model.n_iter_,
                "learning_rate": model.learning_rate_, "seconds": seconds,
                "output": os.path.abspath(cfg["output"]), "settings": settings}
-    if comm.Get_rank() == 0:
-        out = cfg["output"]
+    out = cfg["output"]
+
+    def write():
         with atomic_h5(os.path.join(out, "embedding.h5")) as f:
             f.create_dataset("embedding", data=emb)
             if model.labels_ is not None:
@@ -145,7 +148,7 @@ def run(cfg, comm):
             plot(os.path.join(out, "embedding.png"), emb, model.labels_,
                  f"t-SNE of {name}: {emb.shape[0]} rows, KL {model.kl_divergence_:.3f}")
         atomic_write_json(os.path.join(out, "summary.json"), summary)
-    comm.Barrier()
+    config.on_rank0(comm, write, f"writing the results to {out}")
     return summary
 
 

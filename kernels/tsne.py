@@ -50,7 +50,8 @@ def reference_perplexity_search(d2, perplexity, tol=1e-5, max_steps=100):
             break
         a = np.flatnonzero(active)
         e = np.exp(-d2[a] * beta[a, None])
-        s = np.maximum(e.sum(axis=1), 1e-8)
+        s = e.sum(axis=1)
+        s[s == 0] = 1e-8  # as scikit-learn and the kernels: every affinity underflowed
         p = e / s[:, None]
         P[a] = p
         diff = np.log(s) + beta[a] * (d2[a] * p).sum(axis=1) - target
@@ -273,17 +274,16 @@ class RepulsionFFT:
         self.last_grid = None
 
     def _grid(self, y):
-        lo = float(min(y[:, 0].min(), y[:, 1].min()))
-        hi = float(max(y[:, 0].max(), y[:, 1].max()))
-        span = max(hi - lo, 1e-12)
+        lo, hi = y.min(axis=0), y.max(axis=0)
+        span = max(float((hi - lo).max()), 1e-12)  # the square's side: the larger extent
         want = min(self.h_max, span / self.min_intervals)
         k = math.floor(8 * math.log2(want / self.h_max))
         h = self.h_max * 2.0 ** (k / 8)  # <= want: at least min_intervals boxes
         nb = math.ceil(span / h * (1 + 1e-9)) + 1
         while not _is_smooth(2 * self.p * nb):  # the padded grid's FFT length
             nb += 1
-        lo -= (nb * h - span) / 2  # centre the points in the grid
-        return lo, h, nb, k
+        lo = lo - (nb * h - (hi - lo)) / 2  # centre the points in the grid, per axis
+        return (float(lo[0]), float(lo[1])), h, nb, k
 
     def _kernels(self, nb, h, k):
         key = (nb, k)
@@ -316,13 +316,13 @@ class RepulsionFFT:
         G = nb * self.p
         fk = self._kernels(nb, h, k)
         q = np.zeros((2 * G, 2 * G))
-        spread(y, lo, h, nb, self.p, q[:G, :G])
+        spread(y, lo[0], lo[1], h, nb, self.p, q[:G, :G])
         fq = np.fft.rfft2(q)
         fields = np.fft.irfft2(fk * fq[None], s=(2 * G, 2 * G), axes=(1, 2))[:, :G, :G]
         fields = np.ascontiguousarray(fields)
         self.last_grid = (lo, h, nb)
         f = np.empty((r1 - r0, 3))
-        interpolate(y, r0, r1, lo, h, nb, self.p, fields, f)
+        interpolate(y, r0, r1, lo[0], lo[1], h, nb, self.p, fields, f)
         z_rows[...] = f[:, 0] - 1.0  # w_ii = 1
         out[...] = f[:, 1:]
 

@@ -125,3 +125,21 @@ def test_block_checks_name_the_first_bad_row():
     x[:] = 0
     y[12] = 4
     assert check_block(x, y, 4) == 12 and check_block(x, y, 0) == -1  # 0: no label check
+
+
+def test_fallback_path_names_the_right_row_after_a_drop(tmp_path):
+    """Through h5py (gzip shard), nonfinite='drop': a NaN row dropped before a bad label
+    must not shift the row the error names."""
+    raw = indexed_dataset(str(tmp_path / "raw"), [300])
+    gz = str(tmp_path / "gz")
+    os.makedirs(gz)
+    import shutil
+    shutil.copy(os.path.join(raw, "manifest.json"), gz)
+    with h5py.File(os.path.join(raw, "shard-00000.h5")) as f:
+        x, y = f["x"][:], f["y"][:]
+    x[100, 1] = np.nan
+    y[105] = 9  # classes = 4
+    _shard(os.path.join(gz, "shard-00000.h5"), x, y, chunks=(128, 3), compression="gzip")
+    with pytest.raises(DataError, match="row 105 has label outside"):
+        for _ in ShardedDataset(gz).loader(50, shuffle=False, nonfinite="drop"):
+            pass

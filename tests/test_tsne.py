@@ -136,6 +136,18 @@ def test_knn_matches_sklearn():
     assert not (idx == np.arange(100, 400)[:, None]).any()
 
 
+def test_knn_far_from_the_origin_float32():
+    """Centred before BLAS: float32 points around 1000 with spread 0.05 keep their
+    neighbours (the raw |q|^2 + |r|^2 - 2 q.r form loses most of them to rounding)."""
+    from sklearn.neighbors import NearestNeighbors
+    rng = np.random.default_rng(7)
+    X = (1000 + 0.05 * rng.standard_normal((300, 8))).astype(np.float32)
+    idx, _ = knn(X, X, 31, self_offset=0)
+    ind = NearestNeighbors(n_neighbors=32).fit(X.astype(np.float64)).kneighbors(
+        X.astype(np.float64), 32)[1][:, 1:]
+    assert (np.sort(idx, axis=1) == np.sort(ind, axis=1)).mean() > 0.99
+
+
 def test_joint_probabilities_match_sklearn():
     from scipy.sparse import csr_matrix
     from sklearn.manifold._t_sne import _joint_probabilities_nn
@@ -199,6 +211,27 @@ def test_fit_on_builtin_dataset_and_random_init():
     E = m.fit_transform("digits")
     assert E.shape == (m.embedding_.shape[0], 2) and np.isfinite(E).all()
     assert m.labels_ is not None and m.labels_.shape[0] == E.shape[0]
+
+
+def test_stop_during_exaggeration_still_runs_the_second_stage():
+    X, _ = blobs(150, 5)
+    m = TSNE(perplexity=10, min_grad_norm=1e3, random_state=0).fit(X)
+    # scikit-learn: the first check (iteration 50) stops the exaggerated stage; the second
+    # stage then runs from iteration 51 to its own first check (100), which stops it
+    assert m.n_iter_ == 100
+
+
+def test_fft_grid_per_axis():
+    rng = np.random.default_rng(0)
+    y = np.ascontiguousarray(np.column_stack([1000 + 3 * rng.normal(size=400),
+                                              3 * rng.normal(size=400)]))
+    ex, z = np.empty_like(y), np.empty(400)
+    KT.repulsive_exact(y, 0, ex, z, backend="cpu")
+    f, zf = np.empty_like(y), np.empty(400)
+    fft = KT.RepulsionFFT()
+    fft.compute(y, 0, 400, f, zf)
+    assert fft.last_grid[2] < 100  # boxes per axis follow the extent, not the offset
+    assert np.linalg.norm(f - ex) / np.linalg.norm(ex) < 0.01
 
 
 def test_deterministic():

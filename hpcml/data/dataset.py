@@ -287,14 +287,17 @@ class Loader:
                 readers[s].read(start + q0, start + q1, bx[fill:], by[fill:])
                 xs, ys = bx[fill:fill + k], by[fill:fill + k]
                 bad = check_block(xs, ys, classes)
+                rows = None  # after a drop: the original position of each kept row
                 if bad >= 0 and drop:
                     keep = np.isfinite(xs).all(axis=1)
-                    kept = int(keep.sum())
+                    rows = np.flatnonzero(keep)
+                    kept = rows.size
                     xs[:kept], ys[:kept] = xs[keep], ys[keep]
                     xs, ys, k = xs[:kept], ys[:kept], kept
                     bad = check_block(xs, ys, classes)
                 if bad >= 0:
-                    raise self._bad(s, start + q0 + bad, xs[bad])
+                    at = bad if rows is None else int(rows[bad])
+                    raise self._bad(s, start + q0 + at, xs[bad])
             else:
                 if st[blockio.S_CACHED] != bi:
                     n = int(starts[bi + 1] - starts[bi])

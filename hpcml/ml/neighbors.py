@@ -23,8 +23,13 @@ def knn(xq, xr, k, self_offset=None, extra=4, backend=None):
         raise ValueError(f"knn: k = {k} neighbours asked, {avail} available")
     kc = min(avail, k + extra)
     dt = np.result_type(xq.dtype, xr.dtype, np.float32)
-    xq = np.ascontiguousarray(xq, dt)
-    xr = np.ascontiguousarray(xr, dt)
+    # distances do not change under a shift; centring on xr's mean (in float64) keeps the
+    # BLAS form |q|^2 + |r|^2 - 2 q.r from losing the gaps between near neighbours to
+    # rounding when the data sit far from the origin (float32 especially)
+    centre = xr.mean(axis=0, dtype=np.float64)
+    xq_raw, xr_raw = xq, xr
+    xq = np.ascontiguousarray(xq - centre, dt)
+    xr = np.ascontiguousarray(xr - centre, dt)
     rn = np.einsum("ij,ij->i", xr, xr)
     idx = np.empty((nq, k), np.int64)
     d2 = np.empty((nq, k))
@@ -45,7 +50,7 @@ def knn(xq, xr, k, self_offset=None, extra=4, backend=None):
                 d += rn[None, r0:r1]
             self0 = -1 if self_offset is None else self_offset + q0
             topk_merge(d, r0, self0, kc, best_d, best_i)
-        exact = KT.sq_dist_rows(xb, xr, best_i)
+        exact = KT.sq_dist_rows(xq_raw[q0:q1], xr_raw, best_i)
         order = _sort_rows(exact, best_i)[:, :k]
         idx[q0:q1] = np.take_along_axis(best_i, order, axis=1)
         d2[q0:q1] = np.take_along_axis(exact, order, axis=1)

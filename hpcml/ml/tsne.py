@@ -111,6 +111,13 @@ class TSNE:
         if method == "auto":
             method = "exact" if (n < 1000 or self.n_components != 2) else "barnes_hut"
         if self.backend == "cuda":
+            from hpcml.kernels.cuda import available, why_unavailable
+            from hpcml.kernels.cuda.tsne import MAX_DIM
+            if not available():
+                raise ValueError(f"backend 'cuda': {why_unavailable()}")
+            if self.n_components > MAX_DIM:
+                raise ValueError(f"backend 'cuda' embeds in at most {MAX_DIM} dimensions; "
+                                 f"n_components is {self.n_components}")
             method = "exact"
         if method in ("fft", "barnes_hut") and self.n_components != 2:
             raise ValueError(f"method {method!r} embeds in 2 dimensions; n_components is "
@@ -217,13 +224,14 @@ class TSNE:
         except ValueError as e:
             error = str(e)
         _agree(comm, error, "t-SNE input")
-        x = np.ascontiguousarray(x, np.float32 if x.dtype == np.float32 else np.float64)
+        # float32 only if every rank has float32 rows: the all-gathers need one dtype
+        f = np.array([x.shape[1], -x.shape[1], x.dtype != np.float32], np.int64)
         if comm is not None and comm.Get_size() > 1:
-            f = np.array([x.shape[1], -x.shape[1]], np.int64)
             hc.allreduce(f, "max", comm=comm)
             if f[0] != -f[1]:
                 error = (f"ranks disagree on the feature count ({-f[1]} to {f[0]}); rank "
                          f"{comm.Get_rank()} has {x.shape[1]}")
+        x = np.ascontiguousarray(x, np.float64 if f[2] else np.float32)
         counts = row_counts(x.shape[0], comm)
         n = sum(counts)
         try:
@@ -283,9 +291,12 @@ class TSNE:
         t_check = time.perf_counter()
         prof = np.zeros(4)  # seconds: attractive, repulsive, all-gathers, the rest
         it = 0
-        stages = [(0, min(EXPLORATION_ITER, self.max_iter), self.early_exaggeration, 0.5),
-                  (EXPLORATION_ITER, self.max_iter, 1.0, 0.8)]
-        for start, stop, exag, momentum in stages:
+        stages = [(min(EXPLORATION_ITER, self.max_iter), self.early_exaggeration, 0.5),
+                  (self.max_iter, 1.0, 0.8)]
+        start = 0
+        for stage, (stop, exag, momentum) in enumerate(stages):
+            # as scikit-learn, a stop during the exaggeration still runs the second stage
+            stopped = False
             upd[...] = 0.0  # scikit-learn restarts the descent (gains too) for each stage
             gains[...] = 1.0
             for it in range(start, stop):
@@ -330,7 +341,8 @@ class TSNE:
                     self._log(f"[t-SNE] Iteration {it + 1}: gradient norm {gnorm}")
                     stopped = True
                     break
-            if stopped:
+            start = it + 1
+            if stopped and stage == 1:
                 break
         self.kl_divergence_ = float(kl)
         self.n_iter_ = it + 1

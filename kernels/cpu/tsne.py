@@ -149,15 +149,15 @@ def _cell(v, lo, h, nb):
 
 
 @njit(nogil=True, cache=True)
-def spread(y, lo, h, nb, p, grid):
+def spread(y, lox, loy, h, nb, p, grid):
     """grid (nb*p, nb*p) = sum over points of their interpolation weights at the nodes of
     their box (unit charges)."""
     grid[:, :] = 0.0
     wx = np.empty(p)
     wy = np.empty(p)
     for i in range(y.shape[0]):
-        bx, ux = _cell(y[i, 0], lo, h, nb)
-        by, uy = _cell(y[i, 1], lo, h, nb)
+        bx, ux = _cell(y[i, 0], lox, h, nb)
+        by, uy = _cell(y[i, 1], loy, h, nb)
         _lagrange(ux, p, wx)
         _lagrange(uy, p, wy)
         for a in range(p):
@@ -166,14 +166,14 @@ def spread(y, lo, h, nb, p, grid):
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def interpolate(y, r0, r1, lo, h, nb, p, fields, out):
+def interpolate(y, r0, r1, lox, loy, h, nb, p, fields, out):
     """out[i - r0, f] = fields[f] interpolated at y[i] for i in [r0, r1)."""
     nf = fields.shape[0]
     for i in prange(r0, r1):
         wx = np.empty(p)
         wy = np.empty(p)
-        bx, ux = _cell(y[i, 0], lo, h, nb)
-        by, uy = _cell(y[i, 1], lo, h, nb)
+        bx, ux = _cell(y[i, 0], lox, h, nb)
+        by, uy = _cell(y[i, 1], loy, h, nb)
         _lagrange(ux, p, wx)
         _lagrange(uy, p, wy)
         for f in range(nf):

@@ -88,3 +88,30 @@ def test_cli_on_ranks(comm, tmp_path_factory):
     ok = comm.Get_rank() != 0 or json.load(open(os.path.join(out, "summary.json")))[
         "kl_divergence"] == summary["kl_divergence"]
     all_ranks(comm, ok, "summary.json differs")
+
+
+def test_mixed_dtypes_across_ranks(comm):
+    X = blobs(120)
+    p, r = comm.Get_size(), comm.Get_rank()
+    lo, hi = row_bounds(len(X), p, r)
+    mine = X[lo:hi] if r == 0 else X[lo:hi].astype(np.float64)  # float32 on rank 0 only
+    m = TSNE(perplexity=10, max_iter=260, random_state=0, comm=comm).fit(mine)
+    all_ranks(comm, same_bytes_everywhere(comm, m.embedding_), "embeddings differ")
+    ref = TSNE(perplexity=10, max_iter=260, random_state=0).fit(X.astype(np.float64))
+    all_ranks(comm, np.allclose(m.embedding_, ref.embedding_, rtol=0, atol=1e-9),
+              "differs from the serial float64 run")
+
+
+def test_cli_write_error_reaches_every_rank(comm, tmp_path_factory):
+    import os
+    from hpcml import tsne as cli
+    from hpcml.comm import CollectiveError
+    base = comm.bcast(str(tmp_path_factory.mktemp("tsne")) if comm.Get_rank() == 0 else None)
+    blocker = os.path.join(base, "a-file")
+    if comm.Get_rank() == 0:
+        open(blocker, "w").close()
+    comm.Barrier()
+    cfg = cli.parse_args(["digits", "--output", os.path.join(blocker, "out"), "--max-iter",
+                          "251", "--verbose", "false", "--plot", "false"])
+    with pytest.raises(CollectiveError, match="writing the results"):
+        cli.run(cfg, comm)
