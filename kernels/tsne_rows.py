@@ -68,3 +68,13 @@ def attractive_row(y, i, li, start, stop, indices, pvals, out):
         pw = pvals[t] / (1.0 + s)
         for c in range(d):
             out[li, c] += pw * (y[i, c] - y[j, c])
+
+
+def gains_step(upd, g, gain, momentum, lr, min_gain):
+    """scikit-learn's step for one coordinate: the gain grows by 0.2 where the gradient's
+    sign differs from the last update's and shrinks by 0.8 elsewhere (>= min_gain); returns
+    (new update, new gain); the coordinate moves by the new update."""
+    gain = gain + 0.2 if upd * g < 0.0 else gain * 0.8
+    if gain < min_gain:
+        gain = min_gain
+    return momentum * upd - lr * gain * g, gain

@@ -12,6 +12,7 @@ from .. import tsne_rows
 _perplexity_row = njit(nogil=True, inline="always")(tsne_rows.perplexity_row)
 _kl_row = njit(nogil=True, inline="always")(tsne_rows.kl_row)
 _attractive_row = njit(nogil=True, inline="always")(tsne_rows.attractive_row)
+_gains_step = njit(nogil=True, inline="always")(tsne_rows.gains_step)
 
 
 @njit(nogil=True, cache=True, parallel=True)
@@ -112,13 +113,7 @@ def update(y, grad, upd, gains, momentum, lr, min_gain):
     for t in prange(y.shape[0]):
         g = grad[t]
         g2 += g * g
-        if upd[t] * g < 0.0:
-            gains[t] += 0.2
-        else:
-            gains[t] *= 0.8
-        if gains[t] < min_gain:
-            gains[t] = min_gain
-        upd[t] = momentum * upd[t] - lr * gains[t] * g
+        upd[t], gains[t] = _gains_step(upd[t], g, gains[t], momentum, lr, min_gain)
         y[t] += upd[t]
     return g2
 

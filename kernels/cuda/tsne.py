@@ -14,6 +14,7 @@ from .. import tsne_rows
 _perplexity_row = cuda.jit(device=True)(tsne_rows.perplexity_row)
 _kl_row = cuda.jit(device=True)(tsne_rows.kl_row)
 _attractive_row = cuda.jit(device=True)(tsne_rows.attractive_row)
+_gains_step = cuda.jit(device=True)(tsne_rows.gains_step)
 
 TPB = 128  # threads per block = rows per block = source points per shared-memory tile
 MAX_DIM = 3  # embedding dimensions the shared tile holds
@@ -102,15 +103,10 @@ def _repulsive_tiled(y, r0, nrows, out, z_rows):
 @cuda.jit
 def _update(y, grad, upd, gains, momentum, lr, min_gain):
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        g = grad[t]
-        if upd[t] * g < 0.0:
-            gains[t] += 0.2
-        else:
-            gains[t] *= 0.8
-        if gains[t] < min_gain:
-            gains[t] = min_gain
-        upd[t] = momentum * upd[t] - lr * gains[t] * g
-        y[t] += upd[t]
+        u, gain = _gains_step(upd[t], grad[t], gains[t], momentum, lr, min_gain)
+        upd[t] = u
+        gains[t] = gain
+        y[t] += u
 
 
 def _host(a):
