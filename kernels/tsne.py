@@ -12,6 +12,7 @@ w_ij = 1 / (1 + |y_i - y_j|^2), Z = sum_{i != j} w_ij. The t-SNE gradient of row
 4 (exaggeration * attractive_i - repulsive_i / Z).
 """
 import math
+import time
 
 import numpy as np
 
@@ -350,7 +351,6 @@ class RepulsionBH:
         from .cpu.tsne import bh_build, bh_repulsive, bh_groups, bh_pack, bh_grouped_packed
         if y.ndim != 2 or y.shape[1] != 2:
             raise ValueError(f"RepulsionBH: needs a 2-D embedding, got shape {y.shape}")
-        import time
         t0 = time.perf_counter()
         n = y.shape[0]
         lo = y.min(axis=0)
