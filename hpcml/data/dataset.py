@@ -96,6 +96,21 @@ class ShardedDataset:
                 raise DataError(f"{path}: not a readable shard ({type(e).__name__}: {e})") \
                     from None
 
+    def _reader(self, s):
+        """A ShardReader of shard s. The file's layout (HDF5's chunk index, read through
+        h5py: about a millisecond per shard) is kept for the dataset's life and reused
+        while the file keeps its size, inode and mtime, so a new epoch opens a plainly
+        stored shard with a bare os.open instead of stalling its first batch."""
+        path = self.files[s]
+        cache = self.__dict__.setdefault("_layouts", {})
+        st = os.stat(path)
+        key = (st.st_size, st.st_ino, st.st_mtime_ns)
+        hit = cache.get(s)
+        reader = ShardReader(path, hit[1] if hit is not None and hit[0] == key else None)
+        if reader.raw:
+            cache[s] = (key, reader.layouts())
+        return reader
+
     def loader(self, batch_size, shuffle=True, seed=0, drop_last=False, prefetch=2,
                block_rows=CHUNK_ROWS, nonfinite="error", agree_errors=False, partition="contiguous", rank=None,
                ranks=None):
@@ -144,11 +159,21 @@ class Loader:
     def stream(self, epoch):
         """The epoch's stream of all rows as blocks in order: [(block id, shard, start,
         stop), ...] (rows inside a block are further shuffled when shuffle)."""
-        blocks = self._blocks()
-        order = np.arange(len(blocks))
+        return [tuple(int(v) for v in row) for row in self._stream_array(epoch)]
+
+    def _stream_array(self, epoch):
+        """stream(epoch) as an (n blocks, 4) int64 array, without a Python loop per block
+        (the reader thread builds it at each epoch's start, before the first batch)."""
+        if getattr(self, "_block_table", None) is None:
+            self._block_table = np.array(self._blocks(), np.int64).reshape(-1, 3)
+        nb = len(self._block_table)
+        order = np.arange(nb)
         if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(blocks))
-        return [(int(b),) + blocks[b] for b in order]
+            order = np.random.default_rng([self.seed, epoch]).permutation(nb)
+        out = np.empty((nb, 4), np.int64)
+        out[:, 0] = order
+        out[:, 1:] = self._block_table[order]
+        return out
 
     def interval(self, step):
         """Stream positions [p0, p1) of this rank's batch `step`."""
@@ -232,9 +257,9 @@ class Loader:
         classes = self.ds.classes if self.ds.classes and ydt.kind in "iu" else 0
         drop = self.nonfinite == "drop" and xdt.kind == "f"
         k_seed, k_epoch = _u64(self.seed), _u64(epoch)
-        stream = self.stream(epoch)
-        blocks = np.array([(b, s, a, z) for b, s, a, z in stream], np.int64).reshape(-1, 4)
-        starts = np.zeros(len(stream) + 1, np.int64)
+        blocks = self._stream_array(epoch)
+        stream = blocks
+        starts = np.zeros(len(blocks) + 1, np.int64)
         np.cumsum(blocks[:, 3] - blocks[:, 2], out=starts[1:])
         ns = len(self.ds.files)
         mode = np.full(ns, blockio.M_CLOSED, np.int64)
@@ -260,7 +285,7 @@ class Loader:
         def open_shard(s):
             """Open shard s; record its layout for assemble() when it is stored plainly."""
             nonlocal xtab, ytab
-            r = readers[s] = ShardReader(self.ds.files[s])
+            r = readers[s] = self.ds._reader(s)
             if not (r.raw and pread is not None):
                 mode[s] = blockio.M_PYTHON
                 return
@@ -279,7 +304,7 @@ class Loader:
             """The piece at st's position, through ShardReader (h5py or os.preadv)."""
             p0, fill, bi = (int(v) for v in st[[blockio.S_POS, blockio.S_FILL,
                                                    blockio.S_BLOCK]])
-            b, s, start, _ = stream[bi]
+            b, s, start, _ = (int(v) for v in stream[bi])
             q0 = p0 - int(starts[bi])
             q1 = min(p1, int(starts[bi + 1])) - int(starts[bi])
             k = q1 - q0

@@ -85,13 +85,22 @@ class _Layout:
 
 
 class ShardReader:
-    """Reads rows [a, b) of a shard's x and y into caller-provided buffers."""
+    """Reads rows [a, b) of a shard's x and y into caller-provided buffers.
 
-    def __init__(self, path):
+    layouts: the (x, y) layouts of an earlier reader of the same, unchanged file
+    (`layouts()`); the file is then opened for raw reads only, without h5py."""
+
+    def __init__(self, path, layouts=None):
         self.path = path
-        self.h5 = h5py.File(path, "r")
+        self.h5 = None
         self.fd = None
         try:
+            if layouts is not None:
+                self.lx, self.ly = layouts
+                self.raw = True
+                self.fd = os.open(path, os.O_RDONLY)
+                return
+            self.h5 = h5py.File(path, "r")
             self.x, self.y = self.h5["x"], self.h5["y"]
             size = os.path.getsize(path)
             self.lx, self.ly = _Layout(self.x, size), _Layout(self.y, size)
@@ -101,6 +110,10 @@ class ShardReader:
         except BaseException:
             self.close()
             raise
+
+    def layouts(self):
+        """(x layout, y layout) of a plainly stored shard, for ShardReader(path, ...)."""
+        return (self.lx, self.ly) if self.raw else None
 
     def read(self, a, b, out_x, out_y):
         """out_x[:b-a] = x[a:b], out_y[:b-a] = y[a:b] (out_* C-contiguous, of the shard's
@@ -130,4 +143,6 @@ class ShardReader:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        self.h5.close()
+        if self.h5 is not None:
+            self.h5.close()
+            self.h5 = None
