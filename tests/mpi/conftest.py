@@ -3,6 +3,9 @@
 mpi_helpers.all_ranks asserts collectively, so a check that fails on one rank fails the
 test on every rank instead of leaving the others waiting in the next collective.
 """
+import shutil
+import tempfile
+
 import pytest
 from mpi4py import MPI
 
@@ -16,3 +19,13 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture
 def comm():
     return MPI.COMM_WORLD
+
+
+@pytest.fixture
+def shared_dir(comm):
+    """A fresh folder every rank sees (made by rank 0, removed after the test)."""
+    path = comm.bcast(tempfile.mkdtemp(prefix="hpcml-test-") if comm.Get_rank() == 0 else None)
+    yield path
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,8 +1,6 @@
 """hpcml.data on real ranks: rank-parallel synth, exactly-once loading, collective errors."""
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -13,15 +11,6 @@ from hpcml import comm as hc  # noqa: E402
 from hpcml.data import ShardedDataset, synth, verify  # noqa: E402
 from mpi_helpers import all_ranks  # noqa: E402
 from test_data_loader import BAD_DATASETS  # noqa: E402
-
-
-@pytest.fixture
-def shared_dir(comm):
-    path = comm.bcast(tempfile.mkdtemp(prefix="hpcml-data-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_rank_parallel_synth_equals_serial(comm, shared_dir):

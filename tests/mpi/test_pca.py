@@ -2,9 +2,7 @@
 every rank ends with scikit-learn's PCA(svd_solver="full") of all rows (computed on rank 0
 and broadcast), byte-identical across ranks; bad input on one rank fails on every rank."""
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -98,15 +96,6 @@ def big():
     from mpi4py import MPI
     X = spectrum_matrix(100_000, 64)
     return X, oracle(MPI.COMM_WORLD, X)
-
-
-@pytest.fixture
-def shared_dir(comm):
-    path = comm.bcast(tempfile.mkdtemp(prefix="hpcml-pca-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_100k_rows_split_across_ranks(comm, big):
