@@ -47,10 +47,16 @@ def openblas(name):
 
 
 def _blas_set(n):
-    """Set the threads of every OpenBLAS this process has loaded."""
-    for fn in openblas("set_num_threads"):
-        fn(ctypes.c_int(n))
-    return bool(openblas("set_num_threads"))
+    """Set the threads of every OpenBLAS this process has loaded, leaving alone one that
+    already has n. (An explicit openblas_set_num_threads(2) at start, even to the count it
+    had, made later single-threaded calls from two of our threads share one core here:
+    OpenBLAS 0.3.x in NumPy 2.4's wheel; hpcml.bench.pca's product_only went from 20-22 to
+    11-12 GFMA/s.)"""
+    gets, puts = openblas("get_num_threads"), openblas("set_num_threads")
+    for i, put in enumerate(puts):
+        if len(gets) != len(puts) or int(gets[i]()) != n:
+            put(ctypes.c_int(n))
+    return bool(puts)
 
 
 _blas_lock = threading.Lock()

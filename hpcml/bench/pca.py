@@ -19,6 +19,11 @@ against the loader's own read rate, in one run.
   (the same page cache for both). ratio = plain time / pca time (1: PCA keeps up with
   the loader). accumulate_only: the same batches, held in memory, through the covariance
   kernels alone (scatter_block + merge_scatter): the compute's own rate, the ceiling of pca.
+  product_only: the float64 product alone (BLAS X^T X of an L2-resident float64 block, as
+  many rows as this rank reads, on as many threads as the kernels use): no shift, no merge,
+  no I/O, the most any float64 accumulation reaches here. loader_cpu_s: the CPU seconds
+  (all the process's threads, kernel time included) of one plain pass: the work reading
+  costs the cores, which a fit spends besides the product.
   cold_*: plain and pca again with the page cache emptied before each pass (root on Linux
   only; skipped otherwise), so the rows come from the disk, as from a shared file system.
 Timing: Barrier, then perf_counter; each rank's median over repeats; the max over ranks.
@@ -141,13 +146,20 @@ def streaming(comm, rows, features, repeats, batch, folder):
         total = (0, np.zeros(features), np.zeros((features, features)))
         for x in batches:
             total = KC.merge_scatter(total, KC.scatter_block(x), inplace=True)
+    product = _product_only(sum(len(x) for x in batches), features)
     fit()
-    t_plain, t_fit, t_compute = [], [], []
+    product()
+    t_plain, t_fit, t_compute, t_product = [], [], [], []
     for _ in range(repeats):
         t_plain.append(_timed(comm, plain))
         t_fit.append(_timed(comm, fit))
         t_compute.append(_timed(comm, compute))
-    slow = _slowest(comm, [np.median(t_plain), np.median(t_fit), np.median(t_compute)])
+        t_product.append(_timed(comm, product))
+    cpu = time.process_time()
+    plain()
+    loader_cpu = time.process_time() - cpu
+    slow = _slowest(comm, [np.median(t_plain), np.median(t_fit), np.median(t_compute),
+                           np.median(t_product), loader_cpu])
     mb = ds.rows * ds.features * 4 / comm.Get_size() / 1e6  # float32 x per rank
     cold = {}
     if drop_page_cache(comm):  # the same, each pass read from the disk (cache dropped)
@@ -164,8 +176,42 @@ def streaming(comm, rows, features, repeats, batch, folder):
             "accumulate_only_s": float(slow[2]),
             "loader_MBps_per_rank": mb / slow[0], "pca_MBps_per_rank": mb / slow[1],
             "accumulate_only_MBps_per_rank": mb / slow[2],
+            "product_only_s": float(slow[3]), "product_only_MBps_per_rank": mb / slow[3],
+            "product_threads": product.threads,
+            "product_only_GFMAps_per_rank": product.fma / slow[3] / 1e9,
+            "loader_cpu_s": float(slow[4]),
             "pca_vs_loader": float(slow[0] / slow[1]),
-            "accumulate_only_vs_loader": float(slow[0] / slow[2])}
+            "accumulate_only_vs_loader": float(slow[0] / slow[2]),
+            "product_only_vs_loader": float(slow[0] / slow[3])}
+
+
+def _product_only(rows, features):
+    """A callable doing the float64 X^T X products for `rows` rows with no data movement:
+    each worker thread (as many as scatter_block uses) multiplies its own L2-sized random
+    block by itself, single-threaded BLAS, for its share of the blocks."""
+    from hpcml.kernels.threads import available_cores, blas_threads, current
+    block = KC.rows_per_block(features)
+    workers = max(1, current() or available_cores())
+    blocks = -(-rows // block)
+    shares = [blocks * i // workers for i in range(workers + 1)]
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((block, features)) for _ in range(workers)]
+
+    def work(i):
+        B, S = data[i], np.zeros((features, features))
+        for _ in range(shares[i + 1] - shares[i]):
+            S += B.T @ B  # syrk, as scatter_block's
+        return S
+
+    def run():
+        with blas_threads(1):
+            if workers == 1:
+                work(0)
+            else:
+                list(KC._pool(workers).map(work, range(workers)))
+    run.threads = workers
+    run.fma = blocks * block * features * (features + 1) / 2
+    return run
 
 
 def bench_pca(out_dir, quick=False, comm=None, rows=None, stream_rows=None, features=64,
@@ -214,10 +260,11 @@ def _plot(path, result):
     a1.set_yscale("log")
     a1.set_title(f"PCA fit, {mem['rows']:,} x {mem['features']} float64, "
                  f"{result['ranks']} rank(s)")
-    names = ["loader\n(page cache)", "PCA fit\n(page cache)", "accumulation\nalone"]
+    names = ["loader\n(page cache)", "PCA fit\n(page cache)", "accumulation\nalone",
+             "float64\nproduct alone"]
     vals = [st["loader_MBps_per_rank"], st["pca_MBps_per_rank"],
-            st["accumulate_only_MBps_per_rank"]]
-    colors = ["tab:gray", "tab:blue", "tab:green"]
+            st["accumulate_only_MBps_per_rank"], st["product_only_MBps_per_rank"]]
+    colors = ["tab:gray", "tab:blue", "tab:green", "tab:olive"]
     title = f"PCA at {st['pca_vs_loader']:.2f}x the loader (cached)"
     if "cold_pca_vs_loader" in st:
         names += ["loader\n(disk)", "PCA fit\n(disk)"]
