@@ -183,6 +183,29 @@ def test_threads_per_rank(monkeypatch):
     threads.configure(local_ranks=1)
 
 
+def test_blas_count_set_only_when_it_changes(monkeypatch):
+    """configure() must not call openblas_set_num_threads with the count OpenBLAS already
+    has (that call put the covariance workers on one core); it must call it otherwise."""
+    from hpcml.kernels import threads
+    state = {"n": 2, "sets": []}
+
+    def get():
+        return state["n"]
+
+    def put(n):
+        state["n"] = n.value
+        state["sets"].append(n.value)
+    monkeypatch.setattr(threads, "openblas",
+                        lambda name: (get,) if name == "get_num_threads" else (put,))
+    assert threads._blas_set(2)
+    assert state["sets"] == []
+    threads._blas_set(1)
+    assert state["sets"] == [1] and state["n"] == 1
+    with threads.blas_threads(2):
+        assert state["n"] == 2
+    assert state["n"] == 1
+
+
 def test_autotune_sets_auto_from_measurement(monkeypatch):
     from hpcml.kernels import tune
     monkeypatch.setattr(K, "AUTO", dict(K.AUTO))
