@@ -78,6 +78,8 @@ def parse(prog, doc, settings, argv=None, positional=()):
         v = getattr(args, key)
         if v is not None:
             cfg[key] = coerce(settings, key, v, "--" + key.replace("_", "-"))
+    if "seed" in settings and cfg["seed"] < 0:  # NumPy's generators take seeds >= 0
+        bad(cfg, "seed", "must be >= 0")
     return cfg
 
 

@@ -82,7 +82,7 @@ def validate(cfg):
         if cfg[key] < 1:
             bad(key, "must be >= 1")
     ip = cfg["iterated_power"].strip().lower()
-    if ip != "auto" and not (ip.isdigit() and int(ip) >= 0):
+    if ip != "auto" and not (ip.isascii() and ip.isdigit()):  # "²".isdigit() is True
         bad("iterated_power", "must be 'auto' or an int >= 0")
     cfg["power"] = ip if ip == "auto" else int(ip)
     if not cfg["output"].strip():

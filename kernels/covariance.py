@@ -98,12 +98,13 @@ def merge_scatter(a, b, inplace=False):
     delta = mb - ma
     mean = ma + delta * (nb / n)
     M = Ma if inplace else Ma.copy()
-    M += Mb
-    w = delta * math.sqrt(na * nb / n)
-    if M.ndim == 2:
-        M += np.outer(w, w)  # w_i w_j == w_j w_i: M stays exactly symmetric
-    else:
-        M += w * w
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow: inf, for the caller
+        M += Mb
+        w = delta * math.sqrt(na * nb / n)
+        if M.ndim == 2:
+            M += np.outer(w, w)  # w_i w_j == w_j w_i: M stays exactly symmetric
+        else:
+            M += w * w
     return n, mean, M
 
 
@@ -114,8 +115,9 @@ def scatter_about(stats, center):
     n, mean, M = stats
     out = np.array(M, np.float64)
     if n:
-        w = (mean - center) * math.sqrt(n)
-        out += np.outer(w, w) if out.ndim == 2 else w * w
+        with np.errstate(over="ignore", invalid="ignore"):
+            w = (mean - center) * math.sqrt(n)
+            out += np.outer(w, w) if out.ndim == 2 else w * w
     return out
 
 

@@ -218,6 +218,57 @@ def test_sklearn_contract(digits):
     PCA(n_components="bad")  # __init__ stores parameters untouched
 
 
+@pytest.mark.parametrize("k, whiten", [(10, False), (10, True), (0.9, False), (None, False)])
+def test_probabilistic_model_matches_sklearn(digits, k, whiten):
+    """get_precision, score_samples, score and get_feature_names_out against scikit-learn
+    (digits has 3 constant pixels: with all components kept the covariance is singular)."""
+    from sklearn.decomposition import PCA as SkPCA
+    X = digits[:, digits.std(axis=0) > 0]
+    ours = PCA(k, whiten=whiten).fit(X)
+    sk = SkPCA(k, whiten=whiten, svd_solver="full").fit(X)
+    P = ours.get_precision()
+    np.testing.assert_allclose(P, sk.get_precision(), rtol=1e-7, atol=1e-9 * np.abs(P).max())
+    np.testing.assert_allclose(P @ ours.get_covariance(), np.eye(X.shape[1]), atol=1e-6)
+    np.testing.assert_allclose(ours.score_samples(X), sk.score_samples(X), rtol=1e-8)
+    assert ours.score(X) == pytest.approx(sk.score(X), rel=1e-9)
+    assert list(ours.get_feature_names_out()) == list(sk.get_feature_names_out())
+
+
+def test_partial_fit_after_a_randomized_fit_is_refused():
+    X = low_rank_plus_noise(300, 1200, rank=5)
+    p = PCA(5).fit(X)
+    assert p.solver_ == "randomized"
+    with pytest.raises(InputError, match="randomized solver: that fit kept no covariance"):
+        p.partial_fit(X)
+    assert p.n_samples_ == 300
+
+
+def test_overflow_across_pieces_is_an_error_and_keeps_the_state():
+    """Each piece's scatter is finite, their merge is not: an error, and the statistics
+    of the earlier pieces are kept."""
+    big = np.array([[8e153, 0.0], [-8e153, 1.0]])  # scatter 1.28e308: just finite
+    good = spectrum_matrix(50, 2)
+    p = PCA(1).partial_fit(good).partial_fit(big)
+    with pytest.raises(InputError, match="overflows float64"):
+        p.partial_fit(big)  # 2.56e308 once merged
+    q = PCA(1).fit(np.vstack([good, big]))
+    assert p.n_samples_ == 52 and np.isfinite(p.explained_variance_).all()
+    np.testing.assert_allclose(p.explained_variance_, q.explained_variance_, rtol=1e-12)
+    p.partial_fit(good)  # the model still takes rows
+    assert p.n_samples_ == 102
+
+
+def test_failed_fit_keeps_the_earlier_fits_statistics(digits):
+    p = PCA(3).fit(digits[:1000])
+    bad = digits[1000:].copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        p.fit(bad)
+    p.partial_fit(digits[1000:])
+    q = PCA(3).fit(digits)
+    np.testing.assert_allclose(p.explained_variance_, q.explained_variance_, rtol=1e-12)
+
+
 # --- errors ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("X, kwargs, match", [
@@ -230,6 +281,7 @@ def test_sklearn_contract(digits):
     (np.ones((4, 3)), {"solver": "arpack"}, "expected one of auto, covariance, randomized"),
     (np.ones((4, 3)), {"n_components": 0.5, "solver": "randomized"}, "needs an int"),
     (np.ones((4, 3)), {"batch_size": 0}, "batch_size must be an int >= 1"),
+    (np.ones((4, 3)), {"random_state": -1}, "random_state must be an int >= 0 or None"),
     (np.ones((4, 3), complex), {}, "real numbers"),
     (np.ones((4, 0)), {}, "no features"),
 ])
@@ -244,7 +296,7 @@ def test_nonfinite_row_is_named(bad):
     X[3217, 4] = bad
     with pytest.raises(InputError, match="row 3217 .*NaN or Inf"):
         PCA(2).fit(X)
-    with pytest.raises(ValueError, match="row 3217 has a NaN or Inf"):
+    with pytest.raises(InputError, match="row 3217 .*NaN or Inf"):
         PCA(2).fit(spectrum_matrix(100, 6)).transform(X)
 
 
@@ -398,3 +450,15 @@ def test_cli_errors(tmp_path):
     r = _cli(str(tmp_path / "missing"), "--output", str(tmp_path / "o"))
     assert r.returncode == 1 and "no manifest.json" in r.stderr
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_cli_settings_checked_before_the_run():
+    """Bad settings are ConfigErrors (exit 2, one message) before any data is read."""
+    from hpcml.config import ConfigError
+    from hpcml.pca import parse_args
+    with pytest.raises(ConfigError, match="iterated-power = '²': must be 'auto' or an int"):
+        parse_args(["--iterated-power", "²"])  # "²".isdigit() is True
+    for job in ("hpcml.pca", "hpcml.tsne", "hpcml.train"):  # every job's seed
+        import importlib
+        with pytest.raises(ConfigError, match="seed = -1: must be >= 0"):
+            importlib.import_module(job).parse_args(["--seed", "-1"])

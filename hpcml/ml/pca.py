@@ -28,7 +28,9 @@ Learned attributes are float64 whatever the input dtype (the accumulation is flo
 transform returns the input's float dtype. Validation is collective: a bad input on any
 rank raises the same InputError (a ValueError) on every rank.
 """
+import hashlib
 import inspect
+import math
 import numbers
 import os
 
@@ -180,9 +182,15 @@ class PCA:
 
     # --- fitting -----------------------------------------------------------------------
     def fit(self, X, y=None):
-        """Fit on X (this rank's rows, or a dataset); returns self."""
+        """Fit on X (this rank's rows, or a dataset); returns self. If it fails, the
+        statistics of an earlier fit are kept (its attributes are untouched)."""
+        previous = getattr(self, "_local", None)
         self._local = None
-        return self._fit(X, incremental=False)
+        try:
+            return self._fit(X, incremental=False)
+        except BaseException:
+            self._local = previous
+            raise
 
     def partial_fit(self, X, y=None):
         """Add the rows of X to the covariance statistics and refit; returns self.
@@ -229,8 +237,48 @@ class PCA:
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         rs = self.random_state
-        if rs is not None and (isinstance(rs, bool) or not isinstance(rs, numbers.Integral)):
-            raise ValueError(f"random_state must be an int or None, got {rs!r}")
+        if rs is not None and (isinstance(rs, bool) or not isinstance(rs, numbers.Integral)
+                               or rs < 0):
+            raise ValueError(f"random_state must be an int >= 0 or None, got {rs!r}")
+        if (incremental and hasattr(self, "components_")
+                and getattr(self, "_local", None) is None):
+            raise ValueError("partial_fit after a fit with the randomized solver: that fit "
+                             "kept no covariance statistics, so its rows would be lost; "
+                             "refit with solver='covariance' to add rows later")
+
+    def _same_params(self, comm):
+        """Collective: True on every rank if every rank holds the same parameters (those
+        that shape the model; comm and backend may differ)."""
+        def norm(v):
+            if isinstance(v, (bool, np.bool_)) or v is None or isinstance(v, str):
+                return v
+            if isinstance(v, numbers.Integral):
+                return int(v)
+            if isinstance(v, numbers.Real):
+                return float(v).hex()
+            return repr(v)
+        params = [(k, norm(v)) for k, v in sorted(self.get_params().items())
+                  if k not in ("comm", "backend")]
+        h = int.from_bytes(hashlib.sha256(repr(params).encode()).digest()[:7], "little")
+        both = np.array([h, -h], np.int64)
+        hc.allreduce(both, "max", comm=comm)
+        return bool(both[0] == h and -both[1] == h)
+
+    def _agree_params(self, comm, incremental):
+        """Parameter errors, raised as the same InputError on every rank (collective)."""
+        error = None
+        try:
+            self._check_params(incremental)
+        except ValueError as e:
+            error = str(e)
+        if comm is not None and comm.Get_size() > 1:
+            same = self._same_params(comm)  # on every rank, whatever its own verdict
+            if error is None and not same:
+                error = ("PCA's parameters differ across ranks: every rank must pass the "
+                         "same " + ", ".join(k for k in self._param_names()
+                                             if k not in ("comm", "backend"))
+                         + f" (this rank: {self!r})")
+        _agree(comm, error, "checking PCA's parameters")
 
     def _check_rows(self, rows, comm, incremental):
         """Collective: agree on bad input, feature counts and the total row count."""
@@ -256,8 +304,8 @@ class PCA:
         return d, int(n[0])
 
     def _fit(self, X, incremental):
-        self._check_params(incremental)
         comm = self._comm_for(X)
+        self._agree_params(comm, incremental)
         rows = _Rows(X, comm, self.batch_size)
         d, n_new = self._check_rows(rows, comm, incremental)
         resume = (incremental and getattr(self, "_local", None) is not None
@@ -275,10 +323,14 @@ class PCA:
             raise InputError(f"solver='randomized' needs an int n_components, got {k!r}")
         self.n_features_in_ = d
         if solver == "covariance":
-            if not resume:
-                self._local = (0, np.zeros(d), np.zeros((d, d)))
-            self._accumulate(rows, comm)
-            self._finish_covariance(comm, d)
+            before = self._local if resume else (0, np.zeros(d), np.zeros((d, d)))
+            self._local = before
+            try:
+                self._accumulate(rows, comm)
+                self._finish_covariance(comm, d)
+            except InputError:
+                self._local = before  # rows that failed are not added (partial_fit)
+                raise
         else:
             self._local = None
             self._fit_randomized(rows, comm, n_total, d, int(k))
@@ -314,12 +366,13 @@ class PCA:
             _check_finite(x, offset, part, rows)
             new[0] = KC.merge_scatter(new[0], part, inplace=True)
         self._pass(rows, comm, add, "accumulating PCA's covariance")
-        self._local = KC.merge_scatter(self._local, new[0], inplace=True)
+        self._local = KC.merge_scatter(self._local, new[0])  # a new tuple: the old one kept
 
     def _finish_covariance(self, comm, d):
         n, mean, M2 = _merge_ranks(comm, self._local)
         if n < 2:
             raise InputError(f"PCA needs at least 2 rows in total, got {n}")
+        _check_merged(mean, M2)
         packed = np.empty(d + d * d)
         if comm is None or comm.Get_rank() == 0:
             evals, evecs = np.linalg.eigh(M2 / (n - 1))
@@ -369,6 +422,7 @@ class PCA:
             stats[0] = KC.merge_scatter(stats[0], part, inplace=True)
         self._pass(rows, comm, moments, "PCA: per-feature moments")
         n, mean, m2 = _merge_ranks(comm, stats[0])
+        _check_merged(mean, m2)
         total_var = float(m2.sum()) / (n - 1)
         width = min(k + self.n_oversamples, min(n, d))
         q = self.iterated_power
@@ -439,31 +493,101 @@ class PCA:
         s = np.sqrt(self.explained_variance_)
         return np.maximum(s, np.finfo(np.float64).eps)
 
+    def _per_row(self, X, fn, width, dtype, what):
+        """fn(centred float64 block) -> (rows x width) over this rank's rows of X (an
+        array or a dataset), checked: with a comm, collective, and a bad input on any rank
+        (a row error, the feature count, NaN/Inf, an unreadable shard) raises the same
+        InputError on every rank."""
+        self._fitted()
+        comm = self._comm_for(X) if isinstance(X, ShardedDataset) else self.comm
+        rows = _Rows(X, comm, self.batch_size)
+        error = rows.error
+        if error is None and rows.features != self.n_features_in_:
+            error = (f"X has {rows.features} features, but PCA was fitted with "
+                     f"{self.n_features_in_}")
+        parts = []
+        if error is None:
+            where = "the dataset's" if rows.ds is not None else "X"
+            try:
+                for offset, x in rows.chunks():
+                    out = np.empty((len(x), width), dtype or x.dtype)
+                    for i, xc in self._blocks(x, self.mean_):
+                        bad = KC.find_nonfinite(xc)
+                        if bad >= 0:
+                            raise _BadRows(f"{where} row {offset + i + bad} (of this "
+                                           f"rank's rows) has a NaN or Inf value")
+                        out[i:i + len(xc)] = fn(xc)
+                    parts.append(out)
+            except (DataError, OSError, _BadRows) as e:
+                error = str(e)
+        _agree(comm, error, what)
+        if not parts:
+            return np.zeros((0, width), dtype or (rows.array.dtype if rows.array is not None
+                                                   else np.float64))
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
     def transform(self, X):
         """Project X (this rank's rows, or this rank's share of a dataset) on the
-        components: (X - mean_) @ components_.T (/ sqrt(explained_variance_) if whiten)."""
-        self._fitted()
-        rows = _Rows(X, self._comm_for(X) if isinstance(X, ShardedDataset) else self.comm,
-                     self.batch_size)
-        if rows.error:
-            raise ValueError(rows.error)
-        if rows.features != self.n_features_in_:
-            raise ValueError(f"X has {rows.features} features, but PCA was fitted with "
-                             f"{self.n_features_in_}")
-        parts = []
-        W = self.components_.T
-        for offset, x in rows.chunks():
-            out = np.empty((len(x), W.shape[1]), x.dtype)
-            for i, xc in self._blocks(x, self.mean_):
-                bad = KC.find_nonfinite(xc)
-                if bad >= 0:
-                    raise ValueError(f"X row {offset + i + bad} has a NaN or Inf value")
-                out[i:i + len(xc)] = xc @ W
-            parts.append(out)
-        Z = np.concatenate(parts) if len(parts) != 1 else parts[0]
+        components: (X - mean_) @ components_.T (/ sqrt(explained_variance_) if whiten).
+        With a comm, collective (errors are agreed on)."""
+        W = self.components_.T if hasattr(self, "components_") else None
+        Z = self._per_row(X, lambda xc: xc @ W, self.n_components_
+                          if W is not None else 0, None, "PCA.transform")
         if self.whiten:
             Z /= self._scale().astype(Z.dtype)
         return Z
+
+    def score_samples(self, X):
+        """Log-likelihood of each of this rank's rows under the probabilistic PCA model
+        (scikit-learn's formula, with get_precision()); float64. Collective with a comm."""
+        self._fitted()
+        P = self.get_precision()
+        sign, logdet = np.linalg.slogdet(P)
+        logdet = logdet if sign > 0 else -np.inf
+        d = self.n_features_in_
+        const = -0.5 * (d * math.log(2 * math.pi) - logdet)
+        ll = self._per_row(X, lambda xc: (-0.5 * (xc * (xc @ P)).sum(axis=1))[:, None],
+                           1, np.float64, "PCA.score_samples")
+        return ll[:, 0] + const
+
+    def score(self, X, y=None):
+        """Mean log-likelihood of the rows of X; with a comm, of every rank's rows (the
+        same value on every rank, collective)."""
+        ll = self.score_samples(X)
+        total = np.array([ll.sum(), len(ll)], np.float64)
+        if self.comm is not None or (isinstance(X, ShardedDataset) and X.comm is not None):
+            hc.allreduce(total, "sum", comm=self._comm_for(X) or self.comm)
+        if total[1] == 0:
+            raise InputError("score needs at least one row")
+        return float(total[0] / total[1])
+
+    def get_precision(self):
+        """The inverse of get_covariance(), by the matrix inversion lemma (scikit-learn's
+        formula)."""
+        self._fitted()
+        d = self.n_features_in_
+        noise = self.noise_variance_
+        if self.n_components_ == 0:
+            return np.eye(d) / noise
+        if noise == 0.0:
+            return np.linalg.inv(self.get_covariance())
+        W = self.components_
+        ev = self.explained_variance_
+        if self.whiten:
+            W = W * np.sqrt(ev[:, None])
+        diff = np.where(ev > noise, ev - noise, 0.0)
+        with np.errstate(divide="ignore"):
+            inner = W @ W.T / noise
+            inner.flat[::len(inner) + 1] += 1.0 / diff
+        P = W.T @ np.linalg.inv(inner) @ W
+        P /= -(noise ** 2)
+        P.flat[::len(P) + 1] += 1.0 / noise
+        return P
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names, as scikit-learn's: pca0, pca1, ..."""
+        self._fitted()
+        return np.asarray([f"pca{i}" for i in range(self.n_components_)], dtype=object)
 
     def get_covariance(self):
         """The model's covariance (scikit-learn's formula): components_^T diag(ev - noise)
@@ -484,10 +608,11 @@ class PCA:
         self._fitted()
         Z, error = _host_rows(Z)
         if error:
-            raise ValueError(error.replace("X ", "Z ", 1))
-        if Z.shape[1] != self.n_components_:
-            raise ValueError(f"Z has {Z.shape[1]} columns, but PCA has "
-                             f"{self.n_components_} components")
+            error = error.replace("X ", "Z ", 1)
+        elif Z.shape[1] != self.n_components_:
+            error = (f"Z has {Z.shape[1]} columns, but PCA has {self.n_components_} "
+                     f"components")
+        _agree(self.comm, error, "PCA.inverse_transform")
         W = self.components_ * self._scale()[:, None] if self.whiten else self.components_
         return (Z.astype(np.float64) @ W + self.mean_).astype(Z.dtype, copy=False)
 
@@ -508,6 +633,14 @@ def _check_finite(x, offset, stats, rows):
                        f"value")
     raise _BadRows(f"{where} rows {offset}..{offset + len(x) - 1} overflow float64 "
                    f"(values too large to square)")
+
+
+def _check_merged(mean, M2):
+    """The merged statistics (the same bytes on every rank) must be finite: each block's
+    are, but their sum across blocks, calls or ranks can still overflow float64."""
+    if not (np.isfinite(mean).all() and np.isfinite(M2).all()):
+        raise InputError("the rows' scatter overflows float64 once blocks and ranks are "
+                         "merged (values too large to square); scale the data")
 
 
 def _merge_ranks(comm, stats):

@@ -219,3 +219,48 @@ def test_too_many_components_fails_everywhere(comm):
         PCA(7, comm=comm).fit(X)
     with pytest.raises(ValueError, match="at least 2 rows in total"):
         PCA(1, comm=comm).fit(X[:1] if comm.Get_rank() == 0 else X[:0])
+
+
+@pytest.mark.parametrize("how, match", [
+    ("nan", r"rank 1: X row 7 \(of this rank's rows\) has a NaN or Inf value"),
+    ("features", r"X has 3 features, but PCA was fitted with 4"),
+])
+def test_transform_error_on_one_rank_fails_everywhere(comm, how, match):
+    """transform is collective: one rank's bad rows raise on every rank, and the ranks
+    can go on to the next collective (no rank is left waiting)."""
+    r = comm.Get_rank()
+    p = PCA(2, comm=comm).fit(spectrum_matrix(100, 4, seed=r))
+    X = spectrum_matrix(100, 4, seed=10 + r)
+    if how == "nan" and r == 1:
+        X[7, 1] = np.nan
+    if how == "features" and r == 0:
+        X = X[:, :3]
+    with pytest.raises(InputError, match=match) as info:
+        p.transform(X)
+    all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
+
+
+def test_parameters_must_agree_across_ranks(comm):
+    r = comm.Get_rank()
+    X = spectrum_matrix(100, 6, seed=r)
+    with pytest.raises(InputError, match="parameters differ across ranks"):
+        PCA(2 + r, comm=comm).fit(X)       # each valid, but different
+    with pytest.raises(InputError, match=r"rank 1: n_components=0 must be >= 1"):
+        PCA(0 if r == 1 else 2, comm=comm).fit(X)  # invalid on one rank only
+    PCA(np.int64(2) if r else 2, comm=comm).fit(X)  # the same value, another type: fine
+
+
+def test_score_is_over_every_ranks_rows(comm, big):
+    X, _ = big
+    X = X[:6000]
+    ours = PCA(5, comm=comm).fit(mine(comm, X))
+    mine_ll = ours.score_samples(mine(comm, X))
+    total = ours.score(mine(comm, X))
+    ok = True
+    if comm.Get_rank() == 0:
+        from sklearn.decomposition import PCA as SkPCA
+        sk = SkPCA(5, svd_solver="full").fit(X)
+        ok = abs(total - sk.score(X)) <= 1e-9 * abs(sk.score(X))
+        ok = ok and np.allclose(mine_ll, sk.score_samples(mine(comm, X)), rtol=1e-8)
+    all_ranks(comm, comm.bcast(ok), "score / score_samples differ from scikit-learn")
+    all_ranks(comm, len(set(comm.allgather(total))) == 1, "score differs across ranks")
