@@ -65,6 +65,29 @@ def _agree(comm, error, what):
         raise InputError(str(e)) from None
 
 
+def _digest_value(v):
+    if isinstance(v, (bool, np.bool_)) or v is None or isinstance(v, str):
+        return repr(bool(v) if isinstance(v, np.bool_) else v)
+    if isinstance(v, numbers.Integral):
+        return repr(int(v))
+    if isinstance(v, numbers.Real):
+        return float(v).hex()
+    if isinstance(v, np.ndarray):
+        return f"{v.dtype.str}{v.shape}" + hashlib.sha256(np.ascontiguousarray(v)).hexdigest()
+    return repr(v)
+
+
+def same_everywhere(comm, params):
+    """Collective: True on every rank if every rank passed equal params (a dict; numbers
+    compare by value whatever their type, arrays by dtype, shape and bytes). One
+    all-reduce of a 56-bit digest."""
+    text = repr(sorted((k, _digest_value(v)) for k, v in params.items()))
+    h = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
+    both = np.array([h, -h], np.int64)
+    hc.allreduce(both, "max", comm=comm)
+    return bool(both[0] == h and -both[1] == h)
+
+
 def _host_rows(X):
     """(2-D float array, None) or (None, error message) for an array-like X."""
     if hasattr(X, "__cuda_array_interface__") or hasattr(X, "copy_to_host"):
@@ -249,20 +272,8 @@ class PCA:
     def _same_params(self, comm):
         """Collective: True on every rank if every rank holds the same parameters (those
         that shape the model; comm and backend may differ)."""
-        def norm(v):
-            if isinstance(v, (bool, np.bool_)) or v is None or isinstance(v, str):
-                return v
-            if isinstance(v, numbers.Integral):
-                return int(v)
-            if isinstance(v, numbers.Real):
-                return float(v).hex()
-            return repr(v)
-        params = [(k, norm(v)) for k, v in sorted(self.get_params().items())
-                  if k not in ("comm", "backend")]
-        h = int.from_bytes(hashlib.sha256(repr(params).encode()).digest()[:7], "little")
-        both = np.array([h, -h], np.int64)
-        hc.allreduce(both, "max", comm=comm)
-        return bool(both[0] == h and -both[1] == h)
+        return same_everywhere(comm, {k: v for k, v in self.get_params().items()
+                                      if k not in ("comm", "backend")})
 
     def _agree_params(self, comm, incremental):
         """Parameter errors, raised as the same InputError on every rank (collective)."""

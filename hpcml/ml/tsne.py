@@ -12,6 +12,7 @@ O(N)), or exact (O(N^2), "exact"; also the CUDA path: an exact tiled kernel).
 With method "fft" every quantity a rank computes depends only on the whole embedding,
 never on how rows are split, so P ranks give the same embedding as one process.
 """
+import inspect
 import math
 import time
 
@@ -22,7 +23,7 @@ from hpcml.comm.rows import RowGather, allgather_rows, row_counts
 from hpcml.kernels import tsne as KT
 
 from .neighbors import knn
-from .pca import _agree  # the same InputError (a ValueError) on every rank
+from .pca import _agree, same_everywhere  # _agree: the same InputError on every rank
 
 EXPLORATION_ITER = 250  # scikit-learn's early-exaggeration phase
 CHECK_EVERY = 50  # KL and stopping checks (scikit-learn's _N_ITER_CHECK)
@@ -239,6 +240,13 @@ class TSNE:
                 method = self._check_params(n)
         except ValueError as e:
             error = str(e)
+        if comm is not None and comm.Get_size() > 1:
+            names = [k for k in inspect.signature(type(self).__init__).parameters
+                     if k not in ("self", "comm", "backend", "verbose")]
+            same = same_everywhere(comm, {k: getattr(self, k) for k in names})
+            if error is None and not same:  # else the all-gathers would not match: a hang
+                error = ("t-SNE's parameters differ across ranks: every rank must pass the "
+                         "same " + ", ".join(names))
         _agree(comm, error, "t-SNE settings")
         self._counts = counts
         rank = comm.Get_rank() if comm is not None else 0

@@ -68,6 +68,18 @@ def test_feature_mismatch_and_perplexity_errors_on_every_rank(comm):
         TSNE(perplexity=200, comm=comm).fit(X[lo:hi])
 
 
+def test_parameters_differing_across_ranks_fail_everywhere(comm):
+    """Different (valid) parameters on different ranks would give all-gathers of different
+    sizes (a truncation error or a hang): the same InputError on every rank instead."""
+    from hpcml.ml.pca import InputError
+    X = blobs(120)
+    p, r = comm.Get_size(), comm.Get_rank()
+    lo, hi = row_bounds(len(X), p, r)
+    with pytest.raises(InputError, match="t-SNE's parameters differ across ranks") as info:
+        TSNE(perplexity=5 + r, max_iter=250, comm=comm).fit(X[lo:hi])
+    all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
+
+
 def test_sharded_dataset_across_ranks(comm):
     m = TSNE(perplexity=20, max_iter=250, random_state=0, comm=comm)
     E = m.fit_transform("digits")
