@@ -8,7 +8,7 @@ raises ConfigError naming the flag or file and key (`lr = -1.0: must be > 0`).
 import argparse
 import sys
 
-from hpcml.comm.guard import agree, CollectiveError
+from hpcml.comm.guard import agree, same_everywhere, CollectiveError
 
 
 class ConfigError(ValueError):
@@ -96,6 +96,12 @@ def start(comm, parse_fn, argv=None):
         cfg, error = None, str(e)
     try:
         agree(comm, error, what="reading the settings")
+        if comm.Get_size() > 1:  # ranks given different flags or --config files
+            differ = [k for k in sorted(cfg) if not same_everywhere(comm, {k: cfg[k]})]
+            if differ:
+                raise CollectiveError("settings differ across ranks: " + ", ".join(
+                    k.replace("_", "-") for k in differ) + " (every rank must get the same "
+                    "flags and --config file)")
     except CollectiveError as e:
         if comm.Get_rank() == 0:
             print(f"error: {error or e}", file=sys.stderr)

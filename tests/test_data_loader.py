@@ -186,6 +186,9 @@ def _break(tmp_path, how):
             f["y"] = np.zeros(200, np.int64)
     elif how == "manifest":
         open(mpath, "w").write("{not json")
+    elif how == "sha256":
+        del m["shards"][1]["sha256"]
+        json.dump(m, open(mpath, "w"))
     elif how == "empty":
         for s in m["shards"]:
             s["rows"] = 0
@@ -206,6 +209,7 @@ BAD_DATASETS = [
     ("features", "shard-00001.h5: x is \\(200, 5\\)"),
     ("dtype", "shard-00001.h5: dtypes x float64"),
     ("manifest", "manifest.json: unreadable manifest"),
+    ("sha256", "manifest.json: shard entry 'shard-00001.h5': sha256 must be 64 hex digits"),
     ("empty", "the dataset is empty"),
 ]
 

@@ -62,6 +62,9 @@ def _validate(comm, arrays, op, algorithm, bucket_bytes, check):
     err = None
     try:
         _check_algorithm("allreduce_many", algorithm, ALGORITHMS)
+        if op not in OP_NAMES:  # checked here too: with no arrays nothing else looks at it
+            raise ValueError(f"allreduce_many: unknown op {op!r}; expected one of "
+                             f"{', '.join(OP_NAMES)}")
         bucket_bytes = check_positive_int("allreduce_many", "bucket_bytes", bucket_bytes)
         for i, a in enumerate(arrays):
             # contiguity is not needed here: non-contiguous arrays are packed by copy

@@ -9,6 +9,8 @@
   one collective step longer than that reports the step and the peers it waits on, and
   aborts the job.
 """
+import hashlib
+import numbers
 import os
 import sys
 import threading
@@ -244,3 +246,29 @@ def _where(what):
     peers = ", ".join(x for x in (f"sending to rank {send}" if send >= 0 else "",
                                   f"receiving from rank {recv}" if recv >= 0 else "") if x)
     return f"{name} step {step} of {steps}, {peers}"
+
+
+def _digest_value(v):
+    if isinstance(v, (bool, np.bool_)) or v is None or isinstance(v, str):
+        return repr(bool(v) if isinstance(v, np.bool_) else v)
+    if isinstance(v, numbers.Integral):
+        return repr(int(v))
+    if isinstance(v, numbers.Real):
+        return float(v).hex()
+    if isinstance(v, np.ndarray):
+        return f"{v.dtype.str}{v.shape}" + hashlib.sha256(np.ascontiguousarray(v)).hexdigest()
+    return repr(v)
+
+
+def same_everywhere(comm, params):
+    """Collective: True on every rank if every rank passed equal params (a dict; ints
+    compare by value whatever their integer type (2 == np.int64(2)), floats likewise, but
+    2 and 2.0 differ, as they can mean different things (PCA's n_components); arrays by
+    dtype, shape and bytes). One all-reduce of a 56-bit digest."""
+    text = repr(sorted((k, _digest_value(v)) for k, v in params.items()))
+    h = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
+    both = np.array([h, -h], np.int64)
+    if comm is not None and comm.Get_size() > 1:
+        with watching("comparing settings across ranks (MPI_Allreduce)"):
+            comm.Allreduce(MPI.IN_PLACE, both, op=MPI.MAX)
+    return bool(both[0] == h and -both[1] == h)

@@ -14,7 +14,7 @@ import os
 
 from mpi4py import MPI
 
-from .guard import Watchdog, agree, watching
+from .guard import Watchdog, agree, same_everywhere, watching
 from .model import DEFAULT, load
 
 
@@ -58,6 +58,16 @@ def _create(comm):
         except ValueError as e:
             error = str(e)
     agree(comm, error, what="loading HPCML_COMM_MODEL")
+    # ranks started with different HPCML_COMM_MODEL / HPCML_RING_SEGMENT_BYTES / HPCML_CHECK
+    # would pick different algorithms or segments for the same call: a truncation or hang
+    from .collectives import config
+    settings = {"HPCML_COMM_MODEL": model.to_json(),
+                "HPCML_RING_SEGMENT_BYTES": config.segment_bytes, "HPCML_CHECK": config.check}
+    differ = [k for k in settings if not same_everywhere(comm, {k: settings[k]})]
+    agree(comm, None if not differ else
+          f"{', '.join(differ)} differ across ranks: every rank must see the same "
+          f"environment (export it to all ranks, e.g. mpiexec -genv)", what="checking hpcml's "
+          f"environment")
     with watching("MPI_Comm_dup of hpcml's private communicator (collective)"):
         dup = comm.Dup()
     state = CommState(dup, model)

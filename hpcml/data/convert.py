@@ -249,6 +249,8 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
         rows, features, label, blocks = reader(input, chunk_rows, label_column, rank, p, before)
     except DataError as e:
         error = str(e)
+    except (OSError, ValueError) as e:  # e.g. bytes that are not UTF-8: agreed on too
+        error = f"{input}: {type(e).__name__}: {e}"
     _agree(comm, error, input)
     total = comm.allreduce(rows) if comm is not None else rows
     if total < 1:
@@ -259,6 +261,8 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
                                written)
     except DataError as e:
         error = str(e)
+    except (OSError, ValueError) as e:  # e.g. bytes that are not UTF-8: agreed on too
+        error = f"{input}: {type(e).__name__}: {e}"
     try:
         _agree(comm, error, input)
     except (DataError, RuntimeError):  # the run failed somewhere: remove this rank's shards

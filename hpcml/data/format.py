@@ -104,6 +104,11 @@ def read_manifest(folder):
             if int(s["rows"]) < 0 or not str(s["file"]).startswith("shard-") \
                     or os.sep in str(s["file"]):
                 raise DataError(f"bad shard entry {s!r}")
+            sha = s.get("sha256")
+            if not (isinstance(sha, str) and len(sha) == 64
+                    and all(c in "0123456789abcdef" for c in sha)):
+                raise DataError(f"shard entry {s.get('file')!r}: sha256 must be 64 hex "
+                                f"digits, got {sha!r}")
             rows += int(s["rows"])
         if rows != int(m["rows"]):
             raise DataError(f"rows is {m['rows']} but the shards add up to {rows}")

@@ -122,8 +122,12 @@ class ShardReader:
         if n <= 0:
             return
         if not self.raw:
-            self.x.read_direct(out_x, np.s_[a:b], np.s_[0:n])
-            self.y.read_direct(out_y, np.s_[a:b], np.s_[0:n])
+            try:
+                self.x.read_direct(out_x, np.s_[a:b], np.s_[0:n])
+                self.y.read_direct(out_y, np.s_[a:b], np.s_[0:n])
+            except (OSError, KeyError, RuntimeError) as e:  # e.g. a corrupt compressed chunk
+                raise DataError(f"{self.path}: rows {a}..{b - 1} cannot be read "
+                                f"({type(e).__name__}: {e})") from None
             return
         for layout, out in ((self.lx, out_x), (self.ly, out_y)):
             mem = memoryview(out[:n]).cast("B")

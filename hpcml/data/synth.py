@@ -8,7 +8,9 @@ import os
 
 import numpy as np
 
-from .format import write_shard, write_manifest, DataError
+from hpcml.comm.guard import agree, CollectiveError
+
+from .format import shard_name, write_shard, write_manifest, DataError
 
 
 def shard_rows(rows, shards):
@@ -49,10 +51,24 @@ def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     os.makedirs(out, exist_ok=True)
     counts = shard_rows(rows, shards)
-    entries = {}
-    for i in range(rank, shards, size):
-        x, y = make_shard(seed, i, counts[i], features, classes, regression, dtype)
-        entries[i] = write_shard(out, i, x, y)
+    entries, error = {}, None
+    try:
+        for i in range(rank, shards, size):
+            x, y = make_shard(seed, i, counts[i], features, classes, regression, dtype)
+            entries[i] = write_shard(out, i, x, y)
+    except OSError as e:
+        error = f"{out}: writing shard {i}: {e}"
+    try:
+        if comm is not None:
+            agree(comm, error, what=f"writing {out}")  # the same error on every rank
+        elif error is not None:
+            raise DataError(error)
+    except (CollectiveError, DataError):
+        for i in entries:  # the shards this rank wrote: no half-made dataset left behind
+            path = os.path.join(out, shard_name(i))
+            if os.path.exists(path):
+                os.unlink(path)
+        raise
     if comm is not None:
         gathered = comm.gather(entries, root=0)
         if rank != 0:

@@ -34,7 +34,7 @@ def verify(path, comm=None):
         except (OSError, KeyError) as e:
             problems.append(f"{file}: unreadable ({type(e).__name__}: {e})")
             continue
-        if got != s["sha256"]:
+        if got != s.get("sha256"):
             problems.append(f"{file}: checksum mismatch (manifest {s['sha256'][:12]}..., "
                             f"file {got[:12]}...)")
     error = "; ".join(problems) or None
@@ -55,7 +55,7 @@ def scan(path, comm=None, batch_size=65536):
     try:
         for x, _ in ds.loader(batch_size, shuffle=False):
             rows += len(x)
-    except DataError as e:
+    except (DataError, OSError) as e:
         error = str(e)
     if comm is not None:
         agree(comm, error, what=f"scanning {path}")

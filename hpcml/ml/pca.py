@@ -28,7 +28,6 @@ Learned attributes are float64 whatever the input dtype (the accumulation is flo
 transform returns the input's float dtype. Validation is collective: a bad input on any
 rank raises the same InputError (a ValueError) on every rank.
 """
-import hashlib
 import inspect
 import math
 import numbers
@@ -37,7 +36,7 @@ import os
 import numpy as np
 
 from hpcml import comm as hc
-from hpcml.comm.guard import CollectiveError
+from hpcml.comm.guard import CollectiveError, same_everywhere
 from hpcml.data import DataError, ShardedDataset
 from hpcml.kernels import covariance as KC
 
@@ -65,27 +64,19 @@ def _agree(comm, error, what):
         raise InputError(str(e)) from None
 
 
-def _digest_value(v):
-    if isinstance(v, (bool, np.bool_)) or v is None or isinstance(v, str):
-        return repr(bool(v) if isinstance(v, np.bool_) else v)
-    if isinstance(v, numbers.Integral):
-        return repr(int(v))
-    if isinstance(v, numbers.Real):
-        return float(v).hex()
-    if isinstance(v, np.ndarray):
-        return f"{v.dtype.str}{v.shape}" + hashlib.sha256(np.ascontiguousarray(v)).hexdigest()
-    return repr(v)
-
-
-def same_everywhere(comm, params):
-    """Collective: True on every rank if every rank passed equal params (a dict; numbers
-    compare by value whatever their type, arrays by dtype, shape and bytes). One
-    all-reduce of a 56-bit digest."""
-    text = repr(sorted((k, _digest_value(v)) for k, v in params.items()))
-    h = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
-    both = np.array([h, -h], np.int64)
-    hc.allreduce(both, "max", comm=comm)
-    return bool(both[0] == h and -both[1] == h)
+def _check_backend(backend):
+    """ValueError for a kernel backend that is unknown or, for cuda (named, or the
+    process-wide one), unusable on this rank; checked with the parameters, so the ranks
+    agree on it before any kernel runs."""
+    from hpcml import kernels as K
+    b = backend if backend is not None else K.get_backend()
+    if b not in K.BACKENDS:
+        raise ValueError(f"backend={b!r}: expected one of {', '.join(K.BACKENDS)}")
+    if b == "cuda":
+        try:
+            K._require_cuda()
+        except RuntimeError as e:
+            raise ValueError(str(e)) from None
 
 
 def _host_rows(X):
@@ -259,6 +250,7 @@ class PCA:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        _check_backend(self.backend)
         rs = self.random_state
         if rs is not None and (isinstance(rs, bool) or not isinstance(rs, numbers.Integral)
                                or rs < 0):
@@ -365,6 +357,8 @@ class PCA:
                 fn(offset, x)
         except (DataError, OSError, _BadRows) as e:
             error = str(e)
+        except Exception as e:  # noqa: BLE001 - anything else, agreed on too: no rank waits
+            error = f"{type(e).__name__}: {e}"
         _agree(comm, error, what)
 
     def _accumulate(self, rows, comm):

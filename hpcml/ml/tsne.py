@@ -23,7 +23,7 @@ from hpcml.comm.rows import RowGather, allgather_rows, row_counts
 from hpcml.kernels import tsne as KT
 
 from .neighbors import knn
-from .pca import _agree, same_everywhere  # _agree: the same InputError on every rank
+from .pca import _agree, _check_backend, same_everywhere  # _agree: one error everywhere
 
 EXPLORATION_ITER = 250  # scikit-learn's early-exaggeration phase
 CHECK_EVERY = 50  # KL and stopping checks (scikit-learn's _N_ITER_CHECK)
@@ -38,7 +38,12 @@ def _local_data(X, comm):
         X = ShardedDataset(X, comm)
     if isinstance(X, ShardedDataset):
         xs, ys = [], []
-        for x, y in X.loader(65536, shuffle=False):
+        if X.comm is None and comm is not None:  # split the rows among our ranks
+            loader = X.loader(65536, shuffle=False, rank=comm.Get_rank(),
+                              ranks=comm.Get_size())
+        else:
+            loader = X.loader(65536, shuffle=False)
+        for x, y in loader:
             xs.append(x)
             ys.append(y)
         f = X.features
@@ -88,8 +93,13 @@ class TSNE:
         self.min_num_intervals = min_num_intervals
         self.intervals_per_unit = intervals_per_unit
 
+    def _comm_(self):
+        """The communicator of the fit in progress: comm, or the dataset's."""
+        return getattr(self, "_fit_comm", self.comm)
+
     # --- checks ------------------------------------------------------------------------
     def _check_params(self, n):
+        _check_backend(self.backend)
         if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
             raise ValueError(f"n_components must be a positive int, got {self.n_components!r}")
         if not self.perplexity > 0:
@@ -130,7 +140,7 @@ class TSNE:
     # --- affinities --------------------------------------------------------------------
     def _affinities(self, X_all, lo, hi, n):
         """CSR (indptr, indices, pvals) of the symmetrised, normalised P for rows [lo, hi)."""
-        comm = self.comm
+        comm = self._comm_()
         k = min(n - 1, int(3.0 * self.perplexity + 1))
         t = time.perf_counter()
         idx, d2 = knn(X_all[lo:hi], X_all, k, self_offset=lo,
@@ -165,7 +175,7 @@ class TSNE:
 
     # --- helpers -----------------------------------------------------------------------
     def _log(self, text):
-        if self.verbose and (self.comm is None or self.comm.Get_rank() == 0):
+        if self.verbose and (self._comm_() is None or self._comm_().Get_rank() == 0):
             print(text, flush=True)
 
     def _host_backend(self):
@@ -174,8 +184,8 @@ class TSNE:
     def _sum(self, values):
         """Sum a few floats over ranks (identical on every rank)."""
         buf = np.array(values, np.float64)
-        if self.comm is not None and self.comm.Get_size() > 1:
-            hc.allreduce(buf, "sum", comm=self.comm)
+        if self._comm_() is not None and self._comm_().Get_size() > 1:
+            hc.allreduce(buf, "sum", comm=self._comm_())
         return buf
 
     def _initial(self, X_all, n, lo, hi):
@@ -204,7 +214,15 @@ class TSNE:
         return self.embedding_ if local is None else self.embedding_[local[0]:local[1]]
 
     def _fit(self, X):
+        from hpcml.data import ShardedDataset
         comm = self.comm
+        if isinstance(X, ShardedDataset) and X.comm is not None:  # as PCA: the dataset's
+            if comm is None:
+                comm = X.comm
+            elif comm.Get_size() != X.comm.Get_size():
+                raise ValueError(f"the dataset was opened on {X.comm.Get_size()} ranks, "
+                                 f"t-SNE's comm has {comm.Get_size()}")
+        self._fit_comm = comm
         if comm is not None:
             from hpcml.kernels import threads
             from hpcml.comm.guard import local_ranks
@@ -222,7 +240,7 @@ class TSNE:
                 bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
                 raise ValueError(f"X has NaN or Inf in row {bad}" +
                                  (f" of rank {comm.Get_rank()}" if comm is not None else ""))
-        except ValueError as e:
+        except (ValueError, OSError) as e:  # DataError is a ValueError
             error = str(e)
         _agree(comm, error, "t-SNE input")
         # float32 only if every rank has float32 rows: the all-gathers need one dtype
@@ -284,7 +302,7 @@ class TSNE:
             approx = None
         # per-row parts of Z, gathered and summed in row order: the same Z on every rank
         # and for every split of the rows
-        zg = RowGather(n, (), np.float64, self.comm, counts=self._counts)
+        zg = RowGather(n, (), np.float64, self._comm_(), counts=self._counts)
         if cuda:  # P stays on the GPU; the embedding (n x d) is copied per iteration
             from numba import cuda as nbcuda
             indptr, indices, pvals = (nbcuda.to_device(a) for a in (indptr, indices, pvals))
