@@ -25,7 +25,7 @@ import threading
 import h5py
 import numpy as np
 
-from hpcml.comm.guard import agree, raise_agreed, watching, CollectiveError
+from hpcml.comm.guard import agree, raise_agreed, same_everywhere, watching, CollectiveError
 from hpcml.kernels.cpu.elementwise import gather_block, check_block, keyed_permutation_into
 from .format import read_manifest, DataError, CHUNK_ROWS
 from . import blockio
@@ -130,12 +130,31 @@ class Loader:
     def __init__(self, ds, batch_size, shuffle, seed, drop_last, prefetch, block_rows,
                  nonfinite, agree_errors=False, partition="contiguous", rank=None,
                  ranks=None):
+        error = None
         if partition not in ("contiguous", "global"):
-            raise ValueError(f"partition must be 'contiguous' or 'global', got {partition!r}")
-        if batch_size < 1 or prefetch < 1 or block_rows < 1:
-            raise ValueError("batch_size, prefetch and block_rows must be >= 1")
-        if nonfinite not in ("error", "drop"):
-            raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
+            error = f"partition must be 'contiguous' or 'global', got {partition!r}"
+        elif batch_size < 1 or prefetch < 1 or block_rows < 1:
+            error = "batch_size, prefetch and block_rows must be >= 1"
+        elif nonfinite not in ("error", "drop"):
+            error = f"nonfinite must be 'error' or 'drop', got {nonfinite!r}"
+        if ds.comm is not None and ds.comm.Get_size() > 1:
+            # the ranks share one plan of the epoch: a rank with another seed or batch size
+            # would visit rows twice or never, or wait in a collective for a missing batch
+            same = same_everywhere(ds.comm, {
+                "batch_size": batch_size, "shuffle": bool(shuffle), "seed": seed,
+                "drop_last": bool(drop_last), "block_rows": block_rows,
+                "nonfinite": nonfinite, "agree_errors": bool(agree_errors),
+                "partition": partition})
+            if error is None and not same:
+                error = ("loader settings differ across ranks: every rank must pass the same "
+                         "batch_size, shuffle, seed, drop_last, block_rows, nonfinite, "
+                         "agree_errors and partition")
+            try:
+                agree(ds.comm, error, what="creating a loader")
+            except CollectiveError as e:
+                raise ValueError(str(e)) from None
+        elif error is not None:
+            raise ValueError(error)
         self.ds, self.batch_size, self.shuffle, self.seed = ds, batch_size, shuffle, seed
         self.drop_last, self.prefetch, self.block_rows = drop_last, prefetch, block_rows
         self.nonfinite, self.agree_errors = nonfinite, agree_errors

@@ -176,3 +176,16 @@ def test_synth_write_failure_on_one_rank(comm, shared_dir):
     comm.Barrier()
     left = [f for f in os.listdir(out) if f != "shard-00001.h5"]
     all_ranks(comm, left == [], f"files left behind: {left}")
+
+
+def test_loader_settings_must_agree(comm, shared_dir):
+    ds = ShardedDataset(_dataset(comm, os.path.join(shared_dir, "ld")), comm)
+    r = comm.Get_rank()
+    with pytest.raises(ValueError, match="loader settings differ across ranks") as info:
+        ds.loader(16, seed=r)  # each rank another shuffle: rows visited twice or never
+    _one_message(comm, info.value)
+    with pytest.raises(ValueError, match="batch_size, prefetch and block_rows") as info:
+        ds.loader(0 if r == 1 else 16)
+    _one_message(comm, info.value)
+    rows = sum(len(y) for _, y in ds.loader(16, seed=3))
+    all_ranks(comm, comm.allreduce(rows) == ds.rows, "every row once")
