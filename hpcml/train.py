@@ -252,12 +252,15 @@ def run(cfg, comm=None, log=print, history=None):
     def save():
         if not cfg["checkpoint_dir"]:
             return
-        if rank == 0:
+
+        def write():
             state = {"step": step, "epoch": loader.epoch, "batches_done": loader.batches_done,
                      "ranks": P, "algorithm": cfg["algorithm"]}
             ckpt.save(cfg["checkpoint_dir"], step, model.params, opt.state_dict(), state,
                       {k: v for k, v in cfg.items() if k != "hidden_sizes"}, cfg["keep"])
-        comm.Barrier()
+        # rank 0 writes; a failure there (full disk, unwritable folder) is raised on every
+        # rank instead of leaving them in a barrier
+        config.on_rank0(comm, write, f"writing a checkpoint to {cfg['checkpoint_dir']}")
 
     def global_rows(micro):
         """Rows of the global micro-batch `micro` (all ranks)."""
@@ -362,9 +365,11 @@ def run(cfg, comm=None, log=print, history=None):
                 line += (f"  {entry['samples_per_s']:,.0f} samples/s  comm "
                          f"{100 * entry['comm_fraction']:.0f}%")
                 (bar.write if bar is not None else log)(line)
-                if cfg["metrics"]:
+            if cfg["metrics"]:
+                def append(entry=entry):
                     with open(cfg["metrics"], "a") as f:
                         f.write(json.dumps(entry) + "\n")
+                config.on_rank0(comm, append, f"appending to --metrics {cfg['metrics']}")
             if not cfg["checkpoint_every"] or loader.batches_done == 0:
                 save()
     finally:

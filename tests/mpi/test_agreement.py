@@ -189,3 +189,18 @@ def test_loader_settings_must_agree(comm, shared_dir):
     _one_message(comm, info.value)
     rows = sum(len(y) for _, y in ds.loader(16, seed=3))
     all_ranks(comm, comm.allreduce(rows) == ds.rows, "every row once")
+
+
+@pytest.mark.parametrize("where", ["checkpoint_dir", "metrics"])
+def test_train_output_failure_on_rank0_reaches_every_rank(comm, shared_dir, where):
+    blocker = os.path.join(shared_dir, "a-file")
+    if comm.Get_rank() == 0:
+        open(blocker, "w").close()
+    comm.Barrier()
+    cfg = dict({k: v[0] for k, v in train.SETTINGS.items()}, hidden="8", dtype="float64",
+               epochs=1, max_steps=3, progress=False, test_data="none",
+               batch_size=20 * comm.Get_size())
+    cfg[where] = os.path.join(blocker, "out")  # under a file: cannot be created
+    with pytest.raises(CollectiveError, match="rank 0") as info:
+        train.run(train.validate(cfg), comm, log=lambda *a: None)
+    _one_message(comm, info.value)
