@@ -263,15 +263,21 @@ class RepulsionFFT:
     w (for Z) and the two components of w^2 (y - y') (the forces). The kernels' FFTs
     depend only on (grid size, h); h is snapped to a ladder of 2^(k/8) steps, so they are
     reused across iterations (kept for the last few grids). Every rank computing with the
-    same y gets the same bytes, whatever its rows."""
+    same y gets the same bytes, whatever its rows.
 
-    def __init__(self, p=3, min_intervals=50, intervals_per_unit=1.0, cache=6):
+    exact_fallback: when the grid would cost more than the exact O(n^2) sum (a few points
+    spread far apart, e.g. 30 points over 600 units gave a 3,600^2 grid and 70 s where
+    Barnes-Hut took 0.4 s), compute the exact sum instead (last_grid is then None)."""
+
+    def __init__(self, p=3, min_intervals=50, intervals_per_unit=1.0, cache=6,
+                 exact_fallback=True):
         if p < 1 or min_intervals < 1 or not intervals_per_unit > 0:
             raise ValueError("RepulsionFFT: p, min_intervals and intervals_per_unit must be "
                              "positive")
         self.p, self.min_intervals = int(p), int(min_intervals)
         self.h_max = 1.0 / intervals_per_unit
         self._cache, self._cache_size = {}, cache
+        self.exact_fallback = exact_fallback
         self.last_grid = None
 
     def _grid(self, y):
@@ -315,6 +321,14 @@ class RepulsionFFT:
             raise ValueError(f"RepulsionFFT: needs a 2-D embedding, got shape {y.shape}")
         lo, h, nb, k = self._grid(y)
         G = nb * self.p
+        n = y.shape[0]
+        if self.exact_fallback and 2 * (2 * G) ** 2 * math.log2(2 * G) > n * n:
+            # a few points spread far apart: the grid (the embedding's span in boxes of at
+            # most 1/intervals_per_unit) would cost more than the exact O(n^2) sum, which
+            # is also exact. Decided on the whole embedding, so the same on every rank.
+            self.last_grid = None
+            repulsive_exact(y, r0, out, z_rows, backend="cpu")
+            return
         fk = self._kernels(nb, h, k)
         q = np.zeros((2 * G, 2 * G))
         spread(y, lo[0], lo[1], h, nb, self.p, q[:G, :G])

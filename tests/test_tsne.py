@@ -118,7 +118,8 @@ def test_fft_interpolation_close_to_exact():
     KT.repulsive_exact(y, 0, ex, zex, backend="cpu")
     for p, ipu, tol in [(3, 1.0, 0.1), (5, 2.0, 2e-3)]:
         f, z = np.empty((n, 2)), np.empty(n)
-        KT.RepulsionFFT(p=p, intervals_per_unit=ipu).compute(y, 0, n, f, z)
+        KT.RepulsionFFT(p=p, intervals_per_unit=ipu, exact_fallback=False).compute(
+            y, 0, n, f, z)
         assert np.linalg.norm(f - ex) / np.linalg.norm(ex) < tol
         assert abs(z.sum() / zex.sum() - 1) < tol / 10
 
@@ -228,7 +229,7 @@ def test_fft_grid_per_axis():
     ex, z = np.empty_like(y), np.empty(400)
     KT.repulsive_exact(y, 0, ex, z, backend="cpu")
     f, zf = np.empty_like(y), np.empty(400)
-    fft = KT.RepulsionFFT()
+    fft = KT.RepulsionFFT(exact_fallback=False)
     fft.compute(y, 0, 400, f, zf)
     assert fft.last_grid[2] < 100  # boxes per axis follow the extent, not the offset
     assert np.linalg.norm(f - ex) / np.linalg.norm(ex) < 0.01
@@ -297,3 +298,45 @@ def test_cli_bad_setting_exits_2(tmp_path):
                         "--output", str(tmp_path)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and "missing" in r.stderr
+
+
+def test_constant_data_gets_a_finite_embedding():
+    """PCA init of constant data has no spread to scale by: the random init is used."""
+    X = np.ones((60, 4))
+    for method in ("exact", "barnes_hut", "fft"):
+        Y = TSNE(perplexity=5, max_iter=300, method=method, random_state=0).fit_transform(X)
+        assert np.isfinite(Y).all(), method
+
+
+def test_fft_on_a_few_far_apart_points_uses_the_exact_sum():
+    """30 points spread over hundreds of units: the FFT grid would have (6 * 600)^2 nodes;
+    the exact sum is cheaper and is used instead (decided on the whole embedding)."""
+    from hpcml.kernels.tsne import RepulsionFFT, repulsive_exact
+    y = np.random.default_rng(0).uniform(-300, 300, (30, 2))
+    fft = RepulsionFFT()
+    out, z = np.empty((30, 2)), np.empty(30)
+    fft.compute(y, 0, 30, out, z)
+    assert fft.last_grid is None
+    want, zw = np.empty((30, 2)), np.empty(30)
+    repulsive_exact(y, 0, want, zw, backend="numpy")
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(z, zw, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"learning_rate": float("inf")}, "learning_rate must be 'auto' or a finite number"),
+    ({"early_exaggeration": float("nan")}, "early_exaggeration must be a finite number"),
+    ({"init": np.vstack([np.zeros((5, 2)), [[np.nan, 0]], np.zeros((24, 2))])},
+     "init array row 5 has a NaN or Inf"),
+])
+def test_bad_numbers_are_refused(kwargs, match):
+    X = np.random.default_rng(0).standard_normal((30, 5))
+    with pytest.raises(ValueError, match=match):
+        TSNE(perplexity=5, max_iter=250, **kwargs).fit(X)
+
+
+def test_numpy_scalar_learning_rate_is_a_number():
+    X = np.random.default_rng(0).standard_normal((30, 5))
+    a = TSNE(perplexity=5, max_iter=250, learning_rate=np.float32(100), random_state=0).fit(X)
+    b = TSNE(perplexity=5, max_iter=250, learning_rate=100.0, random_state=0).fit(X)
+    np.testing.assert_array_equal(a.embedding_, b.embedding_)

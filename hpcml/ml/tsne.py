@@ -14,6 +14,7 @@ never on how rows are split, so P ranks give the same embedding as one process.
 """
 import inspect
 import math
+import numbers
 import time
 
 import numpy as np
@@ -51,6 +52,12 @@ def _local_data(X, comm):
         return (np.concatenate(xs) if xs else np.empty((0, f), xdt),
                 np.concatenate(ys) if ys else np.empty(0))
     return np.asarray(X), None
+
+
+def _real(v):
+    """A finite real number (NumPy scalars too), not a bool."""
+    return (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+            and math.isfinite(v))
 
 
 class TSNE:
@@ -107,11 +114,13 @@ class TSNE:
         if self.perplexity >= n:
             raise ValueError(f"perplexity ({self.perplexity}) must be less than the number "
                              f"of samples ({n})")
-        if not self.early_exaggeration >= 1:
-            raise ValueError(f"early_exaggeration must be >= 1, got {self.early_exaggeration}")
-        if not (self.learning_rate == "auto" or (isinstance(self.learning_rate, (int, float))
-                                                 and self.learning_rate > 0)):
-            raise ValueError(f"learning_rate must be 'auto' or > 0, got {self.learning_rate!r}")
+        if not (_real(self.early_exaggeration) and self.early_exaggeration >= 1):
+            raise ValueError(f"early_exaggeration must be a finite number >= 1, got "
+                             f"{self.early_exaggeration!r}")
+        lr = self.learning_rate
+        if not (isinstance(lr, str) and lr == "auto" or _real(lr) and lr > 0):
+            raise ValueError(f"learning_rate must be 'auto' or a finite number > 0, got "
+                             f"{lr!r}")
         if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive int, got {self.max_iter!r}")
         if self.method not in METHODS:
@@ -193,6 +202,9 @@ class TSNE:
         if isinstance(self.init, np.ndarray):
             if self.init.shape != (n, d):
                 raise ValueError(f"init array has shape {self.init.shape}, expected {(n, d)}")
+            if not np.isfinite(self.init).all():
+                bad = int(np.flatnonzero(~np.isfinite(self.init).all(axis=1))[0])
+                raise ValueError(f"init array row {bad} has a NaN or Inf value")
             return np.array(self.init[lo:hi], np.float64)
         if self.init == "random":
             rng = np.random.default_rng(self.random_state)
@@ -200,7 +212,11 @@ class TSNE:
         # every rank holds all rows: the same PCA on each, whatever the split of the rows
         from .pca import PCA
         y = PCA(n_components=d).fit_transform(X_all).astype(np.float64)
-        return (y / y[:, 0].std() * 1e-4)[lo:hi]
+        s = y[:, 0].std()
+        if not (np.isfinite(s) and s > 0):  # constant data: no direction to start from
+            rng = np.random.default_rng(0 if self.random_state is None else self.random_state)
+            return 1e-4 * rng.standard_normal((n, d))[lo:hi]
+        return (y / s * 1e-4)[lo:hi]
 
     # --- fit ---------------------------------------------------------------------------
     def fit(self, X, y=None):
