@@ -12,12 +12,11 @@ import glob
 import json
 import os
 import re
-import tempfile
 
 import h5py
 import numpy as np
 
-from hpcml.atomic import atomic_write_json
+from hpcml.atomic import atomic_h5, atomic_write_json
 
 FORMAT, VERSION = "hpcml-checkpoint", 1
 _NAME = re.compile(r"step-(\d{8,})\.h5$")
@@ -33,32 +32,26 @@ def save(folder, step, params, optim_state, state, config, keep=3):
     os.makedirs(folder, exist_ok=True)
     name = f"step-{step:08d}.h5"
     path = os.path.join(folder, name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
-            f.attrs["step"] = int(step)
-            f.attrs["config"] = json.dumps(config)
-            f.attrs["state"] = json.dumps(state)
-            f.create_dataset("params", data=params)
-            g = f.create_group("optim")
-            scalars = {}
-            for key, value in optim_state.items():
-                if isinstance(value, np.ndarray):
-                    g.create_dataset(key, data=value)
-                else:
-                    scalars[key] = value
-            g.attrs["scalars"] = json.dumps(scalars)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_h5(path) as f:  # temporary name, fsync, rename; the umask's mode (0644)
+        f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
+        f.attrs["step"] = int(step)
+        f.attrs["config"] = json.dumps(config)
+        f.attrs["state"] = json.dumps(state)
+        f.create_dataset("params", data=params)
+        g = f.create_group("optim")
+        scalars = {}
+        for key, value in optim_state.items():
+            if isinstance(value, np.ndarray):
+                g.create_dataset(key, data=value)
+            else:
+                scalars[key] = value
+        g.attrs["scalars"] = json.dumps(scalars)
     atomic_write_json(os.path.join(folder, "latest"), {"file": name, "step": int(step)})
-    for old in sorted(_checkpoints(folder))[:-keep] if keep > 0 else []:
+    # keep the newest `keep` by step, but never the file just written (after resuming from
+    # an older step, the higher-numbered files are the ones to go)
+    others = sorted(c for c in _checkpoints(folder) if os.path.abspath(c[1]) !=
+                    os.path.abspath(path))
+    for old in (others[:len(others) - (keep - 1)] if keep > 0 else []):
         os.unlink(old[1])
     return path
 
@@ -106,4 +99,6 @@ def find_latest(folder):
             continue
         ck["skipped"] = skipped
         return ck
+    if skipped:  # checkpoints exist but none loads: not a fresh start
+        raise CheckpointError(f"{folder}: no readable checkpoint ({'; '.join(skipped)})")
     return None

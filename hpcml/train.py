@@ -148,6 +148,21 @@ def _test_name(cfg):
     return t
 
 
+#: settings that shape the parameters or the optimizer state: a checkpoint written with
+#: other values would load into the wrong layers (same parameter count) or fail later
+MODEL_KEYS = ("hidden", "activation", "optimizer", "dtype")
+
+
+def _model_differs(ck, cfg):
+    """The message if checkpoint `ck` was written for another model or optimizer, else ''."""
+    saved = ck.get("config") or {}
+    differ = [k for k in MODEL_KEYS if k in saved and str(saved[k]) != str(cfg[k])]
+    if not differ:
+        return ""
+    return (f"{ck['path']}: written with " + ", ".join(f"--{k} {saved[k]!r}" for k in differ)
+            + "; this run has " + ", ".join(f"--{k} {cfg[k]!r}" for k in differ))
+
+
 def _standardizer(ds, comm, dtype):
     """Per-feature mean and 1/std of the training set (one pass, sums all-reduced)."""
     s = np.zeros(ds.features * 2 + 1)
@@ -228,6 +243,8 @@ def run(cfg, comm=None, log=print, history=None):
                     error = (f"{ck['path']}: parameters {ck['params'].dtype} "
                              f"{ck['params'].shape}, this model has {model.params.dtype} "
                              f"{model.params.shape}")
+                elif _model_differs(ck, cfg):
+                    error = _model_differs(ck, cfg)
                 elif ck["state"]["ranks"] != P or ck["state"]["algorithm"] != cfg["algorithm"]:
                     log(f"note: {ck['path']} was written with {ck['state']['ranks']} ranks and "
                         f"algorithm {ck['state']['algorithm']}; the run continues, but not bit "
@@ -370,8 +387,9 @@ def run(cfg, comm=None, log=print, history=None):
                     with open(cfg["metrics"], "a") as f:
                         f.write(json.dumps(entry) + "\n")
                 config.on_rank0(comm, append, f"appending to --metrics {cfg['metrics']}")
-            if not cfg["checkpoint_every"] or loader.batches_done == 0:
-                save()
+            if (not cfg["checkpoint_every"] or loader.batches_done == 0
+                    or (step >= total and step % cfg["checkpoint_every"])):
+                save()  # each epoch's end, and the last step (--max-steps mid-epoch)
     finally:
         dp.close()
         preempt.restore()
