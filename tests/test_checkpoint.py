@@ -67,3 +67,16 @@ def test_checkpoint_files_get_the_umask_mode(tmp_path):
     for p in glob.glob(f"{tmp_path}/step-*.h5"):
         assert os.stat(p).st_mode & 0o777 == 0o644
     assert ckpt.load(glob.glob(f"{tmp_path}/step-*.h5")[0])["step"] == 23
+
+
+def test_a_flipped_byte_in_the_weights_is_detected(tmp_path):
+    import h5py
+    _run(tmp_path)
+    path = glob.glob(f"{tmp_path}/step-*.h5")[0]
+    with h5py.File(path, "r") as f:
+        info = f["params"].id.get_chunk_info(0)
+    raw = bytearray(open(path, "rb").read())
+    raw[info.byte_offset + 100] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(ckpt.CheckpointError, match="step-00000023.h5: unreadable checkpoint"):
+        ckpt.load(path)
