@@ -245,7 +245,17 @@ def run(cfg, comm=None, log=print, history=None):
                              f"{model.params.shape}")
                 elif _model_differs(ck, cfg):
                     error = _model_differs(ck, cfg)
-                elif ck["state"]["ranks"] != P or ck["state"]["algorithm"] != cfg["algorithm"]:
+                else:
+                    saved = ck.get("config") or {}
+                    horizon = [k for k in ("epochs", "max_steps", "schedule")
+                               if k in saved and saved[k] != cfg[k]]
+                    if horizon and cfg["schedule"] != "constant":
+                        log(f"note: {ck['path']} was written with " + ", ".join(
+                            f"--{k.replace('_', '-')} {saved[k]}" for k in horizon) +
+                            "; the learning rate now follows this run's schedule (--max-steps "
+                            "and --epochs set its length), so the run differs from one that "
+                            "was never stopped")
+                if error is None and ck["state"]["ranks"] != P or ck["state"]["algorithm"] != cfg["algorithm"]:
                     log(f"note: {ck['path']} was written with {ck['state']['ranks']} ranks and "
                         f"algorithm {ck['state']['algorithm']}; the run continues, but not bit "
                         f"for bit as it would have")

@@ -80,3 +80,19 @@ def test_a_flipped_byte_in_the_weights_is_detected(tmp_path):
     open(path, "wb").write(bytes(raw))
     with pytest.raises(ckpt.CheckpointError, match="step-00000023.h5: unreadable checkpoint"):
         ckpt.load(path)
+
+
+def test_resuming_with_another_schedule_length_says_so(tmp_path):
+    """--max-steps and --epochs set the schedule's length: a run stopped by --max-steps
+    and resumed without it is not the uninterrupted run, and the resume says so."""
+    base = dict(data="digits", test_data="none", hidden="11", dtype="float64", epochs=2,
+                progress=False, seed=1, batch_size=64, checkpoint_dir=str(tmp_path),
+                schedule="cosine")
+    cfg = train.validate(dict({k: v[0] for k, v in train.SETTINGS.items()}, **base))
+    train.run(dict(cfg, max_steps=30), MPI.COMM_WORLD, log=lambda *a: None)
+    lines = []
+    train.run(dict(cfg, resume="auto"), MPI.COMM_WORLD, log=lines.append)
+    assert any("written with --max-steps 30" in ln for ln in lines), lines
+    lines.clear()
+    train.run(dict(cfg, epochs=3, resume="auto"), MPI.COMM_WORLD, log=lines.append)
+    assert any("--epochs 2" in ln for ln in lines), lines
