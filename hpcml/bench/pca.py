@@ -23,7 +23,9 @@ against the loader's own read rate, in one run.
   many rows as this rank reads, on as many threads as the kernels use): no shift, no merge,
   no I/O, the most any float64 accumulation reaches here. loader_cpu_s: the CPU seconds
   (all the process's threads, kernel time included) of one plain pass: the work reading
-  costs the cores, which a fit spends besides the product.
+  costs the cores, which a fit spends besides the product. fit_ceiling_vs_loader:
+  loader_s / (product_only_s + loader_cpu_s / threads), the best ratio a fit that reads
+  through the loader and multiplies with this BLAS can reach on these cores.
   cold_*: plain and pca again with the page cache emptied before each pass (root on Linux
   only; skipped otherwise), so the rows come from the disk, as from a shared file system.
 Timing: Barrier, then perf_counter; each rank's median over repeats; the max over ranks.
@@ -182,7 +184,11 @@ def streaming(comm, rows, features, repeats, batch, folder):
             "loader_cpu_s": float(slow[4]),
             "pca_vs_loader": float(slow[0] / slow[1]),
             "accumulate_only_vs_loader": float(slow[0] / slow[2]),
-            "product_only_vs_loader": float(slow[0] / slow[3])}
+            "product_only_vs_loader": float(slow[0] / slow[3]),
+            # the most any float64 fit could reach here: its CPU work is at least the
+            # product's (product_only_s on `threads` cores) plus the reading's (loader_cpu_s),
+            # spread over the same cores
+            "fit_ceiling_vs_loader": float(slow[0] / (slow[3] + slow[4] / product.threads))}
 
 
 def _product_only(rows, features):
