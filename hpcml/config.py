@@ -97,7 +97,9 @@ def start(comm, parse_fn, argv=None):
     try:
         agree(comm, error, what="reading the settings")
         if comm.Get_size() > 1:  # ranks given different flags or --config files
-            differ = [k for k in sorted(cfg) if not same_everywhere(comm, {k: cfg[k]})]
+            # one all-reduce when they agree (the usual case); key by key only to name them
+            differ = [] if same_everywhere(comm, cfg) else [
+                k for k in sorted(cfg) if not same_everywhere(comm, {k: cfg[k]})]
             if differ:
                 raise CollectiveError("settings differ across ranks: " + ", ".join(
                     k.replace("_", "-") for k in differ) + " (every rank must get the same "

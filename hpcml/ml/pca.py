@@ -36,64 +36,17 @@ import os
 import numpy as np
 
 from hpcml import comm as hc
-from hpcml.comm.guard import CollectiveError, same_everywhere
+from hpcml.comm.guard import same_everywhere
 from hpcml.data import DataError, ShardedDataset
 from hpcml.kernels import covariance as KC
 
+from .checks import InputError, NotFittedError  # noqa: F401 (hpcml.ml.pca.InputError)
+from .checks import agree as _agree, check_backend as _check_backend, host_rows as _host_rows
+from .rankstats import BadRows as _BadRows, check_finite as _check_finite
+from .rankstats import check_merged as _check_merged, merge_ranks as _merge_ranks, tsqr as _tsqr
+
 SOLVERS = ("auto", "covariance", "randomized")
 WIDE = 1000  # auto: more features than this (and few components) -> randomized
-
-
-class InputError(ValueError, CollectiveError):
-    """Bad input or parameters: the same message is raised on every rank."""
-
-
-class NotFittedError(ValueError, AttributeError):
-    """transform/inverse_transform before fit (scikit-learn's exception's bases)."""
-
-
-def _agree(comm, error, what):
-    """Raise the same InputError on every rank if any rank has an error (collective)."""
-    if comm is None:
-        if error:
-            raise InputError(error)
-        return
-    try:
-        hc.agree(comm, error, what=what)
-    except CollectiveError as e:
-        raise InputError(str(e)) from None
-
-
-def _check_backend(backend):
-    """ValueError for a kernel backend that is unknown or, for cuda (named, or the
-    process-wide one), unusable on this rank; checked with the parameters, so the ranks
-    agree on it before any kernel runs."""
-    from hpcml import kernels as K
-    b = backend if backend is not None else K.get_backend()
-    if b not in K.BACKENDS:
-        raise ValueError(f"backend={b!r}: expected one of {', '.join(K.BACKENDS)}")
-    if b == "cuda":
-        try:
-            K._require_cuda()
-        except RuntimeError as e:
-            raise ValueError(str(e)) from None
-
-
-def _host_rows(X):
-    """(2-D float array, None) or (None, error message) for an array-like X."""
-    if hasattr(X, "__cuda_array_interface__") or hasattr(X, "copy_to_host"):
-        return None, "X must be a host array (NumPy), not a device array"
-    try:
-        a = np.asarray(X)
-    except (TypeError, ValueError) as e:
-        return None, f"X is not an array ({e})"
-    if a.dtype.kind not in "fiub":
-        return None, f"X must be real numbers, got dtype {a.dtype}"
-    if a.ndim != 2:
-        return None, f"X must be 2-D (rows x features), got shape {a.shape}"
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    return a, None
 
 
 def _flip_signs(V):
@@ -620,67 +573,3 @@ class PCA:
         _agree(self.comm, error, "PCA.inverse_transform")
         W = self.components_ * self._scale()[:, None] if self.whiten else self.components_
         return (Z.astype(np.float64) @ W + self.mean_).astype(Z.dtype, copy=False)
-
-
-class _BadRows(ValueError):
-    pass
-
-
-def _check_finite(x, offset, stats, rows):
-    """Raise _BadRows naming the first non-finite row if the block's statistics are not
-    finite (NaN/Inf anywhere in a block makes its sums non-finite)."""
-    if np.isfinite(stats[1]).all() and np.isfinite(stats[2]).all():
-        return
-    bad = KC.find_nonfinite(x)
-    where = "the dataset's" if rows.ds is not None else "X"
-    if bad >= 0:
-        raise _BadRows(f"{where} row {offset + bad} (of this rank's rows) has a NaN or Inf "
-                       f"value")
-    raise _BadRows(f"{where} rows {offset}..{offset + len(x) - 1} overflow float64 "
-                   f"(values too large to square)")
-
-
-def _check_merged(mean, M2):
-    """The merged statistics (the same bytes on every rank) must be finite: each block's
-    are, but their sum across blocks, calls or ranks can still overflow float64."""
-    if not (np.isfinite(mean).all() and np.isfinite(M2).all()):
-        raise InputError("the rows' scatter overflows float64 once blocks and ranks are "
-                         "merged (values too large to square); scale the data")
-
-
-def _merge_ranks(comm, stats):
-    """(n, mean, M2) of all ranks' rows (M2 a scatter matrix or per-feature vector), the
-    same bytes on every rank: sum all-reduce of (n, n * mean), then of each rank's M2
-    moved to the global mean."""
-    n, mean, M = stats
-    if comm is None:
-        return n, mean.copy(), M.copy()
-    d = len(mean)
-    buf = np.empty(d + 1)
-    buf[0], buf[1:] = n, mean * n
-    hc.allreduce(buf, "sum", comm=comm)
-    total = int(round(buf[0]))
-    if total == 0:
-        return 0, np.zeros(d), np.zeros_like(M)
-    center = buf[1:] / total
-    out = KC.scatter_about(stats, center)
-    hc.allreduce(out, "sum", comm=comm)
-    return total, center, out
-
-
-def _tsqr(Y, comm):
-    """Q with orthonormal columns spanning Y's, Y split by rows across ranks (TSQR: local
-    QR, all-gather of the R factors, QR of their stack)."""
-    n, width = Y.shape
-    if comm is None or comm.Get_size() == 1:
-        return np.linalg.qr(Y)[0]
-    p, r = comm.Get_size(), comm.Get_rank()
-    if n:
-        Q1, R1 = np.linalg.qr(Y)  # Q1: n x m, R1: m x width, m = min(n, width)
-    else:
-        Q1, R1 = np.zeros((0, 0)), np.zeros((0, width))
-    stack = np.zeros(p * width * width)
-    stack[r * width * width:r * width * width + R1.size] = R1.ravel()
-    hc.allgather(stack, comm=comm)  # block r of chunk_bounds(p * w * w, p) from rank r
-    Q2 = np.linalg.qr(stack.reshape(p * width, width))[0]
-    return Q1 @ Q2[r * width:r * width + R1.shape[0]]

@@ -20,11 +20,12 @@ import time
 import numpy as np
 
 from hpcml import comm as hc
+from hpcml.comm.guard import same_everywhere
 from hpcml.comm.rows import RowGather, allgather_rows, row_counts
 from hpcml.kernels import tsne as KT
 
+from .checks import agree as _agree, check_backend as _check_backend  # one error everywhere
 from .neighbors import knn
-from .pca import _agree, _check_backend, same_everywhere  # _agree: one error everywhere
 
 EXPLORATION_ITER = 250  # scikit-learn's early-exaggeration phase
 CHECK_EVERY = 50  # KL and stopping checks (scikit-learn's _N_ITER_CHECK)

@@ -14,3 +14,8 @@ def same_bytes_everywhere(comm, arr):
     """True on every rank iff every rank holds exactly the same bytes as rank 0."""
     ref = comm.bcast(np.ascontiguousarray(arr).tobytes(), root=0)
     return comm.allreduce(int(np.ascontiguousarray(arr).tobytes() == ref), op=MPI.MIN) == 1
+
+
+def same_message_everywhere(comm, exc):
+    """Assert that every rank raised an exception with the same message."""
+    all_ranks(comm, len(set(comm.allgather(str(exc)))) == 1, "same message everywhere")

@@ -16,11 +16,7 @@ from hpcml.data import DataError, ShardedDataset, synth
 from hpcml.data.verify import scan
 from hpcml.ml import PCA, TSNE
 from hpcml.ml.pca import InputError
-from mpi_helpers import all_ranks, same_bytes_everywhere
-
-
-def _one_message(comm, exc):
-    all_ranks(comm, len(set(comm.allgather(str(exc)))) == 1, "same message everywhere")
+from mpi_helpers import all_ranks, same_bytes_everywhere, same_message_everywhere
 
 
 def _dataset(comm, folder, rows=400, features=5, shards=2):
@@ -69,11 +65,11 @@ def test_train_standardizer_and_evaluation_agree_on_bad_rows(comm, shared_dir):
     with pytest.raises(CollectiveError, match="NaN or Inf") as info:  # the standardizer
         train.run(train.validate(dict(cfg, data=bad, test_data="none")), comm,
                   log=lambda *a: None)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
     with pytest.raises(CollectiveError, match="NaN or Inf") as info:  # the test-set pass
         train.run(train.validate(dict(cfg, data=good, test_data=bad)), comm,
                   log=lambda *a: None)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
 
 
 def test_unreadable_shard_is_named_on_every_rank(comm, shared_dir):
@@ -82,10 +78,10 @@ def test_unreadable_shard_is_named_on_every_rank(comm, shared_dir):
     with pytest.raises((CollectiveError, DataError), match=r"shard-0000\d\.h5.*cannot be read"
                        ) as info:
         scan(folder, comm)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
     with pytest.raises(InputError, match=r"shard-0000\d\.h5.*cannot be read") as info:
         TSNE(perplexity=5, max_iter=250, comm=comm).fit(ShardedDataset(folder, comm))
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
 
 
 def test_tsne_uses_the_datasets_split(comm, shared_dir):
@@ -102,7 +98,7 @@ def test_tsne_uses_the_datasets_split(comm, shared_dir):
     b = TSNE(perplexity=5, max_iter=250, random_state=0, comm=comm).fit_transform(
         ShardedDataset(folder))
     all_ranks(comm, a.shape == (150, 2) and b.shape == (150, 2), f"shapes {a.shape} {b.shape}")
-    same_bytes_everywhere(comm, a)
+    all_ranks(comm, same_bytes_everywhere(comm, a), "embedding differs across ranks")
     all_ranks(comm, np.allclose(a, serial, atol=1e-8) and np.allclose(b, serial, atol=1e-8),
               "embedding differs from one process")
 
@@ -112,10 +108,10 @@ def test_backend_bad_on_one_rank_fails_everywhere(comm):
     X = np.random.default_rng(r).standard_normal((200, 5))
     with pytest.raises(InputError, match="backend='cpux'") as info:
         PCA(2, comm=comm, backend="cpux" if r == 1 else None).fit(X)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
     with pytest.raises(InputError, match="backend='cpux'") as info:
         TSNE(perplexity=5, comm=comm, backend="cpux" if r == 1 else "cpu").fit(X)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
 
 
 def test_settings_differing_across_ranks_stop_the_job(comm, capsys):
@@ -134,7 +130,7 @@ def test_environment_differing_across_ranks_is_refused(comm, monkeypatch):
     try:
         with pytest.raises(CollectiveError, match="HPCML_RING_SEGMENT_BYTES differ") as info:
             hc.allreduce(np.ones(1000), comm=fresh)
-        _one_message(comm, info.value)
+        same_message_everywhere(comm, info.value)
     finally:
         fresh.Free()
 
@@ -143,7 +139,7 @@ def test_allreduce_many_checks_op_with_no_arrays(comm):
     with pytest.raises((CollectiveError, ValueError), match="unknown op") as info:
         hc.allreduce_many([], op="bogus" if comm.Get_rank() == 1 else "sum", comm=comm,
                           check=True)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
 
 
 def test_convert_of_bytes_that_are_not_utf8(comm, shared_dir):
@@ -159,7 +155,7 @@ def test_convert_of_bytes_that_are_not_utf8(comm, shared_dir):
     from hpcml.data.convert import convert
     with pytest.raises((CollectiveError, DataError), match="UnicodeDecodeError") as info:
         convert(src, out, shards=2, comm=comm)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
     comm.Barrier()
     left = sorted(os.listdir(out)) if os.path.isdir(out) else []
     all_ranks(comm, not [f for f in left if f.endswith(".h5")], f"shards left behind: {left}")
@@ -172,7 +168,7 @@ def test_synth_write_failure_on_one_rank(comm, shared_dir):
     comm.Barrier()
     with pytest.raises((CollectiveError, DataError), match="shard 1") as info:
         synth(out, 100, 3, classes=2, shards=comm.Get_size(), comm=comm)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
     comm.Barrier()
     left = [f for f in os.listdir(out) if f != "shard-00001.h5"]
     all_ranks(comm, left == [], f"files left behind: {left}")
@@ -183,10 +179,10 @@ def test_loader_settings_must_agree(comm, shared_dir):
     r = comm.Get_rank()
     with pytest.raises(ValueError, match="loader settings differ across ranks") as info:
         ds.loader(16, seed=r)  # each rank another shuffle: rows visited twice or never
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
     with pytest.raises(ValueError, match="batch_size, prefetch and block_rows") as info:
         ds.loader(0 if r == 1 else 16)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)
     rows = sum(len(y) for _, y in ds.loader(16, seed=3))
     all_ranks(comm, comm.allreduce(rows) == ds.rows, "every row once")
 
@@ -203,4 +199,4 @@ def test_train_output_failure_on_rank0_reaches_every_rank(comm, shared_dir, wher
     cfg[where] = os.path.join(blocker, "out")  # under a file: cannot be created
     with pytest.raises(CollectiveError, match="rank 0") as info:
         train.run(train.validate(cfg), comm, log=lambda *a: None)
-    _one_message(comm, info.value)
+    same_message_everywhere(comm, info.value)

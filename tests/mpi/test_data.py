@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_helpers import indexed_dataset  # noqa: E402
 from hpcml import comm as hc  # noqa: E402
 from hpcml.data import ShardedDataset, synth, verify  # noqa: E402
-from mpi_helpers import all_ranks  # noqa: E402
+from mpi_helpers import all_ranks, same_message_everywhere  # noqa: E402
 from test_data_loader import BAD_DATASETS  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def test_bad_dataset_fails_on_every_rank(comm, shared_dir, how, match):
     folder = _broken(comm, shared_dir, how)
     with pytest.raises(hc.CollectiveError, match=match) as info:
         ShardedDataset(folder, comm)
-    all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
+    same_message_everywhere(comm, info.value)
 
 
 def _bad_values(comm, shared_dir, what):
@@ -129,7 +129,7 @@ def test_loader_errors_agreed_on_every_rank(comm, shared_dir, what, match, shuff
         for x, y in ld:
             hc.allreduce(np.ones(3))
             steps += 1
-    all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
+    same_message_everywhere(comm, info.value)
     all_ranks(comm, len(set(comm.allgather(steps))) == 1, "same step everywhere")
     # the loader stays usable: a clean dataset after a failed epoch agrees again
     clean = os.path.join(shared_dir, what + "-clean")

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from hpcml.data import ShardedDataset, synth  # noqa: E402
 from hpcml.ml import PCA  # noqa: E402
 from hpcml.ml.pca import InputError  # noqa: E402
-from mpi_helpers import all_ranks, same_bytes_everywhere  # noqa: E402
+from mpi_helpers import all_ranks, same_bytes_everywhere, same_message_everywhere  # noqa: E402
 
 
 def _serial_tests():
@@ -209,7 +209,7 @@ def test_bad_input_on_one_rank_fails_everywhere(comm, how, match):
         X = X[:, 0]
     with pytest.raises(InputError, match=match) as info:
         PCA(3, comm=comm).fit(X)
-    all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
+    same_message_everywhere(comm, info.value)
 
 
 def test_too_many_components_fails_everywhere(comm):
@@ -237,7 +237,7 @@ def test_transform_error_on_one_rank_fails_everywhere(comm, how, match):
         X = X[:, :3]
     with pytest.raises(InputError, match=match) as info:
         p.transform(X)
-    all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
+    same_message_everywhere(comm, info.value)
 
 
 def test_parameters_must_agree_across_ranks(comm):

@@ -6,7 +6,7 @@ import pytest
 from hpcml.comm import row_bounds
 from hpcml.ml import TSNE
 
-from mpi_helpers import all_ranks, same_bytes_everywhere
+from mpi_helpers import all_ranks, same_bytes_everywhere, same_message_everywhere
 
 
 def blobs(n=360, d=8, seed=0):
@@ -77,7 +77,7 @@ def test_parameters_differing_across_ranks_fail_everywhere(comm):
     lo, hi = row_bounds(len(X), p, r)
     with pytest.raises(InputError, match="t-SNE's parameters differ across ranks") as info:
         TSNE(perplexity=5 + r, max_iter=250, comm=comm).fit(X[lo:hi])
-    all_ranks(comm, len(set(comm.allgather(str(info.value)))) == 1, "same message everywhere")
+    same_message_everywhere(comm, info.value)
 
 
 def test_sharded_dataset_across_ranks(comm):
