@@ -7,6 +7,7 @@ Representative sizes: a 512^3 matmul, updates over 4M parameters, a 1024 x 512 l
 1024 x 100 logits. Without calling it, AUTO holds the choices measured by
 benchmarks/kernels.py on the CI machine.
 """
+import functools
 import time
 
 import numpy as np
@@ -49,6 +50,6 @@ def autotune(backends=("numpy", "cpu")):
     }
     times = {}
     for kernel, call in cases.items():
-        times[kernel] = {be: median_time(lambda be=be: call(be)) for be in backends}
+        times[kernel] = {be: median_time(functools.partial(call, be)) for be in backends}
         K.AUTO[kernel] = min(times[kernel], key=times[kernel].get)
     return times

@@ -126,27 +126,48 @@ def test_resume_mid_epoch_matches_uninterrupted(uneven, stop_after):
         plan_loader(uneven, 0, 2, batch_size=36, seed=1, block_rows=100).load_state_dict(state)
 
 
-def test_memory_is_bounded_by_prefetch(tmp_path):
-    """The reader never runs more than `prefetch` batches ahead of the consumer."""
-    ds = ShardedDataset(indexed_dataset(str(tmp_path / "d"), [5000]))
-    ld = ds.loader(batch_size=10, shuffle=False, prefetch=2, block_rows=100)
-    reads = []
-    orig = h5py.Dataset.__getitem__
+@pytest.mark.parametrize("prefetch", [1, 2])
+def test_memory_is_bounded_by_prefetch(tmp_path, prefetch):
+    """The reader never runs more than `prefetch` batches ahead of the consumer: counted as
+    the steps the reader thread has started, and as the bytes NumPy holds (tracemalloc)."""
+    import threading
+    import time
+    import tracemalloc
+    ds = ShardedDataset(indexed_dataset(str(tmp_path / "d"), [40000], features=16))
+    batch_bytes = 500 * (16 * 4 + 8)  # 500 rows of float32 x 16 and int64 y: 36 kB
+    ld = ds.loader(batch_size=500, shuffle=False, prefetch=prefetch, block_rows=1000)
+    started = []
+    interval = Loader.interval
+    only_arrays = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
 
-    def counting(self, key):
-        if self.name == "/x":
-            reads.append(1)
-        return orig(self, key)
-    h5py.Dataset.__getitem__ = counting
+    def numpy_bytes():  # array data only (NumPy traces it in its own domain)
+        snap = tracemalloc.take_snapshot().filter_traces(only_arrays)
+        return sum(s.size for s in snap.statistics("filename"))
+
+    def counting(self, step):  # the reader calls interval(step) once as it starts a batch
+        if threading.current_thread().name == "hpcml-loader":
+            started.append(step)
+        return interval(self, step)
+    tracemalloc.start()
     try:
+        Loader.interval = counting
+        before = numpy_bytes()
         it = iter(ld)
-        next(it)
-        import time
-        time.sleep(0.3)  # give the reader every chance to run ahead
-        assert len(reads) <= 3 + 1  # 3 batches (in use, 2 queued) of 10 rows: 1 block, + 1
+        first = next(it)
+        deadline = time.monotonic() + 0.5  # give the reader every chance to run ahead
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = numpy_bytes() - before
+        ahead = len(started)
         it.close()
     finally:
-        h5py.Dataset.__getitem__ = orig
+        Loader.interval = interval
+        tracemalloc.stop()
+    assert len(first[0]) == 500
+    # 1 batch handed out + `prefetch` queued + 1 assembled and waiting to be queued; an
+    # unbounded queue reads all 80 batches (2.9 MB)
+    assert ahead <= 1 + prefetch + 1, f"the reader started {ahead} batches ahead"
+    assert held <= (1 + prefetch + 1) * batch_bytes + 64 * 1024, f"{held} bytes held"
 
 
 def test_synth_is_deterministic_and_verifies(tmp_path):

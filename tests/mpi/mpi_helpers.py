@@ -19,3 +19,19 @@ def same_bytes_everywhere(comm, arr):
 def same_message_everywhere(comm, exc):
     """Assert that every rank raised an exception with the same message."""
     all_ranks(comm, len(set(comm.allgather(str(exc)))) == 1, "same message everywhere")
+
+
+def from_root(comm, fn):
+    """fn() run on rank 0 only (a serial reference), its result on every rank. An
+    exception on rank 0 is raised on every rank, so no rank is left waiting in the next
+    collective."""
+    value = error = None
+    if comm.Get_rank() == 0:
+        try:
+            value = fn()
+        except Exception as e:  # noqa: BLE001 - handed to every rank, then raised
+            error = f"{type(e).__name__}: {e}"
+    value, error = comm.bcast((value, error), root=0)
+    if error is not None:
+        raise RuntimeError(f"the reference computed on rank 0 failed: {error}")
+    return value
