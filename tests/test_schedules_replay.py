@@ -49,7 +49,7 @@ def test_allreduce_float_bytes_identical_on_all_ranks(p, name):
             for _ in range(p)]
     exact = np.sum(np.array(bufs, np.float64), axis=0)  # exact: 16 float32s fit in float64
     # any order of p - 1 float32 additions: |error| <= (p - 1) * u * sum|x| (u = eps / 2);
-    # p * eps * sum|x| is twice that, and the measured error stays below a fifth of it
+    # p * eps * sum|x| is twice that; the measured error reaches 0.23 of it (p = 1..16)
     bound = p * np.finfo(np.float32).eps * np.sum(np.abs(np.array(bufs, np.float64)), axis=0)
     for r in range(p if p > 1 else 0):  # the check can fail: without rank r's term the
         # result moves by |x_r| - (rounding <= bound), past the bound where |x_r| > 2 bound
