@@ -17,4 +17,6 @@ if rank and logdir:  # before pytest starts, so its output capture sees the log 
 
 import pytest  # noqa: E402
 
-sys.exit(pytest.main(sys.argv[1:]))
+# a timed-out test ends this rank (and mpiexec the others) instead of leaving the ranks
+# out of step in their next collective
+sys.exit(pytest.main(["-o", "timeout_method=thread"] + sys.argv[1:]))

@@ -2,10 +2,11 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
+
+from procs import run
 
 MPIEXEC = shutil.which("mpiexec")
 
@@ -15,7 +16,7 @@ def test_allreduce_benchmark_writes_json_and_png(tmp_path):
     cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "hpcml.bench", "allreduce",
            "--sizes", "8,4K,1M", "--budget", "0.02", "--min-iters", "3", "--warmup", "1",
            "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = run(cmd, limit=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "allreduce-p2.json").read_text())
     assert (tmp_path / "allreduce-p2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -33,8 +34,7 @@ def test_allreduce_benchmark_writes_json_and_png(tmp_path):
 
 
 def test_bench_help_lists_benchmarks():
-    proc = subprocess.run([sys.executable, "-m", "hpcml.bench", "--help"], capture_output=True,
-                          text=True, timeout=60)
+    proc = run([sys.executable, "-m", "hpcml.bench", "--help"], limit=60)
     assert proc.returncode == 0 and "allreduce" in proc.stdout
 
 
@@ -42,7 +42,7 @@ def test_kernels_benchmark_writes_json_and_png(tmp_path):
     cmd = [sys.executable, "-m", "hpcml.bench", "kernels", "--sizes", "64,96", "--threads", "1",
            "--params", "50000", "--reps", "2", "--budget", "0.01", "--pause", "0",
            "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = run(cmd, limit=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "kernels.json").read_text())
     assert (tmp_path / "kernels.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,6 +1,5 @@
 """python -m hpcml.data convert: CSV / npy / npz / h5 to shards, bounded chunks, clear errors."""
 import os
-import subprocess
 import sys
 
 import h5py
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 
 from hpcml.data import ShardedDataset, DataError, convert, verify
+import procs
 
 
 def table(rows=1000, seed=0):
@@ -105,8 +105,7 @@ def test_label_column_errors(tmp_path):
 def test_cli_convert_info_verify(tmp_path):
     a = table(300)
     np.savetxt(tmp_path / "t.csv", a, delimiter=",")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "hpcml.data", *args],  # noqa
-                                       capture_output=True, text=True, timeout=120)
+    run = lambda *args: procs.run([sys.executable, "-m", "hpcml.data", *args], limit=60)  # noqa
     p = run("convert", str(tmp_path / "t.csv"), str(tmp_path / "o"), "--shards", "2")
     assert p.returncode == 0, p.stderr
     assert "wrote train: 300 rows in 2 shards" in p.stdout
@@ -133,8 +132,8 @@ def test_cli_errors_end_every_rank_cleanly(tmp_path):
                        "line 3: malformed CSV row"),
                       (["verify", str(folder)], "shard-00001.h5: row 4 has a NaN or Inf"),
                       (["verify", str(tmp_path / "nowhere")], "no manifest.json")]:
-        p = subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m",
-                            "hpcml.data", *args], capture_output=True, text=True, timeout=120)
+        p = procs.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m",
+                       "hpcml.data", *args], limit=60)
         assert p.returncode == 1, p.stdout + p.stderr
         assert p.stderr.count("error: ") == 1 and msg in p.stderr, p.stderr
         assert "Traceback" not in p.stderr

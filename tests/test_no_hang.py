@@ -4,13 +4,14 @@ These launch real MPI jobs (mpiexec from the mpich wheel or a site MPI) and time
 """
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+import procs
 
 MPIEXEC = shutil.which("mpiexec")
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
@@ -22,22 +23,9 @@ def launch(n, *args, env=None, limit=60, code=None):
     prog = ["-c", code] if code else ["-m", "hpcml.comm.selftest", *map(str, args)]
     cmd = [MPIEXEC, "-n", str(n), sys.executable, *prog]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env or {})), start_new_session=True)
-    rc, out, err = finish(proc, limit)
+    proc = procs.start(cmd, env=dict(os.environ, **(env or {})))
+    rc, out, err = procs.finish(proc, limit)
     return subprocess.CompletedProcess(cmd, rc, out, err), time.monotonic() - t0
-
-
-def finish(proc, limit):
-    """(returncode, stdout, stderr) of a Popen started with start_new_session; its whole
-    process group is killed if it outlives `limit` (then the test fails: a hang)."""
-    try:
-        out, err = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"{' '.join(proc.args)} still running after {limit} s: a hang")
-    return proc.returncode, out, err
 
 
 def test_exception_on_one_rank_of_four_ends_all_four():
@@ -71,7 +59,7 @@ def test_watchdog_covers_plain_library_calls():
 
 
 def test_selftest_passes_at_three_ranks():
-    proc, _ = launch(3, limit=120)
+    proc, _ = launch(3, limit=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "passed" in proc.stdout and "FAIL" not in proc.stdout
 
@@ -79,8 +67,7 @@ def test_selftest_passes_at_three_ranks():
 def test_srun_without_pmi_is_refused_loudly():
     """srun --mpi=none gives each task a world of 1: the job must say so and fail."""
     env = dict(os.environ, SLURM_STEP_NUM_TASKS="4", SLURM_PROCID="2")
-    proc = subprocess.run([sys.executable, "-m", "hpcml.comm.selftest"], capture_output=True,
-                          text=True, timeout=60, env=env)
+    proc = procs.run([sys.executable, "-m", "hpcml.comm.selftest"], limit=60, env=env)
     assert proc.returncode != 0
     assert "[rank 0] RuntimeError: srun started 4 tasks but this MPI world has 1 rank" \
         in proc.stderr

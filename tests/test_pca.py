@@ -3,7 +3,6 @@ and two-pass NumPy; the python -m hpcml.pca CLI end to end."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import h5py
@@ -16,6 +15,7 @@ from hpcml.data import ShardedDataset, synth
 from hpcml.kernels import covariance as KC
 from hpcml.ml import PCA
 from hpcml.ml.pca import InputError, NotFittedError
+import procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NONNULL_DIGITS = 61  # load_digits has 3 constant pixels: the last 3 components are arbitrary
@@ -401,10 +401,10 @@ def test_kernel_helpers_and_errors():
 
 # --- the CLI ------------------------------------------------------------------------------
 
-def _cli(*args, timeout=120):
+def _cli(*args, timeout=60):
     env = dict(os.environ, HPCML_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "hpcml.pca", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return procs.run([sys.executable, "-m", "hpcml.pca", *args], cwd=ROOT, env=env,
+                     limit=timeout)
 
 
 def test_cli_end_to_end(tmp_path):
@@ -431,10 +431,9 @@ def test_cli_end_to_end(tmp_path):
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
     mpiexec = shutil.which("mpiexec")
     if mpiexec:  # the same job on 2 ranks writes the same numbers
-        r = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "hpcml.pca", data,
-                            "--components", "4", "--output", str(tmp_path / "out2")],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, HPCML_TIMEOUT="60"))
+        r = procs.run([mpiexec, "-n", "2", sys.executable, "-m", "hpcml.pca", data,
+                       "--components", "4", "--output", str(tmp_path / "out2")],
+                      cwd=ROOT, limit=60, env=dict(os.environ, HPCML_TIMEOUT="30"))
         assert r.returncode == 0, r.stderr
         two = json.loads((tmp_path / "out2" / "summary.json").read_text())
         assert two["ranks"] == 2

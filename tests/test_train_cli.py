@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -14,7 +13,7 @@ import pytest
 
 from hpcml import train
 from data_helpers import indexed_dataset
-from test_no_hang import finish
+from procs import finish, run, start
 
 MPIEXEC = shutil.which("mpiexec")
 needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
@@ -22,13 +21,11 @@ FAST = ["--hidden", "32", "--epochs", "40", "--batch-size", "32", "--test-data",
         "--progress", "false", "--dtype", "float64"]
 
 
-def _launch(n, args, limit=120):
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "hpcml.train", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+def _launch(n, args):
+    return start([MPIEXEC, "-n", str(n), sys.executable, "-m", "hpcml.train", *args])
 
 
-def _finish(proc, limit=120):
+def _finish(proc, limit=90):
     return finish(proc, limit)
 
 
@@ -38,8 +35,7 @@ def _summary(out):
 
 def _rank_pids(marker):
     """PIDs of the python ranks whose command line contains `marker`."""
-    out = subprocess.run(["pgrep", "-f", f"hpcml.train.*{marker}"], capture_output=True,
-                         text=True).stdout.split()
+    out = run(["pgrep", "-f", f"hpcml.train.*{marker}"], limit=10).stdout.split()
     pids = []
     for pid in map(int, out):
         try:

@@ -288,15 +288,13 @@ def test_cli_writes_h5_json_png(tmp_path):
 
 
 def test_cli_bad_setting_exits_2(tmp_path):
-    import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "hpcml.tsne", "digits", "--perplexity", "-3",
-                        "--output", str(tmp_path)], capture_output=True, text=True,
-                       timeout=60)
+    from procs import run
+    r = run([sys.executable, "-m", "hpcml.tsne", "digits", "--perplexity", "-3",
+             "--output", str(tmp_path)], limit=50)
     assert r.returncode == 2 and "perplexity = -3.0: must be > 0" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "hpcml.tsne", str(tmp_path / "missing"),
-                        "--output", str(tmp_path)], capture_output=True, text=True,
-                       timeout=60)
+    r = run([sys.executable, "-m", "hpcml.tsne", str(tmp_path / "missing"),
+             "--output", str(tmp_path)], limit=50)
     assert r.returncode == 1 and "missing" in r.stderr
 
 

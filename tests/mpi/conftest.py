@@ -3,6 +3,7 @@
 mpi_helpers.all_ranks asserts collectively, so a check that fails on one rank fails the
 test on every rank instead of leaving the others waiting in the next collective.
 """
+import os
 import shutil
 import tempfile
 
@@ -10,9 +11,12 @@ import pytest
 from mpi4py import MPI
 
 
+HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def pytest_collection_modifyitems(items):
-    for item in items:  # every test here is an MPI test
-        if item.get_closest_marker("mpi") is None:
+    for item in items:  # every test here (and only here: the hook sees every item) is MPI
+        if str(item.path).startswith(HERE) and item.get_closest_marker("mpi") is None:
             item.add_marker(pytest.mark.mpi)
 
 
