@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Mutation check: deliberate faults that the test suite must catch.
+
+    python tests/mutations.py            # every fault (about 2 minutes on 2 cores)
+    python tests/mutations.py --list     # the faults and the tests that must catch them
+    python tests/mutations.py prefetch matmul
+
+Each fault is a small edit of hpcml's source, applied to a copy of the working tree in a
+temporary folder (the tree itself is never touched). The tests named for it are run on the
+copy (PYTHONPATH puts it ahead of the installed hpcml), serially or under `mpiexec -n N`,
+and must fail: a fault that leaves them green is reported and the check exits 1. First the
+same tests run on the unmodified copy and must pass, so a failure means the fault was
+caught, not that the tests were broken already. An edit whose text is no longer found in
+the source is an error too (the fault list must follow the code). tests/run_all.py runs
+this after the suite.
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# name: (what the fault is, [(file, old text, new text), ...], ranks (0: serial), the tests
+# that must catch it)
+FAULTS = {
+    "prefetch": (
+        "the prefetch queue made unbounded",
+        [("hpcml/data/dataset.py",
+          "q = queue.Queue(maxsize=self.prefetch)",
+          "q = queue.Queue()")],
+        0, ["tests/test_data_loader.py::test_memory_is_bounded_by_prefetch"]),
+    "matmul": (
+        "the reference matmul (the numpy backend, auto's choice) returns twice the product",
+        [("kernels/reference.py",
+          "    return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)",
+          "    return np.multiply(np.matmul(a.T if trans_a else a, b.T if trans_b else b, "
+          "out=out), 2, out=out)")],
+        0, ["tests/test_kernels_cpu.py::test_matmul_shapes"]),
+    "float32-grads": (
+        "gradients rounded to float32 before the all-reduce (float64 training)",
+        [("hpcml/parallel/data_parallel.py",
+          '            hc.allreduce(self.buffer, "sum", comm=self.comm, algorithm=self.algorithm)',
+          "            self.buffer[:n] = self.buffer[:n].astype(np.float32)\n"
+          '            hc.allreduce(self.buffer, "sum", comm=self.comm, algorithm=self.algorithm)')],
+        2, ["tests/mpi/test_train.py::test_p_ranks_follow_one_process"]),
+    "dropped-rank": (
+        "tree all-reduce: a rank overwrites its data with the folded-in rank's (one rank's "
+        "contribution missing whenever p is not a power of two)",
+        [("hpcml/comm/schedules.py",
+          "        steps.append((-1, 0, 0, rank + q, 0, n, REDUCE))\n    mask = 1",
+          "        steps.append((-1, 0, 0, rank + q, 0, n, COPY))\n    mask = 1")],
+        0, ["tests/test_schedules_replay.py::test_allreduce_float_bytes_identical_on_all_ranks"]),
+    "noop-broadcast": (
+        "broadcast does nothing for a one-element buffer",
+        [("hpcml/comm/collectives.py",
+          "    p = comm.Get_size()\n    if p == 1 or flat.size == 0:\n        return buf\n"
+          '    if algorithm == "auto":\n        algorithm = choose_rooted(model_for(comm), '
+          "flat.nbytes, p, False)",
+          "    p = comm.Get_size()\n    if p == 1 or flat.size <= 1:\n        return buf\n"
+          '    if algorithm == "auto":\n        algorithm = choose_rooted(model_for(comm), '
+          "flat.nbytes, p, False)")],
+        2, ["tests/mpi/test_rooted_and_blocks.py::test_broadcast_every_root"]),
+    "noop-fused-float32": (
+        "allreduce_many skips float32 arrays that fill a bucket alone (no-op collective)",
+        [("hpcml/comm/fusion.py",
+          "            allreduce(arrays[idx[0]], op, comm, algorithm, check=False)  # no copy needed",
+          "            if arrays[idx[0]].dtype != np.float32:\n"
+          "                allreduce(arrays[idx[0]], op, comm, algorithm, check=False)")],
+        2, ["tests/mpi/test_fusion_and_checks.py::test_allreduce_many_mean"]),
+    "autotune": (
+        "autotune keeps the slowest backend",
+        [("kernels/tune.py",
+          "K.AUTO[kernel] = min(times[kernel], key=times[kernel].get)",
+          "K.AUTO[kernel] = max(times[kernel], key=times[kernel].get)")],
+        0, ["tests/test_kernels_cpu.py::test_autotune_sets_auto_from_measurement"]),
+    "nesterov": (
+        "Nesterov's look-ahead dropped in the reference SGD and in the Numba kernels' scalar "
+        "rule alike (comparing the two cannot notice)",
+        [("kernels/reference.py",
+          "g = g + momentum * velocity if nesterov else velocity.copy()",
+          "g = velocity.copy()"),
+         ("kernels/scalar.py",
+          "g = g + momentum * v if nesterov else v",
+          "g = v")],
+        0, ["tests/test_optim.py::test_optimizers_match_hand_computed_steps"]),
+}
+
+
+def _copy_tree(dest):
+    """hpcml/, kernels/ (as hpcml/kernels, where the install puts it), tests/ and the
+    pytest settings; copy2 keeps mtimes, so Numba's on-disk cache stays valid."""
+    ignore = shutil.ignore_patterns(".pytest_cache", "*.png")
+    shutil.copytree(os.path.join(ROOT, "hpcml"), os.path.join(dest, "hpcml"), ignore=ignore)
+    shutil.copytree(os.path.join(ROOT, "kernels"), os.path.join(dest, "hpcml", "kernels"),
+                    ignore=ignore)
+    shutil.copytree(os.path.join(ROOT, "tests"), os.path.join(dest, "tests"), ignore=ignore)
+    shutil.copy2(os.path.join(ROOT, "pyproject.toml"), dest)
+
+
+def _in_copy(path):
+    return "hpcml/kernels/" + path[len("kernels/"):] if path.startswith("kernels/") else path
+
+
+def _run(dest, ranks, tests, limit):
+    """(exit status, output) of the tests on the copy, serially or under mpiexec."""
+    env = dict(os.environ, PYTHONPATH=dest, HPCML_TIMEOUT="60", PYTHONDONTWRITEBYTECODE="1")
+    if ranks:
+        mpiexec = shutil.which("mpiexec")
+        if mpiexec is None:
+            return None, "mpiexec not found"
+        logs = tempfile.mkdtemp(prefix="hpcml-mut-logs-")
+        env["HPCML_TEST_LOGDIR"] = logs
+        cmd = [mpiexec, "-n", str(ranks), sys.executable, "tests/pytest_rank.py",
+               "--with-mpi", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    else:
+        logs = None
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    proc = subprocess.Popen(cmd, cwd=dest, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        out += f"\n!! killed after {limit} s"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if logs:
+            shutil.rmtree(logs, ignore_errors=True)
+    return proc.returncode, out
+
+
+def _apply(dest, edits):
+    """Make the edits in the copy; returns {copied file: original text}."""
+    originals = {}
+    for path, old, new in edits:
+        full = os.path.join(dest, _in_copy(path))
+        with open(full) as f:
+            text = f.read()
+        count = text.count(old)
+        if count != 1:
+            raise SystemExit(f"mutations.py: {path}: the text to change occurs {count} times "
+                             f"(expected once); update FAULTS to follow the code:\n{old}")
+        originals.setdefault(full, text)
+        with open(full, "w") as f:
+            f.write(text.replace(old, new))
+    if any(path.startswith("kernels/") for path, _, _ in edits):
+        # Numba's on-disk cache is keyed by the hash of the jitted function's own file, so
+        # an edit of a file the kernels inline (kernels/scalar.py) would run the cached,
+        # unmutated machine code: change every compiled file's text too (a comment)
+        folder = os.path.join(dest, "hpcml", "kernels", "cpu")
+        for name in sorted(os.listdir(folder)):
+            full = os.path.join(folder, name)
+            if name.endswith(".py") and full not in originals:
+                with open(full) as f:
+                    originals[full] = f.read()
+                with open(full, "a") as f:
+                    f.write(f"\n# mutation check {time.time()}\n")
+    return originals
+
+
+def _restore(originals):
+    """The original texts back (their cached kernels are valid again)."""
+    for full, text in originals.items():
+        with open(full, "w") as f:
+            f.write(text)
+
+
+def _summary_line(out):
+    lines = [ln for ln in out.strip().splitlines() if re.search(r"\d+ (passed|failed)", ln)]
+    return lines[-1].strip("= ") if lines else out.strip().splitlines()[-1:]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("faults", nargs="*", help=f"a subset of: {', '.join(FAULTS)}")
+    ap.add_argument("--list", action="store_true", help="list the faults and their tests")
+    ap.add_argument("--limit", type=int, default=300, help="seconds per pytest run")
+    args = ap.parse_args(argv)
+    unknown = [f for f in args.faults if f not in FAULTS]
+    if unknown:
+        ap.error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+    chosen = args.faults or list(FAULTS)
+    if args.list:
+        for name in chosen:
+            what, edits, ranks, tests = FAULTS[name]
+            where = f"mpiexec -n {ranks}" if ranks else "serial"
+            files = ", ".join(sorted({e[0] for e in edits}))
+            print(f"{name}: {what} ({files})\n    caught by ({where}): {', '.join(tests)}")
+        return 0
+    dest = tempfile.mkdtemp(prefix="hpcml-mutations-")
+    failures = []
+    try:
+        _copy_tree(dest)
+        # the unmodified copy first: the chosen tests must pass there
+        for ranks in sorted({FAULTS[n][2] for n in chosen}):
+            tests = sorted({t for n in chosen if FAULTS[n][2] == ranks for t in FAULTS[n][3]})
+            t0 = time.monotonic()
+            rc, out = _run(dest, ranks, tests, args.limit)
+            label = f"mpiexec -n {ranks}" if ranks else "serial"
+            print(f"baseline ({label}): exit {rc} in {time.monotonic() - t0:.0f} s: "
+                  f"{_summary_line(out)}", flush=True)
+            if rc != 0:
+                print(out[-6000:])
+                failures.append(f"baseline {label}")
+        if failures:
+            print("mutation check: the tests fail without any fault; fix them first")
+            return 1
+        for name in chosen:
+            what, edits, ranks, tests = FAULTS[name]
+            originals = _apply(dest, edits)
+            t0 = time.monotonic()
+            try:
+                rc, out = _run(dest, ranks, tests, args.limit)
+            finally:
+                _restore(originals)
+            caught = rc not in (0, None) and re.search(r"\b\d+ failed\b", out) is not None
+            print(f"{'caught' if caught else 'MISSED'}: {name}: {what} "
+                  f"[{time.monotonic() - t0:.0f} s; {_summary_line(out)}]", flush=True)
+            if not caught:
+                print(out[-4000:])
+                failures.append(name)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    print(f"mutation check: {len(chosen) - len(failures)} of {len(chosen)} faults caught"
+          + (f"; missed: {', '.join(failures)}" if failures else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
