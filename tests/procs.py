@@ -96,16 +96,16 @@ def end_test():
     return alive
 
 
-def tagged(tag, exclude=()):
-    """PIDs of live processes whose environment holds TAG_VAR=tag (zombies have none)."""
-    needle = f"{TAG_VAR}={tag}".encode() + b"\0"
+def tagged(tag, exclude=(), var=TAG_VAR):
+    """PIDs of live processes whose environment holds var=tag (zombies have none)."""
+    needle = b"\0" + f"{var}={tag}".encode() + b"\0"
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in exclude:
             continue
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
-                if needle in f.read() + b"\0":
+                if needle in b"\0" + f.read() + b"\0":
                     found.append(int(name))
         except OSError:  # gone, or not ours to read
             continue
@@ -120,12 +120,12 @@ def describe(pid):
         return f"{pid}: (gone)"
 
 
-def reap(tag, exclude=(), grace=3.0):
+def reap(tag, exclude=(), grace=3.0, var=TAG_VAR):
     """Wait up to `grace` s for tagged processes to exit, then SIGKILL the rest; returns
     descriptions of those that were still alive after the grace period."""
     t = time.monotonic()
     while True:
-        left = tagged(tag, exclude)
+        left = tagged(tag, exclude, var)
         if not left or time.monotonic() - t > grace:
             break
         time.sleep(0.1)

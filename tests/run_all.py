@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Run the whole hpcml test suite: serial tests, CUDA kernel tests on the Numba simulator,
-then the MPI tests at 2, 3 and 4 ranks.
+the MPI tests at 2, 3 and 4 ranks, then the mutation check (tests/mutations.py: deliberate
+faults the tests must catch). Afterwards no process started by the suite may be running.
 
-    python tests/run_all.py            # everything (what CI runs)
-    python tests/run_all.py --serial   # only the serial tests
-    python tests/run_all.py --mpi 3    # only the MPI tests at 3 ranks
-    python tests/run_all.py --cuda     # only the CUDA kernel tests (simulator unless
-                                       # HPCML_CUDA_REAL=1, for a machine with a GPU)
+    python tests/run_all.py              # everything (what CI runs)
+    python tests/run_all.py --serial     # only the serial tests
+    python tests/run_all.py --mpi 3      # only the MPI tests at 3 ranks
+    python tests/run_all.py --cuda       # only the CUDA kernel tests (simulator unless
+                                         # HPCML_CUDA_REAL=1, for a machine with a GPU)
+    python tests/run_all.py --mutations  # only the mutation check
 
 Each MPI run is `mpiexec -n N python tests/pytest_rank.py --with-mpi tests/mpi` under a wall-clock
 limit (the whole process group is killed past it), with HPCML_TIMEOUT set so that a rank
@@ -21,9 +23,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import procs  # noqa: E402
+
+#: inherited by every process this run starts; checked for after the run
+RUN_TAG_VAR = "HPCML_TEST_RUN_TAG"
+RUN_TAG = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+os.environ[RUN_TAG_VAR] = RUN_TAG
 
 
 def run(cmd, limit, env=None):
@@ -60,17 +70,24 @@ def mpi_run(n, limit, extra):
     return rc
 
 
+def leftovers():
+    """Processes carrying this run's tag (started by a test, directly or not) still alive
+    after everything has finished; they are killed and named."""
+    return procs.reap(RUN_TAG, exclude={os.getpid()}, grace=5.0, var=RUN_TAG_VAR)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serial", action="store_true", help="only the serial tests")
     ap.add_argument("--mpi", type=int, action="append", help="only MPI tests at N ranks")
     ap.add_argument("--cuda", action="store_true", help="only the CUDA kernel tests")
+    ap.add_argument("--mutations", action="store_true", help="only the mutation check")
     ap.add_argument("--limit", type=int, default=600, help="seconds per MPI run")
     ap.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = ap.parse_args()
     results = {}
-    only = args.serial or args.mpi or args.cuda
+    only = args.serial or args.mpi or args.cuda or args.mutations
     if args.serial or not only:
         results["serial"] = run([sys.executable, "-m", "pytest", "-q", "tests",
                                  "--ignore", os.path.join("tests", "mpi"),
@@ -85,6 +102,14 @@ def main():
     if args.mpi or not only:
         for n in args.mpi or (2, 3, 4):
             results[f"mpi n={n}"] = mpi_run(n, args.limit, args.pytest_args)
+    if args.mutations or not only:
+        results["mutations"] = run([sys.executable, os.path.join("tests", "mutations.py")],
+                                   args.limit)
+    left = leftovers()
+    if left:
+        print("!! processes started by the suite were still running (killed):\n  "
+              + "\n  ".join(left), flush=True)
+        results["no process left behind"] = 1
     print("\nsummary: " + ", ".join(f"{k}: {'ok' if v == 0 else f'FAILED ({v})'}"
                                     for k, v in results.items()))
     return 0 if all(v == 0 for v in results.values()) else 1

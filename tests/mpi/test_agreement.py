@@ -7,7 +7,6 @@ import os
 import h5py
 import numpy as np
 import pytest
-from mpi4py import MPI
 
 from hpcml import comm as hc
 from hpcml import config, train
@@ -16,7 +15,7 @@ from hpcml.data import DataError, ShardedDataset, synth
 from hpcml.data.verify import scan
 from hpcml.ml import PCA, TSNE
 from hpcml.ml.pca import InputError
-from mpi_helpers import all_ranks, same_bytes_everywhere, same_message_everywhere
+from mpi_helpers import all_ranks, from_root, same_bytes_everywhere, same_message_everywhere
 
 
 def _dataset(comm, folder, rows=400, features=5, shards=2):
@@ -88,11 +87,8 @@ def test_tsne_uses_the_datasets_split(comm, shared_dir):
     """A dataset opened on the ranks, no comm given to TSNE (or the reverse): every row
     embedded once, the same embedding on every rank, as one process gives."""
     folder = _dataset(comm, os.path.join(shared_dir, "ds"), rows=150)
-    serial = None
-    if comm.Get_rank() == 0:
-        serial = TSNE(perplexity=5, max_iter=250, random_state=0).fit_transform(
-            ShardedDataset(folder))
-    serial = comm.bcast(serial)
+    serial = from_root(comm, lambda: TSNE(perplexity=5, max_iter=250, random_state=0)
+                       .fit_transform(ShardedDataset(folder)))
     a = TSNE(perplexity=5, max_iter=250, random_state=0).fit_transform(
         ShardedDataset(folder, comm))
     b = TSNE(perplexity=5, max_iter=250, random_state=0, comm=comm).fit_transform(
@@ -118,8 +114,9 @@ def test_settings_differing_across_ranks_stop_the_job(comm, capsys):
     def parse(argv):
         return {"lr": 0.05 * (1 + comm.Get_rank()), "epochs": 3}
     all_ranks(comm, config.start(comm, parse) is None, "start must refuse")
-    if comm.Get_rank() == 0:
-        assert "settings differ across ranks: lr" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    all_ranks(comm, "settings differ across ranks: lr" in err if comm.Get_rank() == 0
+              else "error:" not in err, f"rank 0 prints why, once: {err!r}")
     all_ranks(comm, config.start(comm, lambda argv: {"lr": 0.05}) == {"lr": 0.05}, "same ok")
 
 
@@ -183,8 +180,14 @@ def test_loader_settings_must_agree(comm, shared_dir):
     with pytest.raises(ValueError, match="batch_size, prefetch and block_rows") as info:
         ds.loader(0 if r == 1 else 16)
     same_message_everywhere(comm, info.value)
-    rows = sum(len(y) for _, y in ds.loader(16, seed=3))
-    all_ranks(comm, comm.allreduce(rows) == ds.rows, "every row once")
+    # the rows are distinct random vectors: every rank's rows together, sorted, must be
+    # exactly the dataset's rows (read by one process), each once
+    seen = np.concatenate([x for x, _ in ds.loader(16, seed=3)])
+    seen = np.concatenate(comm.allgather(seen))
+    every = from_root(comm, lambda: np.concatenate(
+        [x for x, _ in ShardedDataset(ds.path).loader(1000, shuffle=False)]))
+    all_ranks(comm, seen.shape == every.shape and np.array_equal(
+        seen[np.lexsort(seen.T[::-1])], every[np.lexsort(every.T[::-1])]), "every row once")
 
 
 @pytest.mark.parametrize("where", ["checkpoint_dir", "metrics"])

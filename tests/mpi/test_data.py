@@ -9,19 +9,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_helpers import indexed_dataset  # noqa: E402
 from hpcml import comm as hc  # noqa: E402
 from hpcml.data import ShardedDataset, synth, verify  # noqa: E402
-from mpi_helpers import all_ranks, same_message_everywhere  # noqa: E402
+from mpi_helpers import all_ranks, from_root, same_message_everywhere  # noqa: E402
 from test_data_loader import BAD_DATASETS  # noqa: E402
 
 
 def test_rank_parallel_synth_equals_serial(comm, shared_dir):
     par = synth(os.path.join(shared_dir, "par"), 20_001, 6, classes=3, shards=5, seed=11,
                 comm=comm)
-    if comm.Get_rank() == 0:
-        ser = synth(os.path.join(shared_dir, "ser"), 20_001, 6, classes=3, shards=5, seed=11)
-        same = [s["sha256"] for s in par["shards"]] == [s["sha256"] for s in ser["shards"]]
-    else:
-        same = None
-    all_ranks(comm, comm.bcast(same), "rank-parallel synth wrote different shards")
+    ser = from_root(comm, lambda: [s["sha256"] for s in synth(
+        os.path.join(shared_dir, "ser"), 20_001, 6, classes=3, shards=5, seed=11)["shards"]])
+    # synth returns the manifest on rank 0 (None elsewhere); every rank reads the written one
+    from hpcml.data import read_manifest
+    written = [s["sha256"] for s in read_manifest(os.path.join(shared_dir, "par"))["shards"]]
+    returned = written if par is None else [s["sha256"] for s in par["shards"]]
+    all_ranks(comm, written == ser and returned == ser and
+              (par is None) == (comm.Get_rank() > 0), "rank-parallel synth wrote different shards")
     all_ranks(comm, verify(os.path.join(shared_dir, "par"), comm) == 5, "verify")
 
 
@@ -35,8 +37,12 @@ def test_every_row_once_across_ranks(comm, shared_dir, shuffle):
     ld = ds.loader(batch_size=64, shuffle=shuffle, seed=2, block_rows=256)
     batches = list(ld)
     rows = np.concatenate([x[:, 0] for x, _ in batches]).astype(np.int64)
-    everything = np.concatenate(comm.allgather(rows))
-    all_ranks(comm, np.array_equal(np.sort(everything), np.arange(ds.rows)), "exactly once")
+    all_ranks(comm, all(np.array_equal(y, x[:, 0].astype(np.int64) % 4) for x, y in batches),
+              "labels travel with their rows")
+    everything = np.concatenate(comm.allgather(rows))  # the row ids every rank saw
+    all_ranks(comm, np.array_equal(np.sort(everything), np.arange(ds.rows)),
+              f"the ranks' rows together are every row index once ({len(everything)} rows "
+              f"seen, {len(np.unique(everything))} distinct, {ds.rows} in the dataset)")
     all_ranks(comm, len(set(comm.allgather(len(batches)))) == 1, "same number of steps")
 
 

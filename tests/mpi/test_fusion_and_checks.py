@@ -31,10 +31,14 @@ def test_allreduce_many_matches_per_array(comm, bucket_bytes, alg):
 
 
 def test_allreduce_many_mean(comm):
-    p = comm.Get_size()
-    arrays = [np.full(10, float(comm.Get_rank())), np.full((2, 3), 1.0, np.float32)]
+    """Every input differs by rank (and from the mean): a no-op, a sum, or one rank's
+    values all fail."""
+    p, rank = comm.Get_size(), comm.Get_rank()
+    arrays = [np.arange(10.0) * (rank + 1),
+              (np.arange(6) + 10 * rank).reshape(2, 3).astype(np.float32)]
     hc.allreduce_many(arrays, "mean", comm)
-    all_ranks(comm, np.allclose(arrays[0], (p - 1) / 2) and np.allclose(arrays[1], 1.0), "mean")
+    all_ranks(comm, np.allclose(arrays[0], np.arange(10.0) * (p + 1) / 2) and
+              np.allclose(arrays[1], np.arange(6).reshape(2, 3) + 5.0 * (p - 1)), "mean")
 
 
 def _raises_everywhere(comm, fn, *fragments):
@@ -136,17 +140,20 @@ def test_allreduce_many_checked_op_algorithm_bucket(comm):
 def test_freed_communicator_leaves_nothing_stale(comm):
     """MPI reuses freed handles: a new communicator must not inherit the old one's plans."""
     p, rank = comm.Get_size(), comm.Get_rank()
+    base = np.arange(10.0)
     for _ in range(20):
         sub = comm.Split(rank % 2, rank)
-        buf = np.ones(10)
+        buf = base + rank  # differs by rank: a no-op or another comm's ranks give other sums
         hc.allreduce(buf, "sum", sub, "ring")
-        ok_sub = np.all(buf == sub.Get_size())
+        same_parity = range(rank % 2, p, 2)
+        ok_sub = np.array_equal(buf, base * len(same_parity) + sum(same_parity))
         sub.Free()
         dup = comm.Dup()
-        buf = np.ones(10)
+        buf = base + rank
         hc.allreduce(buf, "sum", dup, "ring")
         dup.Free()
-        all_ranks(comm, ok_sub and np.all(buf == p), "stale per-communicator state")
+        all_ranks(comm, ok_sub and np.array_equal(buf, base * p + p * (p - 1) // 2),
+                  "stale per-communicator state")
 
 
 def test_bad_cost_model_file_fails_on_every_rank(comm, tmp_path_factory, monkeypatch):

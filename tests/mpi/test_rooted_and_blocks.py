@@ -17,7 +17,8 @@ def test_broadcast_every_root(comm, alg, dtype):
     p, rank = comm.Get_size(), comm.Get_rank()
     for root in range(p):
         for n in lengths(p):
-            buf = (np.arange(n) * (rank + 1)).astype(dtype)
+            # every element differs by rank (also for n = 1): a no-op broadcast fails
+            buf = (np.arange(n) * (rank + 1) + 1000 * rank + 1).astype(dtype)
             ref = buf.copy()
             out = hc.broadcast(buf, root, comm, alg)
             comm.Bcast(ref, root)
