@@ -174,9 +174,11 @@ def test_schedules():
 
 def test_bad_arguments():
     m = _model()
-    for bad in (lambda: optim.SGD(m, lr=0), lambda: optim.SGD(m, momentum=1.0),
-                lambda: optim.SGD(m, nesterov=True), lambda: optim.Adam(m, betas=(1.0, 0.9))):
-        with pytest.raises(ValueError):
+    for bad, match in ((lambda: optim.SGD(m, lr=0), "SGD: lr must be > 0, got 0"),
+                       (lambda: optim.SGD(m, momentum=1.0), r"momentum must be in \[0, 1\)"),
+                       (lambda: optim.SGD(m, nesterov=True), "nesterov needs momentum > 0"),
+                       (lambda: optim.Adam(m, betas=(1.0, 0.9)), r"Adam: betas must be in")):
+        with pytest.raises(ValueError, match=match):
             bad()
 
 
