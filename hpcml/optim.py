@@ -21,9 +21,16 @@ class Optimizer:
     def __init__(self, model, lr):
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr!r}")
-        self.params, self.grads = model.params, model.grads
+        self.model = model
+        self.params = model.params
         self.lr = float(lr)
         self.steps = 0
+
+    @property
+    def grads(self):
+        """The model's gradient buffer as it is now: a strategy may rebind it (DataParallel
+        moves it into its all-reduce buffer) after the optimizer was built."""
+        return self.model.grads
 
     def step(self, lr=None):
         self.steps += 1

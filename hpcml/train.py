@@ -255,7 +255,8 @@ def run(cfg, comm=None, log=print, history=None):
                             "; the learning rate now follows this run's schedule (--max-steps "
                             "and --epochs set its length), so the run differs from one that "
                             "was never stopped")
-                if error is None and ck["state"]["ranks"] != P or ck["state"]["algorithm"] != cfg["algorithm"]:
+                if error is None and (ck["state"]["ranks"] != P or
+                                      ck["state"]["algorithm"] != cfg["algorithm"]):
                     log(f"note: {ck['path']} was written with {ck['state']['ranks']} ranks and "
                         f"algorithm {ck['state']['algorithm']}; the run continues, but not bit "
                         f"for bit as it would have")

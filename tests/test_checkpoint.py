@@ -53,6 +53,21 @@ def test_another_model_or_optimizer_is_refused(tmp_path, change, match):
         _run(tmp_path, epochs=2, resume="auto", **change)
 
 
+def test_a_refused_checkpoint_of_another_algorithm_says_only_why(tmp_path):
+    """The 'not bit for bit' note is for checkpoints that are resumed: with another model
+    *and* another algorithm, the refusal alone is printed (and/or without parentheses
+    printed the note too)."""
+    _run(tmp_path, algorithm="ring")
+    lines = []
+    base = dict(data="digits", test_data="none", hidden="11,5", dtype="float64", epochs=2,
+                progress=False, seed=1, batch_size=64, checkpoint_dir=str(tmp_path),
+                resume="auto", algorithm="tree")
+    cfg = train.validate(dict({k: v[0] for k, v in train.SETTINGS.items()}, **base))
+    with pytest.raises(CollectiveError, match="written with --hidden '11'"):
+        train.run(cfg, MPI.COMM_WORLD, log=lines.append)
+    assert not any("not bit for bit" in line for line in lines), lines
+
+
 def test_a_run_stopped_by_max_steps_saves_its_last_step(tmp_path):
     out = _run(tmp_path, epochs=3, checkpoint_every=7, max_steps=30)
     assert out["step"] == 30 and _steps(tmp_path)[-1] == 30

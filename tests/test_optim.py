@@ -140,6 +140,20 @@ def test_optimizers_follow_the_scalar_oracle(kind, backend, monkeypatch):
                                rtol=1e-13, atol=0)
 
 
+def test_optimizer_follows_a_rebound_gradient_buffer():
+    """Built before DataParallel moves the gradients into its all-reduce buffer, the
+    optimizer must still step with the gradients the model has now."""
+    from mpi4py import MPI
+    from hpcml.parallel import DataParallel
+    model, ref = _model(), _model()
+    opt = optim.SGD(model, lr=0.1)
+    DataParallel(model, MPI.COMM_SELF)  # rebinds model.grads
+    g = np.random.default_rng(0).standard_normal(model.size)
+    model.grads[:] = g
+    opt.step()
+    np.testing.assert_allclose(model.params, ref.params - 0.1 * g, rtol=1e-14, atol=0)  # 1 ulp: FMA
+
+
 def test_state_dict_resumes_exactly():
     a, b = _model(), _model()
     oa, ob = optim.Adam(a, lr=0.01), optim.Adam(b, lr=0.01)
