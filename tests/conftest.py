@@ -50,6 +50,7 @@ def _no_process_left_behind(request):
     yield
     running = procs.end_test()
     left = procs.reap(TAG, exclude={os.getpid()})
-    problems = [f"still running at the end of the test (group killed): {d}" for d in running] + [f"left behind (killed): {d}" for d in left]
+    problems = ([f"still running at the end of the test (group killed): {d}" for d in running]
+                + [f"left behind (killed): {d}" for d in left])
     if problems:
         pytest.fail("processes outlived the test:\n  " + "\n  ".join(problems))
