@@ -20,7 +20,6 @@ import sys
 import time
 
 import numpy as np
-from mpi4py import MPI
 
 from hpcml import comm as hc
 from hpcml import config
@@ -166,7 +165,7 @@ def run(cfg, comm):
 
 @hc.entry_point
 def main(argv=None):
-    return config.run_job(MPI.COMM_WORLD, parse_args, run, argv,
+    return config.run_job(hc.world(), parse_args, run, argv,
                           failures=(CollectiveError, DataError, ValueError))
 
 

@@ -22,7 +22,6 @@ import sys
 import time
 
 import numpy as np
-from mpi4py import MPI
 
 from hpcml import checkpoint as ckpt
 from hpcml import config
@@ -174,7 +173,7 @@ def _standardizer(ds, comm, dtype):
         s[ds.features:-1] += (x64 * x64).sum(axis=0)
         s[-1] += len(x)
     if comm.Get_size() > 1:
-        comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM)
+        s[...] = hc.reduce_array(s, "sum", comm)
     n = s[-1]
     mean = s[:ds.features] / n
     var = np.maximum(s[ds.features:-1] / n - mean * mean, 0.0)
@@ -185,7 +184,7 @@ def _standardizer(ds, comm, dtype):
 def run(cfg, comm=None, log=print, history=None):
     """Train per cfg (validated) on comm; returns (summary dict, model) on every rank.
     history: a list that receives each epoch's metrics."""
-    comm = comm if comm is not None else MPI.COMM_WORLD
+    comm = comm if comm is not None else hc.world()
     rank, P = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
     dtype = np.dtype(cfg["dtype"])
@@ -419,7 +418,7 @@ def run(cfg, comm=None, log=print, history=None):
 
 @hc.entry_point
 def main(argv=None):
-    return config.run_job(MPI.COMM_WORLD, parse_args, lambda cfg, comm: run(cfg, comm)[0],
+    return config.run_job(hc.world(), parse_args, lambda cfg, comm: run(cfg, comm)[0],
                           argv, failures=(CollectiveError, DataError, ckpt.CheckpointError))
 
 

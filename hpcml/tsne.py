@@ -20,7 +20,6 @@ import sys
 import time
 
 import numpy as np
-from mpi4py import MPI
 
 from hpcml import comm as hc
 from hpcml import config
@@ -125,7 +124,7 @@ def run(cfg, comm):
     comm.Barrier()
     t0 = time.perf_counter()
     emb = model.fit_transform(ds)
-    seconds = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    seconds = hc.slowest(time.perf_counter() - t0, comm)
     settings = {k: cfg[k] for k in SETTINGS}
     summary = {"job": "tsne", "data": ds.path, "rows": int(emb.shape[0]),
                "features": ds.features, "ranks": comm.Get_size(),
@@ -154,7 +153,7 @@ def run(cfg, comm):
 
 @hc.entry_point
 def main(argv=None):
-    return config.run_job(MPI.COMM_WORLD, parse_args, run, argv,
+    return config.run_job(hc.world(), parse_args, run, argv,
                           failures=(CollectiveError, DataError, ValueError),
                           show_settings=lambda cfg: ({k: cfg[k] for k in SETTINGS}
                                                      if cfg["verbose"] else None))

@@ -58,6 +58,18 @@ def test_watchdog_covers_plain_library_calls():
     assert "timed out after 2 s (HPCML_TIMEOUT)" in proc.stderr
 
 
+def test_point_to_point_wait_is_bounded_by_timeout():
+    """A receive whose sender never sends: HPCML_TIMEOUT names the call and the peer."""
+    code = ("import time, numpy as np; from hpcml import comm as hc\n"
+            "hc.allreduce(np.ones(2))  # starts the watchdog\n"
+            "if hc.world().Get_rank() == 1: time.sleep(3600)\n"
+            "hc.recv(np.empty(4), source=1, tag=7)\n")
+    proc, seconds = launch(2, code=code, env={"HPCML_TIMEOUT": "2"})
+    assert proc.returncode != 0 and seconds < 20
+    assert "timed out after 2 s (HPCML_TIMEOUT) in MPI_Recv from rank 1 (tag 7)" in \
+        proc.stderr, proc.stderr
+
+
 def test_selftest_passes_at_three_ranks():
     proc, _ = launch(3, limit=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -15,7 +15,6 @@ import json
 import sys
 
 import numpy as np
-from mpi4py import MPI
 
 from hpcml import comm as hc
 from hpcml.atomic import atomic_write_json, atomic_savefig
@@ -54,21 +53,19 @@ def bench_size(comm, nbytes, algorithms, args):
     n = nbytes // dtype.itemsize
     src = _source(n, dtype, rank)
     buf = src.copy()
-    mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}[args.op]
     calls = {a: (lambda a=a: hc.allreduce(buf, args.op, comm, a)) for a in algorithms}
     prepare = lambda: np.copyto(buf, src)  # noqa: E731
     warm = time_interleaved(comm, calls, args.warmup, prepare)
     per_iter = sum(float(np.median(t)) for t in warm.values())
     iters = int(min(args.max_iters, max(args.min_iters, args.budget / max(per_iter, 1e-9))))
-    iters = comm.allreduce(iters, op=MPI.MIN)  # every rank loops the same count
+    iters = hc.reduce_value(iters, "min", comm)  # every rank loops the same count
     times = time_interleaved(comm, calls, iters, prepare)
-    expected = np.empty_like(src)
-    comm.Allreduce(src, expected, op=mpi_op)
+    expected = hc.reduce_array(src, args.op, comm)  # MPI's own Allreduce
     valid = {}
     for a in algorithms:
         np.copyto(buf, src)
         hc.allreduce(buf, args.op, comm, a)
-        valid[a] = bool(comm.allreduce(int(np.array_equal(buf, expected)), op=MPI.MIN))
+        valid[a] = bool(hc.reduce_value(int(np.array_equal(buf, expected)), "min", comm))
     chosen = choose_allreduce(hc.model_for(comm), nbytes, p,
                               max(1, hc.config.segment_bytes // dtype.itemsize) * dtype.itemsize)
     med = {a: float(np.median(times[a])) for a in algorithms}
@@ -153,7 +150,7 @@ def plot(records, algorithms, path, title):
 @hc.entry_point
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    comm = MPI.COMM_WORLD
+    comm = hc.world()
     p, rank = comm.Get_size(), comm.Get_rank()
     algorithms = ["mpi"] + [a for a in args.algorithms.split(",") if a and a != "mpi"]
     for a in algorithms:
@@ -167,7 +164,7 @@ def main(argv=None):
     predicted = allreduce_choices(model, p, seg_bytes)
     if rank == 0:
         print(f"# hpcml allreduce benchmark: {p} ranks, {args.dtype} {args.op}, "
-              f"{MPI.Get_library_version().splitlines()[0].strip()}")
+              f"{hc.library_version()}")
         print(f"# cost model ({'default' if args.no_calibrate else 'calibrated'}): "
               f"alpha={model.alpha * 1e6:.2f} us, beta={1e-9 / model.beta:.2f} GB/s, "
               f"gamma={1e-9 / model.gamma:.2f} GB/s; auto picks "

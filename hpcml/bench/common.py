@@ -5,7 +5,8 @@ import platform
 import socket
 
 import numpy as np
-from mpi4py import MPI
+
+from hpcml import comm as hc
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -37,8 +38,8 @@ def environment(comm):
     return {
         "ranks": comm.Get_size(),
         "hosts": len(set(comm.allgather(socket.gethostname()))),
-        "mpi_library": " ".join(MPI.Get_library_version().strip().splitlines()[0].split()),
-        "mpi4py": __import__("mpi4py").__version__,
+        "mpi_library": hc.library_version(),
+        "mpi4py": hc.mpi4py_version(),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

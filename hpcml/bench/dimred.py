@@ -50,19 +50,19 @@ def mixture(n):
 # --- hpcml, one mpiexec job per world size --------------------------------------------
 
 def worker(args):
-    from mpi4py import MPI
+    from hpcml import comm as hc
     from hpcml.comm import row_bounds
     from hpcml.ml import TSNE
-    comm = MPI.COMM_WORLD
+    comm = hc.world()
     X = np.load(args.data, mmap_mode="r")
     lo, hi = row_bounds(len(X), comm.Get_size(), comm.Get_rank())
     mine = np.ascontiguousarray(X[lo:hi])
     comm.Barrier()
-    t = MPI.Wtime()
+    t = hc.wtime()
     model = TSNE(random_state=0, max_iter=args.max_iter, comm=comm,
                  backend=args.backend or None)
     model.fit(mine)
-    t_end = comm.allreduce(MPI.Wtime(), op=MPI.MAX)
+    t_end = hc.reduce_value(hc.wtime(), "max", comm)
     if comm.Get_rank() == 0:
         np.save(args.emb, model.embedding_)
         with open(args.result, "w") as f:

@@ -24,9 +24,9 @@ import time
 
 import h5py
 import numpy as np
-from mpi4py import MPI
 
 from hpcml.atomic import atomic_write_json, atomic_savefig
+from hpcml import comm as hc
 from hpcml.comm import entry_point
 from hpcml.data import ShardedDataset, synth
 
@@ -80,7 +80,7 @@ def main(argv=None):
     ap.add_argument("--out", default="results")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
-    comm = MPI.COMM_WORLD
+    comm = hc.world()
     rank, p = comm.Get_rank(), comm.Get_size()
     tmp = None
     path = args.data
@@ -121,9 +121,8 @@ def main(argv=None):
         runs = np.array(runs)
         t_plain, t_seq, t_shuf, t_over, compute, hidden = np.median(runs, axis=0)
         mine = np.array([t_plain, t_seq, t_shuf, t_over, compute, hidden])
-        slowest = np.empty_like(mine)
-        comm.Allreduce(mine, slowest, op=MPI.MAX)
-        worst_hidden = comm.allreduce(hidden, op=MPI.MIN)
+        slowest = hc.reduce_array(mine, "max", comm)
+        worst_hidden = hc.reduce_value(hidden, "min", comm)
         if rank == 0:
             mb = b_plain / 1e6  # every rank delivers about the same bytes
             res = {

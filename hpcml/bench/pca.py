@@ -39,9 +39,9 @@ import tempfile
 import time
 
 import numpy as np
-from mpi4py import MPI
 
 from hpcml.atomic import atomic_savefig, atomic_write_json
+from hpcml import comm as hc
 from hpcml.comm import entry_point
 from hpcml.data import ShardedDataset, synth
 from hpcml.kernels import covariance as KC
@@ -90,9 +90,7 @@ def _timed(comm, f, cold=False):
 
 def _slowest(comm, values):
     mine = np.asarray(values, np.float64)
-    out = np.empty_like(mine)
-    comm.Allreduce(mine, out, op=MPI.MAX)
-    return out
+    return hc.reduce_array(mine, "max", comm)
 
 
 def in_memory(comm, rows, features, repeats, k=10):
@@ -224,7 +222,7 @@ def bench_pca(out_dir, quick=False, comm=None, rows=None, stream_rows=None, feat
               repeats=None, batch=65536, plot=True):
     """Run both parts on comm (default COMM_WORLD); rank 0 writes
     out_dir/pca-p<ranks>.json and .png. Returns the result dict (rank 0; {} elsewhere)."""
-    comm = comm if comm is not None else MPI.COMM_WORLD
+    comm = comm if comm is not None else hc.world()
     rank, p = comm.Get_rank(), comm.Get_size()
     rows = rows or (100_000 if quick else 1_000_000)
     stream_rows = stream_rows or (200_000 if quick else 2_000_000)

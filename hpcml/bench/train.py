@@ -78,10 +78,10 @@ def _free_port():
 
 
 def worker(args):
-    from mpi4py import MPI
+    from hpcml import comm as hc
     from hpcml import train
     from hpcml.comm import entry_point  # noqa: F401  (the guard is installed by main)
-    comm = MPI.COMM_WORLD
+    comm = hc.world()
     rank, p = comm.Get_rank(), comm.Get_size()
     from hpcml.data import ShardedDataset
     ds = ShardedDataset(args.data, comm)
@@ -106,8 +106,7 @@ def worker(args):
         theirs = _torch_ddp(x, y, args.batch, args.epochs, 0, comm)
     # slowest rank: min samples/s (every rank times the same global work)
     mine = np.array([ours[-1], theirs[-1] if theirs else np.nan])
-    worst = np.empty_like(mine)
-    comm.Allreduce(mine, worst, op=MPI.MIN)
+    worst = hc.reduce_array(mine, "min", comm)
     if rank == 0:
         print(json.dumps({"ranks": p, "hpcml_samples_per_s": worst[0],
                           "torch_ddp_samples_per_s": None if theirs is None else worst[1],

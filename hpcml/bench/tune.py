@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 
-from mpi4py import MPI
 
 from hpcml import comm as hc
 from hpcml.atomic import atomic_write_json
@@ -22,7 +21,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--out", default=None, help="JSON file to write (rank 0)")
     args = ap.parse_args(argv)
-    comm = MPI.COMM_WORLD
+    comm = hc.world()
     model = hc.calibrate(comm, reps=args.reps)
     p = comm.Get_size()
     choices = allreduce_choices(model, p, hc.config.segment_bytes)

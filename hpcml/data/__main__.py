@@ -10,8 +10,8 @@
 import argparse
 import sys
 
-from mpi4py import MPI
 
+from hpcml import comm as hc
 from hpcml.comm.guard import entry_point
 
 
@@ -23,7 +23,7 @@ def main(argv=None):
     try:
         return _main(argv)
     except (DataError, CollectiveError) as e:
-        if MPI.COMM_WORLD.Get_rank() == 0:
+        if hc.world().Get_rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
 
@@ -61,7 +61,7 @@ def _main(argv=None):
     v.add_argument("path")
     v.add_argument("--no-scan", action="store_true", help="checksums only")
     args = ap.parse_args(argv)
-    comm = MPI.COMM_WORLD
+    comm = hc.world()
     rank = comm.Get_rank()
     from hpcml import data
     if args.cmd == "synth":

@@ -18,6 +18,8 @@ import tempfile
 import h5py
 import numpy as np
 
+from hpcml import comm as hc
+
 from .format import DataError, write_manifest, shard_name, CHUNK_ROWS
 
 
@@ -272,7 +274,7 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
         raise
     state, max_label = result
     if comm is not None:
-        max_label = comm.allreduce(max_label, op=__import__("mpi4py").MPI.MAX)
+        max_label = hc.reduce_value(max_label, "max", comm)
         parts = comm.gather({k: v["entries"] for k, v in state.items()}, root=0)
     else:
         parts = [{k: v["entries"] for k, v in state.items()}]

@@ -418,9 +418,8 @@ class Loader:
         comm = self.ds.comm
         epoch_comm = None
         if self.agree_errors and comm is not None and comm.Get_size() > 1:
-            from hpcml.comm.state import state_of
-            with watching("loader: MPI_Comm_dup for the epoch's error agreement"):
-                epoch_comm = state_of(comm).private.Dup()
+            from hpcml.comm import private_dup
+            epoch_comm = private_dup(comm)
         reader = threading.Thread(target=self._produce, daemon=True, name="hpcml-loader",
                                   args=(epoch, first, q, stop))
         reader.start()

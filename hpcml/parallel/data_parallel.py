@@ -23,7 +23,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from mpi4py import MPI
 
 from hpcml import comm as hc
 
@@ -43,7 +42,7 @@ class DataParallel:
             raise ValueError(f"DataParallel: algorithm must be one of "
                              f"{', '.join(hc.ALGORITHMS)}, got {algorithm!r}")
         self.model, self.algorithm = model, algorithm
-        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.comm = comm if comm is not None else hc.world()
         self.size, self.rank = self.comm.Get_size(), self.comm.Get_rank()
         n = model.size
         self.buffer = np.zeros(n + 2, model.dtype)
@@ -56,9 +55,9 @@ class DataParallel:
         self.overlap = bool(overlap) and self.size > 1
         self._worker = None
         if self.overlap:
-            if MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+            if not hc.thread_multiple():
                 raise RuntimeError("DataParallel(overlap=True) needs MPI_THREAD_MULTIPLE")
-            self.bucket_comm = self.comm.Dup()
+            self.bucket_comm = hc.dup(self.comm)
             self._todo, self._done = queue.Queue(), queue.Queue()
             self._worker = threading.Thread(target=self._reduce_buckets, daemon=True,
                                             name="hpcml-grad-allreduce")
@@ -122,22 +121,22 @@ class DataParallel:
                 self._set_flags(error, stop)  # the same buckets, in the same order
                 for i in range(len(self.model.layers) - 1, -1, -1):
                     self._submit(i)
-            t = MPI.Wtime()
+            t = hc.wtime()
             failure = None
             while self._pending:
                 e = self._done.get()
                 self._pending -= 1
                 failure = failure or e
-            self.comm_seconds += MPI.Wtime() - t
+            self.comm_seconds += hc.wtime() - t
             if failure is not None:
                 raise failure
             return StepFlags(int(round(float(self.buffer[n]))),
                              int(round(float(self.buffer[n + 1]))))
         self._set_flags(error, stop)
         if self.size > 1:
-            t = MPI.Wtime()
+            t = hc.wtime()
             hc.allreduce(self.buffer, "sum", comm=self.comm, algorithm=self.algorithm)
-            self.comm_seconds += MPI.Wtime() - t
+            self.comm_seconds += hc.wtime() - t
         return StepFlags(int(round(float(self.buffer[n]))), int(round(float(self.buffer[n + 1]))))
 
     def close(self):
