@@ -3,9 +3,9 @@
 - `python -m pytest tests` runs the serial suite and skips tests/mpi with a reason that says
   how to run them (tests/cuda skips itself unless NUMBA_ENABLE_CUDASIM=1 or a GPU is
   there, and says so); tests/run_all.py runs everything.
-- No test leaves a process behind: every subprocess a test starts inherits a tag in its
-  environment; after each test, processes still carrying it are killed and the test
-  errors, naming them (procs.py).
+- No test leaves a process behind: every process a test execs inherits a tag in its
+  environment (forked children are found as descendants of pytest); after each test, such
+  processes still running are killed and the test errors, naming them (procs.py).
 """
 import os
 import uuid
@@ -35,13 +35,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _timeout_of(item):
-    marker = item.get_closest_marker("timeout")
-    if marker is not None and marker.args:
-        return float(marker.args[0])
+    """The test's pytest-timeout (marker, --timeout, PYTEST_TIMEOUT or the ini), as the
+    plugin itself resolves it; 0 when there is none."""
     try:
-        return float(item.config.getini("timeout") or 0)
-    except (ValueError, TypeError):
-        return 0.0
+        from pytest_timeout import _get_item_settings
+        return float(_get_item_settings(item).timeout or 0)
+    except Exception:  # noqa: BLE001 (another pytest-timeout: the ini setting)
+        try:
+            return float(item.config.getini("timeout") or 0)
+        except (ValueError, TypeError):
+            return 0.0
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +52,7 @@ def _no_process_left_behind(request):
     procs.begin_test(_timeout_of(request.node))
     yield
     running = procs.end_test()
-    left = procs.reap(TAG, exclude={os.getpid()})
+    left = procs.reap(TAG, exclude={os.getpid()}, parent=os.getpid())
     problems = ([f"still running at the end of the test (group killed): {d}" for d in running]
                 + [f"left behind (killed): {d}" for d in left])
     if problems:

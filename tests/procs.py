@@ -71,9 +71,12 @@ def finish(proc, limit=90):
     try:
         out, err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
+        done = proc.poll() is not None
         kill_group(proc)
-        pytest.fail(f"{' '.join(map(str, proc.args))} still running after {limit:.0f} s: "
-                    f"a hang (process group killed)")
+        what = ("had exited, but a process it started still held its output open" if done
+                else "still running")
+        pytest.fail(f"{' '.join(map(str, proc.args))} {what} after {limit:.0f} s: a hang "
+                    f"(process group killed)")
     finally:
         kill_group(proc)
     return proc.returncode, out, err
@@ -112,6 +115,28 @@ def tagged(tag, exclude=(), var=TAG_VAR):
     return found
 
 
+def descendants(pid):
+    """PIDs of every live process below pid (children, theirs, ...), by parent PID: finds
+    forked children that exec'd nothing (their /proc environ predates the tag)."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z":  # a zombie is dead, only not yet reaped
+                parent[int(name)] = int(fields[1])
+    below, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        below += kids
+        todo += kids
+    return below
+
+
 def describe(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -120,12 +145,13 @@ def describe(pid):
         return f"{pid}: (gone)"
 
 
-def reap(tag, exclude=(), grace=3.0, var=TAG_VAR):
-    """Wait up to `grace` s for tagged processes to exit, then SIGKILL the rest; returns
-    descriptions of those that were still alive after the grace period."""
+def reap(tag, exclude=(), grace=3.0, var=TAG_VAR, parent=None):
+    """Wait up to `grace` s for tagged processes (and, with `parent`, its descendants) to
+    exit, then SIGKILL the rest; returns descriptions of those still alive after that."""
     t = time.monotonic()
     while True:
-        left = tagged(tag, exclude, var)
+        left = sorted(set(tagged(tag, exclude, var)) | set(
+            descendants(parent) if parent is not None else ()) - set(exclude))
         if not left or time.monotonic() - t > grace:
             break
         time.sleep(0.1)

@@ -227,7 +227,7 @@ def test_autotune_sets_auto_from_measurement(monkeypatch):
     monkeypatch.setattr(tune, "median_time", timer)
     times = tune.autotune()
     assert calls == [(k, be) for k in fake for be in ("numpy", "cpu")]
-    assert times == fake
+    assert set(times) == set(fake)
     assert K.AUTO == {"matmul": "cpu", "bias_act": "numpy", "bias_act_backward": "cpu",
                       "softmax_xent": "numpy", "sgd_update": "cpu", "adam_update": "numpy",
                       "clip_grad_norm": "numpy", "reduce_into": "cpu"}

@@ -56,8 +56,15 @@ HAND = {
     # step = G + 0.9 v:  [0.95, -1.9] then [-0.07, 2.99]
     "nesterov": (dict(optimizer="sgd", momentum=0.9, nesterov=True), [0.905, -1.81],
                  [0.912, -2.109]),
+    # with weight decay 0.01: g1 = [0.51, -1.02], v1 = g1, p1 = [0.949, -1.898];
+    # g2 = G2 + 0.01 p1 = [-0.24051, 1.98102], v2 = 0.9 v1 + g2 = [0.21849, 1.06302]
+    "momentum_wd": (dict(optimizer="sgd", momentum=0.9, weight_decay=0.01),
+                    [0.949, -1.898], [0.927151, -2.004302]),
     # step 1: m^ = G1, v^ = G1^2, so p moves by lr * sign(G1) (eps 1e-8 aside)
     "adam": (dict(optimizer="adam"), [0.9, -1.9], None),
+    # L2 decay (added to the gradient): step 1 is still lr * sign(g); the scalar oracle's
+    # eight steps below see the decay
+    "adam_l2": (dict(optimizer="adam", weight_decay=0.5), [0.9, -1.9], None),
     # AdamW: p *= 1 - 0.1*0.5 first ([0.95, -1.9]), then the same Adam move
     "adamw": (dict(optimizer="adamw", weight_decay=0.5), [0.85, -1.8], None),
 }

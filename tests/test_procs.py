@@ -46,6 +46,28 @@ def test_limit_is_capped_below_the_tests_timeout():
     assert procs._limit(3) == 3
 
 
+def test_a_forked_child_left_behind_is_found():
+    """A fork without exec has no tag in /proc/PID/environ: found as a descendant."""
+    pid = os.fork()
+    if pid == 0:  # the child: sleep, never return into pytest
+        try:
+            time.sleep(300)
+        finally:
+            os._exit(0)
+    try:
+        assert pid not in procs.tagged(TAG, exclude={os.getpid()})
+        assert pid in procs.descendants(os.getpid())
+        left = procs.reap(TAG, exclude={os.getpid()}, grace=0.2, parent=os.getpid())
+        assert len(left) == 1 and left[0].startswith(f"{pid}: ")
+        assert os.waitpid(pid, 0)[1] & 0x7F == 9  # SIGKILL
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+
+
 def test_a_process_left_behind_is_found_and_killed():
     """Started outside procs (its own session, nobody waits for it): the end-of-test check
     sees it by the tag it inherited, and kills it."""

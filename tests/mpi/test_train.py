@@ -5,7 +5,7 @@ from mpi4py import MPI
 
 from hpcml import train
 from hpcml.comm import CollectiveError
-from mpi_helpers import all_ranks, same_bytes_everywhere
+from mpi_helpers import all_ranks, from_root, same_bytes_everywhere
 
 
 def _cfg(**kw):
@@ -17,13 +17,11 @@ def _cfg(**kw):
 
 def _serial(comm, cfg):
     """Rank 0 trains alone (COMM_SELF) at the same global batch; every rank gets the
-    parameters."""
-    params = None
-    if comm.Get_rank() == 0:
+    parameters (an error on rank 0 is raised on every rank)."""
+    def alone():
         cfg1 = dict(cfg, accumulation=1, algorithm="auto")
-        _, model = train.run(cfg1, MPI.COMM_SELF, log=lambda *a: None)
-        params = model.params
-    return comm.bcast(params)
+        return train.run(cfg1, MPI.COMM_SELF, log=lambda *a: None)[1].params
+    return from_root(comm, alone)
 
 
 #: float64, P ranks against one process after 50 steps: measured max relative difference
@@ -96,16 +94,18 @@ def test_resume_on_another_rank_count(comm, shared_dir, direction):
                keep=2)
     first, second = (comm, MPI.COMM_SELF) if direction == "P to 1" else (MPI.COMM_SELF, comm)
     quiet = lambda *a: None  # noqa: E731
-    if first is comm or comm.Get_rank() == 0:
-        summary, _ = train.run(dict(cfg, max_steps=25), first, log=quiet)
-        assert summary["step"] == 25
-    comm.Barrier()
     lines = []
-    got = None
-    if second is comm or comm.Get_rank() == 0:
-        summary, model = train.run(dict(cfg, resume="auto"), second, log=lines.append)
-        got = (summary["step"], summary["resumed_from"], model.params)
-    got = comm.bcast(got) if second is MPI.COMM_SELF else got
+
+    def phase(c, **kw):  # on every rank of c; (steps, checkpoint resumed from, parameters)
+        summary, model = train.run(dict(cfg, **kw), c, log=lines.append if kw else quiet)
+        return summary["step"], summary["resumed_from"], model.params
+
+    # a phase on one rank runs inside from_root, so an error there reaches every rank
+    steps = (phase(first, max_steps=25)[0] if first is comm
+             else from_root(comm, lambda: phase(first, max_steps=25)[0]))
+    all_ranks(comm, steps == 25, f"the first phase ran {steps} steps")
+    got = (phase(second, resume="auto") if second is comm
+           else from_root(comm, lambda: phase(second, resume="auto")))
     ref = _serial(comm, dict(cfg, checkpoint_dir="", checkpoint_every=0))
     all_ranks(comm, got[0] == 50 and got[1].endswith("step-00000025.h5"),
               f"resumed at step 25 and ran to 50: {got[:2]}")
