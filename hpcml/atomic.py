@@ -1,10 +1,32 @@
-"""Atomic file writes: temporary name in the same folder, fsync, os.replace.
+"""Atomic file writes: temporary name in the same folder, space reserved, fsync, os.replace.
 
-A crash never leaves a truncated file behind the real name.
+A crash never leaves a truncated file behind the real name, and a full disk is an error,
+not a crash: the bytes are reserved (posix_fallocate) before any is written, and a failure
+(ENOSPC, EDQUOT, EIO, ...) raises WriteError naming the path and the bytes it needed, with
+the temporary file removed. HDF5 files are built in memory (the core driver) and written
+as one image: HDF5 2.0 crashes (SIGSEGV) closing a chunked, checksummed file after a
+write failed on disk, so HDF5 never writes to disk itself here.
 """
+import errno
 import json
 import os
 import tempfile
+import uuid
+
+
+class WriteError(OSError):
+    """Writing a file failed (disk full, quota, I/O error): the message names the file and
+    the bytes it needed; nothing temporary is left and an earlier file is untouched."""
+
+    def __str__(self):
+        return self.strerror or super().__str__()
+
+
+def _write_error(path, nbytes, e):
+    why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+           errno.EIO: "I/O error", errno.EFBIG: "file too large"}.get(
+        e.errno, e.strerror or str(e))
+    return WriteError(e.errno, f"{path}: could not write {nbytes:,} bytes: {why}")
 
 
 def _umask_mode():
@@ -19,19 +41,32 @@ def atomic_write_bytes(path, data):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    data = memoryview(data).cast("B")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=folder)
+    except OSError as e:
+        raise _write_error(path, len(data), e) from None
     try:
         os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "wb") as f:
+            if len(data):
+                try:
+                    os.posix_fallocate(f.fileno(), 0, len(data))  # all the space, or nothing
+                except OSError as e:
+                    if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                        raise
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise _write_error(path, len(data), e) from None
         raise
     _fsync_folder(folder)
     return path
@@ -61,38 +96,39 @@ def atomic_savefig(fig, path, **kwargs):
     return atomic_write_bytes(path, out.getvalue())
 
 
+def memory_h5(name="image"):
+    """A new HDF5 file held in memory (nothing is written to disk); h5_image(f) is its
+    bytes. The core driver grows the image 1 MiB at a time."""
+    import h5py
+    # the name only identifies the image to HDF5 (which refuses two open files of one name)
+    return h5py.File(f"{name}-{uuid.uuid4().hex}", "w", driver="core", backing_store=False,
+                     block_size=1 << 20)
+
+
+def h5_image(f):
+    """The bytes of an in-memory HDF5 file (after a flush)."""
+    f.flush()
+    return f.id.get_file_image()
+
+
 class atomic_h5:
-    """`with atomic_h5(path) as f:` writes an HDF5 file under a temporary name in the same
-    folder; on success it is fsynced and renamed to `path` (and the rename made durable),
-    on error removed."""
+    """`with atomic_h5(path) as f:` builds an HDF5 file in memory; on success its image is
+    written with atomic_write_bytes (temporary name, space reserved first, fsync, rename,
+    rename made durable). On error nothing is written. A full disk raises WriteError."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
 
     def __enter__(self):
-        import h5py
-        self.folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(self.folder, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.",
-                                        suffix=".tmp", dir=self.folder)
-        try:
-            os.fchmod(fd, _umask_mode())
-            os.close(fd)
-            self.f = h5py.File(self.tmp, "w")
-        except BaseException:
-            os.unlink(self.tmp)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.f = memory_h5(os.path.basename(self.path))
         return self.f
 
     def __exit__(self, etype, value, tb):
         try:
-            self.f.close()
-            if etype is None:
-                with open(self.tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(self.tmp, self.path)
-                _fsync_folder(self.folder)
+            image = h5_image(self.f) if etype is None else None
         finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+            self.f.close()
+        if image is not None:
+            atomic_write_bytes(self.path, image)
         return False

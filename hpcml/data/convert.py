@@ -13,12 +13,12 @@ own byte range (CSV) or row range (arrays).
 import hashlib
 import io
 import os
-import tempfile
 
 import h5py
 import numpy as np
 
 from hpcml import comm as hc
+from hpcml.atomic import atomic_write_bytes, h5_image, memory_h5
 
 from .format import DataError, write_manifest, shard_name, CHUNK_ROWS
 
@@ -29,9 +29,9 @@ class ShardWriter:
 
     def __init__(self, folder, index, features, x_dtype, y_dtype):
         self.folder, self.name = folder, shard_name(index)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        self.file = h5py.File(self.tmp, "w")
+        # built in memory and written as one image, space reserved first (hpcml.atomic):
+        # HDF5 never meets a full disk (it crashes closing a file after a failed write)
+        self.file = memory_h5(self.name)
         self.x = self.file.create_dataset("x", (0, features), x_dtype, maxshape=(None, features),
                                           chunks=(CHUNK_ROWS, features))
         self.y = self.file.create_dataset("y", (0,), y_dtype, maxshape=(None,),
@@ -48,24 +48,20 @@ class ShardWriter:
             self.rows += n
 
     def close(self):
-        self.file.close()
-        with h5py.File(self.tmp, "r") as f:  # checksum what is on disk, block by block
-            h = hashlib.sha256()
+        try:
+            h = hashlib.sha256()  # checksum what the file holds, block by block
             for name in ("x", "y"):
-                d = f[name]
+                d = self.file[name]
                 for s in range(0, d.shape[0], CHUNK_ROWS * 16):
                     h.update(np.ascontiguousarray(d[s:s + CHUNK_ROWS * 16]).tobytes())
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, os.path.join(self.folder, self.name))
+            image = h5_image(self.file)
+        finally:
+            self.file.close()
+        atomic_write_bytes(os.path.join(self.folder, self.name), image)
         return {"file": self.name, "rows": self.rows, "sha256": h.hexdigest()}
 
     def abort(self):
-        try:
-            self.file.close()
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+        self.file.close()  # nothing was written to disk
 
 
 def count_lines(path, block=1 << 24):

@@ -13,12 +13,10 @@ never leaves a truncated shard or manifest behind a real name. Nothing is pickle
 import hashlib
 import json
 import os
-import tempfile
 
-import h5py
 import numpy as np
 
-from hpcml.atomic import atomic_write_json
+from hpcml.atomic import atomic_h5, atomic_write_json
 
 FORMAT, VERSION = "hpcml-sharded", 1
 CHUNK_ROWS = 1024  # rows per HDF5 chunk: the unit of a row-block read
@@ -41,20 +39,12 @@ def write_shard(folder, index, x, y):
         raise DataError(f"{shard_name(index)}: x must be rows x features and y (rows,), got "
                         f"{x.shape} and {y.shape}")
     name = shard_name(index)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            rows = max(1, min(CHUNK_ROWS, x.shape[0]))
-            f.create_dataset("x", data=x, chunks=(rows, max(1, x.shape[1])))
-            f.create_dataset("y", data=y, chunks=(rows,))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(folder, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # built in memory, written as one image with the space reserved first (hpcml.atomic):
+    # a full disk raises WriteError naming the file, never reaches HDF5
+    with atomic_h5(os.path.join(folder, name)) as f:
+        rows = max(1, min(CHUNK_ROWS, x.shape[0]))
+        f.create_dataset("x", data=x, chunks=(rows, max(1, x.shape[1])))
+        f.create_dataset("y", data=y, chunks=(rows,))
     h = hashlib.sha256()
     h.update(x.tobytes())
     h.update(y.tobytes())
