@@ -5,12 +5,16 @@ hot path. Reducing receives land in a cached scratch buffer (one per dtype, grow
 demand, never freed between calls, so no page faults on the hot path) and are combined
 into place with the op's ufunc while still in cache.
 """
+import threading
+
 import numpy as np
 
 from .guard import Watchdog
 from .schedules import COPY, REDUCE
 
-_scratch = {}
+# per thread: the in-process communicator runs ranks as threads, and a background
+# all-reduce (DataParallel overlap) runs beside the main thread
+_local = threading.local()
 
 #: tag of hpcml's own messages; they travel on a private duplicate of the user's
 #: communicator (see collectives._private), so they never meet the user's messages.
@@ -19,9 +23,10 @@ TAG = 0x4850
 
 def scratch(dtype, n):
     """A cached scratch array of at least n elements of dtype (its first n returned)."""
-    buf = _scratch.get(dtype)
+    cache = _local.__dict__.setdefault("scratch", {})
+    buf = cache.get(dtype)
     if buf is None or buf.size < n:
-        buf = _scratch[dtype] = np.empty(max(n, 1024), dtype)
+        buf = cache[dtype] = np.empty(max(n, 1024), dtype)
     return buf[:n]
 
 

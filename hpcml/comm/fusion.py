@@ -5,6 +5,7 @@ PyTorch DDP's gradient buckets).
 computes the same plan); :func:`allreduce_many` packs each bucket into a cached fusion
 buffer, all-reduces it, and writes the results back into the original arrays.
 """
+import threading
 import zlib
 
 import numpy as np
@@ -18,7 +19,7 @@ from .guard import agree
 #: default bucket cap in bytes (PyTorch DDP's default bucket_cap_mb is 25)
 BUCKET_BYTES = 25 << 20
 
-_fusion = {}
+_local = threading.local()  # per thread (in-process ranks are threads)
 
 
 def plan_buckets(nbytes, dtypes, cap=BUCKET_BYTES):
@@ -46,9 +47,10 @@ def plan_buckets(nbytes, dtypes, cap=BUCKET_BYTES):
 
 
 def _fusion_buffer(dtype, n):
-    buf = _fusion.get(dtype)
+    cache = _local.__dict__.setdefault("fusion", {})
+    buf = cache.get(dtype)
     if buf is None or buf.size < n:
-        buf = _fusion[dtype] = np.empty(n, dtype)
+        buf = cache[dtype] = np.empty(n, dtype)
     return buf[:n]
 
 
