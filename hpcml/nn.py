@@ -257,17 +257,22 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dy, accumulate=False, input_grad=True):
+    def backward(self, dy, accumulate=False, input_grad=True, on_layer=None):
         """Back-propagate dy (d loss / d output); gradients go to `grads` (added to them
         when accumulate). Returns d loss / d input, or None with input_grad=False (which
         spares the first Linear layer's input-gradient product: a quarter of the
-        backward work of a wide first layer)."""
+        backward work of a wide first layer). on_layer(i), if given, is called as soon as
+        layer i's gradients are complete, last layer first (a strategy starts their
+        all-reduce there, overlapping the rest of the backward pass)."""
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             if i == 0 and not input_grad and isinstance(layer, Linear):
-                return layer.backward(dy, accumulate, need_dx=False)
-            dy = layer.backward(dy, accumulate)
-        return dy
+                dy = layer.backward(dy, accumulate, need_dx=False)
+            else:
+                dy = layer.backward(dy, accumulate)
+            if on_layer is not None:
+                on_layer(i)
+        return None if not input_grad else dy
 
     def rebind_grads(self, buffer):
         """Make `buffer` (a flat array of `size` elements and the model's dtype) hold the

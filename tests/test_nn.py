@@ -97,3 +97,27 @@ def test_bad_arguments():
         nn.mlp(2, [3], 2).forward(np.zeros((4, 5)))
     with pytest.raises(ValueError, match="dtype must be"):
         nn.Sequential(nn.Linear(2, 2), dtype=np.int32)
+
+
+def test_backward_hook_sees_each_layers_final_gradients():
+    """on_layer(i) runs as soon as layer i's gradients are complete, last layer first: what
+    a strategy all-reduces there is what the whole backward pass leaves."""
+    model = nn.mlp(5, [7, 6], 3, dtype=np.float64, seed=2)
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    _, dl = nn.cross_entropy(model.forward(x), np.array([0, 1, 2, 1]))
+    seen = {}
+    regions = {}
+    for i, _, shape, off in model.layout:
+        lo, hi = regions.get(i, (off, off))
+        regions[i] = (min(lo, off), max(hi, off + int(np.prod(shape))))
+    order = []
+
+    def hook(i):
+        order.append(i)
+        if i in regions:
+            seen[i] = model.grads[slice(*regions[i])].copy()
+    assert model.backward(dl, input_grad=False, on_layer=hook) is None
+    assert order == list(range(len(model.layers) - 1, -1, -1))
+    for i, g in seen.items():
+        np.testing.assert_array_equal(g, model.grads[slice(*regions[i])])
+    assert len(seen) == 3 and all(np.abs(g).sum() > 0 for g in seen.values())

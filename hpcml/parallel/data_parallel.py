@@ -91,13 +91,7 @@ class DataParallel:
             model.backward(dy, accumulate, input_grad=False)
             return
         self._set_flags(error, stop)
-        for i in range(len(model.layers) - 1, -1, -1):
-            layer = model.layers[i]
-            if i == 0 and hasattr(layer, "_weight_backward"):
-                layer.backward(dy, accumulate, need_dx=False)
-            else:
-                dy = layer.backward(dy, accumulate)
-            self._submit(i)
+        model.backward(dy, accumulate, input_grad=False, on_layer=self._submit)
 
     def _set_flags(self, error, stop):
         n = self.model.size
