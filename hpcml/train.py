@@ -15,9 +15,8 @@ Settings come from defaults, then a TOML file (--config), then --key value flags
 prints a progress bar and one line per epoch, appends per-epoch metrics (averaged across
 ranks) to --metrics (JSONL), and ends with a one-line JSON summary on stdout.
 """
-import json
+import hashlib
 import os
-import signal
 import sys
 import time
 
@@ -31,6 +30,7 @@ from hpcml import nn, optim
 from hpcml.comm.guard import agree, CollectiveError
 from hpcml.data import ShardedDataset, DataError
 from hpcml.parallel import DataParallel
+from hpcml.parallel.trainer import Preemption, Trainer  # noqa: F401  (train.Preemption, as before)
 
 # name: (default, type, help)
 SETTINGS = {
@@ -115,26 +115,6 @@ def validate(cfg):
 
 
 # --- the run --------------------------------------------------------------------------
-class Preemption:
-    """SIGTERM/SIGUSR1 set a flag; the ranks agree on it at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self.old = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                self.old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handler(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
-
-
 def _test_name(cfg):
     t = cfg["test_data"]
     if t == "none":
@@ -181,20 +161,8 @@ def _standardizer(ds, comm, dtype):
     return mean.astype(dtype), inv.astype(dtype)
 
 
-def run(cfg, comm=None, log=print, history=None):
-    """Train per cfg (validated) on comm; returns (summary dict, model) on every rank.
-    history: a list that receives each epoch's metrics."""
-    comm = comm if comm is not None else hc.world()
-    rank, P = comm.Get_rank(), comm.Get_size()
-    t_start = time.perf_counter()
-    dtype = np.dtype(cfg["dtype"])
-    K, G = cfg["accumulation"], cfg["batch_size"]
-    error = None
-    if G % (P * K):
-        error = (f"batch-size {G} must be a multiple of ranks x accumulation = {P} x {K} "
-                 f"= {P * K}")
-    agree(comm, error, what="checking the configuration")
-    b = G // (P * K)  # rows per rank per micro-step
+def _data(cfg, comm, dtype):
+    """(training set, test set or None, standardising transform or None), checked."""
     ds = ShardedDataset(cfg["data"], comm)
     if ds.task != "classification":
         agree(comm, f"{cfg['data']}: hpcml.train trains classifiers; this dataset is "
@@ -204,215 +172,155 @@ def run(cfg, comm=None, log=print, history=None):
     if test is not None and (test.features != ds.features or test.classes != ds.classes):
         agree(comm, f"{test_name}: {test.features} features / {test.classes} classes, the "
                     f"training data has {ds.features} / {ds.classes}", what="opening the data")
-    mean, inv = (_standardizer(ds, comm, dtype) if cfg["standardize"]
-                 else (np.zeros(ds.features, dtype), np.ones(ds.features, dtype)))
-    model = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
-                   cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"])
-    dp = DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"])
+    transform = None
+    if cfg["standardize"]:
+        mean, inv = _standardizer(ds, comm, dtype)
+        transform = lambda x: (x - mean) * inv  # noqa: E731
+    return ds, test, transform
+
+
+def _optimizer(cfg, model, G):
     lr = cfg["lr"] * (G / cfg["scale_lr"] if cfg["scale_lr"] else 1)
     if cfg["optimizer"] == "sgd":
-        opt = optim.SGD(model, lr, cfg["momentum"], cfg["nesterov"] and cfg["momentum"] > 0,
-                        cfg["weight_decay"])
-    else:
-        opt = optim.Adam(model, lr, weight_decay=cfg["weight_decay"],
-                         decoupled=cfg["optimizer"] == "adamw")
-    loader = ds.loader(b, shuffle=True, seed=cfg["seed"], partition="global")
-    micro_per_epoch = len(loader)
-    steps_per_epoch = -(-micro_per_epoch // K)
-    total = steps_per_epoch * cfg["epochs"]
-    if cfg["max_steps"]:
-        total = min(total, cfg["max_steps"])
-    sched = optim.Schedule(lr, cfg["warmup"], cfg["schedule"], total=total,
-                           step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
+        return optim.SGD(model, lr, cfg["momentum"], cfg["nesterov"] and cfg["momentum"] > 0,
+                         cfg["weight_decay"])
+    return optim.Adam(model, lr, weight_decay=cfg["weight_decay"],
+                      decoupled=cfg["optimizer"] == "adamw")
 
-    # --- resume ---
-    step = 0
-    resumed_from = None
-    if cfg["resume"]:
-        error, ck = None, None
+
+def _checkpoint_problem(ck, cfg, model, P, log):
+    """Why checkpoint `ck` cannot be resumed (or None); notes what differs but is fine."""
+    if ck["params"].shape != model.params.shape or ck["params"].dtype != model.params.dtype:
+        return (f"{ck['path']}: parameters {ck['params'].dtype} {ck['params'].shape}, this "
+                f"model has {model.params.dtype} {model.params.shape}")
+    if _model_differs(ck, cfg):
+        return _model_differs(ck, cfg)
+    saved = ck.get("config") or {}
+    horizon = [k for k in ("epochs", "max_steps", "schedule") if k in saved and saved[k] != cfg[k]]
+    if horizon and cfg["schedule"] != "constant":
+        log(f"note: {ck['path']} was written with " + ", ".join(
+            f"--{k.replace('_', '-')} {saved[k]}" for k in horizon) + "; the learning rate "
+            "now follows this run's schedule (--max-steps and --epochs set its length), so "
+            "the run differs from one that was never stopped")
+    if ck["state"]["ranks"] != P or ck["state"]["algorithm"] != cfg["algorithm"]:
+        log(f"note: {ck['path']} was written with {ck['state']['ranks']} ranks and algorithm "
+            f"{ck['state']['algorithm']}; the run continues, but not bit for bit as it "
+            f"would have")
+    return None
+
+
+def _resume(cfg, comm, model, opt, strategy, loader, log):
+    """(step, checkpoint path or None): the run's state loaded from --resume, if asked."""
+    if not cfg["resume"]:
+        return 0, None
+    rank, error, ck = comm.Get_rank(), None, None
+    if rank == 0:
+        try:
+            ck = (ckpt.find_latest(cfg["checkpoint_dir"]) if cfg["resume"] == "auto"
+                  else ckpt.load(cfg["resume"]))
+        except ckpt.CheckpointError as e:
+            error = str(e)
+        if ck is not None and error is None:
+            error = _checkpoint_problem(ck, cfg, model, comm.Get_size(), log)
+    agree(comm, error, what="loading the checkpoint")
+    if not comm.bcast(ck is not None if rank == 0 else None):
         if rank == 0:
-            try:
-                ck = (ckpt.find_latest(cfg["checkpoint_dir"]) if cfg["resume"] == "auto"
-                      else ckpt.load(cfg["resume"]))
-            except ckpt.CheckpointError as e:
-                error = str(e)
-            if ck is not None and error is None:
-                if ck["params"].shape != model.params.shape or \
-                        ck["params"].dtype != model.params.dtype:
-                    error = (f"{ck['path']}: parameters {ck['params'].dtype} "
-                             f"{ck['params'].shape}, this model has {model.params.dtype} "
-                             f"{model.params.shape}")
-                elif _model_differs(ck, cfg):
-                    error = _model_differs(ck, cfg)
-                else:
-                    saved = ck.get("config") or {}
-                    horizon = [k for k in ("epochs", "max_steps", "schedule")
-                               if k in saved and saved[k] != cfg[k]]
-                    if horizon and cfg["schedule"] != "constant":
-                        log(f"note: {ck['path']} was written with " + ", ".join(
-                            f"--{k.replace('_', '-')} {saved[k]}" for k in horizon) +
-                            "; the learning rate now follows this run's schedule (--max-steps "
-                            "and --epochs set its length), so the run differs from one that "
-                            "was never stopped")
-                if error is None and (ck["state"]["ranks"] != P or
-                                      ck["state"]["algorithm"] != cfg["algorithm"]):
-                    log(f"note: {ck['path']} was written with {ck['state']['ranks']} ranks and "
-                        f"algorithm {ck['state']['algorithm']}; the run continues, but not bit "
-                        f"for bit as it would have")
-        agree(comm, error, what="loading the checkpoint")
-        found = comm.bcast(ck is not None if rank == 0 else None)
-        if found:
-            ck = comm.bcast(ck if rank == 0 else None)
-            model.params[...] = ck["params"]
-            opt.load_state_dict(ck["optim"])
-            state = ck["state"]
-            step = state["step"]
-            loader.epoch, loader.batches_done = state["epoch"], state["batches_done"]
-            resumed_from = ck["path"]
-            if rank == 0:
-                for s in ck.get("skipped", []):
-                    log(f"skipped unreadable checkpoint: {s}")
-                log(f"resumed from {ck['path']} at step {step}")
-        elif rank == 0:
             log(f"no checkpoint in {cfg['checkpoint_dir']}: starting fresh")
+        return 0, None
+    ck = comm.bcast(ck if rank == 0 else None)
+    model.params[...] = ck["params"]
+    strategy.load_state_dict(opt, ck["optim"])
+    loader.epoch, loader.batches_done = ck["state"]["epoch"], ck["state"]["batches_done"]
+    if rank == 0:
+        for s in ck.get("skipped", []):
+            log(f"skipped unreadable checkpoint: {s}")
+        log(f"resumed from {ck['path']} at step {ck['state']['step']}")
+    return ck["state"]["step"], ck["path"]
 
-    def save():
-        if not cfg["checkpoint_dir"]:
-            return
+
+def _checkpointer(cfg, comm, opt, strategy):
+    """trainer -> None: rank 0 writes the run's state; a failure there (full disk,
+    unwritable folder) is raised on every rank instead of leaving them in a barrier."""
+    if not cfg["checkpoint_dir"]:
+        return None
+
+    def save(trainer):
+        state = {"step": trainer.step, "epoch": trainer.loader.epoch,
+                 "batches_done": trainer.loader.batches_done, "ranks": comm.Get_size(),
+                 "algorithm": cfg["algorithm"]}
+        optim_state = strategy.state_dict(opt)  # collective for sharded strategies
 
         def write():
-            state = {"step": step, "epoch": loader.epoch, "batches_done": loader.batches_done,
-                     "ranks": P, "algorithm": cfg["algorithm"]}
-            ckpt.save(cfg["checkpoint_dir"], step, model.params, opt.state_dict(), state,
-                      {k: v for k, v in cfg.items() if k != "hidden_sizes"}, cfg["keep"])
-        # rank 0 writes; a failure there (full disk, unwritable folder) is raised on every
-        # rank instead of leaving them in a barrier
+            ckpt.save(cfg["checkpoint_dir"], trainer.step, trainer.model.params, optim_state,
+                      state, {k: v for k, v in cfg.items() if k != "hidden_sizes"},
+                      cfg["keep"])
         config.on_rank0(comm, write, f"writing a checkpoint to {cfg['checkpoint_dir']}")
+    return save
 
-    def global_rows(micro):
-        """Rows of the global micro-batch `micro` (all ranks)."""
-        g = b * P
-        return max(0, min(g, ds.rows - micro * g))
 
-    def evaluate(d):
+def _evaluator(model, strategy, test, transform):
+    def evaluate():
         correct, count, loss = 0.0, 0.0, 0.0
-        for x, y in d.loader(1024, shuffle=False, agree_errors=True):
-            logits = model.forward((x - mean) * inv if cfg["standardize"] else x,
-                                   train=False)
+        for x, y in test.loader(1024, shuffle=False, agree_errors=True):
+            logits = model.forward(transform(x) if transform else x, train=False)
             if len(y):
-                l, _ = nn.cross_entropy(logits, y)
-                loss += l * len(y)
+                lo, _ = nn.cross_entropy(logits, y)
+                loss += lo * len(y)
                 correct += float((logits.argmax(axis=1) == y).sum())
                 count += len(y)
-        s = dp.allreduce_sums([correct, count, loss])
+        s = strategy.allreduce_sums([correct, count, loss])
         return s[0] / max(s[1], 1), s[2] / max(s[1], 1)
+    return evaluate if test is not None else None
 
-    preempt = Preemption()
-    bar = None
-    if rank == 0 and cfg["progress"] and sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True)
-    history = [] if history is None else history
-    stopped = False
-    try:
-        while step < total and not stopped:
-            epoch = loader.epoch
-            t_epoch, comm_before = time.perf_counter(), dp.comm_seconds
-            sums = np.zeros(4)  # loss*rows, correct, rows, steps
-            it = iter(loader)
-            micro = loader.batches_done
-            while micro < micro_per_epoch and step < total:
-                first = micro
-                last = min(micro_per_epoch, first + K)
-                denom = sum(global_rows(m) for m in range(first, last))
-                failed = None
-                for m in range(first, last):
-                    try:
-                        x, y = next(it)
-                    except (DataError, OSError) as e:  # agreed on in the all-reduce
-                        failed = e
-                        break
-                    xs = (x - mean) * inv if cfg["standardize"] else x
-                    rng = np.random.default_rng([cfg["seed"], step, m, rank]) \
-                        if cfg["dropout"] else None
-                    logits = model.forward(xs, train=True, rng=rng)
-                    loss, dl = nn.cross_entropy(logits, y, denom=denom)
-                    dp.backward(dl, accumulate=m > first, last=m == last - 1,
-                                error=False, stop=preempt.requested)
-                    sums += (loss * len(y), float((logits.argmax(axis=1) == y).sum()),
-                             len(y), 0)
-                if failed is not None:
-                    model.grads[...] = 0
-                flags = dp.sync(error=failed is not None, stop=preempt.requested)
-                if flags.failed:
-                    agree(comm, str(failed) if failed else None,
-                          what=f"training step {step} (epoch {epoch})")
-                if cfg["clip"]:
-                    optim.clip_grad_norm(model.grads, cfg["clip"])
-                opt.step(lr=sched(step))
-                step += 1
-                micro = last
-                sums[3] += 1
-                if bar is not None:
-                    bar.update(1)
-                if flags.stop:
-                    # the loader's position: the micro-batches consumed so far this epoch
-                    loader.batches_done = micro
-                    save()
-                    if rank == 0:
-                        log(f"stop requested (signal) on {flags.stop} rank(s): checkpointed "
-                            f"at step {step}, exiting")
-                    stopped = True
-                    break
-                if cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0 and \
-                        micro < micro_per_epoch:
-                    loader.batches_done = micro
-                    save()
-            it.close()
-            if stopped:
-                break
-            if micro >= micro_per_epoch:
-                loader.epoch, loader.batches_done = epoch + 1, 0
-            else:
-                loader.batches_done = micro
-            g = dp.allreduce_sums(sums[:3])
-            seconds = time.perf_counter() - t_epoch
-            entry = {"epoch": epoch + 1, "step": step, "train_loss": g[0] / max(g[2], 1),
-                     "train_accuracy": g[1] / max(g[2], 1), "samples_per_s": g[2] / seconds,
-                     "comm_fraction": (dp.comm_seconds - comm_before) / seconds,
-                     "lr": sched(max(step - 1, 0))}
-            if test is not None:
-                entry["test_accuracy"], entry["test_loss"] = evaluate(test)
-            history.append(entry)
-            if rank == 0:
-                line = (f"epoch {entry['epoch']:3d}  step {step:6d}  loss "
-                        f"{entry['train_loss']:.4f}  acc {entry['train_accuracy']:.4f}")
-                if "test_accuracy" in entry:
-                    line += f"  test acc {entry['test_accuracy']:.4f}"
-                line += (f"  {entry['samples_per_s']:,.0f} samples/s  comm "
-                         f"{100 * entry['comm_fraction']:.0f}%")
-                (bar.write if bar is not None else log)(line)
-            if cfg["metrics"]:
-                def append(entry=entry):
-                    with open(cfg["metrics"], "a") as f:
-                        f.write(json.dumps(entry) + "\n")
-                config.on_rank0(comm, append, f"appending to --metrics {cfg['metrics']}")
-            if (not cfg["checkpoint_every"] or loader.batches_done == 0
-                    or (step >= total and step % cfg["checkpoint_every"])):
-                save()  # each epoch's end, and the last step (--max-steps mid-epoch)
-    finally:
-        dp.close()
-        preempt.restore()
-        if bar is not None:
-            bar.close()
-    summary = {"status": "stopped" if stopped else "done", "step": step, "ranks": P,
+
+def _batch_check(comm, G, K):
+    P = comm.Get_size()
+    error = None
+    if G % (P * K):
+        error = (f"batch-size {G} must be a multiple of ranks x accumulation = {P} x {K} "
+                 f"= {P * K}")
+    agree(comm, error, what="checking the configuration")
+    return G // (P * K)  # rows per rank per micro-step
+
+
+def run(cfg, comm=None, log=print, history=None, callbacks=()):
+    """Train per cfg (validated) on comm; returns (summary dict, model) on every rank.
+    history: a list that receives each epoch's metrics; callbacks: Trainer callbacks."""
+    comm = comm if comm is not None else hc.world()
+    P, t_start, dtype = comm.Get_size(), time.perf_counter(), np.dtype(cfg["dtype"])
+    K, G = cfg["accumulation"], cfg["batch_size"]
+    b = _batch_check(comm, G, K)
+    ds, test, transform = _data(cfg, comm, dtype)
+    model = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
+                   cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"])
+    strategy = DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"])
+    opt = _optimizer(cfg, model, G)
+    loader = ds.loader(b, shuffle=True, seed=cfg["seed"], partition="global")
+    total = -(-len(loader) // K) * cfg["epochs"]
+    total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
+    sched = optim.Schedule(opt.lr, cfg["warmup"], cfg["schedule"], total=total,
+                           step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
+    step, resumed_from = _resume(cfg, comm, model, opt, strategy, loader, log)
+    trainer = Trainer(
+        model, strategy, opt, loader, sched, total=total, accumulation=K, step=step,
+        global_rows=lambda m: max(0, min(b * P, ds.rows - m * b * P)), transform=transform,
+        seed=cfg["seed"], dropout=bool(cfg["dropout"]), clip=cfg["clip"],
+        checkpoint=_checkpointer(cfg, comm, opt, strategy),
+        checkpoint_every=cfg["checkpoint_every"], evaluate=_evaluator(model, strategy, test,
+                                                                      transform),
+        metrics=cfg["metrics"], callbacks=callbacks, log=log, progress=cfg["progress"],
+        on_rank0=lambda fn, what: config.on_rank0(comm, fn, what))
+    history_, stopped = trainer.fit()
+    if history is not None:
+        history.extend(history_)
+    summary = {"status": "stopped" if stopped else "done", "step": trainer.step, "ranks": P,
                "epochs_done": loader.epoch, "seconds": time.perf_counter() - t_start,
                "resumed_from": resumed_from}
-    if history:
-        summary.update({k: history[-1][k] for k in ("train_loss", "train_accuracy",
-                                                    "test_accuracy", "samples_per_s")
-                        if k in history[-1]})
-    summary["params_sha256"] = __import__("hashlib").sha256(model.params.tobytes()).hexdigest()
+    if history_:
+        summary.update({k: history_[-1][k] for k in ("train_loss", "train_accuracy",
+                                                     "test_accuracy", "samples_per_s")
+                        if k in history_[-1]})
+    summary["params_sha256"] = hashlib.sha256(model.params.tobytes()).hexdigest()
     return summary, model
 
 

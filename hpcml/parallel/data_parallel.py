@@ -20,20 +20,15 @@ same step boundary.
 """
 import queue
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
 from hpcml import comm as hc
 
-
-@dataclass
-class StepFlags:
-    failed: int  # ranks that reported an error this step
-    stop: int  # ranks asked to stop (signal)
+from .base import StepFlags, Strategy
 
 
-class DataParallel:
+class DataParallel(Strategy):
     """Wraps an hpcml.nn.Sequential: its gradient buffer becomes the head of a buffer with
     two flag slots, all-reduced in one call per optimizer step."""
 
@@ -140,9 +135,4 @@ class DataParallel:
             self._worker = None
             self.bucket_comm.Free()
 
-    def allreduce_sums(self, values):
-        """Sum a few float64 numbers over ranks (metrics): one MPI_Allreduce."""
-        v = np.asarray(values, np.float64).copy()
-        if self.size > 1:
-            hc.allreduce(v, "sum", comm=self.comm, algorithm="mpi")
-        return v
+

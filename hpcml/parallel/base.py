@@ -1,0 +1,63 @@
+"""The Strategy protocol: how gradients and parameters move between ranks.
+
+The Trainer (trainer.py) owns the loop; a Strategy owns the communication:
+
+    strategy.backward(dy, accumulate, last, error, stop)  # the model's backward pass
+    flags = strategy.sync(error, stop)      # gradients (and the two flags) across ranks
+    strategy.step(optimizer, lr, clip)      # apply the update (clip first)
+    strategy.allreduce_sums(values)         # metrics: a few float64 sums
+    strategy.state_dict() / load_state_dict(state)   # optimizer state, serial layout
+    strategy.close()
+
+`sync` carries, for free, how many ranks failed this step and how many were asked to stop:
+every rank learns both in the same call, so an error or a preemption signal on one rank
+ends or checkpoints every rank at the same step.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from hpcml import comm as hc
+
+
+@dataclass
+class StepFlags:
+    failed: int  # ranks that reported an error this step
+    stop: int  # ranks asked to stop (signal, or a callback)
+
+
+class Strategy:
+    """Base class: replicated parameters and optimizer (subclasses may shard them)."""
+
+    comm = None
+    comm_seconds = 0.0  # seconds spent waiting for gradient communication
+
+    def backward(self, dy, accumulate=False, last=True, error=False, stop=False):
+        raise NotImplementedError
+
+    def sync(self, error=False, stop=False):
+        raise NotImplementedError
+
+    def step(self, optimizer, lr, clip=0.0):
+        """Clip the (summed) gradients' global norm if asked, then the optimizer step."""
+        if clip:
+            from hpcml import optim
+            optim.clip_grad_norm(optimizer.grads, clip)
+        optimizer.step(lr=lr)
+
+    def allreduce_sums(self, values):
+        """Sum a few float64 numbers over ranks (metrics): one MPI_Allreduce."""
+        v = np.asarray(values, np.float64).copy()
+        if self.comm is not None and self.comm.Get_size() > 1:
+            hc.allreduce(v, "sum", comm=self.comm, algorithm="mpi")
+        return v
+
+    def state_dict(self, optimizer):
+        """The optimizer's state in the serial layout (what a checkpoint holds)."""
+        return optimizer.state_dict()
+
+    def load_state_dict(self, optimizer, state):
+        optimizer.load_state_dict(state)
+
+    def close(self):
+        pass

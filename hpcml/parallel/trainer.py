@@ -1,0 +1,202 @@
+"""The training loop, written once for every strategy.
+
+    trainer = Trainer(model, strategy, optimizer, loader, schedule, total=steps,
+                      accumulation=K, global_rows=rows_of_micro_batch, ...)
+    history, stopped = trainer.fit()
+
+The Trainer owns: the step loop over the loader's epochs (resuming mid-epoch from the
+loader's position), gradient accumulation (K micro-steps, the loss normalised by the global
+rows of the step), errors agreed at the step they happen (a data error on one rank rides on
+the gradient sync and is raised, with its message, on every rank), the stop flag
+(SIGTERM/SIGUSR1 or a callback, agreed the same way), per-epoch metrics averaged over
+ranks, the checkpoint cadence (each epoch, every N steps, the last step, on a stop), and
+callbacks. The Strategy (base.py) owns how gradients and parameters move.
+
+Callbacks: objects with optional `on_step(trainer, step)` and `on_epoch(trainer, entry)`;
+returning True asks the run to stop. on_step's request rides on the next step's sync;
+on_epoch's is summed over ranks at once; either way every rank stops at the same step,
+after a checkpoint.
+"""
+import json
+import signal
+import sys
+import time
+
+import numpy as np
+
+from hpcml import nn
+from hpcml.comm.guard import agree
+from hpcml.data import DataError
+
+
+class Preemption:
+    """SIGTERM/SIGUSR1 set a flag; the ranks agree on it at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self.old = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self.old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (in-process ranks)
+                pass
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+
+
+class Trainer:
+    """One training run (see the module docstring). `checkpoint()` saves the run's state
+    (the caller's writer: it reads trainer.step and the loader's position); `evaluate()`
+    returns (accuracy, loss) on held-out data, the same on every rank."""
+
+    def __init__(self, model, strategy, optimizer, loader, schedule, *, total,
+                 accumulation=1, global_rows=None, transform=None, seed=0, dropout=False,
+                 clip=0.0, step=0, checkpoint=None, checkpoint_every=0, evaluate=None,
+                 metrics=None, callbacks=(), log=print, progress=False, on_rank0=None):
+        self.model, self.strategy, self.optimizer = model, strategy, optimizer
+        self.loader, self.schedule, self.total = loader, schedule, int(total)
+        self.K, self.step = int(accumulation), int(step)
+        self.global_rows = global_rows or (lambda micro: loader.batch_size)
+        self.transform = transform or (lambda x: x)
+        self.seed, self.dropout, self.clip = seed, dropout, clip
+        self.checkpoint, self.checkpoint_every = checkpoint, int(checkpoint_every)
+        self.evaluate, self.metrics, self.callbacks = evaluate, metrics, list(callbacks)
+        self.log, self.progress, self.on_rank0 = log, progress, on_rank0
+        self.comm = strategy.comm
+        self.rank = self.comm.Get_rank() if self.comm is not None else 0
+        self.history, self.stopped, self.stop_reason = [], False, None
+        self._callback_stop = False
+
+    # --- one optimizer step ------------------------------------------------------------
+    def _micro_steps(self, it, first, last, stop):
+        """Forward/backward of micro-batches first..last-1; (error or None, sums)."""
+        denom = sum(self.global_rows(m) for m in range(first, last))
+        sums = np.zeros(3)  # loss*rows, correct, rows
+        for m in range(first, last):
+            try:
+                x, y = next(it)
+            except (DataError, OSError) as e:  # agreed on in the sync below
+                self.model.grads[...] = 0
+                return e, sums
+            rng = np.random.default_rng([self.seed, self.step, m, self.rank]) \
+                if self.dropout else None
+            logits = self.model.forward(self.transform(x), train=True, rng=rng)
+            loss, dl = nn.cross_entropy(logits, y, denom=denom)
+            self.strategy.backward(dl, accumulate=m > first, last=m == last - 1,
+                                   error=False, stop=stop)
+            sums += (loss * len(y), float((logits.argmax(axis=1) == y).sum()), len(y))
+        return None, sums
+
+    def _optimizer_step(self, it, micro, epoch, stop):
+        last = min(len(self.loader), micro + self.K)
+        failed, sums = self._micro_steps(it, micro, last, stop)
+        flags = self.strategy.sync(error=failed is not None, stop=stop)
+        if flags.failed:
+            agree(self.comm, str(failed) if failed else None,
+                  what=f"training step {self.step} (epoch {epoch})")
+        self.strategy.step(self.optimizer, self.schedule(self.step), self.clip)
+        self.step += 1
+        return last, sums, flags
+
+    # --- an epoch ------------------------------------------------------------------------
+    def _epoch(self, preempt, bar):
+        """Steps until the epoch ends, the run's last step, or a stop; the epoch's sums."""
+        loader = self.loader
+        epoch, micro = loader.epoch, loader.batches_done
+        sums = np.zeros(4)  # loss*rows, correct, rows, steps
+        it = iter(loader)
+        try:
+            while micro < len(loader) and self.step < self.total:
+                stop = preempt.requested or self._callback_stop
+                micro, s, flags = self._optimizer_step(it, micro, epoch, stop)
+                sums += (*s, 1)
+                if bar is not None:
+                    bar.update(1)
+                if flags.stop:
+                    loader.batches_done = micro  # the micro-batches consumed so far
+                    self._save()
+                    self.stopped = True
+                    if self.rank == 0:
+                        self.log(f"stop requested ({self.stop_reason or 'signal'}) on "
+                                 f"{flags.stop} rank(s): checkpointed at step {self.step}, "
+                                 f"exiting")
+                    return epoch, sums
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_step") and cb.on_step(self, self.step):
+                        self._callback_stop, self.stop_reason = True, "callback"
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0 and \
+                        micro < len(loader):
+                    loader.batches_done = micro
+                    self._save()
+        finally:
+            it.close()
+        if micro >= len(loader):
+            loader.epoch, loader.batches_done = epoch + 1, 0
+        else:
+            loader.batches_done = micro
+        return epoch, sums
+
+    def _save(self):
+        if self.checkpoint is not None:
+            self.checkpoint(self)
+
+    def _end_of_epoch(self, epoch, sums, seconds, comm_before, bar):
+        g = self.strategy.allreduce_sums(sums[:3])
+        entry = {"epoch": epoch + 1, "step": self.step, "train_loss": g[0] / max(g[2], 1),
+                 "train_accuracy": g[1] / max(g[2], 1), "samples_per_s": g[2] / seconds,
+                 "comm_fraction": (self.strategy.comm_seconds - comm_before) / seconds,
+                 "lr": self.schedule(max(self.step - 1, 0))}
+        if self.evaluate is not None:
+            entry["test_accuracy"], entry["test_loss"] = self.evaluate()
+        self.history.append(entry)
+        if self.rank == 0:
+            self.log_line(entry, bar)
+        if self.metrics:
+            def append(entry=entry):
+                with open(self.metrics, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            self.on_rank0(append, f"appending to --metrics {self.metrics}")
+        loader, every = self.loader, self.checkpoint_every
+        asked = any(hasattr(cb, "on_epoch") and cb.on_epoch(self, entry)
+                    for cb in self.callbacks)
+        if self.strategy.allreduce_sums([float(asked)])[0] > 0:
+            self.stopped, self.stop_reason = True, "callback"
+        if (not every or loader.batches_done == 0 or self.stopped
+                or (self.step >= self.total and self.step % every)):
+            self._save()  # each epoch's end, the last step (--max-steps mid-epoch), a stop
+
+    def log_line(self, entry, bar=None):
+        line = (f"epoch {entry['epoch']:3d}  step {entry['step']:6d}  loss "
+                f"{entry['train_loss']:.4f}  acc {entry['train_accuracy']:.4f}")
+        if "test_accuracy" in entry:
+            line += f"  test acc {entry['test_accuracy']:.4f}"
+        line += (f"  {entry['samples_per_s']:,.0f} samples/s  comm "
+                 f"{100 * entry['comm_fraction']:.0f}%")
+        (bar.write if bar is not None else self.log)(line)
+
+    # --- the run -------------------------------------------------------------------------
+    def fit(self):
+        """Train until `total` steps or a stop; returns (history, stopped)."""
+        preempt = Preemption()
+        bar = None
+        if self.rank == 0 and self.progress and sys.stderr.isatty():
+            from tqdm import tqdm
+            bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True)
+        try:
+            while self.step < self.total and not self.stopped:
+                t0, comm_before = time.perf_counter(), self.strategy.comm_seconds
+                epoch, sums = self._epoch(preempt, bar)
+                if self.stopped:
+                    break
+                self._end_of_epoch(epoch, sums, time.perf_counter() - t0, comm_before, bar)
+        finally:
+            self.strategy.close()
+            preempt.restore()
+            if bar is not None:
+                bar.close()
+        return self.history, self.stopped
