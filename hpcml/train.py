@@ -29,7 +29,7 @@ from hpcml import comm as hc
 from hpcml import nn, optim
 from hpcml.comm.guard import agree, CollectiveError
 from hpcml.data import ShardedDataset, DataError
-from hpcml.parallel import DataParallel
+from hpcml.parallel import DataParallel, ZeRO
 from hpcml.parallel.trainer import Preemption, Trainer  # noqa: F401  (train.Preemption, as before)
 
 # name: (default, type, help)
@@ -56,6 +56,7 @@ SETTINGS = {
     "batch_size": (64, int, "global batch size (all ranks, all accumulation steps)"),
     "accumulation": (1, int, "micro-steps per optimizer step (no communication between)"),
     "algorithm": ("auto", str, "gradient all-reduce: auto, ring, tree, rhd, mpi"),
+    "zero": (0, int, "ZeRO sharding: 0 off, 1 optimizer state, 2 gradients too"),
     "overlap": (False, bool, "all-reduce each layer's gradients in a background thread "
                              "while the backward pass goes on (see benchmarks/README.md)"),
     "dtype": ("float32", str, "float32 or float64"),
@@ -95,6 +96,11 @@ def validate(cfg):
             bad(key, "must be >= 0")
     if not cfg["lr"] > 0:
         bad("lr", "must be > 0")
+    if cfg["zero"] not in (0, 1, 2):
+        bad("zero", "must be 0, 1 or 2")
+    if cfg["zero"] and cfg["overlap"]:
+        bad("zero", "--zero does not overlap its communication with the backward pass; "
+                    "leave --overlap false")
     if not 0 <= cfg["dropout"] < 1:
         bad("dropout", "must be in [0, 1)")
     if not 0 <= cfg["momentum"] < 1:
@@ -293,8 +299,9 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     ds, test, transform = _data(cfg, comm, dtype)
     model = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
                    cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"])
-    strategy = DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"])
-    opt = _optimizer(cfg, model, G)
+    strategy = (ZeRO(model, comm, cfg["algorithm"], stage=cfg["zero"]) if cfg["zero"] else
+                DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"]))
+    opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
     loader = ds.loader(b, shuffle=True, seed=cfg["seed"], partition="global")
     total = -(-len(loader) // K) * cfg["epochs"]
     total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total

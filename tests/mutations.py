@@ -119,6 +119,13 @@ FAULTS = {
           "        else:\n            g = g + weight_decay * p\n",
           "        else:\n            pass\n")],
         0, ["tests/test_optim.py::test_optimizers_follow_the_scalar_oracle"]),
+    "zero-stale-shards": (
+        "ZeRO never all-gathers the updated parameters (each rank keeps only its own shard's "
+        "update)",
+        [("hpcml/parallel/zero.py",
+          '            hc.allgather(g, comm=self.comm, algorithm="ring")\n',
+          "")],
+        2, ["tests/mpi/test_zero_mpi.py::test_zero_is_bit_identical_to_data_parallel"]),
 }
 
 

@@ -20,6 +20,7 @@ import test_fusion_and_checks  # noqa: E402
 import test_p2p_mpi  # noqa: E402
 import test_rooted_and_blocks  # noqa: E402
 import test_train  # noqa: E402
+import test_zero_mpi  # noqa: E402
 
 RANKS = [1, 2, 3, 5, 8]
 
@@ -46,8 +47,8 @@ def _bodies(module, only=None, skip=()):
             continue
         params = set(inspect.signature(fn).parameters)
         cases = _expand(fn)
-        if params - {"comm"} - set(cases[0][1]):
-            continue  # needs another fixture
+        if "comm" not in params or params - {"comm"} - set(cases[0][1]):
+            continue  # not a body of a communicator, or needs another fixture
         found += [(f"{module.__name__}::{name}[{cid}]", fn, kw) for cid, kw in cases]
     return found
 
@@ -102,6 +103,17 @@ def test_data_parallel_bodies(ranks):
     bodies = [b for b in STRATEGY if ranks in (3, 5) or b[0].split("::")[1] in SUBSET]
     assert len(bodies) == (len(STRATEGY) if ranks in (3, 5) else len(SUBSET))
     assert _run_all(bodies, ranks) >= len(bodies) - (ranks == 1)
+
+
+ZERO = _bodies(test_zero_mpi)  # shared_dir bodies (checkpoints) run under mpiexec only
+
+
+@pytest.mark.parametrize("ranks", RANKS)
+def test_zero_bodies(ranks):
+    """tests/mpi/test_zero_mpi.py's bodies: ZeRO-1/2 bit-identical to DataParallel (float32
+    and float64, four algorithms), optimizer state 1/P per rank."""
+    bodies = [b for b in ZERO if ranks in (3, 5) or b[0].endswith("-2]") or "state" in b[0]]
+    assert _run_all(bodies, ranks) == len(bodies)
 
 
 def test_an_exception_on_one_rank_ends_every_rank():

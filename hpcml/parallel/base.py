@@ -38,6 +38,11 @@ class Strategy:
     def sync(self, error=False, stop=False):
         raise NotImplementedError
 
+    def optimizer(self, factory):
+        """factory(model-like) -> the optimizer this strategy steps (a sharding strategy
+        passes the rank's shard, so the optimizer state is allocated for it only)."""
+        return factory(self.model)
+
     def step(self, optimizer, lr, clip=0.0):
         """Clip the (summed) gradients' global norm if asked, then the optimizer step."""
         if clip:
