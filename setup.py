@@ -36,6 +36,7 @@ setup(
             "pytest-timeout>=2.1",
             "matplotlib>=3.5",
             "scikit-learn",  # the oracle for PCA and t-SNE (and scipy, its dependency)
+            "prometheus_client",  # its text parser checks --prometheus files
         ],
     },
     entry_points={"console_scripts": ["hpcml-bench=hpcml.bench.__main__:main"]},

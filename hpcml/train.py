@@ -30,6 +30,7 @@ from hpcml import nn, optim
 from hpcml.comm.guard import agree, CollectiveError
 from hpcml.data import ShardedDataset, DataError
 from hpcml.parallel import DataParallel, ZeRO
+from hpcml.parallel.trace import Tracer, write_trace
 from hpcml.parallel.trainer import Preemption, Trainer  # noqa: F401  (train.Preemption, as before)
 
 # name: (default, type, help)
@@ -68,6 +69,8 @@ SETTINGS = {
     "resume": ("", str, "'auto' (latest good checkpoint in --checkpoint-dir, if any), a "
                         "checkpoint file, or '' (start fresh)"),
     "max_steps": (0, int, "stop after this many optimizer steps (0: run all epochs)"),
+    "trace": ("", str, "write a Chrome trace (per-rank spans) to this JSON file ('': none)"),
+    "prometheus": ("", str, "node_exporter textfile of live metrics, refreshed each epoch"),
     "metrics": ("", str, "append per-epoch metrics to this JSONL file ('': none)"),
     "progress": (True, bool, "progress bar on rank 0 (when stderr is a terminal)"),
 }
@@ -316,13 +319,19 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
         checkpoint_every=cfg["checkpoint_every"], evaluate=_evaluator(model, strategy, test,
                                                                       transform),
         metrics=cfg["metrics"], callbacks=callbacks, log=log, progress=cfg["progress"],
-        on_rank0=lambda fn, what: config.on_rank0(comm, fn, what))
+        on_rank0=lambda fn, what: config.on_rank0(comm, fn, what),
+        tracer=Tracer(comm, keep_events=bool(cfg["trace"])), prometheus=cfg["prometheus"])
     history_, stopped = trainer.fit()
+    if cfg["trace"]:
+        trace = trainer.tracer.gather()  # collective; rank 0 writes, its failure agreed
+        config.on_rank0(comm, lambda: write_trace(cfg["trace"], trace),
+                        f"writing --trace {cfg['trace']}")
     if history is not None:
         history.extend(history_)
     summary = {"status": "stopped" if stopped else "done", "step": trainer.step, "ranks": P,
                "epochs_done": loader.epoch, "seconds": time.perf_counter() - t_start,
-               "resumed_from": resumed_from}
+               "resumed_from": resumed_from, "comm_seconds": strategy.comm_seconds,
+               "span_seconds": {k: round(v, 6) for k, v in trainer.tracer.seconds.items()}}
     if history_:
         summary.update({k: history_[-1][k] for k in ("train_loss", "train_accuracy",
                                                      "test_accuracy", "samples_per_s")

@@ -121,9 +121,9 @@ class DataParallel(Strategy):
                 raise failure
             return StepFlags(int(round(float(self.buffer[n]))),
                              int(round(float(self.buffer[n + 1]))))
+        t = hc.wtime()  # the whole sync, as a trace's span around it sees it
         self._set_flags(error, stop)
         if self.size > 1:
-            t = hc.wtime()
             hc.allreduce(self.buffer, "sum", comm=self.comm, algorithm=self.algorithm)
             self.comm_seconds += hc.wtime() - t
         return StepFlags(int(round(float(self.buffer[n]))), int(round(float(self.buffer[n + 1]))))

@@ -28,6 +28,8 @@ from hpcml import nn
 from hpcml.comm.guard import agree
 from hpcml.data import DataError
 
+from .trace import Tracer, write_prometheus
+
 
 class Preemption:
     """SIGTERM/SIGUSR1 set a flag; the ranks agree on it at the next step boundary."""
@@ -57,7 +59,8 @@ class Trainer:
     def __init__(self, model, strategy, optimizer, loader, schedule, *, total,
                  accumulation=1, global_rows=None, transform=None, seed=0, dropout=False,
                  clip=0.0, step=0, checkpoint=None, checkpoint_every=0, evaluate=None,
-                 metrics=None, callbacks=(), log=print, progress=False, on_rank0=None):
+                 metrics=None, callbacks=(), log=print, progress=False, on_rank0=None,
+                 tracer=None, prometheus=None):
         self.model, self.strategy, self.optimizer = model, strategy, optimizer
         self.loader, self.schedule, self.total = loader, schedule, int(total)
         self.K, self.step = int(accumulation), int(step)
@@ -70,6 +73,8 @@ class Trainer:
         self.comm = strategy.comm
         self.rank = self.comm.Get_rank() if self.comm is not None else 0
         self.history, self.stopped, self.stop_reason = [], False, None
+        self.tracer = tracer if tracer is not None else Tracer(self.comm)
+        self.prometheus = prometheus
         self._callback_stop = False
 
     # --- one optimizer step ------------------------------------------------------------
@@ -77,29 +82,35 @@ class Trainer:
         """Forward/backward of micro-batches first..last-1; (error or None, sums)."""
         denom = sum(self.global_rows(m) for m in range(first, last))
         sums = np.zeros(3)  # loss*rows, correct, rows
+        span = self.tracer.span
         for m in range(first, last):
             try:
-                x, y = next(it)
+                with span("data"):
+                    x, y = next(it)
             except (DataError, OSError) as e:  # agreed on in the sync below
                 self.model.grads[...] = 0
                 return e, sums
             rng = np.random.default_rng([self.seed, self.step, m, self.rank]) \
                 if self.dropout else None
-            logits = self.model.forward(self.transform(x), train=True, rng=rng)
-            loss, dl = nn.cross_entropy(logits, y, denom=denom)
-            self.strategy.backward(dl, accumulate=m > first, last=m == last - 1,
-                                   error=False, stop=stop)
+            with span("forward"):
+                logits = self.model.forward(self.transform(x), train=True, rng=rng)
+                loss, dl = nn.cross_entropy(logits, y, denom=denom)
+            with span("backward"):
+                self.strategy.backward(dl, accumulate=m > first, last=m == last - 1,
+                                       error=False, stop=stop)
             sums += (loss * len(y), float((logits.argmax(axis=1) == y).sum()), len(y))
         return None, sums
 
     def _optimizer_step(self, it, micro, epoch, stop):
         last = min(len(self.loader), micro + self.K)
         failed, sums = self._micro_steps(it, micro, last, stop)
-        flags = self.strategy.sync(error=failed is not None, stop=stop)
+        with self.tracer.span("allreduce"):
+            flags = self.strategy.sync(error=failed is not None, stop=stop)
         if flags.failed:
             agree(self.comm, str(failed) if failed else None,
                   what=f"training step {self.step} (epoch {epoch})")
-        self.strategy.step(self.optimizer, self.schedule(self.step), self.clip)
+        with self.tracer.span("optimizer"):
+            self.strategy.step(self.optimizer, self.schedule(self.step), self.clip)
         self.step += 1
         return last, sums, flags
 
@@ -143,16 +154,20 @@ class Trainer:
 
     def _save(self):
         if self.checkpoint is not None:
-            self.checkpoint(self)
+            with self.tracer.span("checkpoint"):
+                self.checkpoint(self)
 
-    def _end_of_epoch(self, epoch, sums, seconds, comm_before, bar):
+    def _end_of_epoch(self, epoch, sums, seconds, before, bar):
+        comm_before, data_before = before
         g = self.strategy.allreduce_sums(sums[:3])
         entry = {"epoch": epoch + 1, "step": self.step, "train_loss": g[0] / max(g[2], 1),
                  "train_accuracy": g[1] / max(g[2], 1), "samples_per_s": g[2] / seconds,
                  "comm_fraction": (self.strategy.comm_seconds - comm_before) / seconds,
-                 "lr": self.schedule(max(self.step - 1, 0))}
+                 "data_wait_fraction": (self.tracer.seconds.get("data", 0.0) - data_before)
+                 / seconds, "lr": self.schedule(max(self.step - 1, 0))}
         if self.evaluate is not None:
-            entry["test_accuracy"], entry["test_loss"] = self.evaluate()
+            with self.tracer.span("evaluation"):
+                entry["test_accuracy"], entry["test_loss"] = self.evaluate()
         self.history.append(entry)
         if self.rank == 0:
             self.log_line(entry, bar)
@@ -161,6 +176,10 @@ class Trainer:
                 with open(self.metrics, "a") as f:
                     f.write(json.dumps(entry) + "\n")
             self.on_rank0(append, f"appending to --metrics {self.metrics}")
+        if self.prometheus:
+            values = dict(entry, samples_per_second=entry["samples_per_s"])
+            self.on_rank0(lambda: write_prometheus(self.prometheus, values),
+                          f"writing --prometheus {self.prometheus}")
         loader, every = self.loader, self.checkpoint_every
         asked = any(hasattr(cb, "on_epoch") and cb.on_epoch(self, entry)
                     for cb in self.callbacks)
@@ -189,11 +208,12 @@ class Trainer:
             bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True)
         try:
             while self.step < self.total and not self.stopped:
-                t0, comm_before = time.perf_counter(), self.strategy.comm_seconds
+                t0 = time.perf_counter()
+                before = (self.strategy.comm_seconds, self.tracer.seconds.get("data", 0.0))
                 epoch, sums = self._epoch(preempt, bar)
                 if self.stopped:
                     break
-                self._end_of_epoch(epoch, sums, time.perf_counter() - t0, comm_before, bar)
+                self._end_of_epoch(epoch, sums, time.perf_counter() - t0, before, bar)
         finally:
             self.strategy.close()
             preempt.restore()
