@@ -8,15 +8,21 @@ Each rank owns one contiguous shard of the flat parameters (the blocks
 the n gradients) and keeps the optimizer state (velocity, Adam moments) for that shard
 only: 1/P of data parallelism's. A step:
 
-* stage 1: the gradients are all-reduced as in DataParallel (the same call on the same
-  buffer, so the same bytes); each rank updates its shard; the parameters are all-gathered.
-* stage 2: the gradients are reduce-scattered (ring: the first half of a ring all-reduce,
-  so each shard holds the bytes the all-reduce would give) and only the flags are
-  all-reduced; then as stage 1. With another algorithm, stage 2 all-reduces as stage 1.
+* with --algorithm ring, the gradients are reduce-scattered (the first half of a ring
+  all-reduce, so each shard holds the bytes the all-reduce would give) and only the two
+  flags are all-reduced; with another algorithm they are all-reduced as DataParallel does
+  (the same call on the same buffer, so the same bytes);
+* each rank updates its shard with its shard of the optimizer state;
+* the parameters are all-gathered (ring).
+
+Stage 1 shards the optimizer state. Stage 2 also shards the gradients in DeepSpeed; here
+the backward pass still fills the whole flat gradient buffer (one buffer, reused every
+step), so stage 2 differs from stage 1 only in name: a known gap.
 
 The update is element-wise, so every parameter gets the arithmetic DataParallel gives it:
 the parameters end bit-identical to DataParallel with the same reduction algorithm (global
-norm clipping aside in stage 2, whose norm is summed from the shards in another order).
+norm clipping aside with reduce-scatter, whose norm is summed from the shards in another
+order).
 Checkpoints hold the optimizer state in the serial layout (gathered), so a ZeRO checkpoint
 resumes without ZeRO, with another stage, or on another rank count, and back.
 """
@@ -56,8 +62,13 @@ class ZeRO(DataParallel):
         """factory(model-like) -> optimizer: built over this rank's shard only."""
         return factory(_Shard(self.model, self.lo, self.hi))
 
+    def _scatters(self):
+        """Reduce-scatter (ring) instead of all-reduce: the first half of the ring
+        all-reduce, so the owned shard gets the same bytes with half the traffic."""
+        return self.algorithm == "ring" and self.size > 1
+
     def sync(self, error=False, stop=False):
-        if self.stage == 1 or self.algorithm != "ring" or self.size == 1:
+        if not self._scatters():
             return super().sync(error, stop)
         n = self.model.size
         self._set_flags(error, stop)
@@ -70,7 +81,7 @@ class ZeRO(DataParallel):
 
     def step(self, optimizer, lr, clip=0.0):
         if clip:
-            if self.stage == 1 or self.algorithm != "ring" or self.size == 1:
+            if not self._scatters():
                 from hpcml import optim  # every rank holds the summed gradients: as DP
                 optim.clip_grad_norm(self.model.grads, clip)
             else:
