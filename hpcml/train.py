@@ -57,7 +57,7 @@ SETTINGS = {
     "batch_size": (64, int, "global batch size (all ranks, all accumulation steps)"),
     "accumulation": (1, int, "micro-steps per optimizer step (no communication between)"),
     "algorithm": ("auto", str, "gradient all-reduce: auto, ring, tree, rhd, mpi"),
-    "zero": (0, int, "ZeRO sharding: 0 off, 1 optimizer state, 2 gradients too"),
+    "zero": (0, int, "ZeRO: 0 off, 1 optimizer state sharded (2: the same, for now)"),
     "overlap": (False, bool, "all-reduce each layer's gradients in a background thread "
                              "while the backward pass goes on (see benchmarks/README.md)"),
     "dtype": ("float32", str, "float32 or float64"),
