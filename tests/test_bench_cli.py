@@ -57,3 +57,18 @@ def test_kernels_benchmark_writes_json_and_png(tmp_path):
     autos = [r for r in recs if r["backend"] == "auto"]
     assert autos and all(r["auto_vs_best"] > 0 for r in autos)
     assert result["summary"]["auto_vs_best_single_backend_worst"]["slowdown"] is not None
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
+def test_p2p_benchmark_writes_json_and_png(tmp_path):
+    proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "hpcml.bench", "p2p", "--sizes",
+                "8,1K", "--iters", "50", "--blocks", "3", "--out", str(tmp_path)], limit=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "p2p-p2.json").read_text())
+    assert (tmp_path / "p2p-p2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    recs = result["records"]
+    assert [(r["kind"], r["bytes"]) for r in recs] == [("pingpong", 8), ("pingpong", 1024),
+                                                       ("allreduce", 8)]
+    for r in recs:
+        assert r["mpi4py_us"] > 0 and r["hpcml_us"] > 0
+        assert r["ratio"] == pytest.approx(r["hpcml_us"] / r["mpi4py_us"])

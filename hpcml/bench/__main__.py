@@ -6,6 +6,7 @@
     python -m hpcml.bench io                         # data loader vs plain h5py
     python -m hpcml.bench train                      # hpcml.train vs PyTorch DDP
     python -m hpcml.bench dimred                     # PCA, t-SNE vs scikit-learn, openTSNE
+    mpiexec -n 2 python -m hpcml.bench p2p           # per-call overhead vs mpi4py's own calls
 """
 import sys
 
@@ -17,6 +18,7 @@ BENCHMARKS = {
     "train": "hpcml.bench.train",
     "dimred": "hpcml.bench.dimred",
     "pca": "hpcml.bench.pca",
+    "p2p": "hpcml.bench.p2p",
 }
 
 
