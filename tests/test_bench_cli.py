@@ -72,3 +72,15 @@ def test_p2p_benchmark_writes_json_and_png(tmp_path):
     for r in recs:
         assert r["mpi4py_us"] > 0 and r["hpcml_us"] > 0
         assert r["ratio"] == pytest.approx(r["hpcml_us"] / r["mpi4py_us"])
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
+def test_zero_benchmark_writes_json_and_png(tmp_path):
+    proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "hpcml.bench", "zero", "--hidden",
+                "32", "--epochs", "1", "--repeats", "1", "--out", str(tmp_path)], limit=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "zero-p2.json").read_text())
+    assert (tmp_path / "zero-p2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["bit_identical"] is True
+    assert set(result["median_samples_per_s"]) == {"data parallel", "ZeRO-1", "ZeRO-2"}
+    assert result["ratio_vs_data_parallel"]["data parallel"] == 1.0

@@ -7,6 +7,7 @@
     python -m hpcml.bench train                      # hpcml.train vs PyTorch DDP
     python -m hpcml.bench dimred                     # PCA, t-SNE vs scikit-learn, openTSNE
     mpiexec -n 2 python -m hpcml.bench p2p           # per-call overhead vs mpi4py's own calls
+    mpiexec -n 2 python -m hpcml.bench zero          # ZeRO-1/2 vs data parallelism
 """
 import sys
 
@@ -19,6 +20,7 @@ BENCHMARKS = {
     "dimred": "hpcml.bench.dimred",
     "pca": "hpcml.bench.pca",
     "p2p": "hpcml.bench.p2p",
+    "zero": "hpcml.bench.zero",
 }
 
 

@@ -60,6 +60,7 @@ def _median_of(comm, f, blocks):
     return float(np.median(times))
 
 
+@hc.entry_point
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
