@@ -59,13 +59,19 @@ def test_kernels_benchmark_writes_json_and_png(tmp_path):
     assert result["summary"]["auto_vs_best_single_backend_worst"]["slowdown"] is not None
 
 
+def _two_rank_bench(tmp_path, name, *args):
+    """`mpiexec -n 2 python -m hpcml.bench NAME ARGS --out tmp_path`: its JSON, and a PNG."""
+    proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "hpcml.bench", name, *args,
+                "--out", str(tmp_path)], limit=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / f"{name}-p2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads((tmp_path / f"{name}-p2.json").read_text())
+
+
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 def test_p2p_benchmark_writes_json_and_png(tmp_path):
-    proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "hpcml.bench", "p2p", "--sizes",
-                "8,1K", "--iters", "50", "--blocks", "3", "--out", str(tmp_path)], limit=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads((tmp_path / "p2p-p2.json").read_text())
-    assert (tmp_path / "p2p-p2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = _two_rank_bench(tmp_path, "p2p", "--sizes", "8,1K", "--iters", "50", "--blocks",
+                             "3")
     recs = result["records"]
     assert [(r["kind"], r["bytes"]) for r in recs] == [("pingpong", 8), ("pingpong", 1024),
                                                        ("allreduce", 8)]
@@ -76,11 +82,8 @@ def test_p2p_benchmark_writes_json_and_png(tmp_path):
 
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 def test_zero_benchmark_writes_json_and_png(tmp_path):
-    proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "hpcml.bench", "zero", "--hidden",
-                "32", "--epochs", "1", "--repeats", "1", "--out", str(tmp_path)], limit=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads((tmp_path / "zero-p2.json").read_text())
-    assert (tmp_path / "zero-p2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = _two_rank_bench(tmp_path, "zero", "--hidden", "32", "--epochs", "1",
+                             "--repeats", "1")
     assert result["bit_identical"] is True
     assert set(result["median_samples_per_s"]) == {"data parallel", "ZeRO-1", "ZeRO-2"}
     assert result["ratio_vs_data_parallel"]["data parallel"] == 1.0

@@ -148,8 +148,7 @@ def gather_objects(obj, root=0, comm=None):
 # --- point-to-point on NumPy buffers -------------------------------------------------------
 
 def _buf(name, buf):
-    if type(buf) is not np.ndarray and not isinstance(buf, np.ndarray) or \
-            not buf.flags.c_contiguous:
+    if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous:
         raise ValueError(f"{name}: the buffer must be a C-contiguous numpy array")
     return buf
 
