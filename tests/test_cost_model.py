@@ -10,9 +10,27 @@ SEG = 1 << 20
 
 
 def test_default_model_latency_vs_bandwidth_regimes():
+    own = CostModel(DEFAULT.alpha, DEFAULT.beta, DEFAULT.gamma)  # mpi_below=0: hpcml's only
     for p in (2, 3, 4, 8, 64):
-        assert choose_allreduce(DEFAULT, 8, p, SEG) == "tree"
+        assert choose_allreduce(own, 8, p, SEG) == "tree"
+        assert choose_allreduce(own, 256 << 20, p, SEG) in ("ring", "rhd")
         assert choose_allreduce(DEFAULT, 256 << 20, p, SEG) in ("ring", "rhd")
+
+
+def test_small_messages_go_to_mpi_below_the_threshold():
+    m = CostModel(DEFAULT.alpha, DEFAULT.beta, DEFAULT.gamma, mpi_below=4096)
+    assert choose_allreduce(m, 8, 4, SEG) == "mpi"
+    assert choose_allreduce(m, 4095, 4, SEG) == "mpi"
+    assert choose_allreduce(m, 4096, 4, SEG) == "tree"
+    assert choose_allreduce(DEFAULT, 8, 2, SEG) == "mpi"
+    assert choose_allreduce(DEFAULT, DEFAULT.mpi_below, 2, SEG) != "mpi"
+    # a measured MPI curve for the world size replaces the threshold, both ways
+    curves = (("tree", 2, ((8, 2.0), (1 << 30, 2.0))), ("rhd", 2, ((8, 3.0), (1 << 30, 3.0))),
+              ("ring", 2, ((8, 3.0), (1 << 30, 3.0))), ("mpi", 2, ((8, 1.0), (1 << 30, 5.0))))
+    m = CostModel(1e-6, 1e-10, 1e-10, curves=curves, mpi_below=1 << 40)
+    assert choose_allreduce(m, 8, 2, SEG) == "mpi"
+    assert choose_allreduce(m, 1 << 29, 2, SEG) == "tree"   # measured 3.0 > 2.0
+    assert choose_allreduce(m, 1 << 29, 3, SEG) == "mpi"    # p=3 not measured: threshold
 
 
 def test_formulas_follow_the_textbook_terms():
@@ -39,7 +57,9 @@ def test_measured_curves_override_and_interpolate():
 
 
 def test_save_and_load_roundtrip(tmp_path):
-    m = CostModel(2e-6, 3e-10, 1e-10, curves=(("tree", 2, ((8, 1e-5), (64, 2e-5))),))
+    m = CostModel(2e-6, 3e-10, 1e-10, curves=(("tree", 2, ((8, 1e-5), (64, 2e-5))),
+                                              ("mpi", 2, ((8, 1e-6), (64, 3e-5)))),
+                  mpi_below=1024)
     path = tmp_path / "model.json"
     path.write_text(json.dumps({"model": json.loads(m.to_json())}))
     assert load(str(path)) == m

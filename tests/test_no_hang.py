@@ -46,6 +46,38 @@ def test_stuck_rank_is_reported_and_job_aborted_by_timeout():
     assert seconds < 20, f"took {seconds:.1f} s"
     assert "timed out after 2 s (HPCML_TIMEOUT)" in proc.stderr
     assert "aborting all ranks" in proc.stderr
+    # the stall inspector (attached by entry_point): rank 1 never entered
+    assert "had entered" in proc.stderr and "3 of 4 had not" not in proc.stderr
+    assert "1 of 4 had not" in proc.stderr, proc.stderr
+    assert "  rank 1: in no hpcml call" in proc.stderr, proc.stderr
+
+
+def test_stall_inspector_names_who_entered_and_what_the_others_do():
+    """Horovod's stall inspector: ranks 0 and 3 wait in a ring all-reduce, rank 1 sleeps
+    outside any call, rank 2 waits in a barrier; the message tells them apart."""
+    code = ("import time, numpy as np; from hpcml import comm as hc\n"
+            "hc.allreduce(np.ones(2))  # attaches the inspector (first call on the world)\n"
+            "r = hc.world().Get_rank()\n"
+            "if r == 1: time.sleep(3600)\n"
+            "if r == 2: hc.barrier()\n"
+            "hc.allreduce(np.ones(1 << 16), algorithm='ring')\n")
+    proc, seconds = launch(4, code=code, env={"HPCML_TIMEOUT": "2"})
+    assert proc.returncode != 0 and seconds < 20
+    err = proc.stderr
+    assert "hpcml stall inspector: ranks 0, 3 had entered allreduce(ring); 2 of 4 had not" \
+        in err, err
+    assert "  rank 1: in no hpcml call (its last, MPI_Allreduce, ended" in err, err
+    assert "  rank 2: in MPI_Barrier for" in err, err
+
+
+def test_stall_report_lists_silent_ranks():
+    from hpcml.comm.guard import _stall_report
+    text = _stall_report("allreduce(tree)", {1: {"call": "allreduce(tree)"},
+                                             3: {"call": None, "last": None}}, 0, 5, 1.5)
+    assert text.splitlines() == [
+        "hpcml stall inspector: ranks 0-1 had entered allreduce(tree); 3 of 5 had not",
+        "  rank 3: in no hpcml call yet",
+        "  ranks 2, 4: no answer within 1.5 s (busy outside Python's reach, or gone)"]
 
 
 def test_watchdog_covers_plain_library_calls():

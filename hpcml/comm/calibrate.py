@@ -4,7 +4,7 @@ from mpi4py import MPI
 
 from .collectives import allreduce
 from .guard import watching
-from .model import CostModel, ALLREDUCE_ALGORITHMS
+from .model import CostModel, MEASURED_ALGORITHMS
 from .state import state_of, set_model
 from .timing import time_interleaved
 
@@ -18,21 +18,21 @@ CURVE_SIZES = (8, 1 << 10, 8 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 <<
 
 
 def _measure_allreduce(comm, reps):
-    """Time every own all-reduce algorithm at CURVE_SIZES, interleaved (same conditions)."""
+    """Time hpcml's all-reduce algorithms and MPI's own at CURVE_SIZES, interleaved (same conditions)."""
     p = comm.Get_size()
-    pts = {a: [] for a in ALLREDUCE_ALGORITHMS}
+    pts = {a: [] for a in MEASURED_ALGORITHMS}
     for nbytes in CURVE_SIZES:
         # as in use (and in the benchmark): fresh data written just before each call
         src = (np.arange(nbytes // 4) % 13).astype(np.float32)
         buf = src.copy()
         calls = {a: (lambda a=a: allreduce(buf, "sum", comm, a, check=False))
-                 for a in ALLREDUCE_ALGORITHMS}
+                 for a in MEASURED_ALGORITHMS}
         prepare = lambda: np.copyto(buf, src)  # noqa: E731
         time_interleaved(comm, calls, 2, prepare)  # warm-up: schedules, scratch, caches
         k = reps if nbytes <= (64 << 10) else max(5, reps // 2)
         for a, t in time_interleaved(comm, calls, k, prepare).items():
             pts[a].append((nbytes, float(np.median(t))))
-    return tuple((a, p, tuple(pts[a])) for a in ALLREDUCE_ALGORITHMS)
+    return tuple((a, p, tuple(pts[a])) for a in MEASURED_ALGORITHMS)
 
 
 def calibrate(comm=None, big_bytes=4 << 20, reps=30, install=True):
@@ -74,7 +74,8 @@ def calibrate(comm=None, big_bytes=4 << 20, reps=30, install=True):
 
     reduce_pass()
     gamma = _median_max(comm, reduce_pass, max(5, reps // 3)) / big_bytes
-    model = CostModel(alpha=alpha, beta=beta, gamma=gamma, curves=_measure_allreduce(comm, reps))
+    model = CostModel(alpha=alpha, beta=beta, gamma=gamma, curves=_measure_allreduce(comm, reps),
+                      mpi_below=state_of(comm).model.mpi_below)  # for other world sizes
     if install:
         set_model(model, comm)
     return model

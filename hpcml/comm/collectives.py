@@ -16,7 +16,7 @@ from mpi4py import MPI
 from hpcml.kernels.reduce import OP_NAMES, ufunc_for
 from . import schedules as S
 from .executor import execute
-from .guard import CollectiveError, agree, watching
+from .guard import CollectiveError, Watchdog, agree, watching
 from .model import choose_allreduce, choose_rooted
 from .state import state_of, model_for
 
@@ -193,7 +193,13 @@ def _allreduce_plan(comm, state, dtype, n, op, algorithm, seg_bytes):
         sched = S.ALLREDUCE[algorithm](p, rank, n, seg)
     if len(state.plans) > 4096:
         state.plans.clear()
-    return (algorithm, state.private, sched, ufunc_for(op), p, f"allreduce({algorithm})")
+    return (state.private, sched, ufunc_for(op), p, f"allreduce({algorithm})", _MPI_OPS[op],
+            op == "mean")
+
+
+#: the last communicator an all-reduce ran on and its state (skips the attribute lookup;
+#: the state of a freed communicator has private=None, and is then looked up again)
+_last_state = (None, None)
 
 
 def allreduce(buf, op="sum", comm=None, algorithm="auto", *, check=None, segment_bytes=None):
@@ -204,18 +210,23 @@ def allreduce(buf, op="sum", comm=None, algorithm="auto", *, check=None, segment
     The hot path validates the buffer and looks the rest up in a plan cache kept on the
     communicator, keyed by (dtype, length, op, algorithm, segment).
     """
+    global _last_state
     if comm is None:
         comm = MPI.COMM_WORLD
     if check or (check is None and config.check):
         flat, _, segment_bytes = _agree_args(comm, "allreduce", buf, op, algorithm, NOROOT,
                                              True, ALGORITHMS, segment_bytes)
     else:
-        if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable):
+        # carray: C-contiguous, aligned and writeable (anything else: the full check)
+        if not (isinstance(buf, np.ndarray) and buf.flags.carray):
             validate_array("allreduce", buf, op, True)
         flat = buf if buf.ndim == 1 else buf.reshape(-1)
         if segment_bytes is None:
             segment_bytes = config.segment_bytes
-    state = state_of(comm)
+    last_comm, state = _last_state
+    if last_comm is not comm or state.private is None:
+        state = state_of(comm)
+        _last_state = (comm, state)
     key = (flat.dtype, flat.size, op, algorithm, segment_bytes)
     try:
         plan = state.plans[key]
@@ -224,13 +235,20 @@ def allreduce(buf, op="sum", comm=None, algorithm="auto", *, check=None, segment
         state.plans[key] = plan
     if plan is None:
         return buf
-    algorithm, pcomm, sched, ufunc, p, what = plan
+    pcomm, sched, ufunc, p, what, mpi_op, mean = plan
     if sched is None:
-        with watching("MPI_Allreduce"):
-            comm.Allreduce(MPI.IN_PLACE, flat, op=_MPI_OPS[op])
+        wd = Watchdog.active
+        if wd is None:
+            comm.Allreduce(MPI.IN_PLACE, flat, mpi_op)
+        else:
+            wd.enter("MPI_Allreduce")
+            try:
+                comm.Allreduce(MPI.IN_PLACE, flat, mpi_op)
+            finally:
+                wd.leave()
     else:
         execute(pcomm, flat, sched, ufunc, what)
-    if op == "mean":
+    if mean:
         np.divide(flat, p, out=flat)
     return buf
 

@@ -39,9 +39,8 @@ def execute(comm, buf, schedule, ufunc, what="collective"):
     wd = Watchdog.active
     try:
         for i, (sp, s0, s1, rp, r0, r1, mode) in enumerate(steps):
-            if wd is not None:
-                wd.enter(f"{what} step {i}/{len(steps)}: send to rank {sp}, "
-                         f"receive from rank {rp} (-1: none)")
+            if wd is not None:  # described only if it times out
+                wd.enter((what, i, len(steps), sp, rp))
             if rp < 0:
                 comm.Send(buf[s0:s1], sp, TAG)
                 continue

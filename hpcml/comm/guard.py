@@ -9,7 +9,9 @@
   one collective step longer than that reports the step and the peers it waits on, and
   aborts the job.
 """
+import atexit
 import hashlib
+import json
 import numbers
 import os
 import sys
@@ -106,12 +108,23 @@ def entry_point(main):
         install()
         check_launch()
         Watchdog.from_env()
+        _agree_timeout(MPI.COMM_WORLD)
+        Watchdog.attach_inspector(MPI.COMM_WORLD)
         from hpcml.kernels import threads
         threads.configure(local_ranks())
         return main(*args, **kwargs)
     wrapped.__name__ = getattr(main, "__name__", "main")
     wrapped.__doc__ = main.__doc__
     return wrapped
+
+
+def _agree_timeout(comm):
+    """Collective: every rank must see the same HPCML_TIMEOUT (the stall inspector's set-up
+    is collective)."""
+    value = os.environ.get("HPCML_TIMEOUT", "").strip()
+    agree(comm, None if same_everywhere(comm, {"HPCML_TIMEOUT": value}) else
+          f"HPCML_TIMEOUT differs across ranks (here {value!r}): export it to every rank",
+          what="checking HPCML_TIMEOUT")
 
 
 def agree(comm, error=None, what="validation"):
@@ -177,6 +190,9 @@ class Watchdog:
     The executor calls :meth:`enter` before a blocking step and :meth:`leave` after the
     collective; a daemon thread aborts the job if one wait lasts longer than the timeout.
     mpi4py releases the GIL inside blocking MPI calls, so the thread runs meanwhile.
+    With a stall inspector attached (:meth:`attach_inspector`, done by ``entry_point`` and
+    by the first collective on COMM_WORLD), the message also says which ranks had entered
+    the same call and what the others were doing (Horovod's stall inspector).
     """
 
     active = None  # the process-wide watchdog, or None when waits are unbounded
@@ -185,6 +201,8 @@ class Watchdog:
         self.timeout = float(timeout)
         self._since = None
         self._what = None
+        self._last = None  # (what, monotonic time) of the last wait that ended
+        self.inspector = None
         self._thread = threading.Thread(target=self._run, name="hpcml-watchdog", daemon=True)
         self._thread.start()
 
@@ -202,6 +220,19 @@ class Watchdog:
             cls.active = cls(timeout)
         return cls.active
 
+    @classmethod
+    def attach_inspector(cls, comm):
+        """Collective over `comm` (COMM_WORLD): give the active watchdog a stall inspector
+        on a private duplicate of `comm`. Every rank must call it, with the same
+        HPCML_TIMEOUT; a no-op without a watchdog, without MPI_THREAD_MULTIPLE (the
+        watchdog thread makes MPI calls) or when one is attached already."""
+        wd = cls.active
+        if wd is None or wd.inspector is not None or comm.Get_size() == 1:
+            return
+        if MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+            return
+        wd.inspector = _Inspector(comm.Dup())
+
     def enter(self, where):
         """Start timing a wait; `where` is a description or, from the executor, a tuple
         (collective, step, steps, send peer, recv peer) formatted only on timeout."""
@@ -209,22 +240,129 @@ class Watchdog:
         self._since = time.monotonic()
 
     def leave(self):
+        self._last = (self._what, time.monotonic())
         self._since = None
+
+    def status(self):
+        """What this rank is doing now (JSON-safe), for the stall inspector."""
+        what, since, now = self._what, self._since, time.monotonic()
+        if since is not None:
+            return {"call": _label(what), "where": _where(what), "for_s": now - since}
+        last = self._last
+        if last is None:
+            return {"call": None, "last": None}
+        return {"call": None, "last": _where(last[0]), "ago_s": now - last[1]}
 
     def _run(self):
         period = min(1.0, self.timeout / 4)
         while True:
             time.sleep(period)
-            since = self._since
+            since, what = self._since, self._what
             if since is not None and time.monotonic() - since > self.timeout:
-                abort(f"hpcml: timed out after {self.timeout:g} s (HPCML_TIMEOUT) in "
-                      f"{_where(self._what)}; aborting all ranks", 3)
+                message = (f"hpcml: timed out after {self.timeout:g} s (HPCML_TIMEOUT) in "
+                           f"{_where(what)}; aborting all ranks")
+                if self.inspector is not None:
+                    wait = min(5.0, 2 * period + 0.5)
+                    answers = self.inspector.ask(self.status, wait)
+                    message += "\n" + _stall_report(_label(what), answers,
+                                                     self.inspector.rank,
+                                                     self.inspector.size, wait)
+                abort(message, 3)
+            if self.inspector is not None:
+                self.inspector.serve(self.status)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.leave()
+
+
+class _Inspector:
+    """Asks every other rank what it is doing, over a private communicator, from the
+    watchdog threads: each watchdog answers questions once per period, and the rank whose
+    wait timed out asks and waits a bounded time for the answers. Non-blocking point-to-point
+    on small byte buffers only; closed before MPI_Finalize."""
+
+    REQUEST, REPLY = 1, 2
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sends = []  # (buffer, request) pairs kept alive until the job ends
+        atexit.register(self.close)  # runs before mpi4py's MPI_Finalize
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+
+    def serve(self, status):
+        """Answer every pending question with status() (JSON bytes)."""
+        with self._lock:
+            if self._closed:
+                return
+            st = MPI.Status()
+            while self.comm.Iprobe(MPI.ANY_SOURCE, self.REQUEST, st):
+                src = st.Get_source()
+                self.comm.Recv(np.empty(1, np.int64), src, self.REQUEST)
+                data = np.frombuffer(json.dumps(status()).encode(), np.uint8)
+                self._sends.append((data, self.comm.Isend(data, src, self.REPLY)))
+
+    def ask(self, status, wait):
+        """{rank: status} of every rank that answered within `wait` seconds."""
+        with self._lock:
+            if self._closed:
+                return {}
+            q = np.array([self.rank], np.int64)
+            self._sends += [(q, self.comm.Isend(q, r, self.REQUEST))
+                            for r in range(self.size) if r != self.rank]
+        answers, st = {}, MPI.Status()
+        deadline = time.monotonic() + wait
+        while len(answers) < self.size - 1 and time.monotonic() < deadline:
+            self.serve(status)  # another rank may be asking at the same moment
+            with self._lock:
+                while self.comm.Iprobe(MPI.ANY_SOURCE, self.REPLY, st):
+                    src, n = st.Get_source(), st.Get_count(MPI.BYTE)
+                    buf = np.empty(n, np.uint8)
+                    self.comm.Recv(buf, src, self.REPLY)
+                    answers[src] = json.loads(buf.tobytes().decode())
+            time.sleep(0.01)
+        return answers
+
+
+def _stall_report(label, answers, rank, size, wait):
+    """Which ranks had entered `label` and what the others were doing."""
+    inside, outside, silent = [rank], [], []
+    for r in range(size):
+        if r == rank:
+            continue
+        a = answers.get(r)
+        if a is None:
+            silent.append(r)
+        elif a.get("call") == label:
+            inside.append(r)
+        elif a.get("call") is not None:
+            outside.append(f"rank {r}: in {a['where']} for {a['for_s']:.1f} s")
+        elif a.get("last") is not None:
+            outside.append(f"rank {r}: in no hpcml call (its last, {a['last']}, ended "
+                           f"{a['ago_s']:.1f} s ago)")
+        else:
+            outside.append(f"rank {r}: in no hpcml call yet")
+    lines = [f"hpcml stall inspector: rank{'s' if len(inside) > 1 else ''} "
+             f"{_ranks(sorted(inside))} had entered {label}; "
+             f"{size - len(inside)} of {size} had not"]
+    lines += [f"  {o}" for o in outside]
+    if silent:
+        lines.append(f"  rank{'s' if len(silent) > 1 else ''} {_ranks(silent)}: no answer "
+                     f"within {wait:.1f} s (busy outside Python's reach, or gone)")
+    return "\n".join(lines)
+
+
+def _label(what):
+    """The call a wait belongs to (a collective's name, without its step)."""
+    return what[0] if isinstance(what, tuple) else what
 
 
 class _Unwatched:

@@ -33,6 +33,11 @@ class CostModel:
     #: line, below the first it is the first time. They replace the analytic formulas for
     #: the world size they were measured on.
     curves: tuple = ()
+    #: below this many bytes `auto` hands the all-reduce to MPI's own MPI_Allreduce: there,
+    #: one Python-level step of hpcml's schedules costs more than a better algorithm saves
+    #: (MPICH runs the same recursive doubling in C). A measured "mpi" curve for the world
+    #: size (calibrate) replaces this threshold.
+    mpi_below: int = 0
 
     def _measured(self, algorithm, nbytes, p):
         for name, ranks, pts in self.curves:
@@ -110,17 +115,28 @@ class CostModel:
 
 
 #: Measured here: `mpiexec -n 2 python -m hpcml.bench tune` (see module docstring).
-DEFAULT = CostModel(alpha=2.5e-6, beta=1.4e-10, gamma=1.5e-10)
+#: mpi_below: `mpiexec -n 2|4 python -m hpcml.bench allreduce` (2-core Xeon, 2026-12-01):
+#: MPI's own all-reduce through hpcml.comm is faster than hpcml's best schedule at every
+#: size up to 64 KiB at 2 and 4 ranks (one Python call per step costs ~2 us there).
+DEFAULT = CostModel(alpha=2.5e-6, beta=1.4e-10, gamma=1.5e-10, mpi_below=64 << 10)
 
 
 #: hpcml's own all-reduce algorithms, in the order ties are broken
 ALLREDUCE_ALGORITHMS = ("tree", "rhd", "ring")
+#: what calibrate() measures curves for: hpcml's own, and MPI's MPI_Allreduce
+MEASURED_ALGORITHMS = ALLREDUCE_ALGORITHMS + ("mpi",)
 
 
 @lru_cache(maxsize=4096)
 def choose_allreduce(model, nbytes, p, seg_bytes):
-    """The algorithm the model predicts is fastest for this message (same on all ranks)."""
-    return min(ALLREDUCE_ALGORITHMS, key=lambda a: model.allreduce(a, nbytes, p, seg_bytes))
+    """The algorithm the model predicts is fastest for this message (same on all ranks):
+    the best of hpcml's own, or "mpi" where a measured curve says MPI's own is faster, or,
+    with no such curve, below model.mpi_below bytes."""
+    own = min(ALLREDUCE_ALGORITHMS, key=lambda a: model.allreduce(a, nbytes, p, seg_bytes))
+    mpi = model._measured("mpi", nbytes, p)
+    if mpi is not None:
+        return "mpi" if mpi < model.allreduce(own, nbytes, p, seg_bytes) else own
+    return "mpi" if nbytes < model.mpi_below else own
 
 
 @lru_cache(maxsize=4096)
@@ -150,7 +166,7 @@ def load(path):
         for name, ranks, pts in d.get("curves", ()):
             pts = tuple((int(n), float(t)) for n, t in pts)
             sizes = [n for n, _ in pts]
-            if name not in ALLREDUCE_ALGORITHMS:
+            if name not in MEASURED_ALGORITHMS:
                 raise ValueError(f"unknown algorithm {name!r} in curves")
             if len(pts) < 2 or sizes != sorted(set(sizes)) or min(sizes) <= 0:
                 raise ValueError(f"curve {name!r} needs >= 2 points at increasing sizes")
@@ -158,9 +174,12 @@ def load(path):
                 raise ValueError(f"curve {name!r} has a non-positive or non-finite time")
             curves.append((str(name), int(ranks), pts))
         model = CostModel(alpha=float(d["alpha"]), beta=float(d["beta"]),
-                          gamma=float(d["gamma"]), curves=tuple(curves))
+                          gamma=float(d["gamma"]), curves=tuple(curves),
+                          mpi_below=int(d.get("mpi_below", 0)))
         if not all(v >= 0 and math.isfinite(v) for v in (model.alpha, model.beta, model.gamma)):
             raise ValueError("alpha, beta and gamma must be finite and >= 0")
+        if model.mpi_below < 0:
+            raise ValueError("mpi_below must be >= 0 bytes")
         return model
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"HPCML_COMM_MODEL: cannot read a cost model from {path}: "

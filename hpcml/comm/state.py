@@ -62,7 +62,8 @@ def _create(comm):
     # would pick different algorithms or segments for the same call: a truncation or hang
     from .collectives import config
     settings = {"HPCML_COMM_MODEL": model.to_json(),
-                "HPCML_RING_SEGMENT_BYTES": config.segment_bytes, "HPCML_CHECK": config.check}
+                "HPCML_RING_SEGMENT_BYTES": config.segment_bytes, "HPCML_CHECK": config.check,
+                "HPCML_TIMEOUT": os.environ.get("HPCML_TIMEOUT", "").strip()}
     differ = [k for k in settings if not same_everywhere(comm, {k: settings[k]})]
     agree(comm, None if not differ else
           f"{', '.join(differ)} differ across ranks: every rank must see the same "
@@ -72,6 +73,9 @@ def _create(comm):
         dup = comm.Dup()
     state = CommState(dup, model)
     comm.Set_attr(_KEYVAL, state)
+    if isinstance(comm, MPI.Comm) and \
+            MPI.Comm.Compare(comm, MPI.COMM_WORLD) in (MPI.IDENT, MPI.CONGRUENT):
+        Watchdog.attach_inspector(comm)  # collective: every world rank is here
     return state
 
 
