@@ -88,3 +88,10 @@ def test_point_to_point_to_itself():
     s.wait()
     with pytest.raises(ValueError, match="C-contiguous"):
         hc.send(np.zeros((4, 4))[:, ::2], 0, comm=one)
+    for call in (lambda: hc.send(np.zeros(8)[::2], 0, comm=one),   # 1-D strided: MPI refuses
+                 lambda: hc.isend(np.zeros(8)[::2], 0, comm=one),
+                 lambda: hc.recv(np.zeros(8)[::2], 0, comm=one),
+                 lambda: hc.irecv(np.zeros(8)[::2], 0, comm=one),
+                 lambda: hc.send([1.0, 2.0], 0, comm=one)):
+        with pytest.raises(ValueError, match="C-contiguous"):
+            call()

@@ -74,6 +74,8 @@ def _spec(spec):
     """An MPI buffer specification -> (uint8 view of the buffer, counts, displs) with
     counts and displacements in bytes (None when not given)."""
     if isinstance(spec, np.ndarray):
+        if not spec.flags.c_contiguous:  # as mpi4py refuses it
+            raise BufferError("ndarray is not C-contiguous")
         return spec.reshape(-1).view(np.uint8), None, None
     items = list(spec)
     buf, rest = items[0], items[1:]

@@ -153,28 +153,51 @@ def _buf(name, buf):
     return buf
 
 
+def _quick(name, buf):
+    """The hot path's check: an ndarray (anything else raises the clear error); 2-D and up
+    must be C-contiguous (a 1-D strided view is refused by MPI itself, see _refused)."""
+    try:
+        if buf.ndim < 2 or buf.flags.c_contiguous:
+            return buf
+    except AttributeError:
+        pass
+    return _buf(name, buf)
+
+
+def _refused(name, e):
+    return ValueError(f"{name}: the buffer must be a C-contiguous numpy array ({e})")
+
+
 def send(buf, dest, tag=0, comm=None):
-    comm = comm if comm is not None else MPI.COMM_WORLD
-    _buf("send", buf)
-    if Watchdog.active is None:  # no HPCML_TIMEOUT: no description to build
-        comm.Send(buf, dest, tag)
-        return
-    with watching(f"MPI_Send to rank {dest} (tag {tag})"):
-        comm.Send(buf, dest, tag)
+    if comm is None:
+        comm = MPI.COMM_WORLD
+    _quick("send", buf)
+    try:
+        if Watchdog.active is None:  # no HPCML_TIMEOUT: no description to build
+            comm.Send(buf, dest, tag)
+        else:
+            with watching(f"MPI_Send to rank {dest} (tag {tag})"):
+                comm.Send(buf, dest, tag)
+    except BufferError as e:
+        raise _refused("send", e) from None
 
 
 def recv(buf, source=ANY_SOURCE, tag=ANY_TAG, comm=None):
     """Receive into buf; returns (source, tag, elements received)."""
-    comm = comm if comm is not None else MPI.COMM_WORLD
+    if comm is None:
+        comm = MPI.COMM_WORLD
     status = MPI.Status()
-    _buf("recv", buf)
-    if Watchdog.active is None:
-        comm.Recv(buf, source, tag, status)
-    else:
-        with watching(f"MPI_Recv from rank {source} (tag {tag})"):
+    _quick("recv", buf)
+    try:
+        if Watchdog.active is None:
             comm.Recv(buf, source, tag, status)
-    return status.Get_source(), status.Get_tag(), status.Get_count(MPI.BYTE) // \
-        buf.dtype.itemsize
+        else:
+            with watching(f"MPI_Recv from rank {source} (tag {tag})"):
+                comm.Recv(buf, source, tag, status)
+    except BufferError as e:
+        raise _refused("recv", e) from None
+    return (source if source >= 0 else status.Get_source(), tag if tag >= 0 else
+            status.Get_tag(), status.Get_count(MPI.BYTE) // buf.itemsize)
 
 
 def sendrecv(sendbuf, dest, recvbuf, source, sendtag=0, recvtag=ANY_TAG, comm=None):
@@ -191,10 +214,15 @@ class Request:
     __slots__ = ("_req", "_what")
 
     def __init__(self, req, what):
-        self._req, self._what = req, what
+        self._req, self._what = req, what  # what: (kind, peer, tag), described on timeout
 
     def wait(self):
-        with watching(self._what):
+        if Watchdog.active is None:
+            self._req.Wait()
+            return
+        kind, peer, tag = self._what
+        with watching(f"MPI_Wait on a {kind} {'to' if kind == 'send' else 'from'} rank "
+                      f"{peer} (tag {tag})"):
             self._req.Wait()
 
     def test(self):
@@ -203,14 +231,18 @@ class Request:
 
 def isend(buf, dest, tag=0, comm=None):
     comm = comm if comm is not None else MPI.COMM_WORLD
-    return Request(comm.Isend(_buf("isend", buf), dest, tag),
-                   f"MPI_Wait on a send to rank {dest} (tag {tag})")
+    try:
+        return Request(comm.Isend(_quick("isend", buf), dest, tag), ("send", dest, tag))
+    except BufferError as e:
+        raise _refused("isend", e) from None
 
 
 def irecv(buf, source=ANY_SOURCE, tag=ANY_TAG, comm=None):
     comm = comm if comm is not None else MPI.COMM_WORLD
-    return Request(comm.Irecv(_buf("irecv", buf), source, tag),
-                   f"MPI_Wait on a receive from rank {source} (tag {tag})")
+    try:
+        return Request(comm.Irecv(_quick("irecv", buf), source, tag), ("receive", source, tag))
+    except BufferError as e:
+        raise _refused("irecv", e) from None
 
 
 def wait_all(requests):
