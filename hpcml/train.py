@@ -57,7 +57,7 @@ SETTINGS = {
     "batch_size": (64, int, "global batch size (all ranks, all accumulation steps)"),
     "accumulation": (1, int, "micro-steps per optimizer step (no communication between)"),
     "algorithm": ("auto", str, "gradient all-reduce: auto, ring, tree, rhd, mpi"),
-    "zero": (0, int, "ZeRO: 0 off, 1 optimizer state sharded (2: the same, for now)"),
+    "zero": (0, int, "ZeRO: 0 off, 1 optimizer state sharded, 2 gradients too (ring/tree)"),
     "overlap": (False, bool, "all-reduce each layer's gradients in a background thread "
                              "while the backward pass goes on (see benchmarks/README.md)"),
     "dtype": ("float32", str, "float32 or float64"),
@@ -331,7 +331,9 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     summary = {"status": "stopped" if stopped else "done", "step": trainer.step, "ranks": P,
                "epochs_done": loader.epoch, "seconds": time.perf_counter() - t_start,
                "resumed_from": resumed_from, "comm_seconds": strategy.comm_seconds,
-               "span_seconds": {k: round(v, 6) for k, v in trainer.tracer.seconds.items()}}
+               "span_seconds": {k: round(v, 6) for k, v in trainer.tracer.seconds.items()},
+               "grad_bytes": strategy.grad_bytes(), "optimizer_state_bytes":
+               strategy.state_bytes(opt)}  # this rank's (sharded: its shard)
     if history_:
         summary.update({k: history_[-1][k] for k in ("train_loss", "train_accuracy",
                                                      "test_accuracy", "samples_per_s")

@@ -126,6 +126,20 @@ FAULTS = {
           '            hc.allgather(g, comm=self.comm, algorithm="ring")\n',
           "")],
         2, ["tests/mpi/test_zero_mpi.py::test_zero_is_bit_identical_to_data_parallel"]),
+    "zero2-add-first": (
+        "ZeRO-2 adds the first micro-batch's reduced gradients to the shard instead of "
+        "replacing the last step's (stale gradients accumulate)",
+        [("hpcml/parallel/zero.py",
+          "        if self._first:\n            dst[...] = view[a:z]\n",
+          "        if False:\n            dst[...] = view[a:z]\n")],
+        2, ["tests/mpi/test_zero_mpi.py::test_zero_is_bit_identical_to_data_parallel"]),
+    "stall-inspector": (
+        "the stall inspector counts every rank that answered as having entered the call",
+        [("hpcml/comm/guard.py",
+          '        elif a.get("call") == label:\n',
+          '        elif True:\n')],
+        0, ["tests/test_no_hang.py::test_stall_inspector_names_who_entered_and_what_the_others_do",
+            "tests/test_no_hang.py::test_stall_report_lists_silent_ranks"]),
 }
 
 

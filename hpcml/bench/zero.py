@@ -5,8 +5,8 @@
 The same training (built-in digits, an MLP of --hidden, --epochs, ring all-reduce) runs
 with DataParallel, ZeRO-1 and ZeRO-2, interleaved --repeats times; each run's last-epoch
 samples/s (slowest rank) is recorded and the medians compared. Every run must end with the
-same parameter bytes (checked: ZeRO is bit-identical to DataParallel), and the optimizer
-state per rank is recorded. Writes zero-pN.json and zero-pN.png (rank 0).
+same parameter bytes (checked: ZeRO is bit-identical to DataParallel), and the largest
+rank's gradient-buffer and optimizer-state bytes are recorded. Writes zero-pN.json and zero-pN.png (rank 0).
 """
 import argparse
 import os
@@ -28,7 +28,10 @@ def _run(comm, args, zero):
                batch_size=args.batch_size)
     hist = []
     summary, _ = train.run(train.validate(cfg), comm, log=lambda *a: None, history=hist)
-    return hc.reduce_value(hist[-1]["samples_per_s"], "min", comm), summary["params_sha256"]
+    memory = {k: hc.reduce_value(summary[k], "max", comm)  # the largest rank's
+              for k in ("grad_bytes", "optimizer_state_bytes")}
+    return hc.reduce_value(hist[-1]["samples_per_s"], "min", comm), summary["params_sha256"], \
+        memory
 
 
 @hc.entry_point
@@ -46,12 +49,13 @@ def main(argv=None):
     comm = hc.world()
     p = comm.Get_size()
     rates = {name: [] for name in STRATEGIES}
+    memory = {}
     digests = set()
     _run(comm, args, 0)  # warm-up: compile, page cache
     for r in range(args.repeats):
         names = list(STRATEGIES)
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotating order
-            rate, digest = _run(comm, args, STRATEGIES[name])
+            rate, digest, memory[name] = _run(comm, args, STRATEGIES[name])
             rates[name].append(rate)
             digests.add(digest)
     env = environment(comm)  # collective
@@ -61,13 +65,16 @@ def main(argv=None):
     result = {"benchmark": "zero", "environment": env, "settings": vars(args),
               "samples_per_s": rates, "median_samples_per_s": med,
               "ratio_vs_data_parallel": {k: med[k] / med["data parallel"] for k in med},
-              "bit_identical": len(digests) == 1}
+              "bit_identical": len(digests) == 1,
+              "bytes_per_rank": memory}  # gradient buffers and optimizer state, largest rank
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, f"zero-p{p}.json"), result)
     _plot(rates, os.path.join(args.out, f"zero-p{p}.png"), p)
     for k in STRATEGIES:
         print(f"{k:14s} median {med[k]:10,.0f} samples/s  "
-              f"{result['ratio_vs_data_parallel'][k]:.2f}x data parallel")
+              f"{result['ratio_vs_data_parallel'][k]:.2f}x data parallel  gradients "
+              f"{memory[k]['grad_bytes']:,} B  optimizer state "
+              f"{memory[k]['optimizer_state_bytes']:,} B per rank")
     print(f"parameters bit-identical across all runs: {result['bit_identical']}")
     return 0 if result["bit_identical"] else 1
 

@@ -254,18 +254,19 @@ def allreduce(buf, op="sum", comm=None, algorithm="auto", *, check=None, segment
 
 
 def reduce_scatter(buf, op="sum", comm=None, algorithm="auto", *, check=None,
-                   segment_bytes=None):
+                   segment_bytes=None, bounds=None):
     """Reduce `buf` over all ranks, leaving rank r's block reduced in place.
 
-    The blocks are ``chunk_bounds(buf.size, p)`` of the flattened buffer; returns the view
-    of this rank's reduced block. The rest of buf is left holding partial results.
-    algorithm: auto (= ring), ring, mpi.
+    The blocks are ``bounds`` (p + 1 non-decreasing offsets from 0 to buf.size, the same on
+    every rank; blocks may be empty) or ``chunk_bounds(buf.size, p)`` of the flattened
+    buffer; returns the view of this rank's reduced block. The rest of buf is left holding
+    partial results. algorithm: auto (= ring), ring, mpi.
     """
     allowed = ("auto", "ring", "mpi")
     comm, flat, _, seg = _prepare(comm, "reduce_scatter", buf, op, algorithm, NOROOT, check,
                                   True, allowed, segment_bytes)
     p, rank = comm.Get_size(), comm.Get_rank()
-    b = S.chunk_bounds(flat.size, p)
+    b = S.chunk_bounds(flat.size, p) if bounds is None else _bounds(bounds, flat.size, p)
     mine = flat[b[rank]:b[rank + 1]]
     if p == 1 or flat.size == 0:
         return mine
@@ -274,11 +275,25 @@ def reduce_scatter(buf, op="sum", comm=None, algorithm="auto", *, check=None,
         with watching("MPI_Reduce_scatter"):
             comm.Reduce_scatter(flat.copy(), mine, counts, op=_MPI_OPS[op])
     else:
-        sched = S.ring_reduce_scatter(p, rank, flat.size, max(1, seg // flat.itemsize))
+        sched = S.ring_reduce_scatter(p, rank, flat.size, max(1, seg // flat.itemsize),
+                                      None if bounds is None else b)
         execute(private(comm), flat, sched, ufunc_for(op), "reduce_scatter(ring)")
     if op == "mean":
         np.divide(mine, p, out=mine)
     return mine
+
+
+def _bounds(bounds, n, p):
+    """Validated block offsets, as a tuple of ints."""
+    try:
+        b = tuple(int(x) for x in bounds)
+    except (TypeError, ValueError):
+        raise TypeError(f"reduce_scatter: bounds must be {p + 1} integers, got {bounds!r}") \
+            from None
+    if len(b) != p + 1 or b[0] != 0 or b[-1] != n or any(x > y for x, y in zip(b, b[1:])):
+        raise ValueError(f"reduce_scatter: bounds must be {p + 1} non-decreasing offsets from "
+                         f"0 to {n}, got {b}")
+    return b
 
 
 def allgather(buf, comm=None, algorithm="auto", *, check=None):

@@ -61,14 +61,15 @@ def _segments(lo_a, hi_a, lo_b, hi_b, seg, length):
     return out
 
 
-def _ring_reduce_scatter_steps(p, rank, n, seg):
+def _ring_reduce_scatter_steps(p, rank, n, seg, bounds=None):
     """Ring reduce-scatter after which `rank` holds the fully reduced block `rank`."""
-    b = chunk_bounds(n, p)
+    b = chunk_bounds(n, p) if bounds is None else bounds
+    longest = -(-n // p) if bounds is None else max(b[i + 1] - b[i] for i in range(p))
     right, left = (rank + 1) % p, (rank - 1) % p
     steps = []
     for k in range(p - 1):
         sc, rc = (rank - k - 1) % p, (rank - k - 2) % p
-        for s0, s1, r0, r1 in _segments(b[sc], b[sc + 1], b[rc], b[rc + 1], seg, -(-n // p)):
+        for s0, s1, r0, r1 in _segments(b[sc], b[sc + 1], b[rc], b[rc + 1], seg, longest):
             steps.append((right, s0, s1, left, r0, r1, REDUCE_RECV))
     return steps
 
@@ -101,11 +102,15 @@ def ring_allreduce(p, rank, n, seg=1 << 62):
 
 
 @lru_cache(maxsize=512)
-def ring_reduce_scatter(p, rank, n, seg=1 << 62):
-    """Reduce-scatter: afterwards buf[b[rank]:b[rank+1]] holds the reduced block."""
+def ring_reduce_scatter(p, rank, n, seg=1 << 62, bounds=None):
+    """Reduce-scatter: afterwards buf[b[rank]:b[rank+1]] holds the reduced block, with b =
+    `bounds` (p + 1 non-decreasing offsets from 0 to n; blocks may differ in size or be
+    empty) or chunk_bounds(n, p). Each element's sum is formed in the order fixed by its
+    block's owner alone, so a sub-range reduced with the owners of the whole buffer gets
+    the bytes the whole buffer's reduce-scatter (and ring all-reduce) gives it."""
     if p == 1:
         return Schedule((), 0)
-    return _finish(_ring_reduce_scatter_steps(p, rank, n, max(1, seg)))
+    return _finish(_ring_reduce_scatter_steps(p, rank, n, max(1, seg), bounds))
 
 
 @lru_cache(maxsize=512)

@@ -38,6 +38,13 @@ class Strategy:
     def sync(self, error=False, stop=False):
         raise NotImplementedError
 
+    def skip_backward(self, micro_steps, first, stop=False):
+        """This rank has no gradients for the step's remaining `micro_steps` micro-batches
+        (its data failed; `first`: none was done yet). A strategy that communicates during
+        the backward pass takes part with zeros here, so no rank waits; the step's error is
+        then agreed on in sync()."""
+        self.model.grads[...] = 0
+
     def optimizer(self, factory):
         """factory(model-like) -> the optimizer this strategy steps (a sharding strategy
         passes the rank's shard, so the optimizer state is allocated for it only)."""
@@ -49,6 +56,15 @@ class Strategy:
             from hpcml import optim
             optim.clip_grad_norm(optimizer.grads, clip)
         optimizer.step(lr=lr)
+
+    def grad_bytes(self):
+        """Bytes of gradient buffers this rank holds."""
+        return self.model.grads.nbytes
+
+    def state_bytes(self, optimizer):
+        """Bytes of optimizer state this rank holds."""
+        return sum(v.nbytes for v in optimizer.state_dict().values()
+                   if isinstance(v, np.ndarray))
 
     def allreduce_sums(self, values):
         """Sum a few float64 numbers over ranks (metrics): one MPI_Allreduce."""

@@ -128,6 +128,9 @@ class DataParallel(Strategy):
             self.comm_seconds += hc.wtime() - t
         return StepFlags(int(round(float(self.buffer[n]))), int(round(float(self.buffer[n + 1]))))
 
+    def grad_bytes(self):
+        return self.buffer.nbytes
+
     def close(self):
         if self._worker is not None:
             self._todo.put(None)

@@ -15,9 +15,19 @@ only: 1/P of data parallelism's. A step:
 * each rank updates its shard with its shard of the optimizer state;
 * the parameters are all-gathered (ring).
 
-Stage 1 shards the optimizer state. Stage 2 also shards the gradients in DeepSpeed; here
-the backward pass still fills the whole flat gradient buffer (one buffer, reused every
-step), so stage 2 differs from stage 1 only in name: a known gap.
+Stage 1 shards the optimizer state. Stage 2 also shards the gradients, as DeepSpeed's
+does: there is no full gradient buffer. Each layer's backward writes its gradients into one
+staging buffer (as large as the largest layer), and as soon as the layer is done
+(``Sequential.backward``'s per-layer hook) they are reduced into their owners' shards: a
+ring reduce-scatter of the layer with the owners of the whole buffer (so every element is
+summed in the order the whole buffer's ring all-reduce sums it: the same bytes), or with
+--algorithm tree a recursive-doubling all-reduce of the layer (its order does not depend on
+the message either). Gradient memory per rank: its shard (about n/P) plus the largest layer,
+against n for data parallelism. With accumulation, every micro-batch is reduced and added
+to the shard (DeepSpeed's way: the same sum, in another order than data parallelism's, so
+not bit for bit). With --algorithm rhd or mpi, whose summation order depends on the
+message, stage 2 keeps the full buffer (stage 1's path) to stay bit-identical to data
+parallelism; `grad_bytes()` and the job summary say which.
 
 The update is element-wise, so every parameter gets the arithmetic DataParallel gives it:
 the parameters end bit-identical to DataParallel with the same reduction algorithm (global
@@ -37,14 +47,14 @@ from .data_parallel import DataParallel
 class _Shard:
     """Parameters [lo, hi) of a model, as an optimizer sees a model."""
 
-    def __init__(self, model, lo, hi):
-        self.model, self.lo, self.hi = model, lo, hi
-        self.params = model.params[lo:hi]
-        self.size, self.dtype = hi - lo, model.dtype
+    def __init__(self, strategy):
+        self.strategy, model = strategy, strategy.model
+        self.params = model.params[strategy.lo:strategy.hi]
+        self.size, self.dtype = strategy.hi - strategy.lo, model.dtype
 
     @property
     def grads(self):
-        return self.model.grads[self.lo:self.hi]
+        return self.strategy.shard_grads()
 
 
 class ZeRO(DataParallel):
@@ -57,17 +67,99 @@ class ZeRO(DataParallel):
         b = hc.chunk_bounds(n + 2, p)
         self.lo, self.hi = min(int(b[self.rank]), n), min(int(b[self.rank + 1]), n)
         self._gather = np.empty(n + 2, model.dtype)  # parameters, all-gathered in blocks
+        #: stage 2 without a full gradient buffer (ring or tree; see the module docstring)
+        self.sharded = stage == 2 and p > 1 and algorithm in ("ring", "tree", "auto")
+        if self.sharded:
+            self._shard_gradients(b)
+
+    def _shard_gradients(self, owners):
+        """Layers write their gradients into one staging buffer; the rank keeps its shard."""
+        model, n = self.model, self.model.size
+        self.reduce_with = "tree" if self.algorithm == "tree" else "ring"
+        regions = {}
+        for i, _, shape, off in model.layout:
+            lo, hi = regions.get(i, (off, off))
+            regions[i] = (min(lo, off), max(hi, off + int(np.prod(shape))))
+        self._regions = regions  # layer -> [lo, hi) of the flat layout
+        # each layer's owners: the whole buffer's blocks, cut to the layer
+        self._owners = {i: tuple(min(max(int(x), lo), hi) - lo for x in owners)
+                        for i, (lo, hi) in regions.items()}
+        self.staging = np.zeros(max(hi - lo for lo, hi in regions.values()), model.dtype)
+        self.gshard = np.zeros(self.hi - self.lo, model.dtype)
+        views = [[] for _ in model.layers]
+        for i, _, shape, off in model.layout:
+            lo = regions[i][0]
+            views[i].append(self.staging[off - lo:off - lo + int(np.prod(shape))].reshape(shape))
+        for layer, g in zip(model.layers, views):
+            layer.g = g
+        model.grads = None  # no full gradient buffer: a use of it fails loudly
+        self.buffer = np.zeros(2, model.dtype)  # the two step flags
+        self._first = True
 
     def optimizer(self, factory):
         """factory(model-like) -> optimizer: built over this rank's shard only."""
-        return factory(_Shard(self.model, self.lo, self.hi))
+        return factory(_Shard(self))
+
+    def shard_grads(self):
+        """This rank's shard of the summed gradients (after sync)."""
+        return self.gshard if self.sharded else self.model.grads[self.lo:self.hi]
+
+    def grad_bytes(self):
+        """Bytes of gradient buffers this rank holds (DataParallel: the whole buffer)."""
+        if self.sharded:
+            return self.gshard.nbytes + self.staging.nbytes + self.buffer.nbytes
+        return self.buffer.nbytes
+
+    def backward(self, dy, accumulate=False, last=True, error=False, stop=False):
+        if not self.sharded:
+            return super().backward(dy, accumulate, last, error, stop)
+        self._first = not accumulate
+        self.model.backward(dy, False, input_grad=False, on_layer=self._reduce_layer)
+
+    def skip_backward(self, micro_steps, first, stop=False):
+        """This rank has no gradients for `micro_steps` micro-batches (its data failed):
+        it takes part in the per-layer reductions the others make, with zeros."""
+        if not self.sharded:
+            return super().skip_backward(micro_steps, first, stop)
+        for k in range(micro_steps):
+            self._first = first and k == 0
+            for i in range(len(self.model.layers) - 1, -1, -1):
+                self.staging[...] = 0
+                self._reduce_layer(i)
+
+    def _reduce_layer(self, i):
+        """Layer i's gradients (in staging) summed into their owners' shards."""
+        if i not in self._regions:
+            return
+        lo, hi = self._regions[i]
+        b = self._owners[i]
+        a, z = b[self.rank], b[self.rank + 1]
+        view = self.staging[:hi - lo]
+        t = hc.wtime()
+        if self.reduce_with == "ring":
+            hc.reduce_scatter(view, "sum", comm=self.comm, algorithm="ring", bounds=b)
+        else:
+            hc.allreduce(view, "sum", comm=self.comm, algorithm="tree")
+        self.comm_seconds += hc.wtime() - t
+        dst = self.gshard[lo + a - self.lo:lo + z - self.lo]
+        if self._first:
+            dst[...] = view[a:z]
+        else:
+            dst += view[a:z]
 
     def _scatters(self):
         """Reduce-scatter (ring) instead of all-reduce: the first half of the ring
-        all-reduce, so the owned shard gets the same bytes with half the traffic."""
-        return self.algorithm == "ring" and self.size > 1
+        all-reduce, so the owned shard gets the same bytes with half the traffic (stage 2
+        without a full buffer: its gradients are already in the shards)."""
+        return (self.algorithm == "ring" or self.sharded) and self.size > 1
 
     def sync(self, error=False, stop=False):
+        if self.sharded:  # the gradients were reduced layer by layer: the flags only
+            t = hc.wtime()
+            flags = np.array([1.0 if error else 0.0, 1.0 if stop else 0.0])
+            hc.allreduce(flags, "sum", comm=self.comm, algorithm="mpi")
+            self.comm_seconds += hc.wtime() - t
+            return StepFlags(int(round(flags[0])), int(round(flags[1])))
         if not self._scatters():
             return super().sync(error, stop)
         n = self.model.size
@@ -96,7 +188,7 @@ class ZeRO(DataParallel):
             self.comm_seconds += hc.wtime() - t
 
     def _clip_shards(self, max_norm):
-        g = self.model.grads[self.lo:self.hi]
+        g = self.shard_grads()
         norm = float(np.sqrt(hc.reduce_value(float(np.sum(g.astype(np.float64) ** 2)), "sum",
                                              self.comm)))
         coef = max_norm / (norm + 1e-6)  # PyTorch's rule, as hpcml.kernels.clip_grad_norm
@@ -122,8 +214,3 @@ class ZeRO(DataParallel):
         mine = {k: (np.asarray(v)[self.lo:self.hi] if np.ndim(v) == 1 and np.shape(v) == (n,)
                     else v) for k, v in state.items()}
         optimizer.load_state_dict(mine)
-
-    def state_bytes(self, optimizer):
-        """Bytes of optimizer state this rank holds."""
-        return sum(v.nbytes for v in optimizer.state_dict().values()
-                   if isinstance(v, np.ndarray))

@@ -81,3 +81,37 @@ def test_allgather_blocks(comm, alg, dtype):
         buf[b[rank]:b[rank + 1]] = expected[b[rank]:b[rank + 1]]
         hc.allgather(buf, comm, alg)
         all_ranks(comm, np.array_equal(buf, expected), f"allgather {alg} n={n}")
+
+
+@pytest.mark.parametrize("alg", ["ring", "mpi"])
+def test_reduce_scatter_with_uneven_bounds(comm, alg):
+    """Blocks of any size, empty ones included: each rank's block is the reduced one."""
+    p, rank = comm.Get_size(), comm.Get_rank()
+    n = 7 * p + 3
+    cuts = sorted(np.random.default_rng(p).integers(0, n + 1, p - 1).tolist())
+    b = (0, *cuts, n) if p > 1 else (0, n)
+    buf = ((np.arange(n) % 7) + 3 * rank).astype(np.float64)
+    full = hc.reduce_array(buf, "sum", comm)
+    mine = hc.reduce_scatter(buf, "sum", comm, alg, bounds=b, segment_bytes=16)
+    all_ranks(comm, mine.size == b[rank + 1] - b[rank] and
+              np.array_equal(mine, full[b[rank]:b[rank + 1]]), f"bounds {b}")
+    with pytest.raises(ValueError, match="non-decreasing offsets"):
+        hc.reduce_scatter(buf, "sum", comm, alg, bounds=(0,) * p + (n - 1,))
+
+
+def test_ring_reduce_scatter_of_a_range_gives_the_whole_ring_allreduce_bytes(comm):
+    """A sub-range reduce-scattered with the owners of the whole buffer gets, to the bit,
+    what the ring all-reduce of the whole buffer gives it (ZeRO-2's per-layer reduction)."""
+    p, rank = comm.Get_size(), comm.Get_rank()
+    n = 50 * p + 3
+    rng = np.random.default_rng(100 + rank)
+    data = rng.standard_normal(n).astype(np.float32) * 10.0 ** rng.integers(-3, 4, n)
+    whole = hc.allreduce(data.copy(), "sum", comm, "ring")
+    owners = hc.chunk_bounds(n, p)
+    ok = True
+    for lo, hi in ((0, n), (3, 40), (n // 2, n), (5, 6)):
+        b = tuple(min(max(x, lo), hi) - lo for x in owners)
+        part = data[lo:hi].copy()
+        mine = hc.reduce_scatter(part, "sum", comm, "ring", bounds=b, segment_bytes=32)
+        ok &= np.array_equal(mine, whole[lo + b[rank]:lo + b[rank + 1]])
+    all_ranks(comm, ok, "the range's bytes differ from the whole buffer's ring all-reduce")

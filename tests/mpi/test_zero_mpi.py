@@ -104,3 +104,57 @@ def test_zero_with_overlap_is_refused():
 def test_data_parallel_and_zero_are_strategies():
     from hpcml.parallel import Strategy
     assert issubclass(DataParallel, Strategy) and issubclass(ZeRO, Strategy)
+
+
+def _deep(dtype=np.float32):
+    return nn.mlp(64, [64] * 6, 10, dtype=dtype, seed=2)  # 7 layers of similar size
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "tree"])
+def test_zero2_holds_a_shard_of_the_gradients_and_one_layer(comm, algorithm):
+    """No full gradient buffer: the rank's shard plus a staging buffer of the largest
+    layer (DataParallel holds all n gradients and the two flags)."""
+    p = comm.Get_size()
+    model = _deep()
+    n, largest = model.size, 64 * 64 + 64
+    dp_bytes = DataParallel(_deep(), comm, algorithm).grad_bytes()
+    z = ZeRO(model, comm, algorithm, stage=2)
+    mine = z.grad_bytes()
+    if p == 1:
+        all_ranks(comm, mine == dp_bytes, "one rank: nothing to shard")
+        return
+    bound = (-(-(n + 2) // p) + largest + 2) * 4
+    all_ranks(comm, model.grads is None and mine <= bound,
+              f"ZeRO-2 holds {mine} B of gradients, bound {bound}")
+    all_ranks(comm, dp_bytes == (n + 2) * 4 and (p < 2 or mine < dp_bytes),
+              f"DataParallel {dp_bytes} B vs ZeRO-2 {mine} B")
+    z.close()
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "tree"])
+def test_zero2_rank_without_data_takes_part_with_zeros(comm, algorithm):
+    """A rank whose data failed takes part in the per-layer reductions with zeros (no
+    rank waits), every rank learns of the failure in sync(), and the shards hold the sum
+    of the other ranks' gradients (checked against DataParallel given zeros there)."""
+    p, rank = comm.Get_size(), comm.Get_rank()
+    x = np.random.default_rng(rank).standard_normal((8, 64)).astype(np.float32)
+    y = np.arange(8) % 10
+    failed = rank == p - 1 and p > 1
+    ref_model = _deep()
+    dp = DataParallel(ref_model, comm, algorithm)
+    _, d = nn.cross_entropy(ref_model(x), y)
+    dp.backward(d)
+    if failed:
+        ref_model.grads[...] = 0
+    dp.sync(error=failed)
+    model = _deep()
+    z = ZeRO(model, comm, algorithm, stage=2)
+    if failed:
+        z.skip_backward(1, first=True)
+    else:
+        _, d = nn.cross_entropy(model(x), y)
+        z.backward(d)
+    flags = z.sync(error=failed)
+    all_ranks(comm, flags.failed == (1 if p > 1 else 0), f"failed ranks: {flags.failed}")
+    all_ranks(comm, np.array_equal(z.shard_grads(), ref_model.grads[z.lo:z.hi]),
+              "the shard differs from DataParallel's sum")
