@@ -45,6 +45,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    ap.add_argument("--suffix", default="", help="added to the file names (zero-pN-SUFFIX)")
     args = ap.parse_args(argv)
     comm = hc.world()
     p = comm.Get_size()
@@ -68,8 +69,9 @@ def main(argv=None):
               "bit_identical": len(digests) == 1,
               "bytes_per_rank": memory}  # gradient buffers and optimizer state, largest rank
     os.makedirs(args.out, exist_ok=True)
-    atomic_write_json(os.path.join(args.out, f"zero-p{p}.json"), result)
-    _plot(rates, os.path.join(args.out, f"zero-p{p}.png"), p)
+    base = os.path.join(args.out, f"zero-p{p}" + (f"-{args.suffix}" if args.suffix else ""))
+    atomic_write_json(base + ".json", result)
+    _plot(rates, base + ".png", p)
     for k in STRATEGIES:
         print(f"{k:14s} median {med[k]:10,.0f} samples/s  "
               f"{result['ratio_vs_data_parallel'][k]:.2f}x data parallel  gradients "
