@@ -54,12 +54,13 @@ def test_stuck_rank_is_reported_and_job_aborted_by_timeout():
 
 def test_stall_inspector_names_who_entered_and_what_the_others_do():
     """Horovod's stall inspector: ranks 0 and 3 wait in a ring all-reduce, rank 1 sleeps
-    outside any call, rank 2 waits in a barrier; the message tells them apart."""
+    outside any call, rank 2 waits in a barrier (entered 1.5 s later, so that ranks 0 and 3
+    time out first: the rank that times out first reports); the message tells them apart."""
     code = ("import time, numpy as np; from hpcml import comm as hc\n"
             "hc.allreduce(np.ones(2))  # attaches the inspector (first call on the world)\n"
             "r = hc.world().Get_rank()\n"
             "if r == 1: time.sleep(3600)\n"
-            "if r == 2: hc.barrier()\n"
+            "if r == 2: time.sleep(1.5); hc.barrier()  # times out after ranks 0 and 3\n"
             "hc.allreduce(np.ones(1 << 16), algorithm='ring')\n")
     proc, seconds = launch(4, code=code, env={"HPCML_TIMEOUT": "2"})
     assert proc.returncode != 0 and seconds < 20
