@@ -125,8 +125,11 @@ class DataParallel(Strategy):
         self._set_flags(error, stop)
         if self.size > 1:
             hc.allreduce(self.buffer, "sum", comm=self.comm, algorithm=self.algorithm)
+        flags = StepFlags(int(round(float(self.buffer[n]))),
+                          int(round(float(self.buffer[n + 1]))))
+        if self.size > 1:
             self.comm_seconds += hc.wtime() - t
-        return StepFlags(int(round(float(self.buffer[n]))), int(round(float(self.buffer[n + 1]))))
+        return flags
 
     def grad_bytes(self):
         return self.buffer.nbytes
