@@ -283,13 +283,20 @@ def _evaluator(model, strategy, test, transform):
 
 
 def _batch_check(comm, G, K):
+    """Rows of one global micro-batch: any G >= ranks x accumulation that accumulation
+    divides (ranks take slices that differ by one row at most; the loss is normalised by
+    the global row count, so any split follows one process)."""
     P = comm.Get_size()
     error = None
-    if G % (P * K):
-        error = (f"batch-size {G} must be a multiple of ranks x accumulation = {P} x {K} "
-                 f"= {P * K}")
+    if G < P * K:
+        error = (f"batch-size {G} is smaller than ranks x accumulation = {P} x {K}: every "
+                 f"rank needs a row per micro-step; the smallest valid batch-size is {P * K}")
+    elif G % K:
+        near = [v for v in (G - G % K, G - G % K + K) if v >= P * K]
+        error = (f"batch-size {G} is not a multiple of accumulation {K} (micro-batches "
+                 f"must be equal): use {' or '.join(map(str, near))}")
     agree(comm, error, what="checking the configuration")
-    return G // (P * K)  # rows per rank per micro-step
+    return G // K  # rows of one global micro-batch
 
 
 def run(cfg, comm=None, log=print, history=None, callbacks=()):
@@ -298,14 +305,15 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     comm = comm if comm is not None else hc.world()
     P, t_start, dtype = comm.Get_size(), time.perf_counter(), np.dtype(cfg["dtype"])
     K, G = cfg["accumulation"], cfg["batch_size"]
-    b = _batch_check(comm, G, K)
+    M = _batch_check(comm, G, K)
     ds, test, transform = _data(cfg, comm, dtype)
     model = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
                    cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"])
     strategy = (ZeRO(model, comm, cfg["algorithm"], stage=cfg["zero"]) if cfg["zero"] else
                 DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"]))
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
-    loader = ds.loader(b, shuffle=True, seed=cfg["seed"], partition="global")
+    loader = ds.loader(-(-M // P), shuffle=True, seed=cfg["seed"], partition="global",
+                       global_batch=M)
     total = -(-len(loader) // K) * cfg["epochs"]
     total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
     sched = optim.Schedule(opt.lr, cfg["warmup"], cfg["schedule"], total=total,
@@ -313,7 +321,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     step, resumed_from = _resume(cfg, comm, model, opt, strategy, loader, log)
     trainer = Trainer(
         model, strategy, opt, loader, sched, total=total, accumulation=K, step=step,
-        global_rows=lambda m: max(0, min(b * P, ds.rows - m * b * P)), transform=transform,
+        global_rows=lambda m: max(0, min(M, ds.rows - m * M)), transform=transform,
         seed=cfg["seed"], dropout=bool(cfg["dropout"]), clip=cfg["clip"],
         checkpoint=_checkpointer(cfg, comm, opt, strategy),
         checkpoint_every=cfg["checkpoint_every"], evaluate=_evaluator(model, strategy, test,

@@ -83,7 +83,8 @@ def _run_all(bodies, ranks):
 STRATEGY = _bodies(test_train, only={"test_p_ranks_follow_one_process",
                                      "test_accumulation_follows_one_process",
                                      "test_float32_p_ranks_follow_one_process",
-                                     "test_indivisible_batch_is_refused_everywhere"})
+                                     "test_any_global_batch_follows_one_process",
+                                     "test_too_small_batch_is_refused_everywhere"})
 
 
 #: at 1, 2 and 8 ranks (2 is also run under mpiexec) a subset keeps the suite short
@@ -92,7 +93,8 @@ SUBSET = {"test_p_ranks_follow_one_process[ring-False]",
           "test_p_ranks_follow_one_process[auto-True]",
           "test_accumulation_follows_one_process[adamw-False]",
           "test_float32_p_ranks_follow_one_process[rhd-False]",
-          "test_indivisible_batch_is_refused_everywhere[-]"}
+          "test_any_global_batch_follows_one_process[1]",
+          "test_too_small_batch_is_refused_everywhere[-]"}
 
 
 @pytest.mark.parametrize("ranks", RANKS)

@@ -113,15 +113,18 @@ class ShardedDataset:
 
     def loader(self, batch_size, shuffle=True, seed=0, drop_last=False, prefetch=2,
                block_rows=CHUNK_ROWS, nonfinite="error", agree_errors=False, partition="contiguous", rank=None,
-               ranks=None):
+               ranks=None, global_batch=None):
         """This rank's batch iterator (see Loader). partition="contiguous" gives rank r
         the stream rows [r*N/p, (r+1)*N/p) (the fewest reads); "global" gives it the r-th
         slice of each global batch of batch_size*p consecutive stream rows, so p ranks see
         per step exactly the rows one process sees at batch batch_size*p (what
-        data-parallel training needs to match a serial run). rank/ranks: one rank's view
-        of a run on `ranks` ranks, for a dataset opened without a communicator."""
+        data-parallel training needs to match a serial run). global_batch (partition
+        "global" only): the global batch instead of batch_size*p, any size >= p; rank r
+        then gets rows [r*M/p, (r+1)*M/p) of each (slices differ by one row at most).
+        rank/ranks: one rank's view of a run on `ranks` ranks, for a dataset opened
+        without a communicator."""
         return Loader(self, batch_size, shuffle, seed, drop_last, prefetch, block_rows,
-                      nonfinite, agree_errors, partition, rank, ranks)
+                      nonfinite, agree_errors, partition, rank, ranks, global_batch)
 
 
 class Loader:
@@ -129,7 +132,7 @@ class Loader:
 
     def __init__(self, ds, batch_size, shuffle, seed, drop_last, prefetch, block_rows,
                  nonfinite, agree_errors=False, partition="contiguous", rank=None,
-                 ranks=None):
+                 ranks=None, global_batch=None):
         error = None
         if partition not in ("contiguous", "global"):
             error = f"partition must be 'contiguous' or 'global', got {partition!r}"
@@ -144,11 +147,11 @@ class Loader:
                 "batch_size": batch_size, "shuffle": bool(shuffle), "seed": seed,
                 "drop_last": bool(drop_last), "block_rows": block_rows,
                 "nonfinite": nonfinite, "agree_errors": bool(agree_errors),
-                "partition": partition})
+                "partition": partition, "global_batch": global_batch})
             if error is None and not same:
                 error = ("loader settings differ across ranks: every rank must pass the same "
                          "batch_size, shuffle, seed, drop_last, block_rows, nonfinite, "
-                         "agree_errors and partition")
+                         "agree_errors, partition and global_batch")
             try:
                 agree(ds.comm, error, what="creating a loader")
             except CollectiveError as e:
@@ -165,7 +168,19 @@ class Loader:
             if comm is not None or not 0 <= rank < ranks:
                 raise ValueError("rank/ranks are for a dataset opened without a communicator")
             self.rank, self.size = int(rank), int(ranks)
+        self.global_batch = None
+        if global_batch is not None:
+            if partition != "global" or isinstance(global_batch, bool) or \
+                    int(global_batch) != global_batch or global_batch < self.size:
+                raise ValueError(f"global_batch must be an integer >= the {self.size} ranks, "
+                                 f"with partition='global'; got {global_batch!r}")
+            self.global_batch = int(global_batch)
+            self.batch_size = -(-self.global_batch // self.size)  # the largest slice
         self.epoch, self.batches_done = 0, 0
+
+    def _global(self):
+        """Rows of one global batch (partition "global")."""
+        return self.global_batch or self.batch_size * self.size
 
     # --- the plan ----------------------------------------------------------------------
     def _blocks(self):
@@ -200,8 +215,9 @@ class Loader:
         if self.partition == "contiguous":
             lo, hi = n * r // p, n * (r + 1) // p
             return min(hi, lo + step * b), min(hi, lo + (step + 1) * b)
-        g0 = step * b * p
-        m = min(b * p, n - g0)  # the global batch's rows (fewer in the last one)
+        big = self._global()
+        g0 = step * big
+        m = min(big, n - g0)  # the global batch's rows (fewer in the last one)
         return g0 + r * m // p, g0 + (r + 1) * m // p
 
     def share(self, epoch):
@@ -224,7 +240,8 @@ class Loader:
     def __len__(self):
         n, p, b = self.ds.rows, self.size, self.batch_size
         if self.partition == "global":
-            return n // (b * p) if self.drop_last else -(-n // (b * p))
+            big = self._global()
+            return n // big if self.drop_last else -(-n // big)
         fewest, most = n // p, -(-n // p)
         return fewest // b if self.drop_last else -(-most // b)
 
@@ -232,12 +249,15 @@ class Loader:
     def state_dict(self):
         return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed,
                 "ranks": self.size, "batch_size": self.batch_size, "shuffle": self.shuffle,
-                "block_rows": self.block_rows, "partition": self.partition}
+                "block_rows": self.block_rows, "partition": self.partition,
+                "global_batch": self.global_batch}
 
     def load_state_dict(self, state):
-        for key in ("seed", "ranks", "batch_size", "shuffle", "block_rows", "partition"):
+        for key in ("seed", "ranks", "batch_size", "shuffle", "block_rows", "partition",
+                    "global_batch"):
             mine = self.state_dict()[key]
-            if state.get(key, "contiguous" if key == "partition" else None) != mine:
+            default = {"partition": "contiguous"}.get(key)
+            if state.get(key, default) != mine:
                 raise ValueError(f"loader state has {key}={state.get(key)!r} but this loader "
                                  f"has {mine!r}: resuming needs the same configuration")
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])

@@ -117,9 +117,24 @@ def test_resume_on_another_rank_count(comm, shared_dir, direction):
               f"the resume notes the other rank count: {lines}")
 
 
-def test_indivisible_batch_is_refused_everywhere(comm):
+@pytest.mark.parametrize("extra", [1, 0])
+def test_any_global_batch_follows_one_process(comm, extra):
+    """A global batch that the rank count does not divide (5p + 1): ranks take slices that
+    differ by one row, and the run still follows one process at that batch (float64)."""
     p = comm.Get_size()
-    if p == 1:
-        pytest.skip("every batch is a multiple of 1 rank")
-    with pytest.raises(CollectiveError, match=f"batch-size {p * 5 + 1} must be a multiple"):
-        train.run(_cfg(batch_size=p * 5 + 1), comm, log=lambda *a: None)
+    cfg = _cfg(batch_size=5 * p + 1 + extra if p > 1 else 7 + extra, max_steps=30)
+    _, model = train.run(cfg, comm, log=lambda *a: None)
+    rel = _rel(model.params, _serial(comm, cfg))
+    all_ranks(comm, rel < F64_REL, f"P={p} batch {cfg['batch_size']}: max relative "
+                                   f"difference {rel:.2e}")
+
+
+def test_too_small_batch_is_refused_everywhere(comm):
+    p = comm.Get_size()
+    with pytest.raises(CollectiveError, match=f"batch-size {2 * p - 1} is smaller than ranks "
+                                              f"x accumulation = {p} x 2.*smallest valid "
+                                              f"batch-size is {2 * p}"):
+        train.run(_cfg(batch_size=2 * p - 1, accumulation=2), comm, log=lambda *a: None)
+    with pytest.raises(CollectiveError, match=f"not a multiple of accumulation 3.*use "
+                                              f"{3 * p} or {3 * p + 3}"):
+        train.run(_cfg(batch_size=3 * p + 1, accumulation=3), comm, log=lambda *a: None)
