@@ -73,6 +73,8 @@ SETTINGS = {
     "prometheus": ("", str, "node_exporter textfile of live metrics, refreshed each epoch"),
     "metrics": ("", str, "append per-epoch metrics to this JSONL file ('': none)"),
     "progress": (True, bool, "progress bar on rank 0 (when stderr is a terminal)"),
+    "log_every": (30.0, float, "seconds between progress lines on rank 0 when stderr is not "
+                  "a terminal (mpiexec, Slurm); 0: off"),
 }
 
 
@@ -99,6 +101,8 @@ def validate(cfg):
             bad(key, "must be >= 0")
     if not cfg["lr"] > 0:
         bad("lr", "must be > 0")
+    if not 0 <= cfg["log_every"] < float("inf"):
+        bad("log_every", "must be a number of seconds >= 0")
     if cfg["zero"] not in (0, 1, 2):
         bad("zero", "must be 0, 1 or 2")
     if cfg["zero"] and cfg["overlap"]:
@@ -328,7 +332,8 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
                                                                       transform),
         metrics=cfg["metrics"], callbacks=callbacks, log=log, progress=cfg["progress"],
         on_rank0=lambda fn, what: config.on_rank0(comm, fn, what),
-        tracer=Tracer(comm, keep_events=bool(cfg["trace"])), prometheus=cfg["prometheus"])
+        tracer=Tracer(comm, keep_events=bool(cfg["trace"])), prometheus=cfg["prometheus"],
+        log_every=cfg["log_every"])
     history_, stopped = trainer.fit()
     if cfg["trace"]:
         trace = trainer.tracer.gather()  # collective; rank 0 writes, its failure agreed

@@ -2,6 +2,7 @@
 errors on every rank. The MPI jobs run under mpiexec with a hard time limit."""
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -79,6 +80,8 @@ def test_toml_config_then_flags(tmp_path):
     (["--hidden", "64,x"], "hidden = '64,x': must be comma-separated integers"),
     (["--resume", "auto"], "'auto' needs --checkpoint-dir"),
     (["--nesterov", "maybe"], "--nesterov = 'maybe': expected bool"),
+    (["--log-every", "-1"], "log_every = -1.0: must be a number of seconds >= 0"),
+    (["--log-every", "inf"], "log_every = inf: must be a number of seconds >= 0"),
 ])
 def test_bad_settings_are_named(args, match):
     with pytest.raises(train.ConfigError, match=match):
@@ -105,6 +108,34 @@ def test_defaults_reach_97_percent_on_digits():
     summary, _ = train.run(train.validate({k: v[0] for k, v in train.SETTINGS.items()}),
                            log=lambda *a: None)
     assert summary["test_accuracy"] >= 0.97, summary
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [3, 5])
+def test_defaults_on_an_odd_rank_count(ranks):
+    """`mpiexec -n 3|5 python -m hpcml.train` with the defaults (global batch 64): runs,
+    and learns as one process does."""
+    rc, out, err = _finish(_launch(ranks, ["--progress", "false"]), limit=90)
+    assert rc == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["ranks"] == ranks and summary["test_accuracy"] >= 0.97, summary
+
+
+@needs_mpi
+def test_progress_lines_when_output_is_not_a_terminal():
+    """Under mpiexec stderr is a pipe (no bar): rank 0 logs step, epoch %, samples/s, loss,
+    lr, elapsed and ETA every --log-every seconds, before the first epoch ends."""
+    rc, out, err = _finish(_launch(2, ["--hidden", "1024,1024", "--epochs", "1",
+                                       "--batch-size", "16", "--log-every", "0.1"]), limit=90)
+    assert rc == 0, err
+    lines = out.splitlines()
+    first_epoch = next(i for i, ln in enumerate(lines) if ln.startswith("epoch   1"))
+    ticks = [ln for ln in lines[:first_epoch] if ln.startswith("step ")]
+    assert len(ticks) >= 2, out
+    assert all(re.search(r"step \d+/90  epoch 1 \d+%  [\d,]+ samples/s  loss [\d.]+ \(rank 0\)"
+                         r"  lr [\d.e-]+  elapsed \d+:\d\d  ETA \d+:\d\d$", ln)
+               for ln in ticks), ticks
+    assert "it/s" not in err and "\r" not in out + err  # no tqdm bar in a log
 
 
 # --- faults ------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class Trainer:
                  accumulation=1, global_rows=None, transform=None, seed=0, dropout=False,
                  clip=0.0, step=0, checkpoint=None, checkpoint_every=0, evaluate=None,
                  metrics=None, callbacks=(), log=print, progress=False, on_rank0=None,
-                 tracer=None, prometheus=None):
+                 tracer=None, prometheus=None, log_every=30.0):
         self.model, self.strategy, self.optimizer = model, strategy, optimizer
         self.loader, self.schedule, self.total = loader, schedule, int(total)
         self.K, self.step = int(accumulation), int(step)
@@ -76,11 +76,15 @@ class Trainer:
         self.tracer = tracer if tracer is not None else Tracer(self.comm)
         self.prometheus = prometheus
         self._callback_stop = False
+        self.log_every = float(log_every)
+        self._ticker = None
+        self._step_rows = 0
 
     # --- one optimizer step ------------------------------------------------------------
     def _micro_steps(self, it, first, last, stop):
         """Forward/backward of micro-batches first..last-1; (error or None, sums)."""
         denom = sum(self.global_rows(m) for m in range(first, last))
+        self._step_rows = denom
         sums = np.zeros(3)  # loss*rows, correct, rows
         span = self.tracer.span
         for m in range(first, last):
@@ -128,6 +132,8 @@ class Trainer:
                 sums += (*s, 1)
                 if bar is not None:
                     bar.update(1)
+                elif self._ticker is not None:
+                    self._ticker.tick(self, micro, len(loader), s)
                 if flags.stop:
                     loader.batches_done = micro  # the micro-batches consumed so far
                     self._save()
@@ -206,6 +212,8 @@ class Trainer:
         if self.rank == 0 and self.progress and sys.stderr.isatty():
             from tqdm import tqdm
             bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True)
+        elif self.rank == 0 and self.progress and self.log_every > 0:
+            self._ticker = _Ticker(self.log_every, self.step)  # stderr is a pipe or a file
         try:
             while self.step < self.total and not self.stopped:
                 t0 = time.perf_counter()
@@ -220,3 +228,37 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self.history, self.stopped
+
+
+class _Ticker:
+    """Rank 0's progress lines when no bar can show (stderr is a pipe under mpiexec and
+    Slurm): one every `every` seconds, from rank 0's own numbers (no communication)."""
+
+    def __init__(self, every, step):
+        self.every, self.first_step = every, step
+        self.start = self.last = time.perf_counter()
+        self.rows = 0.0
+        self.loss = np.zeros(2)  # rank 0's loss*rows, rows since the last line
+
+    def tick(self, trainer, micro, micros, sums):
+        self.rows += trainer._step_rows
+        self.loss += (sums[0], sums[2])
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return
+        done = trainer.step - self.first_step
+        elapsed = now - self.start
+        eta = elapsed / max(done, 1) * (trainer.total - trainer.step)
+        loss = self.loss[0] / max(self.loss[1], 1)
+        trainer.log(f"step {trainer.step}/{trainer.total}  epoch {trainer.loader.epoch + 1} "
+                    f"{100 * micro / max(micros, 1):.0f}%  {self.rows / (now - self.last):,.0f} "
+                    f"samples/s  loss {loss:.4f} (rank 0)  lr "
+                    f"{trainer.schedule(max(trainer.step - 1, 0)):.3g}  elapsed "
+                    f"{_hms(elapsed)}  ETA {_hms(eta)}")
+        self.last, self.rows, self.loss = now, 0.0, np.zeros(2)
+
+
+def _hms(seconds):
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
