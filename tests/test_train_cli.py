@@ -80,8 +80,8 @@ def test_toml_config_then_flags(tmp_path):
     (["--hidden", "64,x"], "hidden = '64,x': must be comma-separated integers"),
     (["--resume", "auto"], "'auto' needs --checkpoint-dir"),
     (["--nesterov", "maybe"], "--nesterov = 'maybe': expected bool"),
-    (["--log-every", "-1"], "log_every = -1.0: must be a number of seconds >= 0"),
-    (["--log-every", "inf"], "log_every = inf: must be a number of seconds >= 0"),
+    (["--log-every", "-1"], "log-every = -1.0: must be a number of seconds >= 0"),
+    (["--log-every", "inf"], "log-every = inf: must be a number of seconds >= 0"),
 ])
 def test_bad_settings_are_named(args, match):
     with pytest.raises(train.ConfigError, match=match):
