@@ -6,6 +6,7 @@ raises ConfigError naming the flag or file and key (`lr = -1.0: must be > 0`).
 `start(comm, parse_fn, argv)` parses on every rank and agrees: one message, exit 2.
 """
 import argparse
+import difflib
 import sys
 
 from hpcml.comm.guard import agree, same_everywhere, CollectiveError
@@ -42,11 +43,30 @@ def coerce(settings, key, value, source):
         raise ConfigError(f"{where} = {value!r}: expected {typ.__name__} ({e})") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations (`--epoch` is not `--epochs`), and a usage error is a ConfigError
+    (one message from rank 0 under mpiexec, not the usage once per rank), with the closest
+    existing flag suggested."""
+
+    def __init__(self, **kw):
+        super().__init__(allow_abbrev=False, **kw)
+
+    def error(self, message):
+        flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        hints = []
+        if "unrecognized arguments" in message:
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=1) \
+                    if word.startswith("-") else []
+                hints += [f"did you mean {close[0]}?" for _ in close[:1]]
+        raise ConfigError(f"{self.prog}: {message}" + (f" ({'; '.join(hints)})" if hints else "")
+                          + "; see --help")
+
+
 def parse(prog, doc, settings, argv=None, positional=()):
     """The resolved settings dict: defaults < TOML (--config) < flags. `positional` names
     settings that are also accepted as optional positional arguments (e.g. DATA)."""
-    ap = argparse.ArgumentParser(prog=prog, description=doc,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for key in positional:
         ap.add_argument("_pos_" + key, nargs="?", default=None, metavar=key.upper(),
                         help=f"same as --{key.replace('_', '-')}")

@@ -104,6 +104,16 @@ def test_cli_error_exits_2_with_one_message():
     assert rc != 0 and err.count("error: batch-size = 0: must be >= 1") == 1, err
 
 
+@needs_mpi
+def test_mistyped_flag_is_one_message_with_a_suggestion():
+    """`--epoch 3` is not taken as `--epochs` (no abbreviations); under mpiexec -n 4 the
+    error is printed once, by rank 0, with the closest flag, and no usage dump per rank."""
+    rc, out, err = _finish(_launch(4, ["--epoch", "3"]), limit=60)
+    assert rc == 2, (rc, err)
+    assert err.count("unrecognized arguments: --epoch 3 (did you mean --epochs?)") == 1, err
+    assert "usage:" not in err, err
+
+
 def test_defaults_reach_97_percent_on_digits():
     summary, _ = train.run(train.validate({k: v[0] for k, v in train.SETTINGS.items()}),
                            log=lambda *a: None)
