@@ -158,7 +158,8 @@ def run_job(comm, parse_fn, run_fn, argv=None, failures=(), show_settings=None):
         return 1
     if rank == 0:
         print(json.dumps(summary), flush=True)
-    return 0
+    # Ctrl-C: the shell's convention (128 + SIGINT), from every rank that saw it
+    return 130 if summary.get("status") == "interrupted" else 0
 
 
 def on_rank0(comm, fn, what):

@@ -341,7 +341,8 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
                         f"writing --trace {cfg['trace']}")
     if history is not None:
         history.extend(history_)
-    summary = {"status": "stopped" if stopped else "done", "step": trainer.step, "ranks": P,
+    summary = {"status": ("interrupted" if trainer.preemption.interrupted else "stopped")
+               if stopped else "done", "step": trainer.step, "ranks": P,
                "epochs_done": loader.epoch, "seconds": time.perf_counter() - t_start,
                "resumed_from": resumed_from, "comm_seconds": strategy.comm_seconds,
                "span_seconds": {k: round(v, 6) for k, v in trainer.tracer.seconds.items()},

@@ -189,6 +189,28 @@ def test_sigterm_on_one_rank_checkpoints_everywhere_and_exits_0(tmp_path):
 
 
 @needs_mpi
+def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(tmp_path):
+    """SIGINT to mpiexec (what Ctrl-C does): every rank stops at the same step, the
+    checkpoint is written, one line, exit 130, no KeyboardInterrupt traceback; the run
+    resumes from it to the uninterrupted run's bytes."""
+    ck = str(tmp_path / "int")
+    rc, out, _ = _finish(_launch(2, FAST))
+    uninterrupted = _summary(out)
+    proc = _launch(2, FAST + ["--checkpoint-dir", ck, "--checkpoint-every", "1000"])
+    _wait_for_checkpoint(ck, proc, 1)
+    os.kill(proc.pid, signal.SIGINT)
+    rc, out, err = _finish(proc, limit=60)
+    assert rc == 130, (rc, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    stopped = _summary(out)
+    assert stopped["status"] == "interrupted" and 0 < stopped["step"] < uninterrupted["step"]
+    assert "stop requested (Ctrl-C) on 2 rank(s): checkpointed at step" in out, out
+    rc, out, err = _finish(_launch(2, FAST + ["--checkpoint-dir", ck, "--resume", "auto"]))
+    assert rc == 0, err
+    assert _summary(out)["params_sha256"] == uninterrupted["params_sha256"]
+
+
+@needs_mpi
 @pytest.mark.parametrize("overlap", ["false", "true"])
 def test_bad_row_on_one_rank_stops_every_rank_with_its_name(tmp_path, overlap):
     folder = indexed_dataset(str(tmp_path / "d"), [400, 400], features=4, classes=4)

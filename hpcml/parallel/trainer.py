@@ -32,18 +32,26 @@ from .trace import Tracer, write_prometheus
 
 
 class Preemption:
-    """SIGTERM/SIGUSR1 set a flag; the ranks agree on it at the next step boundary."""
+    """SIGTERM/SIGUSR1, and a first SIGINT (Ctrl-C), set a flag; the ranks agree on it at
+    the next step boundary (checkpoint, one line, exit: 130 after Ctrl-C). A second SIGINT
+    aborts the job at once."""
 
     def __init__(self):
         self.requested = False
+        self.interrupted = False  # a SIGINT arrived
         self.old = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
                 self.old[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread (in-process ranks)
                 pass
 
     def _handler(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                from hpcml.comm.guard import abort
+                abort("second Ctrl-C (SIGINT): aborting without a checkpoint", 130)
+            self.interrupted = True
         self.requested = True
 
     def restore(self):
@@ -139,7 +147,9 @@ class Trainer:
                     self._save()
                     self.stopped = True
                     if self.rank == 0:
-                        self.log(f"stop requested ({self.stop_reason or 'signal'}) on "
+                        why = self.stop_reason or ("Ctrl-C" if preempt.interrupted else
+                                                   "signal")
+                        self.log(f"stop requested ({why}) on "
                                  f"{flags.stop} rank(s): checkpointed at step {self.step}, "
                                  f"exiting")
                     return epoch, sums
@@ -207,7 +217,7 @@ class Trainer:
     # --- the run -------------------------------------------------------------------------
     def fit(self):
         """Train until `total` steps or a stop; returns (history, stopped)."""
-        preempt = Preemption()
+        preempt = self.preemption = Preemption()
         bar = None
         if self.rank == 0 and self.progress and sys.stderr.isatty():
             from tqdm import tqdm
