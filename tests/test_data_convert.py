@@ -137,3 +137,30 @@ def test_cli_errors_end_every_rank_cleanly(tmp_path):
         assert p.returncode == 1, p.stdout + p.stderr
         assert p.stderr.count("error: ") == 1 and msg in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
+
+
+def test_an_existing_dataset_is_refused_unless_overwrite_replaces_it_whole(tmp_path):
+    """convert/synth into a folder that holds a dataset: refused (the old one intact);
+    with --overwrite the new dataset replaces the folder whole: no stale shard of the old
+    one, no temporary folder left; a failed overwrite leaves the old dataset as it was."""
+    run = lambda *args: procs.run([sys.executable, "-m", "hpcml.data", *args], limit=60)  # noqa
+    out = tmp_path / "d"
+    p = run("synth", str(out), "--rows", "600", "--features", "4", "--classes", "3",
+            "--shards", "3")
+    assert p.returncode == 0, p.stderr
+    before = (out / "manifest.json").read_text()
+    p = run("synth", str(out), "--rows", "100", "--features", "4", "--classes", "3")
+    assert p.returncode == 1 and p.stderr.count("error: ") == 1, p.stderr
+    assert f"{out} already holds a dataset (manifest.json, 3 shard file(s)): pass " \
+           f"--overwrite" in p.stderr, p.stderr
+    assert (out / "manifest.json").read_text() == before
+    p = run("convert", str(tmp_path / "missing.npy"), str(out), "--overwrite")
+    assert p.returncode == 1 and "no such file" in p.stderr, p.stderr
+    assert (out / "manifest.json").read_text() == before
+    np.save(tmp_path / "a.npy", np.column_stack([np.random.default_rng(0).random((50, 4)),
+                                                 np.arange(50) % 2]))
+    p = run("convert", str(tmp_path / "a.npy"), str(out), "--overwrite")
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(out)) == ["manifest.json", "shard-00000.h5"]
+    assert ShardedDataset(str(out)).rows == 50
+    assert sorted(os.listdir(tmp_path)) == ["a.npy", "d"]  # no .d.new-* / .d.old-* left

@@ -43,6 +43,8 @@ def _main(argv=None):
     s.add_argument("--shards", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset already in OUTPUT (swapped in whole at the end)")
     c = sub.add_parser("convert", help="CSV / .npy / .npz / .h5 -> sharded dataset")
     c.add_argument("input")
     c.add_argument("output")
@@ -54,6 +56,8 @@ def _main(argv=None):
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--regression", action="store_true", help="real-valued targets")
     c.add_argument("--chunk-rows", type=int, default=65536)
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset already in OUTPUT (swapped in whole at the end)")
     i = sub.add_parser("info", help="summarise a dataset")
     i.add_argument("path")
     v = sub.add_parser("verify", help="headers, every shard's checksum, and the values "
@@ -64,18 +68,19 @@ def _main(argv=None):
     comm = hc.world()
     rank = comm.Get_rank()
     from hpcml import data
-    if args.cmd == "synth":
-        m = data.synth(args.output, args.rows, args.features, args.classes, args.regression,
-                       args.shards, args.seed, args.dtype, comm=comm)
-        if rank == 0:
+    if args.cmd in ("synth", "convert"):
+        from hpcml.data.output import abandon_output, begin_output, finish_output
+        work = begin_output(args.output, args.overwrite, comm)
+        try:
+            out = _write(args, work, comm)
+        except BaseException:
+            abandon_output(args.output, work, comm)
+            raise
+        finish_output(args.output, work, comm)
+        if rank == 0 and args.cmd == "synth":
+            m = out
             print(f"wrote {args.output}: {m['rows']:,} rows in {len(m['shards'])} shards")
-    elif args.cmd == "convert":
-        # every rank converts its part of the input (streaming, bounded memory)
-        out = data.convert(args.input, args.output, args.shards, args.label_column,
-                           args.dtype, args.test_fraction, args.seed,
-                           "regression" if args.regression else None, args.chunk_rows,
-                           progress=True, comm=comm)
-        if rank == 0:
+        elif rank == 0:
             for name, m in out.items():
                 print(f"wrote {name}: {m['rows']:,} rows in {len(m['shards'])} shards")
     elif args.cmd == "info":
@@ -91,6 +96,18 @@ def _main(argv=None):
         if rank == 0:
             print(msg)
     return 0
+
+
+def _write(args, folder, comm):
+    from hpcml import data
+    if args.cmd == "synth":
+        return data.synth(folder, args.rows, args.features, args.classes, args.regression,
+                          args.shards, args.seed, args.dtype, comm=comm)
+    # every rank converts its part of the input (streaming, bounded memory)
+    return data.convert(args.input, folder, args.shards, args.label_column, args.dtype,
+                        args.test_fraction, args.seed,
+                        "regression" if args.regression else None, args.chunk_rows,
+                        progress=True, comm=comm)
 
 
 if __name__ == "__main__":
