@@ -131,7 +131,8 @@ def test_cli_errors_end_every_rank_cleanly(tmp_path):
     for args, msg in [(["convert", str(tmp_path / "bad.csv"), str(tmp_path / "o")],
                        "line 3: malformed CSV row"),
                       (["verify", str(folder)], "shard-00001.h5: row 4 has a NaN or Inf"),
-                      (["verify", str(tmp_path / "nowhere")], "no manifest.json")]:
+                      (["verify", str(tmp_path / "nowhere")],
+                       "nowhere: not found (no such folder")]:
         p = procs.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m",
                        "hpcml.data", *args], limit=60)
         assert p.returncode == 1, p.stdout + p.stderr
@@ -164,3 +165,13 @@ def test_an_existing_dataset_is_refused_unless_overwrite_replaces_it_whole(tmp_p
     assert sorted(os.listdir(out)) == ["manifest.json", "shard-00000.h5"]
     assert ShardedDataset(str(out)).rows == 50
     assert sorted(os.listdir(tmp_path)) == ["a.npy", "d"]  # no .d.new-* / .d.old-* left
+
+
+def test_data_tools_accept_the_built_in_names_jobs_accept():
+    """`info digits` and `verify digits` work, as `python -m hpcml.train --data digits` does."""
+    run = lambda *args: procs.run([sys.executable, "-m", "hpcml.data", *args], limit=60)  # noqa
+    p = run("info", "digits:test")
+    assert p.returncode == 0 and "359 rows x 64 features" in p.stdout, p.stderr
+    p = run("verify", "digits")
+    assert p.returncode == 0, p.stderr
+    assert "digits: 1 shards, all checksums match; 1,438 rows, all values valid" in p.stdout

@@ -447,7 +447,7 @@ def test_cli_errors(tmp_path):
     r = _cli("digits", "--components", "two")
     assert r.returncode == 2 and "components = 'two'" in r.stderr
     r = _cli(str(tmp_path / "missing"), "--output", str(tmp_path / "o"))
-    assert r.returncode == 1 and "no manifest.json" in r.stderr
+    assert r.returncode == 1 and "missing: not found (no such folder; built-in datasets: digits" in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "o")
 
 

@@ -68,6 +68,10 @@ def write_manifest(folder, shards, features, x_dtype, y_dtype, task, classes=Non
 def read_manifest(folder):
     """The manifest, validated for shape and types (not against the shard files)."""
     path = os.path.join(folder, "manifest.json")
+    if not os.path.exists(folder):
+        from .builtin import NAMES
+        raise DataError(f"{folder}: not found (no such folder; built-in datasets: "
+                        f"{', '.join(sorted(NAMES))})")
     try:
         with open(path, encoding="utf-8") as f:
             m = json.load(f)

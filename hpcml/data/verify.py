@@ -20,9 +20,18 @@ def shard_checksum(path, rows_per_read=CHUNK_ROWS * 16):
     return h.hexdigest()
 
 
+def locate(path):
+    """The folder of `path`, or of the built-in dataset it names ("digits"), as jobs
+    resolve it."""
+    from .builtin import resolve
+    path = os.fspath(path)
+    return resolve(path) if not os.path.exists(path) and resolve(path) else path
+
+
 def verify(path, comm=None):
     """Recompute every shard's checksum (ranks share the shards); the same DataError on
     every rank names each shard that does not match. Returns the number of shards checked."""
+    path = locate(path)
     m = read_manifest(path)
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     problems = []
@@ -66,6 +75,7 @@ def scan(path, comm=None, batch_size=65536):
 
 def info(path):
     """A short human-readable summary of the manifest."""
+    path = locate(path)
     m = read_manifest(path)
     lines = [f"{path}: {m['rows']:,} rows x {m['features']} features ({m['x_dtype']}), "
              f"{m['task']}" + (f", {m['classes']} classes" if m["task"] == "classification"
