@@ -35,9 +35,10 @@ from hpcml.parallel.trainer import Preemption, Trainer  # noqa: F401  (train.Pre
 
 # name: (default, type, help)
 SETTINGS = {
-    "data": ("digits", str, "training dataset: a sharded folder or a built-in name"),
+    "data": ("digits", str, "training dataset: a sharded folder (or one holding train/ and "
+                            "test/), or a built-in name"),
     "test_data": ("auto", str, "test dataset: folder, built-in name, 'auto' (NAME:test for a "
-                               "built-in) or 'none'"),
+                               "built-in, the test/ beside a train/) or 'none'"),
     "hidden": ("256,128", str, "hidden layer widths, comma-separated ('' for none)"),
     "activation": ("relu", str, "relu, tanh or gelu"),
     "dropout": (0.0, float, "dropout after each hidden layer"),
@@ -128,15 +129,32 @@ def validate(cfg):
 
 
 # --- the run --------------------------------------------------------------------------
+def _train_name(cfg):
+    """--data: a dataset folder, a built-in name, or a folder `convert --test-fraction`
+    wrote (its train/ split)."""
+    d = cfg["data"]
+    if os.path.isdir(d) and not os.path.exists(os.path.join(d, "manifest.json")) and \
+            os.path.exists(os.path.join(d, "train", "manifest.json")):
+        return os.path.join(d, "train")
+    return d
+
+
 def _test_name(cfg):
+    """--test-data auto: NAME:test for a built-in NAME, or the test/ split beside a train/
+    split (what `convert --test-fraction` writes); none otherwise."""
     t = cfg["test_data"]
     if t == "none":
         return None
     if t == "auto":
         from hpcml.data.builtin import resolve
-        name = cfg["data"].split(":")[0]
-        return f"{name}:test" if not os.path.exists(cfg["data"]) and resolve(
-            f"{name}:test") else None
+        data = _train_name(cfg)
+        if os.path.exists(data):
+            parent, base = os.path.split(os.path.normpath(data))
+            test = os.path.join(parent, "test")
+            return test if base == "train" and os.path.exists(
+                os.path.join(test, "manifest.json")) else None
+        name = data.split(":")[0]
+        return f"{name}:test" if resolve(f"{name}:test") else None
     return t
 
 
@@ -176,7 +194,7 @@ def _standardizer(ds, comm, dtype):
 
 def _data(cfg, comm, dtype):
     """(training set, test set or None, standardising transform or None), checked."""
-    ds = ShardedDataset(cfg["data"], comm)
+    ds = ShardedDataset(_train_name(cfg), comm)
     if ds.task != "classification":
         agree(comm, f"{cfg['data']}: hpcml.train trains classifiers; this dataset is "
                     f"{ds.task}", what="opening the data")

@@ -223,3 +223,18 @@ def test_bad_row_on_one_rank_stops_every_rank_with_its_name(tmp_path, overlap):
     assert rc == 1, err
     assert "shard-00001.h5: row 123 has a NaN or Inf feature" in err
     assert "failed on 1 of 2 ranks" in err and err.count("error: ") == 1
+
+
+def test_test_data_auto_finds_the_split_convert_wrote(tmp_path):
+    """`convert --test-fraction` writes OUT/train and OUT/test: --data OUT or OUT/train
+    trains on train/ and --test-data auto evaluates on test/."""
+    from hpcml.data import convert
+    rng = np.random.default_rng(0)
+    x = rng.random((400, 4))
+    np.save(tmp_path / "s.npy", np.column_stack([x, (x[:, 0] > 0.5).astype(int)]))
+    convert(str(tmp_path / "s.npy"), str(tmp_path / "out"), test_fraction=0.25)
+    for data in ("out", os.path.join("out", "train")):
+        cfg = train.validate({**{k: v[0] for k, v in train.SETTINGS.items()},
+                              "data": str(tmp_path / data), "epochs": 2, "progress": False})
+        summary, _ = train.run(cfg, log=lambda *a: None)
+        assert "test_accuracy" in summary, (data, summary)
