@@ -219,13 +219,37 @@ def _optimizer(cfg, model, G):
                       decoupled=cfg["optimizer"] == "adamw")
 
 
-def _checkpoint_problem(ck, cfg, model, P, log):
+def dataset_identity(ds, name):
+    """What a checkpoint records of its training data: name, shape and a digest of the
+    shards' checksums (the manifest's), so a resume on other data is refused by name."""
+    digest = hashlib.sha256("".join(sh.get("sha256", "") for sh in ds.manifest["shards"])
+                            .encode()).hexdigest()
+    return {"name": name, "rows": int(ds.rows), "features": int(ds.features),
+            "classes": int(ds.classes), "shards_sha256": digest}
+
+
+def _data_differs(ck, identity):
+    """The message if checkpoint `ck` was written for other training data, else ''."""
+    saved = ck["state"].get("dataset")
+    if not saved or all(saved.get(k) == identity[k] for k in
+                        ("rows", "features", "classes", "shards_sha256")):
+        return ""
+    show = lambda d: (f"{d['name']}: {d['rows']:,} rows, {d['features']} features, "  # noqa
+                      f"{d['classes']} classes")
+    return (f"{ck['path']}: written for another dataset ({show(saved)}); this run trains on "
+            f"{show(identity)}. Resume with the same --data, or start in a fresh "
+            f"--checkpoint-dir")
+
+
+def _checkpoint_problem(ck, cfg, model, P, log, identity=None):
     """Why checkpoint `ck` cannot be resumed (or None); notes what differs but is fine."""
+    if identity is not None and _data_differs(ck, identity):
+        return _data_differs(ck, identity)
+    if _model_differs(ck, cfg):  # by name (--hidden 64 vs 128), before the shapes
+        return _model_differs(ck, cfg)
     if ck["params"].shape != model.params.shape or ck["params"].dtype != model.params.dtype:
         return (f"{ck['path']}: parameters {ck['params'].dtype} {ck['params'].shape}, this "
                 f"model has {model.params.dtype} {model.params.shape}")
-    if _model_differs(ck, cfg):
-        return _model_differs(ck, cfg)
     saved = ck.get("config") or {}
     horizon = [k for k in ("epochs", "max_steps", "schedule") if k in saved and saved[k] != cfg[k]]
     if horizon and cfg["schedule"] != "constant":
@@ -240,7 +264,7 @@ def _checkpoint_problem(ck, cfg, model, P, log):
     return None
 
 
-def _resume(cfg, comm, model, opt, strategy, loader, log):
+def _resume(cfg, comm, model, opt, strategy, loader, log, identity=None, total=None):
     """(step, checkpoint path or None): the run's state loaded from --resume, if asked."""
     if not cfg["resume"]:
         return 0, None
@@ -252,7 +276,7 @@ def _resume(cfg, comm, model, opt, strategy, loader, log):
         except ckpt.CheckpointError as e:
             error = str(e)
         if ck is not None and error is None:
-            error = _checkpoint_problem(ck, cfg, model, comm.Get_size(), log)
+            error = _checkpoint_problem(ck, cfg, model, comm.Get_size(), log, identity)
     agree(comm, error, what="loading the checkpoint")
     if not comm.bcast(ck is not None if rank == 0 else None):
         if rank == 0:
@@ -266,10 +290,15 @@ def _resume(cfg, comm, model, opt, strategy, loader, log):
         for s in ck.get("skipped", []):
             log(f"skipped unreadable checkpoint: {s}")
         log(f"resumed from {ck['path']} at step {ck['state']['step']}")
+        if total is not None and ck["state"]["step"] >= total:
+            log(f"note: the checkpoint is at step {ck['state']['step']}, at or past this "
+                f"run's last step {total} (--epochs {cfg['epochs']}, --max-steps "
+                f"{cfg['max_steps']}): nothing left to train; raise --epochs or --max-steps "
+                f"to continue")
     return ck["state"]["step"], ck["path"]
 
 
-def _checkpointer(cfg, comm, opt, strategy):
+def _checkpointer(cfg, comm, opt, strategy, identity=None):
     """trainer -> None: rank 0 writes the run's state; a failure there (full disk,
     unwritable folder) is raised on every rank instead of leaving them in a barrier."""
     if not cfg["checkpoint_dir"]:
@@ -278,7 +307,7 @@ def _checkpointer(cfg, comm, opt, strategy):
     def save(trainer):
         state = {"step": trainer.step, "epoch": trainer.loader.epoch,
                  "batches_done": trainer.loader.batches_done, "ranks": comm.Get_size(),
-                 "algorithm": cfg["algorithm"]}
+                 "algorithm": cfg["algorithm"], "dataset": identity}
         optim_state = strategy.state_dict(opt)  # collective for sharded strategies
 
         def write():
@@ -340,12 +369,13 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
     sched = optim.Schedule(opt.lr, cfg["warmup"], cfg["schedule"], total=total,
                            step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
-    step, resumed_from = _resume(cfg, comm, model, opt, strategy, loader, log)
+    identity = dataset_identity(ds, _train_name(cfg))
+    step, resumed_from = _resume(cfg, comm, model, opt, strategy, loader, log, identity, total)
     trainer = Trainer(
         model, strategy, opt, loader, sched, total=total, accumulation=K, step=step,
         global_rows=lambda m: max(0, min(M, ds.rows - m * M)), transform=transform,
         seed=cfg["seed"], dropout=bool(cfg["dropout"]), clip=cfg["clip"],
-        checkpoint=_checkpointer(cfg, comm, opt, strategy),
+        checkpoint=_checkpointer(cfg, comm, opt, strategy, identity),
         checkpoint_every=cfg["checkpoint_every"], evaluate=_evaluator(model, strategy, test,
                                                                       transform),
         metrics=cfg["metrics"], callbacks=callbacks, log=log, progress=cfg["progress"],

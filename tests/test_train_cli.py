@@ -238,3 +238,30 @@ def test_test_data_auto_finds_the_split_convert_wrote(tmp_path):
                               "data": str(tmp_path / data), "epochs": 2, "progress": False})
         summary, _ = train.run(cfg, log=lambda *a: None)
         assert "test_accuracy" in summary, (data, summary)
+
+
+def test_resume_checks_what_it_resumes(tmp_path):
+    """A checkpoint of digits resumed on another dataset of the same shape is refused by
+    name; another --hidden is refused by name (not as a parameter-count mismatch); a
+    checkpoint already past this run's last step says so."""
+    from hpcml.comm import CollectiveError
+    from hpcml.data import synth
+    ck = str(tmp_path / "ck")
+    base = {**{k: v[0] for k, v in train.SETTINGS.items()}, "progress": False,
+            "checkpoint_dir": ck, "hidden": "24,16"}
+    train.run(train.validate(dict(base, max_steps=10)), log=lambda *a: None)
+    other = str(tmp_path / "other")
+    synth(other, rows=300, features=64, classes=10, seed=3)
+    with pytest.raises(CollectiveError, match=r"written for another dataset \(digits: 1,438 "
+                                              r"rows, 64 features, 10 classes\); this run "
+                                              r"trains on .*other: 300 rows"):
+        train.run(train.validate(dict(base, data=other, test_data="none", resume="auto")),
+                  log=lambda *a: None)
+    with pytest.raises(CollectiveError, match="written with --hidden '24,16'; this run has "
+                                              "--hidden '32'"):
+        train.run(train.validate(dict(base, hidden="32", resume="auto")), log=lambda *a: None)
+    lines = []
+    summary, _ = train.run(train.validate(dict(base, max_steps=5, resume="auto")),
+                           log=lines.append)
+    assert any("at or past this run's last step 5" in ln for ln in lines), lines
+    assert summary["step"] == 10
