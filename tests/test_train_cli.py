@@ -204,7 +204,9 @@ def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     stopped = _summary(out)
     assert stopped["status"] == "interrupted" and 0 < stopped["step"] < uninterrupted["step"]
-    assert "stop requested (Ctrl-C) on 2 rank(s): checkpointed at step" in out, out
+    # the ranks see the signal a step apart at most: 1 or 2 ask at the agreed step
+    assert re.search(r"stop requested \((Ctrl-C|signal)\) on [12] rank\(s\): checkpointed "
+                     r"at step \d+, exiting", out), out
     rc, out, err = _finish(_launch(2, FAST + ["--checkpoint-dir", ck, "--resume", "auto"]))
     assert rc == 0, err
     assert _summary(out)["params_sha256"] == uninterrupted["params_sha256"]
