@@ -298,6 +298,31 @@ def _resume(cfg, comm, model, opt, strategy, loader, log, identity=None, total=N
     return ck["state"]["step"], ck["path"]
 
 
+def _check_outputs(cfg):
+    """Rank 0, before any training: every output path can be written (a bad one found
+    after hours of training loses them)."""
+    import tempfile
+    if cfg["checkpoint_dir"]:
+        folder = cfg["checkpoint_dir"]
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise OSError(f"--checkpoint-dir {folder}: cannot write there ({e.strerror})") \
+                from None
+    for key in ("metrics", "trace", "prometheus"):
+        path = cfg[key]
+        if not path:
+            continue
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise OSError(f"--{key} {path}: the folder {parent} does not exist")
+        if os.path.isdir(path) or not os.access(parent, os.W_OK) or (
+                os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise OSError(f"--{key} {path}: cannot write this file")
+
+
 def _checkpointer(cfg, comm, opt, strategy, identity=None):
     """trainer -> None: rank 0 writes the run's state; a failure there (full disk,
     unwritable folder) is raised on every rank instead of leaving them in a barrier."""
@@ -369,6 +394,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
     sched = optim.Schedule(opt.lr, cfg["warmup"], cfg["schedule"], total=total,
                            step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
+    config.on_rank0(comm, lambda: _check_outputs(cfg), "checking the output paths")
     identity = dataset_identity(ds, _train_name(cfg))
     step, resumed_from = _resume(cfg, comm, model, opt, strategy, loader, log, identity, total)
     trainer = Trainer(

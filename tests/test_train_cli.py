@@ -267,3 +267,17 @@ def test_resume_checks_what_it_resumes(tmp_path):
                            log=lines.append)
     assert any("at or past this run's last step 5" in ln for ln in lines), lines
     assert summary["step"] == 10
+
+
+@needs_mpi
+def test_unwritable_outputs_are_refused_before_training(tmp_path):
+    """A --checkpoint-dir or --metrics that cannot be written ends the job before the
+    first step (one message naming the setting), not after the training it would lose."""
+    (tmp_path / "afile").write_text("")
+    for args, msg in ((["--checkpoint-dir", str(tmp_path / "afile" / "ck")],
+                       "--checkpoint-dir"),
+                      (["--metrics", str(tmp_path / "nodir" / "m.jsonl")],
+                       "the folder " + str(tmp_path / "nodir") + " does not exist")):
+        rc, out, err = _finish(_launch(2, ["--progress", "false", *args]), limit=60)
+        assert rc == 1 and err.count("error: ") == 1 and msg in err, (rc, err)
+        assert "epoch" not in out, out
