@@ -292,6 +292,14 @@ class Sequential:
     def zero_grad(self):
         self.grads[...] = 0
 
+    def layer_regions(self):
+        """{layer index: (lo, hi)}: each parameterised layer's range of the flat layout."""
+        regions = {}
+        for i, _, shape, off in self.layout:
+            lo, hi = regions.get(i, (off, off))
+            regions[i] = (min(lo, off), max(hi, off + int(np.prod(shape))))
+        return regions
+
     def __repr__(self):
         inner = ", ".join(map(repr, self.layers))
         return f"Sequential({inner}; {self.size} parameters, {self.dtype})"

@@ -58,11 +58,7 @@ class DataParallel(Strategy):
                                             name="hpcml-grad-allreduce")
             self._worker.start()
             self._pending = 0
-            regions = {}
-            for i, _, shape, off in model.layout:
-                lo, hi = regions.get(i, (off, off))
-                regions[i] = (min(lo, off), max(hi, off + int(np.prod(shape))))
-            self.regions = regions  # layer index -> [lo, hi) of the flat buffer
+            self.regions = model.layer_regions()  # layer -> [lo, hi) of the flat buffer
 
     def _reduce_buckets(self):
         while True:

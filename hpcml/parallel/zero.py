@@ -61,10 +61,7 @@ class _Shard:
 
 
 def _largest_layer(model):
-    sizes = {}
-    for i, _, shape, _ in model.layout:
-        sizes[i] = sizes.get(i, 0) + int(np.prod(shape))
-    return max(sizes.values(), default=0)
+    return max((hi - lo for lo, hi in model.layer_regions().values()), default=0)
 
 
 class ZeRO(DataParallel):
@@ -88,11 +85,7 @@ class ZeRO(DataParallel):
         """Layers write their gradients into one staging buffer; the rank keeps its shard."""
         model, n = self.model, self.model.size
         self.reduce_with = "tree" if self.algorithm == "tree" else "ring"
-        regions = {}
-        for i, _, shape, off in model.layout:
-            lo, hi = regions.get(i, (off, off))
-            regions[i] = (min(lo, off), max(hi, off + int(np.prod(shape))))
-        self._regions = regions  # layer -> [lo, hi) of the flat layout
+        regions = self._regions = model.layer_regions()  # layer -> [lo, hi) of the layout
         # each layer's owners: the whole buffer's blocks, cut to the layer
         self._owners = {i: tuple(min(max(int(x), lo), hi) - lo for x in owners)
                         for i, (lo, hi) in regions.items()}
