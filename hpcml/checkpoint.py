@@ -2,6 +2,7 @@
 
     folder/step-00000120.h5   params, optim/<name> arrays; attrs: step, format, version,
                               config (JSON), state (JSON: loader position, counters...)
+              model/ (spec and standardiser: hpcml.load_model reads a checkpoint)
     folder/latest             {"file": "step-00000120.h5", "step": 120} (JSON)
 
 Every file is written under a temporary name, fsynced and renamed, so a kill at any moment
@@ -26,9 +27,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with the file and the problem named."""
 
 
-def save(folder, step, params, optim_state, state, config, keep=3):
+def save(folder, step, params, optim_state, state, config, keep=3, model=None):
     """Write the checkpoint for `step` atomically, point `latest` at it, and delete all but
-    the newest `keep` checkpoints. Call on one rank. Returns the path."""
+    the newest `keep` checkpoints. Call on one rank. Returns the path. model: (spec,
+    arrays) of hpcml.model, written to the `model` group so the checkpoint predicts."""
     os.makedirs(folder, exist_ok=True)
     name = f"step-{step:08d}.h5"
     path = os.path.join(folder, name)
@@ -46,6 +48,9 @@ def save(folder, step, params, optim_state, state, config, keep=3):
             else:
                 scalars[key] = value
         g.attrs["scalars"] = json.dumps(scalars)
+        if model is not None:
+            from hpcml.model import write_group
+            write_group(f.create_group("model"), model[0], f["params"], model[1])
     atomic_write_json(os.path.join(folder, "latest"), {"file": name, "step": int(step)})
     # keep the newest `keep` by step, but never the file just written (after resuming from
     # an older step, the higher-numbered files are the ones to go)

@@ -52,7 +52,12 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(allow_abbrev=False, **kw)
 
     def error(self, message):
-        flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        actions = list(self._actions)
+        for a in self._actions:  # sub-commands' flags too (python -m hpcml.data synth ...)
+            for sub in (getattr(a, "choices", None) or {}).values() \
+                    if isinstance(a, argparse._SubParsersAction) else ():
+                actions += sub._actions
+        flags = sorted({o for a in actions for o in a.option_strings if o.startswith("--")})
         hints = []
         if "unrecognized arguments" in message:
             for word in message.split(":", 1)[1].split():

@@ -73,6 +73,11 @@ SETTINGS = {
     "trace": ("", str, "write a Chrome trace (per-rank spans) to this JSON file ('': none)"),
     "prometheus": ("", str, "node_exporter textfile of live metrics, refreshed each epoch"),
     "metrics": ("", str, "append per-epoch metrics to this JSONL file ('': none)"),
+    "save_model": ("", str, "write the trained model here at the end (HDF5: architecture, "
+                            "weights, standardiser; for hpcml.predict and hpcml.load_model)"),
+    "init_from": ("", str, "start from the weights of this model or checkpoint (file or "
+                           "folder): fine-tuning; the optimizer, step and data order start "
+                           "fresh, and the architecture must match"),
     "progress": (True, bool, "progress bar on rank 0 (when stderr is a terminal)"),
     "log_every": (30.0, float, "seconds between progress lines on rank 0 when stderr is not "
                   "a terminal (mpiexec, Slurm); 0: off"),
@@ -123,6 +128,8 @@ def validate(cfg):
         bad("hidden", "widths must be >= 1")
     if cfg["resume"] and cfg["resume"] != "auto" and not os.path.exists(cfg["resume"]):
         bad("resume", "no such checkpoint file")
+    if cfg["init_from"] and not os.path.exists(cfg["init_from"]):
+        bad("init_from", "no such model file or checkpoint folder")
     if cfg["resume"] == "auto" and not cfg["checkpoint_dir"]:
         bad("resume", "'auto' needs --checkpoint-dir")
     return cfg
@@ -174,40 +181,43 @@ def _model_differs(ck, cfg):
 
 
 def _standardizer(ds, comm, dtype):
-    """Per-feature mean and 1/std of the training set (one pass, sums all-reduced)."""
-    s = np.zeros(ds.features * 2 + 1)
+    """Per-feature mean and 1/std of the training set, and the targets' (mean, std) for
+    regression (one pass, sums all-reduced): {"x_mean", "x_inv"[, "y_mean", "y_std"]}."""
+    F = ds.features
+    s = np.zeros(F * 2 + 3)  # sum x, sum x^2, sum y, sum y^2, rows
     # agree_errors: a bad row or shard seen by one rank stops every rank (no rank is left
     # in the all-reduce below)
-    for x, _ in ds.loader(4096, shuffle=False, agree_errors=True):
-        x64 = x.astype(np.float64)
-        s[:ds.features] += x64.sum(axis=0)
-        s[ds.features:-1] += (x64 * x64).sum(axis=0)
-        s[-1] += len(x)
+    for x, y in ds.loader(4096, shuffle=False, agree_errors=True):
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        s[:F] += x64.sum(axis=0)
+        s[F:2 * F] += (x64 * x64).sum(axis=0)
+        s[2 * F:] += (y64.sum(), (y64 * y64).sum(), len(x))
     if comm.Get_size() > 1:
         s[...] = hc.reduce_array(s, "sum", comm)
-    n = s[-1]
-    mean = s[:ds.features] / n
-    var = np.maximum(s[ds.features:-1] / n - mean * mean, 0.0)
+    n = max(s[-1], 1)
+    mean = s[:F] / n
+    var = np.maximum(s[F:2 * F] / n - mean * mean, 0.0)
     inv = np.where(var > 1e-12, 1 / np.sqrt(np.where(var > 1e-12, var, 1.0)), 1.0)
-    return mean.astype(dtype), inv.astype(dtype)
+    out = {"x_mean": mean.astype(dtype), "x_inv": inv.astype(dtype)}
+    if ds.task == "regression":
+        y_mean = s[2 * F] / n
+        y_var = max(s[2 * F + 1] / n - y_mean * y_mean, 0.0)
+        out.update(y_mean=np.float64(y_mean), y_std=np.float64(np.sqrt(y_var) if y_var > 1e-24
+                                                                else 1.0))
+    return out
 
 
 def _data(cfg, comm, dtype):
-    """(training set, test set or None, standardising transform or None), checked."""
+    """(training set, test set or None, standardiser arrays (empty: none)), checked."""
     ds = ShardedDataset(_train_name(cfg), comm)
-    if ds.task != "classification":
-        agree(comm, f"{cfg['data']}: hpcml.train trains classifiers; this dataset is "
-                    f"{ds.task}", what="opening the data")
     test_name = _test_name(cfg)
     test = ShardedDataset(test_name, comm) if test_name else None
-    if test is not None and (test.features != ds.features or test.classes != ds.classes):
-        agree(comm, f"{test_name}: {test.features} features / {test.classes} classes, the "
-                    f"training data has {ds.features} / {ds.classes}", what="opening the data")
-    transform = None
-    if cfg["standardize"]:
-        mean, inv = _standardizer(ds, comm, dtype)
-        transform = lambda x: (x - mean) * inv  # noqa: E731
-    return ds, test, transform
+    if test is not None and (test.features != ds.features or test.classes != ds.classes
+                             or test.task != ds.task):
+        agree(comm, f"{test_name}: {test.task}, {test.features} features / {test.classes} "
+                    f"classes; the training data is {ds.task}, {ds.features} / {ds.classes}",
+              what="opening the data")
+    return ds, test, (_standardizer(ds, comm, dtype) if cfg["standardize"] else {})
 
 
 def _optimizer(cfg, model, G):
@@ -225,7 +235,7 @@ def dataset_identity(ds, name):
     digest = hashlib.sha256("".join(sh.get("sha256", "") for sh in ds.manifest["shards"])
                             .encode()).hexdigest()
     return {"name": name, "rows": int(ds.rows), "features": int(ds.features),
-            "classes": int(ds.classes), "shards_sha256": digest}
+            "classes": int(ds.classes or 0), "task": ds.task, "shards_sha256": digest}
 
 
 def _data_differs(ck, identity):
@@ -298,6 +308,33 @@ def _resume(cfg, comm, model, opt, strategy, loader, log, identity=None, total=N
     return ck["state"]["step"], ck["path"]
 
 
+def _init_from(path, comm, model, spec, log):
+    """Fine-tuning: this run's parameters from a model or checkpoint (weights only), after
+    checking the architecture by name. Rank 0 reads; every rank gets the same bytes."""
+    from hpcml.model import load_model, ModelError
+    error, params = None, None
+    if comm.Get_rank() == 0:
+        try:
+            m = load_model(path)
+            mine = {k: spec[k] for k in ("features", "hidden", "outputs", "activation")}
+            theirs = {k: m.spec[k] for k in mine}
+            if [str(v) for v in mine.values()] != [str(v) for v in theirs.values()]:
+                error = (f"--init-from {path}: " + ", ".join(
+                    f"{k} {theirs[k]}" for k in mine if str(mine[k]) != str(theirs[k]))
+                    + "; this run has " + ", ".join(
+                    f"{k} {mine[k]}" for k in mine if str(mine[k]) != str(theirs[k])))
+            params = m.net.params.astype(model.params.dtype)
+        except ModelError as e:
+            error = f"--init-from: {e}"
+    agree(comm, error, what="loading --init-from")
+    if comm.Get_rank() == 0:
+        model.params[...] = params
+    if comm.Get_size() > 1:
+        hc.broadcast(model.params, root=0, comm=comm)
+    if comm.Get_rank() == 0:
+        log(f"initialised the weights from {path} (optimizer and schedule start fresh)")
+
+
 def _check_outputs(cfg):
     """Rank 0, before any training: every output path can be written (a bad one found
     after hours of training loses them)."""
@@ -311,7 +348,7 @@ def _check_outputs(cfg):
         except OSError as e:
             raise OSError(f"--checkpoint-dir {folder}: cannot write there ({e.strerror})") \
                 from None
-    for key in ("metrics", "trace", "prometheus"):
+    for key in ("metrics", "trace", "prometheus", "save_model"):
         path = cfg[key]
         if not path:
             continue
@@ -323,7 +360,7 @@ def _check_outputs(cfg):
             raise OSError(f"--{key} {path}: cannot write this file")
 
 
-def _checkpointer(cfg, comm, opt, strategy, identity=None):
+def _checkpointer(cfg, comm, opt, strategy, identity=None, model_info=None):
     """trainer -> None: rank 0 writes the run's state; a failure there (full disk,
     unwritable folder) is raised on every rank instead of leaving them in a barrier."""
     if not cfg["checkpoint_dir"]:
@@ -336,25 +373,37 @@ def _checkpointer(cfg, comm, opt, strategy, identity=None):
         optim_state = strategy.state_dict(opt)  # collective for sharded strategies
 
         def write():
-            ckpt.save(cfg["checkpoint_dir"], trainer.step, trainer.model.params, optim_state,
+            save.last = ckpt.save(cfg["checkpoint_dir"], trainer.step, trainer.model.params, optim_state,
                       state, {k: v for k, v in cfg.items() if k != "hidden_sizes"},
-                      cfg["keep"])
+                      cfg["keep"], model=model_info)
         config.on_rank0(comm, write, f"writing a checkpoint to {cfg['checkpoint_dir']}")
+    save.last = None  # rank 0: the path of the last checkpoint written
     return save
 
 
-def _evaluator(model, strategy, test, transform):
+def _evaluator(model, strategy, test, transform, target):
+    """evaluate() -> the test set's metrics (the same on every rank): test_loss and
+    test_accuracy, or test_rmse and test_r2 for regression."""
     def evaluate():
-        correct, count, loss = 0.0, 0.0, 0.0
+        s = np.zeros(5)  # loss*rows, correct, rows (, regression: sum y, sum y^2)
         for x, y in test.loader(1024, shuffle=False, agree_errors=True):
-            logits = model.forward(transform(x) if transform else x, train=False)
-            if len(y):
-                lo, _ = nn.cross_entropy(logits, y)
-                loss += lo * len(y)
-                correct += float((logits.argmax(axis=1) == y).sum())
-                count += len(y)
-        s = strategy.allreduce_sums([correct, count, loss])
-        return s[0] / max(s[1], 1), s[2] / max(s[1], 1)
+            out = model.forward(transform(x) if transform else x, train=False)
+            if not len(y):
+                continue
+            if target is None:
+                lo, _ = nn.cross_entropy(out, y)
+                s[:3] += (lo * len(y), float((out.argmax(axis=1) == y).sum()), len(y))
+            else:
+                y64 = y.astype(np.float64)
+                lo, _ = nn.mse(out, (y64 - target[0]) / target[1])
+                s += (lo * len(y), 0.0, len(y), y64.sum(), (y64 * y64).sum())
+        s = strategy.allreduce_sums(list(s))
+        n = max(s[2], 1)
+        if target is None:
+            return {"test_accuracy": s[1] / n, "test_loss": s[0] / n}
+        from hpcml.parallel.trainer import regression_entry
+        return {"test_loss": s[0] / n, **regression_entry("test", s[0], s[3], s[2], s[4],
+                                                          target[1])}
     return evaluate if test is not None else None
 
 
@@ -382,8 +431,15 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     P, t_start, dtype = comm.Get_size(), time.perf_counter(), np.dtype(cfg["dtype"])
     K, G = cfg["accumulation"], cfg["batch_size"]
     M = _batch_check(comm, G, K)
-    ds, test, transform = _data(cfg, comm, dtype)
-    model = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
+    ds, test, arrays = _data(cfg, comm, dtype)
+    transform = None
+    if "x_mean" in arrays:
+        mean, inv = arrays["x_mean"], arrays["x_inv"]
+        transform = lambda x: (x - mean) * inv  # noqa: E731
+    target = (float(arrays.get("y_mean", 0.0)), float(arrays.get("y_std", 1.0))) \
+        if ds.task == "regression" else None
+    outputs = ds.classes if ds.task == "classification" else 1
+    model = nn.mlp(ds.features, cfg["hidden_sizes"], outputs, cfg["activation"],
                    cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"])
     strategy = (ZeRO(model, comm, cfg["algorithm"], stage=cfg["zero"]) if cfg["zero"] else
                 DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"]))
@@ -396,14 +452,19 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
                            step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
     config.on_rank0(comm, lambda: _check_outputs(cfg), "checking the output paths")
     identity = dataset_identity(ds, _train_name(cfg))
+    spec = {"features": ds.features, "hidden": cfg["hidden_sizes"], "outputs": outputs,
+            "task": ds.task, "activation": cfg["activation"], "dtype": dtype.name,
+            "dataset": identity, "settings": {k: cfg[k] for k in SETTINGS}}
     step, resumed_from = _resume(cfg, comm, model, opt, strategy, loader, log, identity, total)
+    if cfg["init_from"] and resumed_from is None:
+        _init_from(cfg["init_from"], comm, model, spec, log)
     trainer = Trainer(
         model, strategy, opt, loader, sched, total=total, accumulation=K, step=step,
         global_rows=lambda m: max(0, min(M, ds.rows - m * M)), transform=transform,
         seed=cfg["seed"], dropout=bool(cfg["dropout"]), clip=cfg["clip"],
-        checkpoint=_checkpointer(cfg, comm, opt, strategy, identity),
-        checkpoint_every=cfg["checkpoint_every"], evaluate=_evaluator(model, strategy, test,
-                                                                      transform),
+        checkpoint=_checkpointer(cfg, comm, opt, strategy, identity, (spec, arrays)),
+        checkpoint_every=cfg["checkpoint_every"], target=target,
+        evaluate=_evaluator(model, strategy, test, transform, target),
         metrics=cfg["metrics"], callbacks=callbacks, log=log, progress=cfg["progress"],
         on_rank0=lambda fn, what: config.on_rank0(comm, fn, what),
         tracer=Tracer(comm, keep_events=bool(cfg["trace"])), prometheus=cfg["prometheus"],
@@ -413,19 +474,29 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
         trace = trainer.tracer.gather()  # collective; rank 0 writes, its failure agreed
         config.on_rank0(comm, lambda: write_trace(cfg["trace"], trace),
                         f"writing --trace {cfg['trace']}")
+    if cfg["save_model"]:
+        from hpcml.model import Model
+        config.on_rank0(comm, lambda: Model(spec, model.params, arrays).save(
+            cfg["save_model"]), f"writing --save-model {cfg['save_model']}")
     if history is not None:
         history.extend(history_)
-    summary = {"status": ("interrupted" if trainer.preemption.interrupted else "stopped")
-               if stopped else "done", "step": trainer.step, "ranks": P,
-               "epochs_done": loader.epoch, "seconds": time.perf_counter() - t_start,
-               "resumed_from": resumed_from, "comm_seconds": strategy.comm_seconds,
+    outputs = {k: os.path.abspath(cfg[k]) for k in ("save_model", "metrics", "trace",
+                                                    "prometheus", "checkpoint_dir") if cfg[k]}
+    if trainer.checkpoint is not None and trainer.checkpoint.last:
+        outputs["last_checkpoint"] = os.path.abspath(trainer.checkpoint.last)
+    summary = {"job": "train", "status": ("interrupted" if trainer.preemption.interrupted
+                                          else "stopped") if stopped else "done",
+               "outputs": outputs, "seconds": time.perf_counter() - t_start,
+               "task": ds.task, "step": trainer.step, "ranks": P,
+               "epochs_done": loader.epoch, "resumed_from": resumed_from,
+               "comm_seconds": strategy.comm_seconds,
                "span_seconds": {k: round(v, 6) for k, v in trainer.tracer.seconds.items()},
                "grad_bytes": strategy.grad_bytes(), "optimizer_state_bytes":
                strategy.state_bytes(opt)}  # this rank's (sharded: its shard)
     if history_:
-        summary.update({k: history_[-1][k] for k in ("train_loss", "train_accuracy",
-                                                     "test_accuracy", "samples_per_s")
-                        if k in history_[-1]})
+        summary.update({k: history_[-1][k] for k in (
+            "train_loss", "train_accuracy", "train_rmse", "train_r2", "test_loss",
+            "test_accuracy", "test_rmse", "test_r2", "samples_per_s") if k in history_[-1]})
     summary["params_sha256"] = hashlib.sha256(model.params.tobytes()).hexdigest()
     return summary, model
 

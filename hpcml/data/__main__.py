@@ -8,6 +8,7 @@
     mpiexec -n 4 python -m hpcml.data verify data/blobs
 """
 import argparse
+import os
 import sys
 
 
@@ -19,9 +20,14 @@ def main(argv=None):
     """Runs the command; a bad dataset or input ends every rank with the same one-line
     message on rank 0 and exit status 1 (no traceback, no abort)."""
     from hpcml.comm import CollectiveError
+    from hpcml.config import ConfigError
     from hpcml.data import DataError
     try:
         return _main(argv)
+    except ConfigError as e:  # a usage error: one message (rank 0), exit 2
+        if hc.world().Get_rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     except (DataError, CollectiveError) as e:
         if hc.world().Get_rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
@@ -30,39 +36,63 @@ def main(argv=None):
 
 @entry_point
 def _main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m hpcml.data", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("synth", help="deterministic synthetic data (rank-parallel)")
-    s.add_argument("output")
-    s.add_argument("--rows", type=int, required=True)
-    s.add_argument("--features", type=int, required=True)
+    from hpcml.config import _Parser
+
+    class Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        def _get_help_string(self, action):  # a default where there is one to show
+            if action.default is None or action.required or action.default is False:
+                return action.help
+            return super()._get_help_string(action)
+    ap = _Parser(prog="python -m hpcml.data", description=__doc__, formatter_class=Fmt)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{synth,convert,info,verify}")
+
+    def parser(name, text):
+        return sub.add_parser(name, help=text, description=text, formatter_class=Fmt)
+    s = parser("synth", "deterministic synthetic data: Gaussian blobs around random class "
+               "centres, or a random linear map plus noise (rank-parallel: run it under "
+               "mpiexec for big sets)")
+    s.add_argument("output", help="folder to write (manifest.json + shards)")
+    s.add_argument("--rows", type=int, required=True, help="rows (training rows with "
+                   "--test-rows)")
+    s.add_argument("--features", type=int, required=True, help="feature columns")
     kind = s.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--classes", type=int)
-    kind.add_argument("--regression", action="store_true")
-    s.add_argument("--shards", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    kind.add_argument("--classes", type=int, help="classes (a classification dataset)")
+    kind.add_argument("--regression", action="store_true",
+                      help="real-valued targets instead of classes")
+    s.add_argument("--shards", type=int, default=1, help="shard files (>= ranks that will "
+                   "read it is a good choice)")
+    s.add_argument("--seed", type=int, default=0, help="the data are a function of the seed "
+                   "alone (not of the rank count)")
+    s.add_argument("--test-rows", type=int, default=0, help="also write a test split of this "
+                   "many rows from the same distribution: OUTPUT/train and OUTPUT/test "
+                   "(train --data OUTPUT then finds both)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="feature dtype")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a dataset already in OUTPUT (swapped in whole at the end)")
-    c = sub.add_parser("convert", help="CSV / .npy / .npz / .h5 -> sharded dataset")
-    c.add_argument("input")
-    c.add_argument("output")
-    c.add_argument("--shards", type=int, default=1)
+    c = parser("convert", "CSV / .npy / .npz / .h5 -> sharded dataset (streamed; "
+               "rank-parallel under mpiexec)")
+    c.add_argument("input", help="a CSV file (header optional), .npy (label column inside), "
+                   "or .npz/.h5 holding arrays x and y")
+    c.add_argument("output", help="folder to write")
+    c.add_argument("--shards", type=int, default=1, help="shard files")
     c.add_argument("--label-column", default="-1", help="index (negative from the end) or "
                    "header name")
-    c.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    c.add_argument("--test-fraction", type=float, default=0.0)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="feature dtype")
+    c.add_argument("--test-fraction", type=float, default=0.0, help="rows drawn (by --seed) "
+                   "into OUTPUT/test; the rest go to OUTPUT/train")
+    c.add_argument("--seed", type=int, default=0, help="seed of the test split")
     c.add_argument("--regression", action="store_true", help="real-valued targets")
-    c.add_argument("--chunk-rows", type=int, default=65536)
+    c.add_argument("--chunk-rows", type=int, default=65536, help="rows read per block "
+                   "(bounds the memory)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace a dataset already in OUTPUT (swapped in whole at the end)")
-    i = sub.add_parser("info", help="summarise a dataset")
-    i.add_argument("path")
-    v = sub.add_parser("verify", help="headers, every shard's checksum, and the values "
-                       "(NaN/Inf features, labels out of range)")
-    v.add_argument("path")
+    i = parser("info", "summarise a dataset (rows, features, classes, shards)")
+    i.add_argument("path", help="a dataset folder or a built-in name (digits, digits:test)")
+    v = parser("verify", "headers, every shard's checksum, and the values (NaN/Inf "
+               "features, labels out of range)")
+    v.add_argument("path", help="a dataset folder or a built-in name")
     v.add_argument("--no-scan", action="store_true", help="checksums only")
     args = ap.parse_args(argv)
     comm = hc.world()
@@ -77,10 +107,15 @@ def _main(argv=None):
             abandon_output(args.output, work, comm)
             raise
         finish_output(args.output, work, comm)
-        if rank == 0 and args.cmd == "synth":
-            m = out
-            print(f"wrote {args.output}: {m['rows']:,} rows in {len(m['shards'])} shards")
-        elif rank == 0:
+        if rank == 0:  # each folder written, named as the user gave it
+            if "shards" in out:  # synth, one dataset
+                out = {args.output: out}
+            elif args.cmd == "convert" and not args.test_fraction:
+                out = {args.output: out["train"]}
+            elif args.cmd == "convert":
+                out = {os.path.join(args.output, k): v for k, v in out.items()}
+            else:  # synth --test-rows: keyed by the work folder's train/ and test/
+                out = {args.output + k[len(work):]: v for k, v in out.items()}
             for name, m in out.items():
                 print(f"wrote {name}: {m['rows']:,} rows in {len(m['shards'])} shards")
     elif args.cmd == "info":
@@ -102,7 +137,8 @@ def _write(args, folder, comm):
     from hpcml import data
     if args.cmd == "synth":
         return data.synth(folder, args.rows, args.features, args.classes, args.regression,
-                          args.shards, args.seed, args.dtype, comm=comm)
+                          args.shards, args.seed, args.dtype, comm=comm,
+                          test_rows=args.test_rows)
     # every rank converts its part of the input (streaming, bounded memory)
     return data.convert(args.input, folder, args.shards, args.label_column, args.dtype,
                         args.test_fraction, args.seed,

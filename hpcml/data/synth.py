@@ -25,10 +25,12 @@ def _params(seed, features, classes, regression):
     return rng.standard_normal((classes, features)) * 3.0
 
 
-def make_shard(seed, index, rows, features, classes=None, regression=False, dtype="float32"):
-    """(x, y) of shard `index`."""
+def make_shard(seed, index, rows, features, classes=None, regression=False, dtype="float32",
+               split=0):
+    """(x, y) of shard `index`; split 1: the test split's shards (the same class centres or
+    linear map, other rows)."""
     params = _params(seed, features, classes, regression)
-    rng = np.random.default_rng([seed, index])
+    rng = np.random.default_rng([seed, index] if split == 0 else [seed, index, split])
     if regression:
         x = rng.standard_normal((rows, features))
         y = x @ params + 0.1 * rng.standard_normal(rows)
@@ -39,9 +41,24 @@ def make_shard(seed, index, rows, features, classes=None, regression=False, dtyp
 
 
 def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
-          dtype="float32", comm=None):
+          dtype="float32", comm=None, test_rows=0):
     """Write a synthetic sharded dataset to `out`; with `comm`, ranks write shards i = rank,
-    rank + p, ... and rank 0 writes the manifest. Returns the manifest (on rank 0)."""
+    rank + p, ... and rank 0 writes the manifest. Returns the manifest (on rank 0).
+    test_rows > 0: `out/train` (rows) and `out/test` (test_rows, drawn from the same
+    distribution: same centres or map, other rows), as `convert --test-fraction` writes;
+    returns {"out/train": manifest, "out/test": manifest}."""
+    if test_rows:
+        if test_rows < 0:
+            raise DataError("test_rows must be >= 0")
+        return {os.path.join(out, name): _synth(os.path.join(out, name), n, features,
+                                                 classes, regression, k, seed, dtype, comm,
+                                                 split)
+                for name, n, k, split in (("train", rows, shards, 0),
+                                          ("test", test_rows, min(shards, test_rows), 1))}
+    return _synth(out, rows, features, classes, regression, shards, seed, dtype, comm)
+
+
+def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, split=0):
     if regression == (classes is not None):
         raise DataError("give either classes (classification) or regression=True")
     if rows < 1 or features < 1 or shards < 1 or (classes is not None and classes < 1):
@@ -54,7 +71,7 @@ def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
     entries, error = {}, None
     try:
         for i in range(rank, shards, size):
-            x, y = make_shard(seed, i, counts[i], features, classes, regression, dtype)
+            x, y = make_shard(seed, i, counts[i], features, classes, regression, dtype, split)
             entries[i] = write_shard(out, i, x, y)
     except OSError as e:
         error = f"{out}: writing shard {i}: {e}"
@@ -78,7 +95,8 @@ def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
     m = write_manifest(out, [entries[i] for i in range(shards)], features, dtype,
                        dtype if regression else "int64",
                        "regression" if regression else "classification", classes,
-                       extra={"generator": {"kind": "synth", "seed": seed}})
+                       extra={"generator": {"kind": "synth", "seed": seed,
+                                            "split": ["train", "test"][split]}})
     if comm is not None:
         comm.Barrier()
     return m

@@ -68,7 +68,7 @@ class Trainer:
                  accumulation=1, global_rows=None, transform=None, seed=0, dropout=False,
                  clip=0.0, step=0, checkpoint=None, checkpoint_every=0, evaluate=None,
                  metrics=None, callbacks=(), log=print, progress=False, on_rank0=None,
-                 tracer=None, prometheus=None, log_every=30.0):
+                 tracer=None, prometheus=None, log_every=30.0, target=None):
         self.model, self.strategy, self.optimizer = model, strategy, optimizer
         self.loader, self.schedule, self.total = loader, schedule, int(total)
         self.K, self.step = int(accumulation), int(step)
@@ -87,13 +87,16 @@ class Trainer:
         self.log_every = float(log_every)
         self._ticker = None
         self._step_rows = 0
+        # regression: (mean, std) of the targets; the network learns (y - mean) / std with
+        # the MSE loss, and the metrics (RMSE, R^2) are in the targets' units
+        self.target = None if target is None else (float(target[0]), float(target[1]))
 
     # --- one optimizer step ------------------------------------------------------------
     def _micro_steps(self, it, first, last, stop):
         """Forward/backward of micro-batches first..last-1; (error or None, sums)."""
         denom = sum(self.global_rows(m) for m in range(first, last))
         self._step_rows = denom
-        sums = np.zeros(3)  # loss*rows, correct, rows
+        sums = np.zeros(4)  # loss*rows, correct (regression: sum y), rows, sum y^2
         span = self.tracer.span
         for m in range(first, last):
             try:
@@ -105,12 +108,20 @@ class Trainer:
             rng = np.random.default_rng([self.seed, self.step, m, self.rank]) \
                 if self.dropout else None
             with span("forward"):
-                logits = self.model.forward(self.transform(x), train=True, rng=rng)
-                loss, dl = nn.cross_entropy(logits, y, denom=denom)
+                out = self.model.forward(self.transform(x), train=True, rng=rng)
+                if self.target is None:
+                    loss, dl = nn.cross_entropy(out, y, denom=denom)
+                    hits = float((out.argmax(axis=1) == y).sum())
+                else:
+                    mean, std = self.target
+                    loss, dl = nn.mse(out, (y - mean) / std, denom=denom)
+                    y64 = y.astype(np.float64)
+                    hits = (float(y64.sum()), float((y64 * y64).sum()))
             with span("backward"):
                 self.strategy.backward(dl, accumulate=m > first, last=m == last - 1,
                                        error=False, stop=stop)
-            sums += (loss * len(y), float((logits.argmax(axis=1) == y).sum()), len(y))
+            sums += ((loss * len(y), hits, len(y), 0.0) if self.target is None else
+                     (loss * len(y), hits[0], len(y), hits[1]))
         return None, sums
 
     def _optimizer_step(self, it, micro, epoch, stop):
@@ -131,7 +142,7 @@ class Trainer:
         """Steps until the epoch ends, the run's last step, or a stop; the epoch's sums."""
         loader = self.loader
         epoch, micro = loader.epoch, loader.batches_done
-        sums = np.zeros(4)  # loss*rows, correct, rows, steps
+        sums = np.zeros(5)  # loss*rows, correct (sum y), rows, sum y^2, steps
         it = iter(loader)
         try:
             while micro < len(loader) and self.step < self.total:
@@ -175,15 +186,19 @@ class Trainer:
 
     def _end_of_epoch(self, epoch, sums, seconds, before, bar):
         comm_before, data_before = before
-        g = self.strategy.allreduce_sums(sums[:3])
-        entry = {"epoch": epoch + 1, "step": self.step, "train_loss": g[0] / max(g[2], 1),
-                 "train_accuracy": g[1] / max(g[2], 1), "samples_per_s": g[2] / seconds,
+        g = self.strategy.allreduce_sums(sums[:4])
+        entry = {"epoch": epoch + 1, "step": self.step, "train_loss": g[0] / max(g[2], 1)}
+        if self.target is None:
+            entry["train_accuracy"] = g[1] / max(g[2], 1)
+        else:
+            entry.update(regression_entry("train", g[0], g[1], g[2], g[3], self.target[1]))
+        entry.update({"samples_per_s": g[2] / seconds,
                  "comm_fraction": (self.strategy.comm_seconds - comm_before) / seconds,
                  "data_wait_fraction": (self.tracer.seconds.get("data", 0.0) - data_before)
-                 / seconds, "lr": self.schedule(max(self.step - 1, 0))}
+                 / seconds, "lr": self.schedule(max(self.step - 1, 0))})
         if self.evaluate is not None:
             with self.tracer.span("evaluation"):
-                entry["test_accuracy"], entry["test_loss"] = self.evaluate()
+                entry.update(self.evaluate())  # test_accuracy / test_rmse, test_r2; test_loss
         self.history.append(entry)
         if self.rank == 0:
             self.log_line(entry, bar)
@@ -206,10 +221,13 @@ class Trainer:
             self._save()  # each epoch's end, the last step (--max-steps mid-epoch), a stop
 
     def log_line(self, entry, bar=None):
-        line = (f"epoch {entry['epoch']:3d}  step {entry['step']:6d}  loss "
-                f"{entry['train_loss']:.4f}  acc {entry['train_accuracy']:.4f}")
-        if "test_accuracy" in entry:
-            line += f"  test acc {entry['test_accuracy']:.4f}"
+        line = f"epoch {entry['epoch']:3d}  step {entry['step']:6d}  loss {entry['train_loss']:.4f}"
+        for key, name in (("train_accuracy", "acc"), ("train_rmse", "rmse"), ("train_r2", "R2"),
+                          ("test_accuracy", "test acc"), ("test_rmse", "test rmse"),
+                          ("test_r2", "test R2")):
+            if key in entry:
+                line += f"  {name} {entry[key]:.4g}" if "rmse" in key else \
+                    f"  {name} {entry[key]:.4f}"
         line += (f"  {entry['samples_per_s']:,.0f} samples/s  comm "
                  f"{100 * entry['comm_fraction']:.0f}%")
         (bar.write if bar is not None else self.log)(line)
@@ -238,6 +256,16 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self.history, self.stopped
+
+
+def regression_entry(prefix, loss_rows, sum_y, rows, sum_y2, std):
+    """RMSE and R^2 in the targets' units from summed (loss*rows in standardised units,
+    sum y, rows, sum y^2)."""
+    n = max(rows, 1)
+    sse = loss_rows * std * std
+    sst = sum_y2 - sum_y * sum_y / n
+    return {f"{prefix}_rmse": float(np.sqrt(max(sse, 0.0) / n)),
+            f"{prefix}_r2": float(1 - sse / sst) if sst > 0 else float("nan")}
 
 
 class _Ticker:
