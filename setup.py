@@ -20,12 +20,15 @@ setup(
         "numba>=0.58",
         "h5py>=3.8",
         "tqdm>=4.60",  # progress bars on rank 0
+        "matplotlib>=3.5",  # every job draws its PNG (the numbers are written first)
     ],
     extras_require={
         # The MPI runtime as a wheel from PyPI (no system MPI, no compiler). On a cluster,
         # leave this extra out and build mpi4py against the site MPI (see README).
         "mpich": ["mpich"],
-        "plot": ["matplotlib>=3.5"],
+        "plot": [],  # matplotlib is a runtime dependency now; kept so old commands work
+        # --tensorboard DIR: event files through tensorboardX's writer (no TensorFlow)
+        "tensorboard": ["tensorboardX>=2.6"],
         # Numba CUDA for real GPUs (the CUDA simulator needs nothing extra).
         "cuda": ["numba-cuda"],
         # Benchmark anchors only, never imported by hpcml at run time.
@@ -39,5 +42,14 @@ setup(
             "prometheus_client",  # its text parser checks --prometheus files
         ],
     },
-    entry_points={"console_scripts": ["hpcml-bench=hpcml.bench.__main__:main"]},
+    entry_points={"console_scripts": [
+        "hpcml=hpcml.__main__:main",
+        "hpcml-train=hpcml.train:main",
+        "hpcml-data=hpcml.data.__main__:main",
+        "hpcml-pca=hpcml.pca:main",
+        "hpcml-tsne=hpcml.tsne:main",
+        "hpcml-predict=hpcml.predict:main",
+        "hpcml-evaluate=hpcml.evaluate:main",
+        "hpcml-bench=hpcml.bench.__main__:main",
+    ]},
 )

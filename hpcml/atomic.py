@@ -132,3 +132,15 @@ class atomic_h5:
         if image is not None:
             atomic_write_bytes(self.path, image)
         return False
+
+
+def writable_folder(folder, name):
+    """Create `folder` if needed and prove a file can be written there, before a job's work
+    (an unwritable output found after hours of computing loses them); OSError naming the
+    setting `name` otherwise."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OSError(f"{name} {folder}: cannot write there ({e.strerror})") from None

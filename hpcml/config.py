@@ -75,6 +75,8 @@ def parse(prog, doc, settings, argv=None, positional=()):
     for key in positional:
         ap.add_argument("_pos_" + key, nargs="?", default=None, metavar=key.upper(),
                         help=f"same as --{key.replace('_', '-')}")
+    import hpcml
+    ap.add_argument("--version", action="version", version=f"hpcml {hpcml.__version__}")
     ap.add_argument("--config", help="TOML file of settings (flags override it)")
     for key, (default, typ, text) in settings.items():
         ap.add_argument("--" + key.replace("_", "-"), dest=key, default=None,

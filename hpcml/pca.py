@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 from hpcml import comm as hc
-from hpcml import config
-from hpcml.atomic import atomic_h5, atomic_savefig, atomic_write_json
+from hpcml import config, memory
+from hpcml.atomic import atomic_h5, atomic_savefig, atomic_write_json, writable_folder
 from hpcml.comm.guard import CollectiveError
 from hpcml.config import ConfigError
 from hpcml.data import DataError, ShardedDataset
@@ -42,6 +42,8 @@ SETTINGS = {
     "oversamples": (10, int, "randomized solver: random directions beyond the components"),
     "seed": (0, int, "randomized solver: seed of the random directions"),
     "plot": (True, bool, "write explained_variance.png"),
+    "max_memory": ("auto", str, "memory a rank may use: 'auto' (what this node has "
+                                "available / its ranks), GiB per rank, or 'off' (no check)"),
 }
 
 
@@ -86,6 +88,10 @@ def validate(cfg):
     cfg["power"] = ip if ip == "auto" else int(ip)
     if not cfg["output"].strip():
         bad("output", "must name a folder")
+    try:
+        memory.parse_setting(cfg["max_memory"])
+    except ValueError as e:
+        bad("max_memory", str(e))
     return cfg
 
 
@@ -136,6 +142,20 @@ def run(cfg, comm):
     if isinstance(k, int) and k > min(ds.rows, ds.features):
         raise ConfigError(f"components = {k}: {cfg['data']} has {ds.rows} rows x "
                           f"{ds.features} features, so at most {min(ds.rows, ds.features)}")
+    P = comm.Get_size()
+    solver = cfg["solver"] if cfg["solver"] != "auto" else PCA(k)._choose_solver(
+        ds.rows, ds.features, False)
+    memory.check(comm, cfg["max_memory"], f"PCA ({solver}) of {ds.rows:,} rows x "
+                 f"{ds.features} features on {P} rank{'s' if P > 1 else ''}",
+                 memory.pca_parts(ds.rows, ds.features, P, k if isinstance(k, int) else None,
+                                  solver, cfg["batch_size"],
+                                  np.dtype(ds.manifest["x_dtype"]).itemsize),
+                 ["The randomized solver keeps each rank's rows in memory: more ranks "
+                  "(on more nodes) divide them; the covariance solver streams the rows "
+                  "(--solver covariance, memory F x F); a smaller --batch-size bounds the "
+                  "streamed batches."])
+    config.on_rank0(comm, lambda: writable_folder(cfg["output"], "--output"),
+                    "checking --output")
     t0 = time.perf_counter()
     pca = PCA(k, solver=cfg["solver"], whiten=cfg["whiten"], comm=comm,
               iterated_power=cfg["power"], n_oversamples=cfg["oversamples"],
@@ -146,20 +166,24 @@ def run(cfg, comm):
     if cfg["plot"]:
         files["png"] = os.path.join(out, "explained_variance.png")
     ratio = pca.explained_variance_ratio_
-    summary = {"status": "done", "data": cfg["data"], "rows": pca.n_samples_,
+    summary = {"job": "pca", "status": "done", "outputs": files, "seconds": seconds,
+               "data": cfg["data"], "rows": pca.n_samples_,
                "features": pca.n_features_in_, "ranks": comm.Get_size(),
                "solver": pca.solver_, "n_components": pca.n_components_,
                "explained_variance_ratio": [float(r) for r in ratio],
                "cumulative_ratio": float(np.sum(ratio)),
-               "noise_variance": float(pca.noise_variance_), "seconds": seconds,
-               "settings": _settings(cfg), "files": files}
-    def write():
+               "noise_variance": float(pca.noise_variance_),
+               "settings": _settings(cfg)}
+
+    def write():  # the numbers first: a picture that fails to draw loses nothing else
         write_h5(files["h5"], pca, cfg)
-        if cfg["plot"]:
-            plot(files["png"], pca, f"PCA of {cfg['data']}: {pca.n_components_} components, "
-                                    f"{100 * summary['cumulative_ratio']:.1f}% of variance")
         atomic_write_json(files["summary"], summary)
     config.on_rank0(comm, write, f"writing the results to {out}")
+    if cfg["plot"]:
+        config.on_rank0(comm, lambda: plot(
+            files["png"], pca, f"PCA of {cfg['data']}: {pca.n_components_} components, "
+            f"{100 * summary['cumulative_ratio']:.1f}% of variance"),
+            f"drawing {files['png']} (pca.h5 and summary.json are written)")
     return summary
 
 

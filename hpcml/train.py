@@ -1,7 +1,7 @@
 """python -m hpcml.train: data-parallel training of an MLP on a sharded dataset.
 
-    mpirun -n 8 python -m hpcml.train                       # MLP on built-in digits
-    mpirun -n 4 python -m hpcml.train --config run.toml --epochs 5 --lr 0.1
+    mpiexec -n 8 python -m hpcml.train                      # MLP on built-in digits
+    mpiexec -n 4 python -m hpcml.train --config examples/run.toml --epochs 5 --lr 0.1
     python -m hpcml.train --data /scratch/shards --test-data /scratch/shards-test \\
         --hidden 1024,512 --optimizer adamw --checkpoint-dir ck --resume auto
 
@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from hpcml import checkpoint as ckpt
-from hpcml import config
+from hpcml import config, memory
 from hpcml.config import ConfigError  # noqa: F401  (train.ConfigError, as before)
 from hpcml import comm as hc
 from hpcml import nn, optim
@@ -78,6 +78,8 @@ SETTINGS = {
     "init_from": ("", str, "start from the weights of this model or checkpoint (file or "
                            "folder): fine-tuning; the optimizer, step and data order start "
                            "fresh, and the architecture must match"),
+    "max_memory": ("auto", str, "memory a rank may use: 'auto' (what this node has "
+                                "available / its ranks), GiB per rank, or 'off' (no check)"),
     "progress": (True, bool, "progress bar on rank 0 (when stderr is a terminal)"),
     "log_every": (30.0, float, "seconds between progress lines on rank 0 when stderr is not "
                   "a terminal (mpiexec, Slurm); 0: off"),
@@ -109,6 +111,10 @@ def validate(cfg):
         bad("lr", "must be > 0")
     if not 0 <= cfg["log_every"] < float("inf"):
         bad("log_every", "must be a number of seconds >= 0")
+    try:
+        memory.parse_setting(cfg["max_memory"])
+    except ValueError as e:
+        bad("max_memory", str(e))
     if cfg["zero"] not in (0, 1, 2):
         bad("zero", "must be 0, 1 or 2")
     if cfg["zero"] and cfg["overlap"]:
@@ -207,8 +213,8 @@ def _standardizer(ds, comm, dtype):
     return out
 
 
-def _data(cfg, comm, dtype):
-    """(training set, test set or None, standardiser arrays (empty: none)), checked."""
+def _data(cfg, comm):
+    """(training set, test set or None), checked against each other."""
     ds = ShardedDataset(_train_name(cfg), comm)
     test_name = _test_name(cfg)
     test = ShardedDataset(test_name, comm) if test_name else None
@@ -217,7 +223,24 @@ def _data(cfg, comm, dtype):
         agree(comm, f"{test_name}: {test.task}, {test.features} features / {test.classes} "
                     f"classes; the training data is {ds.task}, {ds.features} / {ds.classes}",
               what="opening the data")
-    return ds, test, (_standardizer(ds, comm, dtype) if cfg["standardize"] else {})
+    return ds, test
+
+
+def _check_memory(cfg, comm, ds, M):
+    """Refuse (every rank, one message) a run whose estimated peak per rank exceeds the
+    memory a rank may use (--max-memory)."""
+    P, dtype = comm.Get_size(), np.dtype(cfg["dtype"])
+    outputs = ds.classes if ds.task == "classification" else 1
+    slots = {"sgd": 1 if cfg["momentum"] > 0 else 0, "adam": 2, "adamw": 2}[cfg["optimizer"]]
+    if cfg["zero"]:
+        slots = slots / P
+    memory.check(comm, cfg["max_memory"], f"training an MLP {ds.features}-" + "-".join(
+        map(str, [*cfg["hidden_sizes"], outputs])) + f" ({cfg['dtype']}, batch {-(-M // P)} "
+        f"rows per rank)", memory.train_parts(ds.features, cfg["hidden_sizes"], outputs,
+                                              -(-M // P), dtype.itemsize, slots),
+        ["Narrower --hidden layers, a smaller --batch-size with --accumulation (the same "
+         "global batch in smaller micro-batches), --zero 1 or 2 (optimizer state and "
+         "gradients sharded over the ranks), or fewer ranks per node."])
 
 
 def _optimizer(cfg, model, G):
@@ -431,7 +454,9 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     P, t_start, dtype = comm.Get_size(), time.perf_counter(), np.dtype(cfg["dtype"])
     K, G = cfg["accumulation"], cfg["batch_size"]
     M = _batch_check(comm, G, K)
-    ds, test, arrays = _data(cfg, comm, dtype)
+    ds, test = _data(cfg, comm)
+    _check_memory(cfg, comm, ds, M)
+    arrays = _standardizer(ds, comm, dtype) if cfg["standardize"] else {}
     transform = None
     if "x_mean" in arrays:
         mean, inv = arrays["x_mean"], arrays["x_inv"]

@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 from hpcml import comm as hc
-from hpcml import config
-from hpcml.atomic import atomic_h5, atomic_savefig, atomic_write_json
+from hpcml import config, memory
+from hpcml.atomic import atomic_h5, atomic_savefig, atomic_write_json, writable_folder
 from hpcml.comm.guard import CollectiveError
 from hpcml.data import DataError, ShardedDataset
 from hpcml.ml.tsne import TSNE, METHODS
@@ -42,6 +42,9 @@ SETTINGS = {
     "init": ("pca", str, "pca or random"),
     "backend": ("cpu", str, "cpu, or cuda (exact repulsion on the GPU)"),
     "seed": (0, int, "seed of the random init"),
+    "every": (1, int, "embed every K-th row of the dataset only (a subsample: 1 keeps all)"),
+    "max_memory": ("auto", str, "memory a rank may use: 'auto' (what this node has "
+                                "available / its ranks), GiB per rank, or 'off' (no check)"),
     "plot": (True, bool, "write embedding.png"),
     "verbose": (True, bool, "progress lines from rank 0"),
 }
@@ -85,6 +88,12 @@ def validate(cfg):
         bad("backend", "must be cpu, cuda or numpy")
     if not cfg["output"].strip() or "\0" in cfg["output"]:
         bad("output", "must name a folder")
+    if cfg["every"] < 1:
+        bad("every", "must be >= 1")
+    try:
+        memory.parse_setting(cfg["max_memory"])
+    except ValueError as e:
+        bad("max_memory", str(e))
     return cfg
 
 
@@ -112,9 +121,35 @@ def plot(path, emb, labels, title):
     return path
 
 
+def _every(ds, every, comm):
+    """(x, y) of this rank's contiguous share of the rows, keeping global rows i with
+    i % every == 0: every rank together holds the subsample in dataset order."""
+    from hpcml.comm.rows import row_bounds
+    lo, _ = row_bounds(ds.rows, comm.Get_size(), comm.Get_rank())
+    xs, ys, at = [], [], lo
+    for x, y in ds.loader(65536, shuffle=False):
+        keep = (np.arange(at, at + len(x)) % every) == 0
+        xs.append(x[keep])
+        ys.append(y[keep])
+        at += len(x)
+    return (np.concatenate(xs) if xs else np.empty((0, ds.features), np.float32),
+            np.concatenate(ys) if ys else np.empty(0, np.int64))
+
+
 def run(cfg, comm):
     """Fit on every rank; rank 0 writes the files. Returns the summary (every rank)."""
     ds = ShardedDataset(cfg["data"], comm)
+    n, P = -(-ds.rows // cfg["every"]), comm.Get_size()
+    memory.check(comm, cfg["max_memory"], f"t-SNE of {n:,} rows x {ds.features} features "
+                 f"on {P} rank{'s' if P > 1 else ''}", memory.tsne_parts(
+                     n, ds.features, P, cfg["perplexity"], cfg["components"],
+                     np.dtype(ds.manifest["x_dtype"]).itemsize),
+                 ["Every rank holds the neighbour graph of all rows, so more ranks on one "
+                  "node do not help: run fewer ranks per node (on more nodes), lower "
+                  "--perplexity (3 x perplexity + 1 neighbours per row), or embed a "
+                  "subsample (--every K keeps every K-th row)."])
+    config.on_rank0(comm, lambda: writable_folder(cfg["output"], "--output"),
+                    "checking --output")
     model = TSNE(n_components=cfg["components"], perplexity=cfg["perplexity"],
                  early_exaggeration=cfg["early_exaggeration"], learning_rate=cfg["lr"],
                  max_iter=cfg["max_iter"], init=cfg["init"], method=cfg["method"],
@@ -123,31 +158,42 @@ def run(cfg, comm):
                  backend=None if cfg["backend"] == "cpu" else cfg["backend"])
     comm.Barrier()
     t0 = time.perf_counter()
-    emb = model.fit_transform(ds)
+    if cfg["every"] > 1:  # this rank's share of the rows, every K-th (dataset order)
+        x, y = _every(ds, cfg["every"], comm)
+        model.fit(x)
+        emb, labels = model.embedding_, hc.allgather_rows(y, comm)
+    else:
+        emb = model.fit_transform(ds)
+        labels = model.labels_
     seconds = hc.slowest(time.perf_counter() - t0, comm)
     settings = {k: cfg[k] for k in SETTINGS}
-    summary = {"job": "tsne", "data": ds.path, "rows": int(emb.shape[0]),
-               "features": ds.features, "ranks": comm.Get_size(),
-               "kl_divergence": model.kl_divergence_, "n_iter": model.n_iter_,
-               "learning_rate": model.learning_rate_, "seconds": seconds,
-               "output": os.path.abspath(cfg["output"]), "settings": settings}
     out = cfg["output"]
+    outputs = {"h5": os.path.abspath(os.path.join(out, "embedding.h5")),
+               "summary": os.path.abspath(os.path.join(out, "summary.json"))}
+    if cfg["plot"]:
+        outputs["png"] = os.path.abspath(os.path.join(out, "embedding.png"))
+    summary = {"job": "tsne", "status": "done", "outputs": outputs, "seconds": seconds,
+               "data": ds.path, "rows": int(emb.shape[0]), "features": ds.features,
+               "ranks": comm.Get_size(), "kl_divergence": model.kl_divergence_,
+               "n_iter": model.n_iter_, "learning_rate": model.learning_rate_,
+               "every": cfg["every"], "settings": settings}
 
     def write():
         with atomic_h5(os.path.join(out, "embedding.h5")) as f:
             f.create_dataset("embedding", data=emb)
-            if model.labels_ is not None:
-                f.create_dataset("labels", data=model.labels_)
+            if labels is not None:
+                f.create_dataset("labels", data=labels)
             f.attrs["kl_divergence"] = model.kl_divergence_
             f.attrs["n_iter"] = model.n_iter_
             f.attrs["learning_rate"] = model.learning_rate_
             f.attrs["settings"] = json.dumps(settings)
-        if cfg["plot"]:
-            name = cfg["data"]
-            plot(os.path.join(out, "embedding.png"), emb, model.labels_,
-                 f"t-SNE of {name}: {emb.shape[0]} rows, KL {model.kl_divergence_:.3f}")
         atomic_write_json(os.path.join(out, "summary.json"), summary)
     config.on_rank0(comm, write, f"writing the results to {out}")
+    if cfg["plot"]:  # after the numbers: a picture that fails to draw loses nothing else
+        config.on_rank0(comm, lambda: plot(
+            outputs["png"], emb, labels, f"t-SNE of {cfg['data']}: {emb.shape[0]:,} rows, "
+            f"KL {model.kl_divergence_:.3f}"), f"drawing {outputs['png']} (embedding.h5 "
+            "and summary.json are written)")
     return summary
 
 

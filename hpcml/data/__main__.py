@@ -44,6 +44,8 @@ def _main(argv=None):
                 return action.help
             return super()._get_help_string(action)
     ap = _Parser(prog="python -m hpcml.data", description=__doc__, formatter_class=Fmt)
+    import hpcml
+    ap.add_argument("--version", action="version", version=f"hpcml {hpcml.__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="{synth,convert,info,verify}")
 
     def parser(name, text):
