@@ -40,6 +40,7 @@ setup(
             "matplotlib>=3.5",
             "scikit-learn",  # the oracle for PCA and t-SNE (and scipy, its dependency)
             "prometheus_client",  # its text parser checks --prometheus files
+            "tensorboardX>=2.6",  # --tensorboard (its protobuf reads the files back)
         ],
     },
     entry_points={"console_scripts": [

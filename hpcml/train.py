@@ -80,6 +80,8 @@ SETTINGS = {
                            "fresh, and the architecture must match"),
     "max_memory": ("auto", str, "memory a rank may use: 'auto' (what this node has "
                                 "available / its ranks), GiB per rank, or 'off' (no check)"),
+    "tensorboard": ("", str, "write TensorBoard event files (each epoch's figures) to this "
+                             "folder ('': none; needs pip install 'hpcml[tensorboard]')"),
     "progress": (True, bool, "progress bar on rank 0 (when stderr is a terminal)"),
     "log_every": (30.0, float, "seconds between progress lines on rank 0 when stderr is not "
                   "a terminal (mpiexec, Slurm); 0: off"),
@@ -115,6 +117,11 @@ def validate(cfg):
         memory.parse_setting(cfg["max_memory"])
     except ValueError as e:
         bad("max_memory", str(e))
+    if cfg["tensorboard"]:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            bad("tensorboard", "needs tensorboardX: pip install 'hpcml[tensorboard]'")
     if cfg["zero"] not in (0, 1, 2):
         bad("zero", "must be 0, 1 or 2")
     if cfg["zero"] and cfg["overlap"]:
@@ -358,29 +365,31 @@ def _init_from(path, comm, model, spec, log):
         log(f"initialised the weights from {path} (optimizer and schedule start fresh)")
 
 
+def _run_id():
+    """This run's id: the time it started, the Slurm job (when there is one) and 6 random
+    hex digits; in every --metrics line, the summary and the TensorBoard file name."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return (time.strftime("%Y%m%d-%H%M%S") + (f"-slurm{job}" if job else "") + "-"
+            + os.urandom(3).hex())
+
+
 def _check_outputs(cfg):
     """Rank 0, before any training: every output path can be written (a bad one found
     after hours of training loses them)."""
-    import tempfile
-    if cfg["checkpoint_dir"]:
-        folder = cfg["checkpoint_dir"]
-        try:
-            os.makedirs(folder, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as e:
-            raise OSError(f"--checkpoint-dir {folder}: cannot write there ({e.strerror})") \
-                from None
+    from hpcml.atomic import writable_folder
+    for key in ("checkpoint_dir", "tensorboard"):
+        if cfg[key]:
+            writable_folder(cfg[key], "--" + key.replace("_", "-"))
     for key in ("metrics", "trace", "prometheus", "save_model"):
-        path = cfg[key]
+        path, flag = cfg[key], "--" + key.replace("_", "-")
         if not path:
             continue
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
-            raise OSError(f"--{key} {path}: the folder {parent} does not exist")
+            raise OSError(f"{flag} {path}: the folder {parent} does not exist")
         if os.path.isdir(path) or not os.access(parent, os.W_OK) or (
                 os.path.exists(path) and not os.access(path, os.W_OK)):
-            raise OSError(f"--{key} {path}: cannot write this file")
+            raise OSError(f"{flag} {path}: cannot write this file")
 
 
 def _checkpointer(cfg, comm, opt, strategy, identity=None, model_info=None):
@@ -481,6 +490,13 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
             "task": ds.task, "activation": cfg["activation"], "dtype": dtype.name,
             "dataset": identity, "settings": {k: cfg[k] for k in SETTINGS}}
     step, resumed_from = _resume(cfg, comm, model, opt, strategy, loader, log, identity, total)
+    run_id = comm.bcast(_run_id() if comm.Get_rank() == 0 else None)
+    callbacks = list(callbacks)
+    board = None
+    if cfg["tensorboard"]:
+        from hpcml.parallel.trainer import TensorBoard
+        board = TensorBoard(cfg["tensorboard"], comm.Get_rank(), run_id)
+        callbacks.append(board)
     if cfg["init_from"] and resumed_from is None:
         _init_from(cfg["init_from"], comm, model, spec, log)
     trainer = Trainer(
@@ -493,8 +509,12 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
         metrics=cfg["metrics"], callbacks=callbacks, log=log, progress=cfg["progress"],
         on_rank0=lambda fn, what: config.on_rank0(comm, fn, what),
         tracer=Tracer(comm, keep_events=bool(cfg["trace"])), prometheus=cfg["prometheus"],
-        log_every=cfg["log_every"])
-    history_, stopped = trainer.fit()
+        log_every=cfg["log_every"], run_id=run_id)
+    try:
+        history_, stopped = trainer.fit()
+    finally:
+        if board is not None:
+            board.close()
     if cfg["trace"]:
         trace = trainer.tracer.gather()  # collective; rank 0 writes, its failure agreed
         config.on_rank0(comm, lambda: write_trace(cfg["trace"], trace),
@@ -506,11 +526,13 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     if history is not None:
         history.extend(history_)
     outputs = {k: os.path.abspath(cfg[k]) for k in ("save_model", "metrics", "trace",
-                                                    "prometheus", "checkpoint_dir") if cfg[k]}
+                                                    "prometheus", "checkpoint_dir",
+                                                    "tensorboard") if cfg[k]}
     if trainer.checkpoint is not None and trainer.checkpoint.last:
         outputs["last_checkpoint"] = os.path.abspath(trainer.checkpoint.last)
-    summary = {"job": "train", "status": ("interrupted" if trainer.preemption.interrupted
-                                          else "stopped") if stopped else "done",
+    summary = {"job": "train", "run_id": run_id,
+               "status": ("interrupted" if trainer.preemption.interrupted
+                          else "stopped") if stopped else "done",
                "outputs": outputs, "seconds": time.perf_counter() - t_start,
                "task": ds.task, "step": trainer.step, "ranks": P,
                "epochs_done": loader.epoch, "resumed_from": resumed_from,

@@ -68,7 +68,7 @@ class Trainer:
                  accumulation=1, global_rows=None, transform=None, seed=0, dropout=False,
                  clip=0.0, step=0, checkpoint=None, checkpoint_every=0, evaluate=None,
                  metrics=None, callbacks=(), log=print, progress=False, on_rank0=None,
-                 tracer=None, prometheus=None, log_every=30.0, target=None):
+                 tracer=None, prometheus=None, log_every=30.0, target=None, run_id=None):
         self.model, self.strategy, self.optimizer = model, strategy, optimizer
         self.loader, self.schedule, self.total = loader, schedule, int(total)
         self.K, self.step = int(accumulation), int(step)
@@ -87,6 +87,7 @@ class Trainer:
         self.log_every = float(log_every)
         self._ticker = None
         self._step_rows = 0
+        self.run_id = run_id  # written with every --metrics line
         # regression: (mean, std) of the targets; the network learns (y - mean) / std with
         # the MSE loss, and the metrics (RMSE, R^2) are in the targets' units
         self.target = None if target is None else (float(target[0]), float(target[1]))
@@ -203,9 +204,12 @@ class Trainer:
         if self.rank == 0:
             self.log_line(entry, bar)
         if self.metrics:
-            def append(entry=entry):
+            line = {"run_id": self.run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    **entry}
+
+            def append():
                 with open(self.metrics, "a") as f:
-                    f.write(json.dumps(entry) + "\n")
+                    f.write(json.dumps(line) + "\n")
             self.on_rank0(append, f"appending to --metrics {self.metrics}")
         if self.prometheus:
             values = dict(entry, samples_per_second=entry["samples_per_s"])
@@ -266,6 +270,30 @@ def regression_entry(prefix, loss_rows, sum_y, rows, sum_y2, std):
     sst = sum_y2 - sum_y * sum_y / n
     return {f"{prefix}_rmse": float(np.sqrt(max(sse, 0.0) / n)),
             f"{prefix}_r2": float(1 - sse / sst) if sst > 0 else float("nan")}
+
+
+class TensorBoard:
+    """Trainer callback: each epoch's figures (loss, accuracy or RMSE/R^2, test metrics,
+    learning rate, samples/s, communication share) as TensorBoard scalars at the step,
+    written by rank 0 through tensorboardX's SummaryWriter (the `tensorboard` extra)."""
+
+    def __init__(self, logdir, rank, run_id=None):
+        self.writer = None
+        if rank == 0:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(logdir, filename_suffix=f".{run_id}" if run_id else "")
+
+    def on_epoch(self, trainer, entry):
+        if self.writer is not None:
+            for key, value in entry.items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, entry["step"])
+            self.writer.flush()
+        return False
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
 
 
 class _Ticker:
