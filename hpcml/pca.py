@@ -42,6 +42,9 @@ SETTINGS = {
     "oversamples": (10, int, "randomized solver: random directions beyond the components"),
     "seed": (0, int, "randomized solver: seed of the random directions"),
     "plot": (True, bool, "write explained_variance.png"),
+    "verbose": (True, bool, "progress from rank 0 (each pass over the rows)"),
+    "log_every": (30.0, float, "seconds between progress lines when stderr is not a "
+                               "terminal (mpiexec, Slurm; a bar when it is); 0: off"),
     "max_memory": ("auto", str, "memory a rank may use: 'auto' (what this node has "
                                 "available / its ranks), GiB per rank, or 'off' (no check)"),
 }
@@ -88,6 +91,8 @@ def validate(cfg):
     cfg["power"] = ip if ip == "auto" else int(ip)
     if not cfg["output"].strip():
         bad("output", "must name a folder")
+    if not 0 <= cfg["log_every"] < float("inf"):
+        bad("log_every", "must be a number of seconds >= 0")
     try:
         memory.parse_setting(cfg["max_memory"])
     except ValueError as e:
@@ -136,6 +141,8 @@ def plot(path, pca, title):
 
 
 def run(cfg, comm):
+    from hpcml.progress import Progress
+    Progress.default_every = cfg["log_every"]
     """Fit on every rank; rank 0 writes the files. Returns the summary (every rank)."""
     ds = ShardedDataset(cfg["data"], comm)
     k = cfg["n_components"]
@@ -159,12 +166,14 @@ def run(cfg, comm):
     t0 = time.perf_counter()
     pca = PCA(k, solver=cfg["solver"], whiten=cfg["whiten"], comm=comm,
               iterated_power=cfg["power"], n_oversamples=cfg["oversamples"],
-              random_state=cfg["seed"], batch_size=cfg["batch_size"]).fit(ds)
+              random_state=cfg["seed"], batch_size=cfg["batch_size"],
+              verbose=int(cfg["verbose"])).fit(ds)
     seconds = time.perf_counter() - t0
     out = cfg["output"]
-    files = {"h5": os.path.join(out, "pca.h5"), "summary": os.path.join(out, "summary.json")}
+    files = {"h5": os.path.abspath(os.path.join(out, "pca.h5")),
+             "summary": os.path.abspath(os.path.join(out, "summary.json"))}
     if cfg["plot"]:
-        files["png"] = os.path.join(out, "explained_variance.png")
+        files["png"] = os.path.abspath(os.path.join(out, "explained_variance.png"))
     ratio = pca.explained_variance_ratio_
     summary = {"job": "pca", "status": "done", "outputs": files, "seconds": seconds,
                "data": cfg["data"], "rows": pca.n_samples_,

@@ -43,6 +43,8 @@ SETTINGS = {
     "backend": ("cpu", str, "cpu, or cuda (exact repulsion on the GPU)"),
     "seed": (0, int, "seed of the random init"),
     "every": (1, int, "embed every K-th row of the dataset only (a subsample: 1 keeps all)"),
+    "log_every": (30.0, float, "seconds between progress lines when stderr is not a "
+                               "terminal (mpiexec, Slurm; a bar when it is); 0: off"),
     "max_memory": ("auto", str, "memory a rank may use: 'auto' (what this node has "
                                 "available / its ranks), GiB per rank, or 'off' (no check)"),
     "plot": (True, bool, "write embedding.png"),
@@ -90,6 +92,8 @@ def validate(cfg):
         bad("output", "must name a folder")
     if cfg["every"] < 1:
         bad("every", "must be >= 1")
+    if not 0 <= cfg["log_every"] < float("inf"):
+        bad("log_every", "must be a number of seconds >= 0")
     try:
         memory.parse_setting(cfg["max_memory"])
     except ValueError as e:
@@ -137,6 +141,8 @@ def _every(ds, every, comm):
 
 
 def run(cfg, comm):
+    from hpcml.progress import Progress
+    Progress.default_every = cfg["log_every"]
     """Fit on every rank; rank 0 writes the files. Returns the summary (every rank)."""
     ds = ShardedDataset(cfg["data"], comm)
     n, P = -(-ds.rows // cfg["every"]), comm.Get_size()

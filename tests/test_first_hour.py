@@ -77,3 +77,36 @@ def test_console_scripts_are_installed():
     r = run([shutil.which("hpcml-train") or os.path.join(scripts, "hpcml-train"),
              "--version"], limit=60)
     assert r.returncode == 0 and r.stdout.startswith("hpcml "), r.stderr
+
+
+_LINE = r"elapsed \d+:\d\d,?\s+ETA \d+:\d\d"
+
+
+def test_progress_lines_for_every_job_when_output_is_a_pipe(tmp_path):
+    """Under mpiexec/Slurm stderr is a pipe: rank 0 prints progress lines (count, share,
+    rate, elapsed, ETA) every --log-every seconds instead of a tqdm bar, for synth,
+    convert, pca and tsne (training has its own test in test_train_cli.py)."""
+    import re
+    import numpy as np
+    np.savetxt(tmp_path / "t.csv", np.hstack([np.random.default_rng(0).random((30000, 3)),
+                                              np.zeros((30000, 1))]), delimiter=",")
+    runs = {
+        "synth": ("hpcml.data", "synth", str(tmp_path / "s"), "--rows", "300000",
+                  "--features", "8", "--classes", "3", "--shards", "6",
+                  "--log-every", "1e-9"),
+        "convert": ("hpcml.data", "convert", str(tmp_path / "t.csv"), str(tmp_path / "c"),
+                    "--chunk-rows", "5000", "--log-every", "1e-9"),
+        "pca": ("hpcml.pca", str(tmp_path / "s"), "--batch-size", "50000", "--log-every",
+                "1e-9", "--output", str(tmp_path / "p")),
+        "tsne": ("hpcml.tsne", "digits", "--log-every", "1e-9", "--max-iter", "250",
+                 "--output", str(tmp_path / "ts")),
+    }
+    for name, args in runs.items():
+        r = _job(*args)
+        assert r.returncode == 0, (name, r.stderr)
+        lines = [ln for ln in (r.stdout + r.stderr).splitlines() if re.search(_LINE, ln)]
+        assert len(lines) >= 2, (name, r.stdout)
+        assert "\r" not in r.stdout + r.stderr and "it/s" not in r.stderr, name
+    assert re.search(f"synth {re.escape(str(tmp_path / 's'))}: 300,000/300,000 rows "
+                     r"\(100%\)  [\d,]+ rows/s  " + _LINE,
+                     _job(*runs["synth"][:-2], "--overwrite", "--log-every", "1e-9").stdout)

@@ -72,6 +72,8 @@ def _main(argv=None):
                    help="feature dtype")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a dataset already in OUTPUT (swapped in whole at the end)")
+    s.add_argument("--log-every", type=float, default=30.0, help="seconds between rank 0's "
+                   "progress lines when stderr is not a terminal (a bar when it is); 0: off")
     c = parser("convert", "CSV / .npy / .npz / .h5 -> sharded dataset (streamed; "
                "rank-parallel under mpiexec)")
     c.add_argument("input", help="a CSV file (header optional), .npy (label column inside), "
@@ -90,6 +92,8 @@ def _main(argv=None):
                    "(bounds the memory)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace a dataset already in OUTPUT (swapped in whole at the end)")
+    c.add_argument("--log-every", type=float, default=30.0, help="seconds between rank 0's "
+                   "progress lines when stderr is not a terminal (a bar when it is); 0: off")
     i = parser("info", "summarise a dataset (rows, features, classes, shards)")
     i.add_argument("path", help="a dataset folder or a built-in name (digits, digits:test)")
     v = parser("verify", "headers, every shard's checksum, and the values (NaN/Inf "
@@ -140,12 +144,13 @@ def _write(args, folder, comm):
     if args.cmd == "synth":
         return data.synth(folder, args.rows, args.features, args.classes, args.regression,
                           args.shards, args.seed, args.dtype, comm=comm,
-                          test_rows=args.test_rows)
+                          test_rows=args.test_rows, progress=args.log_every,
+                          name=args.output)
     # every rank converts its part of the input (streaming, bounded memory)
     return data.convert(args.input, folder, args.shards, args.label_column, args.dtype,
                         args.test_fraction, args.seed,
                         "regression" if args.regression else None, args.chunk_rows,
-                        progress=True, comm=comm)
+                        progress=args.log_every, comm=comm)
 
 
 if __name__ == "__main__":

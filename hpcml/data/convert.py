@@ -13,6 +13,7 @@ own byte range (CSV) or row range (arrays).
 import hashlib
 import io
 import os
+import sys
 
 import h5py
 import numpy as np
@@ -255,7 +256,8 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
         _agree(comm, f"{input}: no data rows", input)
     try:
         result = _convert_part(input, output, shards, features, label, blocks, rows, dtype,
-                               test_fraction, seed, task, progress and rank == 0, rank, p,
+                               test_fraction, seed, task, progress if rank == 0 else False,
+                               rank, p,
                                written)
     except DataError as e:
         error = str(e)
@@ -315,11 +317,10 @@ def _convert_part(input, output, shards, features, label, blocks, rows, dtype, t
                        "expected": max(1, int(rows * frac)), "entries": [], "writer": None,
                        "written": written}
     bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=rows, unit="rows",
-                   desc=f"convert {os.path.basename(input)}" + (f" (rank 0 of {p})"
-                                                                if p > 1 else ""))
+    if progress:  # a bar on a terminal, else a line every `progress` seconds
+        from hpcml.progress import Progress
+        bar = Progress(rows, f"convert {os.path.basename(input)}" + (
+            f" (rank 0 of {p})" if p > 1 else ""), every=30.0 if progress is True else progress)
     max_label = -1
     try:
         for line_no, a in blocks:
@@ -366,7 +367,10 @@ def _convert_part(input, output, shards, features, label, blocks, rows, dtype, t
         raise
     finally:
         if bar is not None:
-            bar.close()
+            if sys.exc_info()[0] is None:
+                bar.close()  # the closing line
+            else:
+                bar.__exit__(*sys.exc_info())  # a failure: the bar ends, no closing line
 
 
 def _append(st, x, y, features, dtype, ydt):

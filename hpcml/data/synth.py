@@ -41,24 +41,30 @@ def make_shard(seed, index, rows, features, classes=None, regression=False, dtyp
 
 
 def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
-          dtype="float32", comm=None, test_rows=0):
+          dtype="float32", comm=None, test_rows=0, progress=False, name=None):
     """Write a synthetic sharded dataset to `out`; with `comm`, ranks write shards i = rank,
     rank + p, ... and rank 0 writes the manifest. Returns the manifest (on rank 0).
     test_rows > 0: `out/train` (rows) and `out/test` (test_rows, drawn from the same
     distribution: same centres or map, other rows), as `convert --test-fraction` writes;
-    returns {"out/train": manifest, "out/test": manifest}."""
+    returns {"out/train": manifest, "out/test": manifest}. progress: rank 0 shows its
+    shards' rows (a bar on a terminal, else a line every `progress` seconds), named
+    `name` (default: out's folder name)."""
     if test_rows:
         if test_rows < 0:
             raise DataError("test_rows must be >= 0")
-        return {os.path.join(out, name): _synth(os.path.join(out, name), n, features,
+        return {os.path.join(out, sub): _synth(os.path.join(out, sub), n, features,
                                                  classes, regression, k, seed, dtype, comm,
-                                                 split)
-                for name, n, k, split in (("train", rows, shards, 0),
-                                          ("test", test_rows, min(shards, test_rows), 1))}
-    return _synth(out, rows, features, classes, regression, shards, seed, dtype, comm)
+                                                 split, progress,
+                                                 name and os.path.join(name, sub))
+                for sub, n, k, split in (("train", rows, shards, 0),
+                                          ("test", test_rows, max(1, min(test_rows, round(
+                                              shards * test_rows / rows))), 1))}
+    return _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, 0,
+                  progress, name)
 
 
-def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, split=0):
+def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, split=0,
+           progress=False, progress_name=None):
     if regression == (classes is not None):
         raise DataError("give either classes (classification) or regression=True")
     if rows < 1 or features < 1 or shards < 1 or (classes is not None and classes < 1):
@@ -69,12 +75,23 @@ def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, 
     os.makedirs(out, exist_ok=True)
     counts = shard_rows(rows, shards)
     entries, error = {}, None
+    bar = None
+    if progress and rank == 0:
+        from hpcml.progress import Progress
+        name = progress_name or os.path.basename(os.path.normpath(out))
+        bar = Progress(sum(counts[rank::size]), f"synth {name}" + (
+            f" (rank 0 of {size})" if size > 1 else ""),
+            every=30.0 if progress is True else progress)
     try:
         for i in range(rank, shards, size):
             x, y = make_shard(seed, i, counts[i], features, classes, regression, dtype, split)
             entries[i] = write_shard(out, i, x, y)
+            if bar is not None:
+                bar.update(counts[i])
     except OSError as e:
         error = f"{out}: writing shard {i}: {e}"
+    if bar is not None and error is None:
+        bar.close()
     try:
         if comm is not None:
             agree(comm, error, what=f"writing {out}")  # the same error on every rank

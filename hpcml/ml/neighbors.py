@@ -10,12 +10,12 @@ QUERY_BLOCK = 2048
 REF_BLOCK = 8192
 
 
-def knn(xq, xr, k, self_offset=None, extra=4, backend=None):
+def knn(xq, xr, k, self_offset=None, extra=4, backend=None, progress=None):
     """(indices (nq, k) int64, squared distances (nq, k) float64) of each query row's k
     nearest rows of xr, nearest first. self_offset: xq[i] is xr[self_offset + i], which is
     then not its own neighbour. `extra` more candidates are taken by the fast BLAS
     distances and re-ranked by exact ones. backend="cuda" computes the distance blocks on
-    the GPU."""
+    the GPU. progress: an object with update(rows) called per block of query rows."""
     from hpcml.kernels.cpu.tsne import topk_merge
     nq, nr = xq.shape[0], xr.shape[0]
     avail = nr - (1 if self_offset is not None else 0)
@@ -54,6 +54,8 @@ def knn(xq, xr, k, self_offset=None, extra=4, backend=None):
         order = _sort_rows(exact, best_i)[:, :k]
         idx[q0:q1] = np.take_along_axis(best_i, order, axis=1)
         d2[q0:q1] = np.take_along_axis(exact, order, axis=1)
+        if progress is not None:
+            progress.update(q1 - q0)
     return idx, d2
 
 

@@ -107,7 +107,8 @@ class PCA:
     n_components < 0.1 min(n_samples, n_features), else 4), n_oversamples, random_state
     (an int, or None: drawn on rank 0): the randomized solver. batch_size: rows per
     streamed batch of a dataset. backend: covariance kernel backend (None: the
-    process-wide one; "cuda" accumulates on the GPU).
+    process-wide one; "cuda" accumulates on the GPU). verbose: rank 0 shows each pass
+    over a dataset's rows (hpcml.progress: a bar on a terminal, else periodic lines).
 
     Attributes (after fit, the same on every rank): components_ (k x d),
     explained_variance_, explained_variance_ratio_, singular_values_, mean_,
@@ -116,7 +117,7 @@ class PCA:
 
     def __init__(self, n_components=None, *, solver="auto", whiten=False, comm=None,
                  iterated_power="auto", n_oversamples=10, random_state=0,
-                 batch_size=65536, backend=None):
+                 batch_size=65536, backend=None, verbose=0):
         self.n_components = n_components
         self.solver = solver
         self.whiten = whiten
@@ -126,6 +127,7 @@ class PCA:
         self.random_state = random_state
         self.batch_size = batch_size
         self.backend = backend
+        self.verbose = verbose
 
     # --- scikit-learn plumbing -----------------------------------------------------------
     @classmethod
@@ -305,9 +307,20 @@ class PCA:
         """fn(offset, x) over this rank's chunks; errors (bad rows, unreadable shards) are
         agreed on at the end of the pass, so no rank is left waiting (collective)."""
         error = None
+        bar = None
+        if self.verbose and rows.ds is not None and (comm is None or comm.Get_rank() == 0):
+            from hpcml.comm.rows import row_bounds
+            from hpcml.progress import Progress
+            p = comm.Get_size() if comm is not None else 1
+            bar = Progress(row_bounds(rows.total, p, 0)[1], what + (
+                f" (rank 0 of {p})" if p > 1 else ""))
         try:
             for offset, x in rows.chunks():
                 fn(offset, x)
+                if bar is not None:
+                    bar.update(len(x))
+            if bar is not None:
+                bar.close()
         except (DataError, OSError, _BadRows) as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - anything else, agreed on too: no rank waits

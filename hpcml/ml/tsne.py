@@ -153,8 +153,16 @@ class TSNE:
         comm = self._comm_()
         k = min(n - 1, int(3.0 * self.perplexity + 1))
         t = time.perf_counter()
+        bar = None
+        if self.verbose and (comm is None or comm.Get_rank() == 0):
+            from hpcml.progress import Progress
+            p = comm.Get_size() if comm is not None else 1
+            bar = Progress(hi - lo, f"[t-SNE] {k} nearest neighbours" + (
+                f" (rank 0 of {p})" if p > 1 else ""))
         idx, d2 = knn(X_all[lo:hi], X_all, k, self_offset=lo,
-                      backend="cuda" if self.backend == "cuda" else None)
+                      backend="cuda" if self.backend == "cuda" else None, progress=bar)
+        if bar is not None:
+            bar.close()
         self._log(f"[t-SNE] {k} nearest neighbours of {hi - lo} rows per rank in "
                   f"{time.perf_counter() - t:.2f} s")
         cond = KT.perplexity_search(d2, self.perplexity, backend=self.backend or "cpu")
@@ -331,7 +339,7 @@ class TSNE:
         gains = np.ones((hi - lo, d))
         mine = g.local
         best_kl, best_it, kl, z, stopped = np.inf, 0, np.nan, 1.0, False
-        t_check = time.perf_counter()
+        t_check = t_start = time.perf_counter()
         prof = np.zeros(4)  # seconds: attractive, repulsive, all-gathers, the rest
         it = 0
         stages = [(min(EXPLORATION_ITER, self.max_iter), self.early_exaggeration, 0.5),
@@ -362,9 +370,12 @@ class TSNE:
                                        backend="cuda" if cuda else be)
                     s = self._sum([a, b, float((grad * grad).sum())])
                     kl, gnorm = s[0] + s[1] + math.log(z), math.sqrt(s[2])
+                    from hpcml.progress import hms
+                    spent = time.perf_counter() - t_start
                     self._log(f"[t-SNE] Iteration {it + 1}: error = {kl:.7f}, gradient norm "
                               f"= {gnorm:.7f} ({time.perf_counter() - t_check:.3f} s since "
-                              f"the last report)")
+                              f"the last report; elapsed {hms(spent)}, ETA "
+                              f"{hms(spent / (it + 1) * (self.max_iter - it - 1))})")
                     t_check = time.perf_counter()
                 t4 = time.perf_counter()
                 KT.update(mine, grad, upd, gains, momentum, lr, backend=be)
