@@ -62,6 +62,8 @@ SETTINGS = {
     "overlap": (False, bool, "all-reduce each layer's gradients in a background thread "
                              "while the backward pass goes on (see benchmarks/README.md)"),
     "dtype": ("float32", str, "float32 or float64"),
+    "nonfinite": ("error", str, "a training or test row with a NaN or Inf feature: 'error' "
+                                "(stop, naming the file and row) or 'drop' (skip it)"),
     "standardize": (True, bool, "scale features to zero mean, unit variance (train stats)"),
     "seed": (0, int, "seed for initialisation, data order and dropout"),
     "checkpoint_dir": ("", str, "folder for checkpoints ('' : none)"),
@@ -99,6 +101,7 @@ def validate(cfg):
         config.bad(cfg, key, why)
     choices = {"activation": ("relu", "tanh", "gelu"), "init": nn.INITS,
                "optimizer": ("sgd", "adam", "adamw"), "schedule": optim.Schedule.DECAYS,
+               "nonfinite": ("error", "drop"),
                "algorithm": hc.ALGORITHMS, "dtype": ("float32", "float64")}
     for key, ok in choices.items():
         if cfg[key] not in ok:
@@ -193,14 +196,14 @@ def _model_differs(ck, cfg):
             + "; this run has " + ", ".join(f"--{k} {cfg[k]!r}" for k in differ))
 
 
-def _standardizer(ds, comm, dtype):
+def _standardizer(ds, comm, dtype, nonfinite="error"):
     """Per-feature mean and 1/std of the training set, and the targets' (mean, std) for
     regression (one pass, sums all-reduced): {"x_mean", "x_inv"[, "y_mean", "y_std"]}."""
     F = ds.features
     s = np.zeros(F * 2 + 3)  # sum x, sum x^2, sum y, sum y^2, rows
     # agree_errors: a bad row or shard seen by one rank stops every rank (no rank is left
     # in the all-reduce below)
-    for x, y in ds.loader(4096, shuffle=False, agree_errors=True):
+    for x, y in ds.loader(4096, shuffle=False, agree_errors=True, nonfinite=nonfinite):
         x64, y64 = x.astype(np.float64), y.astype(np.float64)
         s[:F] += x64.sum(axis=0)
         s[F:2 * F] += (x64 * x64).sum(axis=0)
@@ -413,12 +416,12 @@ def _checkpointer(cfg, comm, opt, strategy, identity=None, model_info=None):
     return save
 
 
-def _evaluator(model, strategy, test, transform, target):
+def _evaluator(model, strategy, test, transform, target, nonfinite="error"):
     """evaluate() -> the test set's metrics (the same on every rank): test_loss and
     test_accuracy, or test_rmse and test_r2 for regression."""
     def evaluate():
         s = np.zeros(5)  # loss*rows, correct, rows (, regression: sum y, sum y^2)
-        for x, y in test.loader(1024, shuffle=False, agree_errors=True):
+        for x, y in test.loader(1024, shuffle=False, agree_errors=True, nonfinite=nonfinite):
             out = model.forward(transform(x) if transform else x, train=False)
             if not len(y):
                 continue
@@ -465,7 +468,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     M = _batch_check(comm, G, K)
     ds, test = _data(cfg, comm)
     _check_memory(cfg, comm, ds, M)
-    arrays = _standardizer(ds, comm, dtype) if cfg["standardize"] else {}
+    arrays = _standardizer(ds, comm, dtype, cfg["nonfinite"]) if cfg["standardize"] else {}
     transform = None
     if "x_mean" in arrays:
         mean, inv = arrays["x_mean"], arrays["x_inv"]
@@ -479,7 +482,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
                 DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"]))
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
     loader = ds.loader(-(-M // P), shuffle=True, seed=cfg["seed"], partition="global",
-                       global_batch=M)
+                       global_batch=M, nonfinite=cfg["nonfinite"])
     total = -(-len(loader) // K) * cfg["epochs"]
     total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
     sched = optim.Schedule(opt.lr, cfg["warmup"], cfg["schedule"], total=total,
@@ -505,7 +508,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
         seed=cfg["seed"], dropout=bool(cfg["dropout"]), clip=cfg["clip"],
         checkpoint=_checkpointer(cfg, comm, opt, strategy, identity, (spec, arrays)),
         checkpoint_every=cfg["checkpoint_every"], target=target,
-        evaluate=_evaluator(model, strategy, test, transform, target),
+        evaluate=_evaluator(model, strategy, test, transform, target, cfg["nonfinite"]),
         metrics=cfg["metrics"], callbacks=callbacks, log=log, progress=cfg["progress"],
         on_rank0=lambda fn, what: config.on_rank0(comm, fn, what),
         tracer=Tracer(comm, keep_events=bool(cfg["trace"])), prometheus=cfg["prometheus"],

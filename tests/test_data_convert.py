@@ -211,3 +211,41 @@ def test_data_help_names_every_flag_with_its_default():
             assert len(text.split()) >= 2, f"{cmd}: no help for {e.split()[0]}"
     p = run("synth", "out", "--rows", "5", "--features", "2", "--classes", "2", "--shard", "2")
     assert p.returncode == 2 and "did you mean --shards?" in p.stderr, p.stderr
+
+
+def test_nonfinite_error_names_the_line_and_drop_leaves_rows_out(tmp_path):
+    """convert: a NaN/Inf feature names its source line and column, and suggests the
+    --nonfinite drop that convert and train accept; drop leaves those rows out, counted.
+    Oracle: the finite rows of the CSV, read by NumPy."""
+    path = tmp_path / "n.csv"
+    path.write_text("a,b,label\n1,2,0\n3,nan,1\n4,5,1\n6,inf,0\n7,1e300,0\n8,9,1\n")
+    with pytest.raises(DataError, match=r"n.csv: line 3: column 1 is nan in float32 \(pass "
+                                        r"--nonfinite drop"):
+        convert(str(path), str(tmp_path / "o"))
+    m = convert(str(path), str(tmp_path / "o"), nonfinite="drop")["train"]
+    assert m["dropped_nonfinite"] == 3 and m["dropped_lines"] == [3, 5, 6]  # 1e300: float32 Inf
+    x, y = read_all(str(tmp_path / "o"))
+    a = np.loadtxt(path, delimiter=",", skiprows=1)
+    with np.errstate(over="ignore"):
+        ok = np.isfinite(a[:, :2].astype(np.float32)).all(axis=1)
+    assert np.array_equal(x, a[ok, :2].astype(np.float32)) and np.array_equal(y, a[ok, 2])
+    p = procs.run([sys.executable, "-m", "hpcml.data", "convert", str(path),
+                   str(tmp_path / "o2"), "--nonfinite", "drop", "--log-every", "0"], limit=60)
+    assert "left out 3 rows with a NaN or Inf feature (lines 3, 5, 6)" in p.stdout, p.stdout
+
+
+def test_train_nonfinite_drop_skips_the_rows_the_error_names(tmp_path):
+    from hpcml import train
+    from data_helpers import indexed_dataset
+    folder = indexed_dataset(str(tmp_path / "d"), [200, 200], features=4, classes=4)
+    with h5py.File(os.path.join(folder, "shard-00001.h5"), "r+") as f:
+        f["x"][7, 0] = np.nan
+    base = ["--data", folder, "--test-data", "none", "--epochs", "1", "--progress", "false",
+            "--hidden", "8"]
+    p = procs.run([sys.executable, "-m", "hpcml.train", *base], limit=60)
+    assert p.returncode == 1 and "row 7 (row 207 of the dataset, from 0) has a NaN" in p.stderr
+    assert "--nonfinite drop" in p.stderr
+    p = procs.run([sys.executable, "-m", "hpcml.train", *base, "--nonfinite", "drop"],
+                  limit=60)
+    assert p.returncode == 0, p.stderr
+    assert train.parse_args(["--nonfinite", "drop"])["nonfinite"] == "drop"

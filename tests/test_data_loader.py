@@ -265,7 +265,7 @@ def test_label_out_of_range(tmp_path):
     folder = indexed_dataset(str(tmp_path / "d"), [300])
     with h5py.File(os.path.join(folder, "shard-00000.h5"), "r+") as f:
         f["y"][42] = 9
-    with pytest.raises(DataError, match="row 42 has label outside 0..3"):
+    with pytest.raises(DataError, match=r"row 42 \(row 42 of the dataset\) has label outside 0..3"):
         list(ShardedDataset(folder).loader(batch_size=50, shuffle=False))
 
 

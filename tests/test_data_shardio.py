@@ -140,6 +140,6 @@ def test_fallback_path_names_the_right_row_after_a_drop(tmp_path):
     x[100, 1] = np.nan
     y[105] = 9  # classes = 4
     _shard(os.path.join(gz, "shard-00000.h5"), x, y, chunks=(128, 3), compression="gzip")
-    with pytest.raises(DataError, match="row 105 has label outside"):
+    with pytest.raises(DataError, match=r"row 105 \(row 105 of the dataset\) has label outside"):
         for _ in ShardedDataset(gz).loader(50, shuffle=False, nonfinite="drop"):
             pass

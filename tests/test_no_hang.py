@@ -140,4 +140,5 @@ def test_bad_row_met_while_training_ends_the_job(tmp_path):
     assert proc.returncode != 0 and seconds < 30, (proc.returncode, seconds)
     assert "[rank 1] hpcml.data.format.DataError: " in proc.stderr or \
         "[rank 1] DataError: " in proc.stderr, proc.stderr
-    assert "shard-00001.h5: row 250 has a NaN or Inf feature" in proc.stderr
+    assert ("shard-00001.h5: row 250 (row 650 of the dataset, from 0) has a NaN or Inf "
+            "feature") in proc.stderr

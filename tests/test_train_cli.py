@@ -223,7 +223,7 @@ def test_bad_row_on_one_rank_stops_every_rank_with_its_name(tmp_path, overlap):
                                        "--batch-size", "20", "--progress", "false",
                                        "--overlap", overlap]), 60)
     assert rc == 1, err
-    assert "shard-00001.h5: row 123 has a NaN or Inf feature" in err
+    assert "shard-00001.h5: row 123 (row 523 of the dataset, from 0) has a NaN or Inf feature" in err
     assert "failed on 1 of 2 ranks" in err and err.count("error: ") == 1
 
 

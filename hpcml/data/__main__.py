@@ -92,6 +92,9 @@ def _main(argv=None):
                    "(bounds the memory)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace a dataset already in OUTPUT (swapped in whole at the end)")
+    c.add_argument("--nonfinite", default="error", choices=["error", "drop"],
+                   help="a row with a NaN or Inf feature: stop naming its line, or leave "
+                   "it out (counted in the manifest's dropped_nonfinite)")
     c.add_argument("--log-every", type=float, default=30.0, help="seconds between rank 0's "
                    "progress lines when stderr is not a terminal (a bar when it is); 0: off")
     i = parser("info", "summarise a dataset (rows, features, classes, shards)")
@@ -124,6 +127,12 @@ def _main(argv=None):
                 out = {args.output + k[len(work):]: v for k, v in out.items()}
             for name, m in out.items():
                 print(f"wrote {name}: {m['rows']:,} rows in {len(m['shards'])} shards")
+            dropped = next(iter(out.values())).get("dropped_nonfinite")
+            if dropped:
+                lines = next(iter(out.values()))["dropped_lines"]
+                kind = "lines" if args.input.endswith((".csv", ".txt")) else "rows"
+                shown = ", ".join(map(str, lines[:5])) + (", ..." if dropped > 5 else "")
+                print(f"left out {dropped:,} rows with a NaN or Inf feature ({kind} {shown})")
     elif args.cmd == "info":
         if rank == 0:
             print(data.info(args.path))
@@ -150,7 +159,7 @@ def _write(args, folder, comm):
     return data.convert(args.input, folder, args.shards, args.label_column, args.dtype,
                         args.test_fraction, args.seed,
                         "regression" if args.regression else None, args.chunk_rows,
-                        progress=args.log_every, comm=comm)
+                        progress=args.log_every, comm=comm, nonfinite=args.nonfinite)
 
 
 if __name__ == "__main__":

@@ -226,12 +226,16 @@ def _uniform(seed, ids):
 
 
 def convert(input, output, shards=1, label_column=-1, dtype="float32", test_fraction=0.0,
-            seed=0, task=None, chunk_rows=65536, progress=False, comm=None):
+            seed=0, task=None, chunk_rows=65536, progress=False, comm=None,
+            nonfinite="error"):
     """Convert `input` into OUTPUT (or OUTPUT/train and OUTPUT/test); returns the manifests
     (on every rank). With `comm`, every rank converts its own part of the input (a byte
     range of a CSV, a row range of an array) into its own shards; rank 0 writes the
     manifests. Each split gets max(shards, ranks) shards then. Errors are agreed: every
-    rank raises the same DataError/CollectiveError, and no shard of a failed run is left."""
+    rank raises the same DataError/CollectiveError, and no shard of a failed run is left.
+    nonfinite: a row with a NaN or Inf feature (or one float32 cannot hold) is an error
+    naming its line ("error"), or is left out and counted ("drop": the manifests'
+    `dropped_nonfinite`, with the first lines in `dropped_lines`)."""
     rank, p = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     error, written, result = None, [], None
     try:
@@ -239,6 +243,8 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
             raise DataError(f"{input}: no such file")
         if shards < 1 or not 0 <= test_fraction < 1:
             raise DataError("shards must be >= 1 and test_fraction in [0, 1)")
+        if nonfinite not in ("error", "drop"):
+            raise DataError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
         if task not in (None, "classification", "regression"):
             raise DataError(f"task must be classification or regression, got {task!r}")
         reader = _csv_blocks if input.endswith((".csv", ".txt")) else _array_blocks
@@ -257,8 +263,7 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
     try:
         result = _convert_part(input, output, shards, features, label, blocks, rows, dtype,
                                test_fraction, seed, task, progress if rank == 0 else False,
-                               rank, p,
-                               written)
+                               rank, p, written, nonfinite)
     except DataError as e:
         error = str(e)
     except (OSError, ValueError) as e:  # e.g. bytes that are not UTF-8: agreed on too
@@ -270,9 +275,12 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
             if os.path.exists(path):
                 os.unlink(path)
         raise
-    state, max_label = result
+    state, max_label, dropped = result
+    n_dropped, lines = len(dropped), sorted(dropped[:20])
     if comm is not None:
         max_label = hc.reduce_value(max_label, "max", comm)
+        n_dropped = hc.reduce_value(n_dropped, "sum", comm)
+        lines = sorted(x for part in comm.allgather(dropped[:20]) for x in part)[:20]
         parts = comm.gather({k: v["entries"] for k, v in state.items()}, root=0)
     else:
         parts = [{k: v["entries"] for k, v in state.items()}]
@@ -287,7 +295,8 @@ def convert(input, output, shards=1, label_column=-1, dtype="float32", test_frac
                 st["folder"], entries, features, dtype, st["ydt"], kind,
                 max_label + 1 if kind == "classification" else None,
                 extra={"source": os.path.basename(input), "split": name,
-                       "test_fraction": test_fraction, "seed": seed})
+                       "test_fraction": test_fraction, "seed": seed,
+                       "dropped_nonfinite": int(n_dropped), "dropped_lines": lines})
     return comm.bcast(manifests) if comm is not None else manifests
 
 
@@ -300,8 +309,9 @@ def _agree(comm, error, input):
 
 
 def _convert_part(input, output, shards, features, label, blocks, rows, dtype, test_fraction,
-                  seed, task, progress, rank, p, written):
-    """This rank's rows into this rank's shards; returns (per-split state, max label)."""
+                  seed, task, progress, rank, p, written, nonfinite="error"):
+    """This rank's rows into this rank's shards; returns (per-split state, max label, the
+    source lines of the rows left out for a NaN or Inf feature)."""
     splits = {"train": 1 - test_fraction}
     if test_fraction:
         splits["test"] = test_fraction
@@ -321,28 +331,50 @@ def _convert_part(input, output, shards, features, label, blocks, rows, dtype, t
         from hpcml.progress import Progress
         bar = Progress(rows, f"convert {os.path.basename(input)}" + (
             f" (rank 0 of {p})" if p > 1 else ""), every=30.0 if progress is True else progress)
-    max_label = -1
+    max_label, dropped = -1, []
+    where = "line" if input.endswith((".csv", ".txt")) else "row"
     try:
         for line_no, a in blocks:
             y = a[:, label]
-            x = np.delete(a, label, axis=1).astype(dtype)
+            with np.errstate(over="ignore"):  # 1e300 in float32: Inf, caught below
+                x = np.delete(a, label, axis=1).astype(dtype)
+            badx = ~np.isfinite(x).all(axis=1)
+            if badx.any():
+                first = int(np.argmax(badx))
+                if nonfinite == "error":
+                    col = int(np.argmax(~np.isfinite(x[first])))
+                    col += col >= label  # the source column
+                    raise DataError(f"{input}: {where} {line_no + first}: column {col} is "
+                                    f"{float(a[first, col])!r} in {dtype} (pass --nonfinite drop / "
+                                    f"nonfinite='drop' to leave such rows out)")
+                dropped += [int(line_no + i) for i in np.flatnonzero(badx)]
+                if bar is not None:
+                    bar.update(int(badx.sum()))
+                a, x, y = a[~badx], x[~badx], y[~badx]
+                line_ids = np.arange(line_no, line_no + len(badx), dtype=np.int64)[~badx]
+            else:
+                line_ids = None
+
+            def ln(i, line_ids=line_ids, line_no=line_no):  # source line of block row i
+                return int(line_ids[i]) if line_ids is not None else line_no + int(i)
             bad = ~np.isfinite(y)
             if bad.any():
-                raise DataError(f"{input}: row at line {line_no + int(np.argmax(bad))}: label "
+                raise DataError(f"{input}: row at line {ln(np.argmax(bad))}: label "
                                 f"is NaN or Inf")
             if task != "regression":
                 frac = y != np.round(y)
                 if frac.any():
-                    raise DataError(f"{input}: line {line_no + int(np.argmax(frac))}: label "
+                    raise DataError(f"{input}: line {ln(np.argmax(frac))}: label "
                                     f"{float(y[np.argmax(frac)])!r} is not an integer (pass "
                                     f"task='regression' / --regression for real targets)")
                 if (y < 0).any():
-                    raise DataError(f"{input}: line {line_no + int(np.argmax(y < 0))}: "
+                    raise DataError(f"{input}: line {ln(np.argmax(y < 0))}: "
                                     f"negative class label")
                 max_label = max(max_label, int(y.max()))
             yv = y.astype(ydt)
-            if test_fraction:
-                ids = np.arange(line_no, line_no + len(a), dtype=np.int64)
+            if test_fraction:  # by source line: the split does not depend on dropped rows
+                ids = line_ids if line_ids is not None else np.arange(
+                    line_no, line_no + len(a), dtype=np.int64)
                 to_test = _uniform(seed, ids) < test_fraction
                 parts = {"train": ~to_test, "test": to_test}
             else:
@@ -359,7 +391,7 @@ def _convert_part(input, output, shards, features, label, blocks, rows, dtype, t
                 st["entries"].append(st["writer"].close())
                 written.append(os.path.join(st["folder"], st["entries"][-1]["file"]))
                 st["writer"] = None
-        return state, max_label
+        return state, max_label, dropped
     except BaseException:
         for st in state.values():
             if st["writer"] is not None:

@@ -263,12 +263,18 @@ class Loader:
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
     # --- reading ---------------------------------------------------------------------
+    def _global_row(self, s, row):
+        return sum(int(sh["rows"]) for sh in self.ds.manifest["shards"][:s]) + int(row)
+
     def _bad_row(self, s, row):
-        return DataError(f"{self.ds.files[s]}: row {row} has a NaN or Inf feature (pass "
-                         f"nonfinite='drop' to skip such rows)")
+        return DataError(f"{self.ds.files[s]}: row {row} (row {self._global_row(s, row):,} of "
+                         f"the dataset, from 0) has a NaN or Inf feature (pass --nonfinite "
+                         f"drop to hpcml.train, or nonfinite='drop' to the loader, to skip "
+                         f"such rows)")
 
     def _bad_label(self, s, row):
-        return DataError(f"{self.ds.files[s]}: row {row} has label outside "
+        return DataError(f"{self.ds.files[s]}: row {row} (row {self._global_row(s, row):,} "
+                         f"of the dataset) has label outside "
                          f"0..{self.ds.classes - 1}")
 
     def _bad(self, s, row, x_row):

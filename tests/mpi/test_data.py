@@ -107,8 +107,8 @@ def _bad_values(comm, shared_dir, what):
 
 
 @pytest.mark.parametrize("what,match", [
-    ("nan", "shard-00001.h5: row 17 has a NaN or Inf feature"),
-    ("label", "shard-00000.h5: row 250 has label outside 0..3"),
+    ("nan", r"shard-00001.h5: row 17 \(row [\d,]+ of the dataset, from 0\) has a NaN or Inf"),
+    ("label", r"shard-00000.h5: row 250 \(row 250 of the dataset\) has label outside 0..3"),
     ("checksum", "shard-00000.h5: checksum mismatch"),
 ])
 def test_bad_values_fail_on_every_rank(comm, shared_dir, what, match):
@@ -122,8 +122,8 @@ def test_bad_values_fail_on_every_rank(comm, shared_dir, what, match):
 
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("what,match", [
-    ("nan", "shard-00001.h5: row 17 has a NaN or Inf feature"),
-    ("label", "shard-00000.h5: row 250 has label outside 0..3"),
+    ("nan", r"shard-00001.h5: row 17 \(row [\d,]+ of the dataset, from 0\) has a NaN or Inf"),
+    ("label", r"shard-00000.h5: row 250 \(row 250 of the dataset\) has label outside 0..3"),
 ])
 def test_loader_errors_agreed_on_every_rank(comm, shared_dir, what, match, shuffle):
     """agree_errors=True: a bad row met by one rank mid-epoch raises the same
