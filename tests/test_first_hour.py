@@ -110,3 +110,4 @@ def test_progress_lines_for_every_job_when_output_is_a_pipe(tmp_path):
     assert re.search(f"synth {re.escape(str(tmp_path / 's'))}: 300,000/300,000 rows "
                      r"\(100%\)  [\d,]+ rows/s  " + _LINE,
                      _job(*runs["synth"][:-2], "--overwrite", "--log-every", "1e-9").stdout)
+

@@ -50,6 +50,10 @@ def test_stuck_rank_is_reported_and_job_aborted_by_timeout():
     assert "had entered" in proc.stderr and "3 of 4 had not" not in proc.stderr
     assert "1 of 4 had not" in proc.stderr, proc.stderr
     assert "  rank 1: in no hpcml call" in proc.stderr, proc.stderr
+    # the stuck peer is named first, and the wait is the drill's all-reduce (not the set-up
+    # of hpcml's state, which once named an unset HPCML_COMM_MODEL)
+    assert "waiting for rank 1; " in proc.stderr and "setting up" not in proc.stderr
+    assert "in allreduce(ring) step" in proc.stderr, proc.stderr
 
 
 def test_stall_inspector_names_who_entered_and_what_the_others_do():
@@ -65,8 +69,8 @@ def test_stall_inspector_names_who_entered_and_what_the_others_do():
     proc, seconds = launch(4, code=code, env={"HPCML_TIMEOUT": "2"})
     assert proc.returncode != 0 and seconds < 20
     err = proc.stderr
-    assert "hpcml stall inspector: ranks 0, 3 had entered allreduce(ring); 2 of 4 had not" \
-        in err, err
+    assert ("hpcml stall inspector: waiting for ranks 1-2; ranks 0, 3 had entered "
+            "allreduce(ring); 2 of 4 had not") in err, err
     assert "  rank 1: in no hpcml call (its last, MPI_Allreduce, ended" in err, err
     assert "  rank 2: in MPI_Barrier for" in err, err
 
@@ -76,7 +80,8 @@ def test_stall_report_lists_silent_ranks():
     text = _stall_report("allreduce(tree)", {1: {"call": "allreduce(tree)"},
                                              3: {"call": None, "last": None}}, 0, 5, 1.5)
     assert text.splitlines() == [
-        "hpcml stall inspector: ranks 0-1 had entered allreduce(tree); 3 of 5 had not",
+        "hpcml stall inspector: waiting for ranks 2-4; ranks 0-1 had entered "
+        "allreduce(tree); 3 of 5 had not",
         "  rank 3: in no hpcml call yet",
         "  ranks 2, 4: no answer within 1.5 s (busy outside Python's reach, or gone)"]
 
@@ -110,13 +115,20 @@ def test_selftest_passes_at_three_ranks():
 
 
 def test_srun_without_pmi_is_refused_loudly():
-    """srun --mpi=none gives each task a world of 1: the job must say so and fail."""
-    env = dict(os.environ, SLURM_STEP_NUM_TASKS="4", SLURM_PROCID="2")
-    proc = procs.run([sys.executable, "-m", "hpcml.comm.selftest"], limit=60, env=env)
-    assert proc.returncode != 0
-    assert "[rank 0] RuntimeError: srun started 4 tasks but this MPI world has 1 rank" \
-        in proc.stderr
-    assert "--mpi=pmi2" in proc.stderr
+    """srun --mpi=none gives each task a world of 1: the job says so in one line (from
+    Slurm's task 0, not a traceback per task) and every task exits 2."""
+    outs = []
+    for procid in ("0", "2"):
+        env = dict(os.environ, SLURM_STEP_NUM_TASKS="4", SLURM_PROCID=procid)
+        for job in ("hpcml.comm.selftest", "hpcml.train"):
+            outs.append(procs.run([sys.executable, "-m", job], limit=60, env=env))
+    assert [p.returncode for p in outs] == [2, 2, 2, 2]
+    assert [p.stderr for p in outs[2:]] == ["", ""]
+    for p in outs[:2]:
+        assert p.stderr == ("error: srun started 4 tasks but each is its own one-rank MPI "
+                            "world: launch with `srun --mpi=pmi2 ...` for the mpich wheel (or "
+                            "your site MPI's --mpi plugin), or use mpiexec inside the "
+                            "allocation\n"), p.stderr
 
 
 def test_bad_row_met_while_training_ends_the_job(tmp_path):

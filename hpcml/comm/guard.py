@@ -76,18 +76,28 @@ def install():
         _installed = True
 
 
-def check_launch(comm=None):
-    """Fail loudly when srun started N separate one-rank MPI worlds instead of one world
-    of N (srun's default --mpi=none with the mpich wheel; use srun --mpi=pmi2)."""
+def launch_problem(comm=None):
+    """The message when srun started N separate one-rank MPI worlds instead of one world
+    of N (srun's default --mpi=none with the mpich wheel; use srun --mpi=pmi2), else None."""
     comm = comm or MPI.COMM_WORLD
     tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
     if (tasks.isdigit() and int(tasks) > 1 and comm.Get_size() == 1
             and "SLURM_PROCID" in os.environ):
-        raise RuntimeError(
-            f"srun started {tasks} tasks but this MPI world has 1 rank "
-            f"(SLURM_PROCID={os.environ['SLURM_PROCID']}): each task is its own world. "
-            f"Launch with `srun --mpi=pmi2 ...` for the mpich wheel, or your site MPI's "
-            f"--mpi plugin, or use mpiexec inside the allocation.")
+        return (f"srun started {tasks} tasks but each is its own one-rank MPI world: "
+                f"launch with `srun --mpi=pmi2 ...` for the mpich wheel (or your site "
+                f"MPI's --mpi plugin), or use mpiexec inside the allocation")
+    return None
+
+
+def check_launch(comm=None):
+    """A job's start under a wrong launch: one line from Slurm's task 0 (not a traceback
+    per task), and every task exits 2."""
+    problem = launch_problem(comm)
+    if problem:
+        if os.environ.get("SLURM_PROCID") == "0":
+            sys.stderr.write(f"error: {problem}\n")
+            sys.stderr.flush()
+        raise SystemExit(2)
 
 
 def local_ranks(comm=None):
@@ -350,7 +360,9 @@ def _stall_report(label, answers, rank, size, wait):
                            f"{a['ago_s']:.1f} s ago)")
         else:
             outside.append(f"rank {r}: in no hpcml call yet")
-    lines = [f"hpcml stall inspector: rank{'s' if len(inside) > 1 else ''} "
+    late = [r for r in range(size) if r not in inside]
+    lines = [f"hpcml stall inspector: waiting for rank{'s' if len(late) > 1 else ''} "
+             f"{_ranks(late)}; rank{'s' if len(inside) > 1 else ''} "
              f"{_ranks(sorted(inside))} had entered {label}; "
              f"{size - len(inside)} of {size} had not"]
     lines += [f"  {o}" for o in outside]

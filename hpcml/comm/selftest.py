@@ -69,6 +69,7 @@ def main(argv=None):
     rank = comm.Get_rank()
     if args.fail_rank is not None or args.hang_rank is not None:
         buf = np.ones(16)
+        C.allreduce(buf.copy(), "sum", comm, "ring")  # set up: the drill is in the next one
         if rank == args.fail_rank:
             time.sleep(0.5)  # let the others block in the collective first
             raise RuntimeError(f"injected failure on rank {rank}")

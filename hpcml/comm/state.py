@@ -57,7 +57,9 @@ def _create(comm):
             model = load(path)
         except ValueError as e:
             error = str(e)
-    agree(comm, error, what="loading HPCML_COMM_MODEL")
+    # the same label on every rank (it is part of the agreed message), set or not
+    agree(comm, error, what="setting up hpcml on this communicator (its first collective; "
+          "HPCML_COMM_MODEL if set)")
     # ranks started with different HPCML_COMM_MODEL / HPCML_RING_SEGMENT_BYTES / HPCML_CHECK
     # would pick different algorithms or segments for the same call: a truncation or hang
     from .collectives import config

@@ -177,7 +177,7 @@ def test_bad_cost_model_file_fails_on_every_rank(comm, tmp_path_factory, monkeyp
     fresh = comm.Dup()  # its state is created (and the model loaded) on first use
     try:
         _raises_everywhere(comm, lambda: hc.allreduce(np.ones(4), comm=fresh),
-                           "loading HPCML_COMM_MODEL failed", f"rank {last}:",
+                           "setting up hpcml on this communicator", f"rank {last}:",
                            "/nonexistent/model.json")
     finally:
         fresh.Free()
