@@ -32,6 +32,10 @@ def coerce(settings, key, value, source):
     try:
         if typ is bool:
             return to_bool(value)
+        if typ is str and isinstance(value, list):  # TOML: hidden = [256, 128]
+            if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
+                raise ValueError("a list of numbers or words")
+            return ",".join(str(v) for v in value)
         if typ is int and isinstance(value, float) and not value.is_integer():
             raise ValueError("not an integer")
         if typ is int and isinstance(value, bool):

@@ -73,6 +73,16 @@ def test_toml_config_then_flags(tmp_path):
     assert cfg["optimizer"] == "adamw" and cfg["batch_size"] == 64  # default kept
 
 
+def test_toml_lists_are_taken_as_lists(tmp_path):
+    """`hidden = [256, 128]` is how TOML writes a list: taken as --hidden 256,128."""
+    cfgfile = tmp_path / "run.toml"
+    cfgfile.write_text("hidden = [256, 128]\n")
+    assert train.parse_args(["--config", str(cfgfile)])["hidden_sizes"] == [256, 128]
+    cfgfile.write_text("hidden = [256, 1.5]\n")
+    with pytest.raises(train.ConfigError, match="hidden = \\[256, 1.5\\]: expected str"):
+        train.parse_args(["--config", str(cfgfile)])
+
+
 @pytest.mark.parametrize("args,match", [
     (["--lr", "-1"], "lr = -1.0: must be > 0"),
     (["--epochs", "two"], "--epochs = 'two': expected int"),
