@@ -122,7 +122,14 @@ def entry_point(main):
         Watchdog.attach_inspector(MPI.COMM_WORLD)
         from hpcml.kernels import threads
         threads.configure(local_ranks())
-        return main(*args, **kwargs)
+        try:
+            return main(*args, **kwargs)
+        except BrokenPipeError:  # `... | head`: the reader left; end quietly, no traceback
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail
+            if MPI.COMM_WORLD.Get_size() > 1:  # the other ranks must not wait for this one
+                abort("stdout was closed (broken pipe): ending the job", 1)
+            return 0
     wrapped.__name__ = getattr(main, "__name__", "main")
     wrapped.__doc__ = main.__doc__
     return wrapped

@@ -232,7 +232,7 @@ class Trainer:
             if key in entry:
                 line += f"  {name} {entry[key]:.4g}" if "rmse" in key else \
                     f"  {name} {entry[key]:.4f}"
-        line += (f"  {entry['samples_per_s']:,.0f} samples/s  comm "
+        line += (f"  lr {entry['lr']:.3g}  {entry['samples_per_s']:,.0f} samples/s  comm "
                  f"{100 * entry['comm_fraction']:.0f}%")
         (bar.write if bar is not None else self.log)(line)
 

@@ -1,0 +1,61 @@
+"""slurm/train.sbatch runs as written on a single-node Slurm (issue 15, item 14): a real
+slurmctld + slurmd started by slurm/dev/local-slurm.sh (root; `apt-get install slurm-wlm
+munge`, as .ci/run does). Skipped, saying why, where Slurm is not installed."""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from procs import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(
+    shutil.which("sbatch") is None or shutil.which("slurmctld") is None or os.geteuid() != 0,
+    reason="needs Slurm (apt-get install slurm-wlm munge) and root to start a local one")
+
+
+@pytest.fixture
+def slurm(tmp_path_factory):
+    """A running single-node Slurm for this test; stopped (and waited for) after it, before
+    the check for leftover processes. Started by plain subprocess.run: procs.run would kill
+    the daemons with the script's process group."""
+    folder = str(tmp_path_factory.mktemp("slurm"))
+    env = dict(os.environ, HPCML_SLURM_DIR=folder, SLURM_CONF=os.path.join(folder, "slurm.conf"))
+    script = os.path.join(ROOT, "slurm", "dev", "local-slurm.sh")
+    try:
+        r = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        yield env
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=30)
+
+
+def _wait(job, env, limit=240):
+    t = time.monotonic()
+    while time.monotonic() - t < limit:
+        out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
+                             env=env, timeout=30).stdout
+        state = out.split("JobState=")[1].split()[0] if "JobState=" in out else "?"
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            return state
+        time.sleep(1)
+    subprocess.run(["scancel", job], env=env, timeout=30)
+    pytest.fail(f"job {job} did not end in {limit} s")
+
+
+def test_train_sbatch_runs_as_written_on_one_node(slurm, tmp_path):
+    r = run(["sbatch", "--parsable", os.path.join(ROOT, "slurm", "train.sbatch"),
+             "--epochs", "3", "--hidden", "64"], limit=60, env=slurm, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().split(";")[0]
+    state = _wait(job, slurm)
+    log = (tmp_path / f"hpcml-train-{job}.out").read_text()
+    assert state == "COMPLETED", log
+    summary = json.loads(log.strip().splitlines()[-1])
+    assert summary["status"] == "done" and summary["ranks"] == 2, summary
+    assert summary["outputs"]["last_checkpoint"].startswith(str(tmp_path / "runs" / job))
+    assert f"slurm{job}" in summary["run_id"]
