@@ -388,8 +388,11 @@ def _check_outputs(cfg):
         if not path:
             continue
         parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise OSError(f"{flag} {path}: the folder {parent} does not exist")
+        try:  # as for --checkpoint-dir: a missing folder is made (mkdir -p)
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"{flag} {path}: cannot make the folder {parent} ({e.strerror})") \
+                from None
         if os.path.isdir(path) or not os.access(parent, os.W_OK) or (
                 os.path.exists(path) and not os.access(path, os.W_OK)):
             raise OSError(f"{flag} {path}: cannot write this file")

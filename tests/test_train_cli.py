@@ -286,8 +286,8 @@ def test_unwritable_outputs_are_refused_before_training(tmp_path):
     (tmp_path / "afile").write_text("")
     for args, msg in ((["--checkpoint-dir", str(tmp_path / "afile" / "ck")],
                        "--checkpoint-dir"),
-                      (["--metrics", str(tmp_path / "nodir" / "m.jsonl")],
-                       "the folder " + str(tmp_path / "nodir") + " does not exist")):
+                      (["--metrics", str(tmp_path / "afile" / "sub" / "m.jsonl")],
+                       "cannot make the folder " + str(tmp_path / "afile" / "sub"))):
         rc, out, err = _finish(_launch(2, ["--progress", "false", *args]), limit=60)
         assert rc == 1 and err.count("error: ") == 1 and msg in err, (rc, err)
         assert "epoch" not in out, out
