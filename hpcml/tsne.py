@@ -105,14 +105,23 @@ def plot(path, emb, labels, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 6.5))
+    fig, ax = plt.subplots(figsize=(7.6, 6.5))
     kw = dict(s=max(0.5, min(8, 20000 / max(len(emb), 1))), linewidths=0)
     if emb.shape[1] == 1:
         emb = np.column_stack([emb[:, 0], np.zeros(len(emb))])
-    if labels is not None and len(np.unique(labels)) <= 20:
-        sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10" if labels.max() < 10
-                        else "tab20", **kw)
-        fig.colorbar(sc, ax=ax, label="label")
+    classes = np.unique(labels) if labels is not None else []
+    integral = labels is not None and np.asarray(labels).dtype.kind in "iu"
+    if labels is not None and integral and len(classes) <= 20:
+        # classes are categories: one colour each, named in a legend (not a colour scale)
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, c in enumerate(classes):
+            pick = labels == c
+            ax.scatter(emb[pick, 0], emb[pick, 1], color=cmap(i), label=str(c), **kw)
+        ax.legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  markerscale=max(1.0, 6 / kw["s"] ** 0.5), frameon=False, fontsize=9)
+    elif labels is not None:  # many classes or a real-valued target: a colour scale
+        sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="viridis", **kw)
+        fig.colorbar(sc, ax=ax, label="label" if integral else "target")
     else:
         ax.scatter(emb[:, 0], emb[:, 1], c="tab:blue", **kw)
     ax.set_title(title)

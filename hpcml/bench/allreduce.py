@@ -112,14 +112,15 @@ def print_table(records, algorithms, out=sys.stdout):
     by = {(r["algorithm"], r["bytes"]): r for r in records}
     sizes = sorted({r["bytes"] for r in records})
     head = f"{'size':>9} " + " ".join(f"{a + ' us':>10} {a + ' GB/s':>10}" for a in algorithms)
-    print(head + f" {'auto/mpi':>8} {'chosen':>6} {'valid':>5}", file=out)
+    # ratio_vs_mpi: MPI's time / auto's time, so > 1 means auto is faster
+    print(head + f" {'auto speedup vs mpi':>19} {'chosen':>6} {'valid':>5}", file=out)
     for b in sizes:
         row = f"{human(b):>9} "
         row += " ".join(f"{by[(a, b)]['median_s'] * 1e6:10.1f} {by[(a, b)]['busbw_GBps']:10.3f}"
                         for a in algorithms)
         auto = by.get(("auto", b))
         ok = all(by[(a, b)]["valid"] for a in algorithms)
-        row += (f" {auto['ratio_vs_mpi']:8.2f} {auto['chosen']:>6}" if auto else " " * 16)
+        row += (f" {auto['ratio_vs_mpi']:19.2f} {auto['chosen']:>6}" if auto else " " * 27)
         print(row + f" {'yes' if ok else 'NO':>5}", file=out)
 
 

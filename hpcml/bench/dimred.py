@@ -125,7 +125,10 @@ def plot(path, records, scaling):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # no scaling runs (--quick, --scaling ''): one panel, not an empty second one
+    fig, axes = plt.subplots(1, 2 if scaling else 1, figsize=(12 if scaling else 6.5, 4.5),
+                             squeeze=False)
+    a1 = axes[0, 0]
     names = sorted({r["data"] for r in records}, key=lambda s: (len(s), s))
     tools = []
     for r in records:
@@ -145,6 +148,13 @@ def plot(path, records, scaling):
     a1.set_ylabel("wall seconds (lower is better)")
     a1.set_title("t-SNE, 1,000 iterations (openTSNE default: 750)")
     a1.legend(fontsize=8)
+    if not scaling:
+        fig.tight_layout()
+        from hpcml.atomic import atomic_savefig
+        atomic_savefig(fig, path, dpi=110)
+        plt.close(fig)
+        return
+    a2 = axes[0, 1]
     for tool in sorted({s["tool"] + (f" x{s['ranks']}" if s["tool"] == "hpcml" else "")
                         for s in scaling}):
         pts = sorted((s["rows"], s["seconds"]) for s in scaling if
@@ -173,6 +183,8 @@ def main(argv=None):
     ap.add_argument("--sklearn-max-rows", type=int, default=10000,
                     help="skip scikit-learn on data larger than this")
     ap.add_argument("--backend", default="", help="hpcml kernel backend (cuda on a GPU)")
+    ap.add_argument("--drop-cache", action="store_true", help="PCA part: also time reads "
+                    "from the disk, emptying the page cache before each (root)")
     ap.add_argument("--skip-pca", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -229,7 +241,7 @@ def main(argv=None):
     result = {"tsne": records, "tsne_scaling": scaling, "ratios": ratios}
     if not args.skip_pca:
         from hpcml.bench.pca import bench_pca
-        result["pca"] = bench_pca(args.out, quick=args.quick)
+        result["pca"] = bench_pca(args.out, quick=args.quick, drop_cache=args.drop_cache)
     from hpcml.atomic import atomic_write_json
     meta = {"benchmark": "dimred", "config": {k: v for k, v in vars(args).items()
                                               if k not in ("data", "emb", "result")},

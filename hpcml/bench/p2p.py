@@ -98,7 +98,7 @@ def main(argv=None):
         _plot(records, os.path.join(args.out, f"p2p-p{p}.png"))
         for r in records:
             print(f"{r['kind']:9s} {r['bytes']:7d} B  mpi4py {r['mpi4py_us']:7.2f} us  "
-                  f"hpcml {r['hpcml_us']:7.2f} us  ratio {r['ratio']:.2f}")
+                  f"hpcml {r['hpcml_us']:7.2f} us  hpcml time / mpi4py time {r['ratio']:.2f}")
     return 0
 
 
