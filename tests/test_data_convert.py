@@ -189,6 +189,9 @@ def test_synth_test_rows_come_from_the_training_distribution(tmp_path):
     assert p.returncode == 0, p.stderr
     assert f"wrote {out / 'train'}: 3,000 rows in 2 shards" in p.stdout, p.stdout
     assert f"wrote {out / 'test'}: 600 rows" in p.stdout, p.stdout
+    summary = __import__("json").loads(p.stdout.strip().splitlines()[-1])
+    assert summary["job"] == "data synth" and summary["status"] == "done"
+    assert summary["rows"] == {str(out / "train"): 3000, str(out / "test"): 600}
     xtr, ytr = read_all(str(out / "train"))
     xte, yte = read_all(str(out / "test"))
     assert len(xte) == 600 and not np.isin(xte[:, 0], xtr[:, 0]).any()  # other rows

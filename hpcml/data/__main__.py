@@ -109,6 +109,8 @@ def _main(argv=None):
     from hpcml import data
     if args.cmd in ("synth", "convert"):
         from hpcml.data.output import abandon_output, begin_output, finish_output
+        import time
+        t0 = time.perf_counter()
         work = begin_output(args.output, args.overwrite, comm)
         try:
             out = _write(args, work, comm)
@@ -133,6 +135,12 @@ def _main(argv=None):
                 kind = "lines" if args.input.endswith((".csv", ".txt")) else "rows"
                 shown = ", ".join(map(str, lines[:5])) + (", ..." if dropped > 5 else "")
                 print(f"left out {dropped:,} rows with a NaN or Inf feature ({kind} {shown})")
+            import json  # the summary every job ends with: job, status, outputs, seconds
+            print(json.dumps({"job": f"data {args.cmd}", "status": "done", "outputs": {
+                name: os.path.abspath(name) for name in out}, "seconds":
+                time.perf_counter() - t0, "ranks": comm.Get_size(), "rows": {
+                name: m["rows"] for name, m in out.items()},
+                "dropped_nonfinite": dropped or 0}), flush=True)
     elif args.cmd == "info":
         if rank == 0:
             print(data.info(args.path))
