@@ -1,7 +1,8 @@
 """Progress of a long step, shown the way the output can show it.
 
 On a terminal: a tqdm bar. Under mpiexec and Slurm stderr is a pipe or a file, where a bar
-is a screen of carriage returns: there, a line every `every` seconds (and one at the end)
+is a screen of carriage returns: there, a first line after every/3 seconds, then a line
+every `every` seconds (and one at the end)
 with the count done, the share, the rate, the elapsed time and the ETA:
 
     convert table.csv: 4,500,000/10,000,000 rows (45%)  912,000 rows/s  elapsed 0:05  ETA 0:06
@@ -27,6 +28,7 @@ class Progress:
         self.total, self.desc, self.unit = int(total), desc, unit
         every = Progress.default_every if every is None else every
         self.every, self.done, self.shown = float(every), 0, -1
+        self.wait = self.every / 3  # the first line comes early: a short run shows its pace
         self.stream = stream if stream is not None else sys.stdout
         self.start = self.last = time.perf_counter()
         self.bar = None
@@ -50,9 +52,9 @@ class Progress:
         self.done += int(n)
         if self.bar is not None:
             self.bar.update(n)
-        elif self.lines and time.perf_counter() - self.last >= self.every:
+        elif self.lines and time.perf_counter() - self.last >= self.wait:
             print(self.line(), file=self.stream, flush=True)
-            self.last, self.shown = time.perf_counter(), self.done
+            self.last, self.shown, self.wait = time.perf_counter(), self.done, self.every
 
     def close(self):
         if self.bar is not None:

@@ -298,11 +298,14 @@ class TensorBoard:
 
 class _Ticker:
     """Rank 0's progress lines when no bar can show (stderr is a pipe under mpiexec and
-    Slurm): one every `every` seconds, from rank 0's own numbers (no communication)."""
+    Slurm): the first after a third of `every` seconds (so a short run shows its pace and
+    ETA early), then one every `every` seconds, from rank 0's own numbers (no
+    communication)."""
 
     def __init__(self, every, step):
         self.every, self.first_step = every, step
         self.start = self.last = time.perf_counter()
+        self.wait = every / 3  # until the first line
         self.rows = 0.0
         self.loss = np.zeros(2)  # rank 0's loss*rows, rows since the last line
 
@@ -310,8 +313,9 @@ class _Ticker:
         self.rows += trainer._step_rows
         self.loss += (sums[0], sums[2])
         now = time.perf_counter()
-        if now - self.last < self.every:
+        if now - self.last < self.wait:
             return
+        self.wait = self.every
         done = trainer.step - self.first_step
         elapsed = now - self.start
         eta = elapsed / max(done, 1) * (trainer.total - trainer.step)
