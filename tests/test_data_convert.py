@@ -125,13 +125,19 @@ def test_cli_errors_end_every_rank_cleanly(tmp_path):
     import shutil
     (tmp_path / "bad.csv").write_text("1,2,0\n1,2,0\n1,zz,0\n")
     folder = tmp_path / "ds"
-    nan_at_line_30 = tmp_path / "nan.csv"  # convert keeps features as they are; verify scans
-    nan_at_line_30.write_text("".join(f"{'nan' if i == 29 else i},{i % 3}\n"
-                                      for i in range(50)))
-    convert(str(nan_at_line_30), str(folder), shards=2)  # 25 rows each: line 30 = row 4
+    # a dataset holding a NaN (convert refuses them now, so written shard by shard)
+    from hpcml.data import write_manifest, write_shard
+    x = np.arange(50, dtype=np.float32).reshape(50, 1)
+    x[29, 0] = np.nan  # 25 rows per shard: shard 1, row 4
+    y = np.arange(50) % 3
+    folder.mkdir()
+    shards = [write_shard(str(folder), i, x[25 * i:25 * i + 25], y[25 * i:25 * i + 25])
+              for i in range(2)]
+    write_manifest(str(folder), shards, 1, "float32", "int64", "classification", 3)
     for args, msg in [(["convert", str(tmp_path / "bad.csv"), str(tmp_path / "o")],
                        "line 3: malformed CSV row"),
-                      (["verify", str(folder)], "shard-00001.h5: row 4 has a NaN or Inf"),
+                      (["verify", str(folder)],
+                       "shard-00001.h5: row 4 (row 29 of the dataset, from 0) has a NaN or Inf"),
                       (["verify", str(tmp_path / "nowhere")],
                        "nowhere: not found (no such folder")]:
         p = procs.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m",
@@ -252,3 +258,23 @@ def test_train_nonfinite_drop_skips_the_rows_the_error_names(tmp_path):
                   limit=60)
     assert p.returncode == 0, p.stderr
     assert train.parse_args(["--nonfinite", "drop"])["nonfinite"] == "drop"
+
+
+def test_every_file_of_a_dataset_gets_the_umask_mode(tmp_path):
+    """Shards were once written 0600 (mkstemp) beside a 0644 manifest: on shared storage
+    other users could list a dataset but not read it. Every writer goes through
+    hpcml.atomic, which gives the mode a plain open() would (0666 less the umask)."""
+    from hpcml.data import synth
+    a = table(200)
+    np.savetxt(tmp_path / "t.csv", a, delimiter=",")
+    old = os.umask(0o022)
+    try:
+        synth(str(tmp_path / "s"), rows=300, features=3, classes=2, shards=3, test_rows=50)
+        convert(str(tmp_path / "t.csv"), str(tmp_path / "c"), shards=2, test_fraction=0.2)
+    finally:
+        os.umask(old)
+    files = [os.path.join(d, f) for d in (tmp_path / "s" / "train", tmp_path / "s" / "test",
+                                          tmp_path / "c" / "train", tmp_path / "c" / "test")
+             for f in os.listdir(d)]
+    assert len(files) >= 10
+    assert {oct(os.stat(f).st_mode & 0o777) for f in files} == {oct(0o644)}, files

@@ -255,7 +255,7 @@ def test_nonfinite_features_error_with_row_or_drop(tmp_path):
     with h5py.File(os.path.join(folder, "shard-00000.h5"), "r+") as f:
         f["x"][123, 2] = np.nan
     ds = ShardedDataset(folder)
-    with pytest.raises(DataError, match="shard-00000.h5: row 123 has a NaN or Inf"):
+    with pytest.raises(DataError, match=r"shard-00000.h5: row 123 \(row 123 of the dataset, from 0\) has a NaN or Inf"):
         list(ds.loader(batch_size=50, shuffle=False))
     rows = np.concatenate([x[:, 0] for x, _ in ds.loader(batch_size=50, nonfinite="drop")])
     assert len(rows) == 299 and 123 not in rows

@@ -322,7 +322,8 @@ def test_nonfinite_row_in_a_dataset_names_the_file(tmp_path):
     os.makedirs(folder)
     entry = write_shard(folder, 0, x, np.zeros(300, np.int64))
     write_manifest(folder, [entry], 4, "float32", "int64", "classification", 1)
-    with pytest.raises(InputError, match="shard-00000.h5: row 123 has a NaN or Inf"):
+    with pytest.raises(InputError, match=r"shard-00000.h5: row 123 \(row 123 of the "
+                                         r"dataset, from 0\) has a NaN or Inf"):
         PCA(2).fit(folder)
 
 

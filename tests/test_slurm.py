@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -59,3 +60,17 @@ def test_train_sbatch_runs_as_written_on_one_node(slurm, tmp_path):
     assert summary["status"] == "done" and summary["ranks"] == 2, summary
     assert summary["outputs"]["last_checkpoint"].startswith(str(tmp_path / "runs" / job))
     assert f"slurm{job}" in summary["run_id"]
+
+
+def test_plain_srun_is_one_line_and_srun_pmi2_is_one_world(slurm, tmp_path):
+    """`srun -n 2` without --mpi=pmi2 starts two one-rank worlds: one line from task 0,
+    exit 2, no traceback per task; with --mpi=pmi2 the same command is one world of 2."""
+    cmd = [sys.executable, "-m", "hpcml.train", "--epochs", "1", "--hidden", "16",
+           "--progress", "false"]
+    r = run(["srun", "-n", "2", *cmd], limit=120, env=slurm, cwd=str(tmp_path))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("error: srun started 2 tasks but each is its own one-rank MPI "
+                          "world") == 1 and "Traceback" not in r.stderr, r.stderr
+    r = run(["srun", "--mpi=pmi2", "-n", "2", *cmd], limit=120, env=slurm, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["ranks"] == 2
