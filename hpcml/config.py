@@ -114,6 +114,19 @@ def parse(prog, doc, settings, argv=None, positional=()):
     return cfg
 
 
+def validate_shared(cfg):
+    """The settings several jobs share, checked once: log_every (seconds >= 0) and
+    max_memory ('auto', 'off' or GiB per rank), where the job has them."""
+    if "log_every" in cfg and not 0 <= cfg["log_every"] < float("inf"):
+        bad(cfg, "log_every", "must be a number of seconds >= 0")
+    if "max_memory" in cfg:
+        from hpcml.memory import parse_setting
+        try:
+            parse_setting(cfg["max_memory"])
+        except ValueError as e:
+            bad(cfg, "max_memory", str(e))
+
+
 def bad(cfg, key, why):
     raise ConfigError(f"{key.replace('_', '-')} = {cfg[key]!r}: {why}")
 

@@ -91,12 +91,7 @@ def validate(cfg):
     cfg["power"] = ip if ip == "auto" else int(ip)
     if not cfg["output"].strip():
         bad("output", "must name a folder")
-    if not 0 <= cfg["log_every"] < float("inf"):
-        bad("log_every", "must be a number of seconds >= 0")
-    try:
-        memory.parse_setting(cfg["max_memory"])
-    except ValueError as e:
-        bad("max_memory", str(e))
+    config.validate_shared(cfg)  # log_every, max_memory
     return cfg
 
 

@@ -114,12 +114,7 @@ def validate(cfg):
             bad(key, "must be >= 0")
     if not cfg["lr"] > 0:
         bad("lr", "must be > 0")
-    if not 0 <= cfg["log_every"] < float("inf"):
-        bad("log_every", "must be a number of seconds >= 0")
-    try:
-        memory.parse_setting(cfg["max_memory"])
-    except ValueError as e:
-        bad("max_memory", str(e))
+    config.validate_shared(cfg)  # log_every, max_memory
     if cfg["tensorboard"]:
         try:
             import tensorboardX  # noqa: F401

@@ -92,12 +92,7 @@ def validate(cfg):
         bad("output", "must name a folder")
     if cfg["every"] < 1:
         bad("every", "must be >= 1")
-    if not 0 <= cfg["log_every"] < float("inf"):
-        bad("log_every", "must be a number of seconds >= 0")
-    try:
-        memory.parse_setting(cfg["max_memory"])
-    except ValueError as e:
-        bad("max_memory", str(e))
+    config.validate_shared(cfg)  # log_every, max_memory
     return cfg
 
 
