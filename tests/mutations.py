@@ -140,6 +140,24 @@ FAULTS = {
           '        elif True:\n')],
         0, ["tests/test_no_hang.py::test_stall_inspector_names_who_entered_and_what_the_others_do",
             "tests/test_no_hang.py::test_stall_report_lists_silent_ranks"]),
+    "model-standardiser": (
+        "a saved model predicts without its standardiser (raw features into the network)",
+        [("hpcml/model.py",
+          "                x = (x - mean) * inv\n",
+          "                x = x\n")],
+        0, ["tests/test_model.py::test_saved_model_reproduces_the_test_accuracy_train_printed"]),
+    "regression-units": (
+        "regression RMSE and R^2 computed in standardised units (the std^2 factor dropped)",
+        [("hpcml/parallel/trainer.py",
+          "    sse = loss_rows * std * std\n",
+          "    sse = loss_rows\n")],
+        0, ["tests/test_model.py::test_regression_training_reaches_r2_and_predict_agrees"]),
+    "tsne-memory": (
+        "t-SNE's memory estimate forgets the symmetric P each rank builds",
+        [("hpcml/memory.py",
+          '            "this rank\'s P being built": 166 * m * k,\n',
+          '            "this rank\'s P being built": 0,\n')],
+        0, ["tests/test_memory.py::test_tsne_estimate_matches_the_measured_peak"]),
 }
 
 
