@@ -1,0 +1,277 @@
+"""Pipeline parallelism: a model split into stages, run by a schedule (pipeline.py) over
+hpcml.comm point-to-point on NumPy buffers.
+
+    bounds = split(model, stages=4)                     # or balance(model, 4, x_sample)
+    runner = PipelineRunner(model, bounds, make("1f1b", ranks=4, micro_batches=8), comm)
+    loss = runner.step(x, y, denom=len(x))              # forward and backward of one step
+    for opt in runner.optimizers(lambda m: optim.SGD(m, 0.1)): opt.step()
+
+Every rank builds the same serial model (same seed), keeps the layers of its own stages as
+stage models (their parameters and gradients in their own flat buffers, as
+hpcml.nn.Sequential does) and drops the rest. A stage keeps, per micro-batch in flight,
+what its layers cache for backward (their inputs and pre-activations), so several
+micro-batches can be in flight; with recompute=True it keeps only the stage's input and
+runs the forward again just before the backward. Messages: activations forward, input
+gradients backward, one `isend` each (waited at the end of the step) and one blocking
+`recv` where the schedule needs it, tagged by (micro-batch, stage, kind): the schedule's
+order, which the replay checked, is the only order.
+"""
+import time
+
+import numpy as np
+
+from hpcml import comm as hc
+from hpcml import nn
+
+from .pipeline import ScheduleError, replay
+
+_CACHE = ("x", "z", "mask")  # what hpcml.nn layers keep from forward for backward
+
+
+class PipelineError(ValueError):
+    """A layout that cannot be built: stages without layers, a schedule for another
+    layout, a model with too few layers; the message names the setting."""
+
+
+def split(model, stages, bounds=None):
+    """Layer ranges [(lo, hi), ...] of `stages` stages: explicit `bounds` (the first layer
+    of every stage after the first, e.g. [2, 5] for 3 stages), or as equal as possible in
+    parameters (each stage at least one parameterised layer)."""
+    n = len(model.layers)
+    if bounds is not None:
+        cuts = [0, *bounds, n]
+        if len(cuts) != stages + 1 or any(b <= a for a, b in zip(cuts, cuts[1:])):
+            raise PipelineError(f"stage bounds {list(bounds)}: need {stages - 1} increasing "
+                                f"layer indices in 1..{n - 1}, each stage with a layer")
+        out = list(zip(cuts, cuts[1:]))
+    else:
+        sizes = [0] * n
+        for i, (lo, hi) in model.layer_regions().items():
+            sizes[i] = hi - lo
+        out = _partition([max(s, 0) + 1e-9 for s in sizes], stages, model)
+    for s, (lo, hi) in enumerate(out):
+        if not any(p.size for layer in model.layers[lo:hi] for p in _params(layer)):
+            raise PipelineError(f"stage {s} (layers {lo}..{hi - 1}) has no parameterised "
+                                f"layer: {model!r} has too few layers for {stages} stages")
+    return out
+
+
+def _params(layer):
+    return getattr(layer, "p", []) or []
+
+
+def _partition(costs, stages, model):
+    """Contiguous ranges of `costs` into `stages` parts minimising the largest part's sum
+    (the linear partition problem, exact by dynamic programming), each part holding at
+    least one parameterised layer."""
+    n = len(costs)
+    has = [bool(_params(layer)) for layer in model.layers]
+    if sum(has) < stages:
+        raise PipelineError(f"{model!r} has {sum(has)} parameterised layers, fewer than "
+                            f"{stages} stages")
+    pre = np.concatenate([[0.0], np.cumsum(costs)])
+    cnt = np.concatenate([[0], np.cumsum(has)])
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(stages + 1)]
+    cut = [[0] * (n + 1) for _ in range(stages + 1)]
+    best[0][0] = 0.0
+    for k in range(1, stages + 1):
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):
+                if best[k - 1][i] == inf or cnt[j] - cnt[i] < 1:
+                    continue
+                v = max(best[k - 1][i], pre[j] - pre[i])
+                if v < best[k][j]:
+                    best[k][j], cut[k][j] = v, i
+    out, j = [], n
+    for k in range(stages, 0, -1):
+        i = cut[k][j]
+        out.append((i, j))
+        j = i
+    return out[::-1]
+
+
+def balance(model, stages, x, repeats=3):
+    """Layer ranges balanced by each layer's measured forward + backward time on the rows
+    `x` (median of `repeats`) plus its share of the parameters: cost = time / total time +
+    parameters / total parameters."""
+    times = np.zeros(len(model.layers))
+    h = np.asarray(x, model.dtype)
+    for i, layer in enumerate(model.layers):
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            y = layer.forward(h, train=True, rng=np.random.default_rng(0))
+            layer.backward(np.ones_like(y), accumulate=True)
+            ts.append(time.perf_counter() - t)
+        times[i] = np.median(ts)
+        h = layer.forward(h, train=False)
+    model.zero_grad()
+    sizes = np.zeros(len(model.layers))
+    for i, (lo, hi) in model.layer_regions().items():
+        sizes[i] = hi - lo
+    cost = times / max(times.sum(), 1e-12) + sizes / max(sizes.sum(), 1)
+    return _partition(list(cost + 1e-12), stages, model)
+
+
+def stage_models(model, bounds, keep):
+    """{stage: Sequential of its layers} for the stages in `keep`, with the serial model's
+    parameter values (the serial model's layers are moved into them)."""
+    regions = model.layer_regions()
+    values = model.params.copy()
+    out = {}
+    for s in keep:
+        lo, hi = bounds[s]
+        layers = model.layers[lo:hi]
+        spans = [regions[i] for i in range(lo, hi) if i in regions]
+        st = nn.Sequential(*layers, dtype=model.dtype)
+        if spans:
+            a, b = spans[0][0], spans[-1][1]
+            st.params[...] = values[a:b]
+        st.serial_range = (spans[0][0], spans[-1][1]) if spans else (0, 0)
+        out[s] = st
+    return out
+
+
+def _width_out(stage):
+    for layer in reversed(stage.layers):
+        if hasattr(layer, "fan_out"):
+            return layer.fan_out
+    raise PipelineError("a stage without a Linear layer")
+
+
+def _width_in(stage):
+    for layer in stage.layers:
+        if hasattr(layer, "fan_in"):
+            return layer.fan_in
+    raise PipelineError("a stage without a Linear layer")
+
+
+class PipelineRunner:
+    """Runs one rank's part of a pipeline schedule (see the module docstring). `model`:
+    the serial model, built the same on every rank; `bounds`: layer ranges per stage
+    (split/balance); `schedule`: pipeline.make(...) for comm's size; loss: "ce" (softmax
+    cross-entropy on class labels) or "mse"."""
+
+    def __init__(self, model, bounds, schedule, comm, loss="ce", recompute=False):
+        P = comm.Get_size() if comm is not None else 1
+        if schedule.ranks != P:
+            raise PipelineError(f"the {schedule.name} schedule is for {schedule.ranks} ranks; "
+                                f"the pipeline communicator has {P}")
+        if len(bounds) != schedule.stages:
+            raise PipelineError(f"{len(bounds)} stages of layers for a schedule of "
+                                f"{schedule.stages} stages ({schedule.ranks} ranks x "
+                                f"{schedule.virtual} virtual)")
+        if schedule.split_w:
+            raise PipelineError(f"{schedule.name}: the executor does not split W from B yet "
+                                f"(the replay does); use gpipe, 1f1b or interleaved")
+        replay(schedule)  # complete and deadlock-free, or ScheduleError here (every rank)
+        self.comm, self.schedule, self.rank = comm, schedule, comm.Get_rank() if comm else 0
+        self.loss, self.recompute = loss, bool(recompute)
+        self.bounds = bounds
+        self.mine = schedule.stages_of(self.rank)
+        self.stages = stage_models(model, bounds, self.mine)
+        self.S = schedule.stages
+        if self.S * schedule.micro_batches * 2 > 32767:
+            raise PipelineError("stages x micro-batches x 2 must stay below MPI's tag bound "
+                                "32767")
+        self.peak_bytes = 0  # the most bytes kept for backward at once on this rank
+
+    # --- one step ------------------------------------------------------------------------
+    def _tag(self, kind, stage, micro):
+        return (micro * self.S + stage) * 2 + kind
+
+    def step(self, x, y, denom=None, rng=None):
+        """Forward and backward of the global batch (x, y) as the schedule's micro-batches
+        (consecutive rows, as equal as possible); gradients land in each stage model's
+        `grads` (overwritten). Returns this rank's sum of loss x rows (last stage; 0
+        elsewhere). Every rank passes the same x and y (only the first stage reads x and
+        the last y)."""
+        M = self.schedule.micro_batches
+        n = len(x)
+        if n < M:
+            raise PipelineError(f"a batch of {n} rows cannot make {M} micro-batches")
+        denom = n if denom is None else denom
+        cuts = [n * i // M for i in range(M + 1)]
+        for st in self.stages.values():
+            st.zero_grad()
+        saved, grads, sends = {}, {}, []
+        loss_sum, kept = 0.0, 0
+        for a in self.schedule.actions[self.rank]:
+            st = self.stages[a.stage]
+            rows = cuts[a.micro + 1] - cuts[a.micro]
+            if a.kind == "F":
+                if a.stage == 0:
+                    h = np.ascontiguousarray(x[cuts[a.micro]:cuts[a.micro + 1]], st.dtype)
+                else:
+                    h = np.empty((rows, _width_in(st)), st.dtype)
+                    hc.recv(h, self.schedule.owner(a.stage - 1), self._tag(0, a.stage - 1,
+                                                                             a.micro), self.comm)
+                out = st.forward(h, train=True, rng=rng)
+                if self.recompute:
+                    saved[(a.stage, a.micro)] = h
+                    kept += h.nbytes
+                else:
+                    saved[(a.stage, a.micro)] = [{k: getattr(layer, k, None) for k in _CACHE}
+                                                 for layer in st.layers]
+                    kept += sum(v.nbytes for c in saved[(a.stage, a.micro)] for v in c.values()
+                                if isinstance(v, np.ndarray))
+                self.peak_bytes = max(self.peak_bytes, kept)
+                if a.stage == self.S - 1:
+                    yy = y[cuts[a.micro]:cuts[a.micro + 1]]
+                    if self.loss == "ce":
+                        lo, d = nn.cross_entropy(out, yy, denom=denom)
+                    else:
+                        lo, d = nn.mse(out, yy, denom=denom)
+                    loss_sum += lo * rows
+                    grads[(a.stage, a.micro)] = d
+                else:
+                    buf = np.ascontiguousarray(out)
+                    sends.append((hc.isend(buf, self.schedule.owner(a.stage + 1),
+                                           self._tag(0, a.stage, a.micro), self.comm), buf))
+            else:  # B
+                if a.stage == self.S - 1:
+                    dy = grads.pop((a.stage, a.micro))
+                else:
+                    dy = np.empty((rows, _width_out(st)), st.dtype)
+                    hc.recv(dy, self.schedule.owner(a.stage + 1), self._tag(1, a.stage + 1,
+                                                                              a.micro), self.comm)
+                keep = saved.pop((a.stage, a.micro))
+                if self.recompute:
+                    kept -= keep.nbytes
+                    st.forward(keep, train=True, rng=rng)  # the caches again, then backward
+                else:
+                    kept -= sum(v.nbytes for c in keep for v in c.values()
+                                if isinstance(v, np.ndarray))
+                    for layer, c in zip(st.layers, keep):
+                        for k, v in c.items():
+                            if v is not None or hasattr(layer, k):
+                                setattr(layer, k, v)
+                dx = st.backward(dy, accumulate=True, input_grad=a.stage > 0)
+                if a.stage > 0:
+                    buf = np.ascontiguousarray(dx)
+                    sends.append((hc.isend(buf, self.schedule.owner(a.stage - 1),
+                                           self._tag(1, a.stage, a.micro), self.comm), buf))
+        if sends:
+            hc.wait_all([r for r, _ in sends])
+        return loss_sum
+
+    # --- parameters ----------------------------------------------------------------------
+    def optimizers(self, make_opt):
+        """{stage: make_opt(stage model)}: one optimizer per stage this rank holds."""
+        return {s: make_opt(st) for s, st in self.stages.items()}
+
+    def serial_params(self, size):
+        """The serial model's flat parameter vector, assembled on every rank (a sum over
+        the pipeline ranks of each rank's stages placed at their serial offsets)."""
+        out = np.zeros(size, next(iter(self.stages.values())).dtype)
+        for st in self.stages.values():
+            a, b = st.serial_range
+            out[a:b] = st.params
+        if self.comm is not None and self.comm.Get_size() > 1:
+            hc.allreduce(out, "sum", comm=self.comm, algorithm="ring")
+        return out
+
+
+__all__ = ["split", "balance", "stage_models", "PipelineRunner", "PipelineError",
+           "ScheduleError"]
