@@ -274,6 +274,36 @@ class Sequential:
                 on_layer(i)
         return None if not input_grad else dy
 
+    def backward_input(self, dy, input_grad=True):
+        """The backward pass without the weight-gradient products (zero-bubble pipeline
+        schedules run those later, as W): adds bias gradients, returns (d loss / d input
+        or None, tasks) where `tasks` hold what `backward_weight` needs. backward_input
+        then backward_weight adds exactly what backward(accumulate=True) adds."""
+        tasks = []
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if not isinstance(layer, Linear):
+                dy = layer.backward(dy, True)
+                continue
+            if isinstance(layer, Dense):
+                dz, db = K.bias_act_backward(dy, layer.z, layer.p[1], layer.act)
+                layer.z = None
+                layer.g[1] += db
+            else:
+                dz = dy
+                if layer.has_bias:
+                    layer.g[1] += dy.sum(axis=0)
+            tasks.append((layer, layer.x, dz))
+            layer.x = None
+            dy = K.matmul(dz, layer.p[0], trans_b=True) if (i > 0 or input_grad) else None
+        return dy, tasks
+
+    @staticmethod
+    def backward_weight(tasks):
+        """The weight gradients backward_input left: gW += x^T dz per Linear layer."""
+        for layer, x, dz in tasks:
+            layer.g[0] += K.matmul(x, dz, trans_a=True)
+
     def rebind_grads(self, buffer):
         """Make `buffer` (a flat array of `size` elements and the model's dtype) hold the
         gradients: layers get views of it; the current gradients are copied in."""

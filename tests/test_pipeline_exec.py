@@ -49,7 +49,8 @@ def _pipeline(comm, name, M, v=1, recompute=False, steps=20):
     return runner.serial_params(size), runner.peak_bytes
 
 
-@pytest.mark.parametrize("name,v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2)])
+@pytest.mark.parametrize("name,v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2),
+                                    ("zb-h1", 1)])
 @pytest.mark.parametrize("S", [2, 3, 4])
 @pytest.mark.parametrize("M", [1, 4, 5])
 @pytest.mark.parametrize("recompute", [False, True])
@@ -87,3 +88,20 @@ def test_stages_split_balance_and_errors():
                                             "communicator has 2"):
         run_ranks(2, lambda c: PipelineRunner(nn.mlp(F, H, C), split(nn.mlp(F, H, C), 3),
                                               make("1f1b", 3, 4), c))
+
+
+def test_split_backward_adds_exactly_what_backward_adds():
+    """B (input gradient, bias gradients) then W (weight gradients) = one backward, to the
+    bit: the same products in the same order."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((9, F)), rng.integers(0, C, 9)
+    a, b = nn.mlp(F, [7, 6], C, dtype=np.float64), nn.mlp(F, [7, 6], C, dtype=np.float64)
+    for m in (a, b):
+        m.grads[...] = 0.5  # accumulating onto earlier gradients
+    _, d = nn.cross_entropy(a.forward(x), y)
+    dx_a = a.backward(d, accumulate=True)
+    b.forward(x)
+    dx_b, tasks = b.backward_input(d)
+    assert len(tasks) == 3 and not np.array_equal(a.grads, b.grads)  # W still to come
+    b.backward_weight(tasks)
+    assert np.array_equal(a.grads, b.grads) and np.array_equal(dx_a, dx_b)

@@ -162,9 +162,6 @@ class PipelineRunner:
             raise PipelineError(f"{len(bounds)} stages of layers for a schedule of "
                                 f"{schedule.stages} stages ({schedule.ranks} ranks x "
                                 f"{schedule.virtual} virtual)")
-        if schedule.split_w:
-            raise PipelineError(f"{schedule.name}: the executor does not split W from B yet "
-                                f"(the replay does); use gpipe, 1f1b or interleaved")
         replay(schedule)  # complete and deadlock-free, or ScheduleError here (every rank)
         self.comm, self.schedule, self.rank = comm, schedule, comm.Get_rank() if comm else 0
         self.loss, self.recompute = loss, bool(recompute)
@@ -195,7 +192,7 @@ class PipelineRunner:
         cuts = [n * i // M for i in range(M + 1)]
         for st in self.stages.values():
             st.zero_grad()
-        saved, grads, sends = {}, {}, []
+        saved, grads, sends, wtasks = {}, {}, [], {}
         loss_sum, kept = 0.0, 0
         for a in self.schedule.actions[self.rank]:
             st = self.stages[a.stage]
@@ -229,6 +226,8 @@ class PipelineRunner:
                     buf = np.ascontiguousarray(out)
                     sends.append((hc.isend(buf, self.schedule.owner(a.stage + 1),
                                            self._tag(0, a.stage, a.micro), self.comm), buf))
+            elif a.kind == "W":  # the weight gradients B left (zero-bubble schedules)
+                st.backward_weight(wtasks.pop((a.stage, a.micro)))
             else:  # B
                 if a.stage == self.S - 1:
                     dy = grads.pop((a.stage, a.micro))
@@ -247,7 +246,10 @@ class PipelineRunner:
                         for k, v in c.items():
                             if v is not None or hasattr(layer, k):
                                 setattr(layer, k, v)
-                dx = st.backward(dy, accumulate=True, input_grad=a.stage > 0)
+                if self.schedule.split_w:  # input gradient now, weight gradient at W
+                    dx, wtasks[(a.stage, a.micro)] = st.backward_input(dy, a.stage > 0)
+                else:
+                    dx = st.backward(dy, accumulate=True, input_grad=a.stage > 0)
                 if a.stage > 0:
                     buf = np.ascontiguousarray(dx)
                     sends.append((hc.isend(buf, self.schedule.owner(a.stage - 1),

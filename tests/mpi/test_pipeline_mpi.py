@@ -11,7 +11,8 @@ from test_pipeline_exec import _pipeline, _serial  # noqa: E402
 from mpi_helpers import all_ranks  # noqa: E402
 
 
-@pytest.mark.parametrize("name,v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2)])
+@pytest.mark.parametrize("name,v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2),
+                                    ("zb-h1", 1)])
 @pytest.mark.parametrize("M", [1, 5])
 @pytest.mark.parametrize("recompute", [False, True])
 def test_schedules_equal_one_process_under_mpi(comm, name, v, M, recompute):
