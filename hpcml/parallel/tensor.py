@@ -1,0 +1,182 @@
+"""Tensor parallelism (Megatron-LM's MLP split): consecutive Linear layers as pairs, the
+first split by output columns over T ranks, the second by input rows.
+
+    tp_model = tensor_parallel(serial_model, tp_comm)   # same function, 1/T of each pair
+
+Column-parallel layer: rank t holds W[:, cols_t] and b[cols_t] and computes its slice of
+the hidden units (the activation is elementwise, so it stays local). Row-parallel layer:
+rank t holds W[rows_t, :] (rows_t = cols_t of the layer before), computes a partial
+product that one all-reduce sums (forward), then adds the replicated bias and activation.
+Backward: the row-parallel layer's input gradient is local; the column-parallel layer's
+input gradient is a partial sum, and one all-reduce completes it. So one all-reduce in
+forward and one in backward per pair. A layer left over (an odd count) is replicated: every
+rank computes it on identical bytes (hpcml's all-reduce gives every rank the same bytes).
+"""
+import numpy as np
+
+from hpcml import comm as hc
+from hpcml import kernels as K
+from hpcml import nn
+
+
+def _cols(n, T, t):
+    return n * t // T, n * (t + 1) // T
+
+
+class ColumnParallel(nn.Layer):
+    """y[:, cols_t] = act(x @ W[:, cols_t] + b[cols_t]); backward all-reduces dx."""
+
+    def __init__(self, serial, comm):
+        self.comm, self.T, self.t = comm, comm.Get_size(), comm.Get_rank()
+        self.lo, self.hi = _cols(serial.fan_out, self.T, self.t)
+        self.fan_in, self.fan_out = serial.fan_in, self.hi - self.lo
+        self.act = getattr(serial, "act", None)  # Dense: fused activation; Linear: none
+        self.has_bias = serial.has_bias
+        self.values = [serial.p[0][:, self.lo:self.hi].copy()] + (
+            [serial.p[1][self.lo:self.hi].copy()] if serial.has_bias else [])
+
+    def shapes(self):
+        s = [("weight", (self.fan_in, self.fan_out))]
+        return s + [("bias", (self.fan_out,))] if self.has_bias else s
+
+    def init(self, rng):
+        for p, v in zip(self.p, self.values):
+            p[...] = v
+
+    def forward(self, x, train=True, rng=None):
+        self.x = x
+        self.z = K.matmul(x, self.p[0])
+        if self.act is None:
+            return self.z + self.p[1] if self.has_bias else self.z
+        return K.bias_act(self.z, self.p[1], self.act)
+
+    def backward(self, dy, accumulate=False):
+        if self.act is None:
+            dz = dy
+            db = dy.sum(axis=0) if self.has_bias else None
+        else:
+            dz, db = K.bias_act_backward(dy, self.z, self.p[1], self.act)
+        if self.has_bias:
+            if accumulate:
+                self.g[1] += db
+            else:
+                self.g[1][...] = db
+        if accumulate:
+            self.g[0] += K.matmul(self.x, dz, trans_a=True)
+        else:
+            K.matmul(self.x, dz, out=self.g[0], trans_a=True)
+        dx = np.ascontiguousarray(K.matmul(dz, self.p[0], trans_b=True))
+        self.x = self.z = None
+        if self.T > 1:
+            hc.allreduce(dx, "sum", comm=self.comm, algorithm="ring")
+        return dx
+
+
+class RowParallel(nn.Layer):
+    """y = act(allreduce(x[:, rows_t] @ W[rows_t, :]) + b); input gradient stays local."""
+
+    def __init__(self, serial, comm, rows):
+        self.comm, self.T, self.t = comm, comm.Get_size(), comm.Get_rank()
+        self.lo, self.hi = rows
+        self.fan_in, self.fan_out = self.hi - self.lo, serial.fan_out
+        self.act = getattr(serial, "act", None)
+        self.has_bias = serial.has_bias
+        self.values = [serial.p[0][self.lo:self.hi, :].copy()] + (
+            [serial.p[1].copy()] if serial.has_bias else [])
+
+    shapes = ColumnParallel.shapes
+    init = ColumnParallel.init
+
+    def forward(self, x, train=True, rng=None):
+        self.x = x
+        z = np.ascontiguousarray(K.matmul(x, self.p[0]))
+        if self.T > 1:
+            hc.allreduce(z, "sum", comm=self.comm, algorithm="ring")
+        self.z = z
+        if self.act is None:
+            return z + self.p[1] if self.has_bias else z
+        return K.bias_act(z, self.p[1], self.act)
+
+    def backward(self, dy, accumulate=False):
+        if self.act is None:
+            dz = dy
+            db = dy.sum(axis=0) if self.has_bias else None
+        else:
+            dz, db = K.bias_act_backward(dy, self.z, self.p[1], self.act)
+        if self.has_bias:
+            if accumulate:
+                self.g[1] += db
+            else:
+                self.g[1][...] = db
+        if accumulate:
+            self.g[0] += K.matmul(self.x, dz, trans_a=True)
+        else:
+            K.matmul(self.x, dz, out=self.g[0], trans_a=True)
+        dx = K.matmul(dz, self.p[0], trans_b=True)
+        self.x = self.z = None
+        return dx
+
+
+def tensor_parallel(model, comm):
+    """The serial MLP `model` (hpcml.nn.Sequential of Linear/Dense and activations) as this
+    rank's tensor-parallel Sequential on `comm` (T = its size): Linear layers paired
+    column-then-row in order; a last unpaired one replicated. Each pair's hidden width must
+    be >= T. Parameters come from the serial model."""
+    T = comm.Get_size()
+    linear = [i for i, layer in enumerate(model.layers) if isinstance(layer, nn.Linear)]
+    pairs = [(linear[k], linear[k + 1]) for k in range(0, len(linear) - 1, 2)]
+    role = {}
+    for a, b in pairs:
+        if model.layers[a].fan_out < T:
+            raise ValueError(f"tensor parallelism over {T} ranks: layer {a} has "
+                             f"{model.layers[a].fan_out} outputs to split, fewer than {T}")
+        role[a], role[b] = "col", "row"
+    layers, last_cols = [], None
+    for i, layer in enumerate(model.layers):
+        if role.get(i) == "col":
+            new = ColumnParallel(layer, comm)
+            last_cols = (new.lo, new.hi)
+        elif role.get(i) == "row":
+            new = RowParallel(layer, comm, last_cols)
+        elif isinstance(layer, nn.Linear):  # replicated: a copy with the same values
+            new = type(layer).__new__(type(layer))
+            new.__dict__.update({k: v for k, v in layer.__dict__.items() if k not in ("p", "g")})
+            new.values = [p.copy() for p in layer.p]
+            new.init = ColumnParallel.init.__get__(new)
+        else:
+            new = layer
+        layers.append(new)
+    tp = nn.Sequential(*layers, dtype=model.dtype)
+    tp.tp_roles = role
+    return tp
+
+
+def serial_params(tp_model, model, comm):
+    """The serial flat parameter vector from every rank's shards (on every rank)."""
+    out = np.zeros(model.size, model.dtype)
+    regions = model.layer_regions()
+    for i, layer in enumerate(tp_model.layers):
+        if i not in regions:
+            continue
+        lo, _ = regions[i]
+        W = np.zeros((model.layers[i].fan_in, model.layers[i].fan_out), model.dtype)
+        b = np.zeros(model.layers[i].fan_out, model.dtype) if model.layers[i].has_bias else None
+        t0 = comm.Get_rank() == 0
+        if isinstance(layer, ColumnParallel):
+            W[:, layer.lo:layer.hi] = layer.p[0]
+            if b is not None:
+                b[layer.lo:layer.hi] = layer.p[1]
+        elif isinstance(layer, RowParallel):
+            W[layer.lo:layer.hi, :] = layer.p[0]
+            if b is not None and t0:
+                b[...] = layer.p[1]
+        elif t0:
+            W[...] = layer.p[0]
+            if b is not None:
+                b[...] = layer.p[1]
+        out[lo:lo + W.size] = W.ravel()
+        if b is not None:
+            out[lo + W.size:lo + W.size + b.size] = b
+    if comm.Get_size() > 1:
+        hc.allreduce(out, "sum", comm=comm, algorithm="ring")
+    return out
