@@ -8,6 +8,7 @@
     python -m hpcml.bench dimred                     # PCA, t-SNE vs scikit-learn, openTSNE
     mpiexec -n 2 python -m hpcml.bench p2p           # per-call overhead vs mpi4py's own calls
     mpiexec -n 2 python -m hpcml.bench zero          # ZeRO-1/2 vs data parallelism
+    python -m hpcml.bench pipeline                   # pipeline bubble vs the replay; torch pipelining
 """
 import sys
 
@@ -21,6 +22,7 @@ BENCHMARKS = {
     "pca": "hpcml.bench.pca",
     "p2p": "hpcml.bench.p2p",
     "zero": "hpcml.bench.zero",
+    "pipeline": "hpcml.bench.pipeline",
 }
 
 

@@ -194,16 +194,20 @@ class PipelineRunner:
             st.zero_grad()
         saved, grads, sends, wtasks = {}, {}, [], {}
         loss_sum, kept = 0.0, 0
+        posted = self._post_receives(cuts)
         for a in self.schedule.actions[self.rank]:
+            if sends:  # MPI progresses a large (rendezvous) send only inside MPI calls:
+                # test the pending ones between actions, or a receiver waits for this
+                # rank's next blocking call
+                sends = [(q, b) for q, b in sends if not q.test()]
             st = self.stages[a.stage]
             rows = cuts[a.micro + 1] - cuts[a.micro]
             if a.kind == "F":
                 if a.stage == 0:
                     h = np.ascontiguousarray(x[cuts[a.micro]:cuts[a.micro + 1]], st.dtype)
                 else:
-                    h = np.empty((rows, _width_in(st)), st.dtype)
-                    hc.recv(h, self.schedule.owner(a.stage - 1), self._tag(0, a.stage - 1,
-                                                                             a.micro), self.comm)
+                    req, h = posted.pop((0, a.stage - 1, a.micro))
+                    req.wait()
                 out = st.forward(h, train=True, rng=rng)
                 if self.recompute:
                     saved[(a.stage, a.micro)] = h
@@ -232,9 +236,8 @@ class PipelineRunner:
                 if a.stage == self.S - 1:
                     dy = grads.pop((a.stage, a.micro))
                 else:
-                    dy = np.empty((rows, _width_out(st)), st.dtype)
-                    hc.recv(dy, self.schedule.owner(a.stage + 1), self._tag(1, a.stage + 1,
-                                                                              a.micro), self.comm)
+                    req, dy = posted.pop((1, a.stage + 1, a.micro))
+                    req.wait()
                 keep = saved.pop((a.stage, a.micro))
                 if self.recompute:
                     kept -= keep.nbytes
@@ -257,6 +260,25 @@ class PipelineRunner:
         if sends:
             hc.wait_all([r for r, _ in sends])
         return loss_sum
+
+    def _post_receives(self, cuts):
+        """Every message this rank receives in the step, posted up front (irecv into its
+        own buffer): a sender's data can move as soon as it is sent, while this rank
+        computes. {(kind, sending stage, micro): (request, buffer)}."""
+        posted = {}
+        for a in self.schedule.actions[self.rank]:
+            rows = cuts[a.micro + 1] - cuts[a.micro]
+            st = self.stages[a.stage]
+            if a.kind == "F" and a.stage > 0:
+                key, src = (0, a.stage - 1, a.micro), self.schedule.owner(a.stage - 1)
+                buf = np.empty((rows, _width_in(st)), st.dtype)
+            elif a.kind == "B" and a.stage < self.S - 1:
+                key, src = (1, a.stage + 1, a.micro), self.schedule.owner(a.stage + 1)
+                buf = np.empty((rows, _width_out(st)), st.dtype)
+            else:
+                continue
+            posted[key] = (hc.irecv(buf, src, self._tag(*key), self.comm), buf)
+        return posted
 
     # --- parameters ----------------------------------------------------------------------
     def optimizers(self, make_opt):
