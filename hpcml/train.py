@@ -61,6 +61,14 @@ SETTINGS = {
     "zero": (0, int, "ZeRO: 0 off, 1 optimizer state sharded, 2 gradients too (ring/tree)"),
     "overlap": (False, bool, "all-reduce each layer's gradients in a background thread "
                              "while the backward pass goes on (see benchmarks/README.md)"),
+    "pp": (1, int, "pipeline-parallel ranks per model replica (stages of layers)"),
+    "tp": (1, int, "tensor-parallel ranks per stage (not wired into train yet)"),
+    "dp": (0, int, "data-parallel replicas (0: ranks / (pp x tp))"),
+    "pipeline_schedule": ("1f1b", str, "with --pp: gpipe, 1f1b, interleaved or zb-h1"),
+    "micro_batches": (0, int, "with --pp: micro-batches per step (0: 2 x pp)"),
+    "virtual_stages": (1, int, "with --pp interleaved: model chunks per pipeline rank"),
+    "recompute": (False, bool, "with --pp: keep only each stage's input per micro-batch and "
+                               "recompute its forward during backward"),
     "dtype": ("float32", str, "float32 or float64"),
     "nonfinite": ("error", str, "a training or test row with a NaN or Inf feature: 'error' "
                                 "(stop, naming the file and row) or 'drop' (skip it)"),
@@ -102,6 +110,7 @@ def validate(cfg):
     choices = {"activation": ("relu", "tanh", "gelu"), "init": nn.INITS,
                "optimizer": ("sgd", "adam", "adamw"), "schedule": optim.Schedule.DECAYS,
                "nonfinite": ("error", "drop"),
+               "pipeline_schedule": ("gpipe", "1f1b", "interleaved", "zb-h1"),
                "algorithm": hc.ALGORITHMS, "dtype": ("float32", "float64")}
     for key, ok in choices.items():
         if cfg[key] not in ok:
@@ -120,6 +129,15 @@ def validate(cfg):
             import tensorboardX  # noqa: F401
         except ImportError:
             bad("tensorboard", "needs tensorboardX: pip install 'hpcml[tensorboard]'")
+    for key in ("pp", "tp", "virtual_stages"):
+        if cfg[key] < 1:
+            bad(key, "must be >= 1")
+    for key in ("dp", "micro_batches"):
+        if cfg[key] < 0:
+            bad(key, "must be >= 0 (0: automatic)")
+    cfg["micro_batches"] = cfg["micro_batches"] or 2 * cfg["pp"]
+    if cfg["virtual_stages"] > 1 and cfg["pipeline_schedule"] != "interleaved":
+        bad("virtual_stages", "is for --pipeline-schedule interleaved")
     if cfg["zero"] not in (0, 1, 2):
         bad("zero", "must be 0, 1 or 2")
     if cfg["zero"] and cfg["overlap"]:
@@ -461,6 +479,9 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     """Train per cfg (validated) on comm; returns (summary dict, model) on every rank.
     history: a list that receives each epoch's metrics; callbacks: Trainer callbacks."""
     comm = comm if comm is not None else hc.world()
+    if cfg["pp"] > 1 or cfg["tp"] > 1 or (cfg["dp"] and cfg["dp"] != comm.Get_size()):
+        from hpcml.parallel import pp_train
+        return pp_train.run(cfg, comm, log, history, (_data, _standardizer, _optimizer))
     P, t_start, dtype = comm.Get_size(), time.perf_counter(), np.dtype(cfg["dtype"])
     K, G = cfg["accumulation"], cfg["batch_size"]
     M = _batch_check(comm, G, K)

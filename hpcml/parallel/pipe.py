@@ -261,6 +261,25 @@ class PipelineRunner:
             hc.wait_all([r for r, _ in sends])
         return loss_sum
 
+    def predict(self, x):
+        """Forward only, train=False, the whole of x as one micro-batch stage by stage:
+        the outputs (rows x outputs) on the rank that holds the last stage, None
+        elsewhere. Every rank passes the same x."""
+        out = None
+        for s in sorted(self.mine):
+            st = self.stages[s]
+            if s == 0:
+                h = np.ascontiguousarray(x, st.dtype)
+            else:
+                h = np.empty((len(x), _width_in(st)), st.dtype)
+                hc.recv(h, self.schedule.owner(s - 1), self._tag(0, s - 1, 0), self.comm)
+            y = np.ascontiguousarray(st.forward(h, train=False))
+            if s == self.S - 1:
+                out = y
+            else:
+                hc.send(y, self.schedule.owner(s + 1), self._tag(0, s, 0), self.comm)
+        return out
+
     def _post_receives(self, cuts):
         """Every message this rank receives in the step, posted up front (irecv into its
         own buffer): a sender's data can move as soon as it is sent, while this rank

@@ -1,0 +1,147 @@
+"""`python -m hpcml.train --pp P [--dp D]`: data x pipeline parallel training.
+
+World rank w is pipeline rank w % P of data-parallel replica w // P (pipelines are
+contiguous ranks, as Megatron-LM places them). Each replica streams its slice of every
+global batch (the loader over the replica's data-parallel group); its P pipeline ranks run
+the schedule over that slice as M micro-batches; each stage's gradients are then summed
+over the D replicas of that stage (one all-reduce per stage and step), and every rank
+steps the optimizer of its own stages. The loss is normalised by the global batch, so D x P
+ranks follow one process at the same global batch.
+
+Not yet here (issue 16 continues): --tp with --pp, ZeRO, overlap, gradient clipping and
+checkpoints under --pp; each is refused by name.
+"""
+import hashlib
+import time
+
+import numpy as np
+
+from hpcml import comm as hc
+from hpcml import nn, optim
+from hpcml.comm.guard import agree
+from hpcml.config import ConfigError
+
+from .pipe import PipelineError, PipelineRunner, split
+from .pipeline import ScheduleError, make
+
+
+def layout(cfg, comm):
+    """(dp, pp): the factorisation of the ranks, checked (ConfigError naming it)."""
+    W, pp, tp = comm.Get_size(), cfg["pp"], cfg["tp"]
+    dp = cfg["dp"] or W // (pp * tp)
+    if dp * pp * tp != W:
+        raise ConfigError(f"dp x pp x tp = {cfg['dp'] or '(auto)'} x {pp} x {tp} does not "
+                          f"match the {W} ranks (choose factors whose product is {W})")
+    if tp > 1:
+        raise ConfigError("--tp is not wired into hpcml.train yet (the layers are: "
+                          "hpcml.parallel.tensor; issue 16 continues)")
+    for key, why in (("zero", "ZeRO"), ("overlap", "--overlap"), ("clip", "--clip"),
+                     ("checkpoint_dir", "checkpoints"), ("resume", "--resume")):
+        if cfg[key]:
+            raise ConfigError(f"--pp {pp}: {why} is not supported with pipeline parallelism "
+                              f"yet (issue 16 continues)")
+    return dp, pp
+
+
+def run(cfg, comm, log, history, helpers):
+    """Train per cfg on comm with --pp; returns (summary, None) like train.run.
+    helpers: train.py's (_data, _standardizer, _optimizer) functions."""
+    _data, _standardizer, _optimizer_for = helpers
+    t_start = time.perf_counter()
+    dp, pp = layout(cfg, comm)
+    w = comm.Get_rank()
+    pp_comm = hc.split(comm, w // pp, w % pp)   # this replica's pipeline
+    dp_comm = hc.split(comm, w % pp, w // pp)   # this stage's replicas
+    dtype = np.dtype(cfg["dtype"])
+    G = cfg["batch_size"]
+    if G < dp * cfg["micro_batches"]:
+        raise ConfigError(f"batch-size {G} is smaller than dp x micro-batches = {dp} x "
+                          f"{cfg['micro_batches']}: every micro-batch needs a row")
+    ds, test = _data(cfg, dp_comm)
+    if ds.task != "classification":
+        raise ConfigError("--pp trains classifiers so far (issue 16 continues)")
+    arrays = _standardizer(ds, dp_comm, dtype, cfg["nonfinite"]) if cfg["standardize"] else {}
+    mean, inv = arrays.get("x_mean"), arrays.get("x_inv")
+    tf = (lambda x: (x - mean) * inv) if mean is not None else (lambda x: x)  # noqa: E731
+    model = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
+                   dtype=dtype, seed=cfg["seed"], init=cfg["init"])
+    size = model.size
+    error, runner = None, None
+    try:
+        sched = make(cfg["pipeline_schedule"], pp, cfg["micro_batches"],
+                     cfg["virtual_stages"])
+        runner = PipelineRunner(model, split(model, pp * cfg["virtual_stages"]), sched,
+                                pp_comm, recompute=cfg["recompute"])
+    except (PipelineError, ScheduleError) as e:
+        error = str(e)
+    agree(comm, error, what="building the pipeline")
+    opts = runner.optimizers(lambda m: _optimizer_for(cfg, m, G))
+    loader = ds.loader(-(-G // dp), shuffle=True, seed=cfg["seed"], partition="global",
+                       global_batch=G, nonfinite=cfg["nonfinite"])
+    total = len(loader) * cfg["epochs"]
+    total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
+    lr0 = next(iter(opts.values())).lr
+    sched_lr = optim.Schedule(lr0, cfg["warmup"], cfg["schedule"], total=total,
+                              step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
+    last = runner.S - 1 in runner.mine
+    step, hist, epoch = 0, [], 0
+    test_ds = None
+    if test is not None:  # every rank reads the (small) test set itself
+        from hpcml.data import ShardedDataset
+        test_ds = ShardedDataset(test.path)
+    while step < total:
+        t0, sums = time.perf_counter(), np.zeros(3)
+        loader.epoch, loader.batches_done = epoch, 0
+        for x, y in loader:
+            if step >= total:
+                break
+            loss = runner.step(tf(x), y, denom=G)
+            if dp > 1:
+                for st in runner.stages.values():
+                    hc.allreduce(st.grads, "sum", comm=dp_comm)
+            for o in opts.values():
+                o.step(sched_lr(step))
+            step += 1
+            if last:
+                sums += (loss, 0.0, len(y))
+        epoch += 1
+        g = hc.reduce_array(sums, "sum", comm)
+        entry = {"epoch": epoch, "step": step, "train_loss": g[0] / max(g[2], 1),
+                 "samples_per_s": g[2] / (time.perf_counter() - t0),
+                 "lr": sched_lr(max(step - 1, 0))}
+        if test_ds is not None:
+            entry["test_accuracy"] = _accuracy(runner, test_ds, tf, comm, last)
+        hist.append(entry)
+        if w == 0:
+            log(f"epoch {entry['epoch']:3d}  step {step:6d}  loss {entry['train_loss']:.4f}"
+                + (f"  test acc {entry['test_accuracy']:.4f}" if "test_accuracy" in entry
+                   else "") + f"  lr {entry['lr']:.3g}  {entry['samples_per_s']:,.0f} "
+                f"samples/s")
+    if history is not None:
+        history.extend(hist)
+    params = runner.serial_params(size)
+    summary = {"job": "train", "status": "done", "outputs": {},
+               "seconds": time.perf_counter() - t_start, "task": ds.task, "step": step,
+               "ranks": comm.Get_size(), "layout": {"dp": dp, "pp": pp, "tp": 1},
+               "pipeline_schedule": cfg["pipeline_schedule"],
+               "micro_batches": cfg["micro_batches"],
+               "peak_activation_bytes": runner.peak_bytes,
+               "params_sha256": hashlib.sha256(params.tobytes()).hexdigest()}
+    if hist:
+        summary.update({k: hist[-1][k] for k in ("train_loss", "test_accuracy",
+                                                 "samples_per_s") if k in hist[-1]})
+    model_out = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
+                       dtype=dtype, seed=cfg["seed"], init=cfg["init"])
+    model_out.params[...] = params
+    return summary, model_out
+
+
+def _accuracy(runner, test, tf, comm, last):
+    """Test accuracy through the pipeline (forward only); the same on every rank."""
+    s = np.zeros(2)
+    for x, y in test.loader(1024, shuffle=False):
+        out = runner.predict(tf(x))
+        if last:
+            s += ((out.argmax(axis=1) == y).sum(), len(y))
+    s = hc.reduce_array(s, "sum", comm)
+    return float(s[0] / max(s[1], 1))
