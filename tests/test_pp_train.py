@@ -40,6 +40,17 @@ def test_dp_x_pp_equals_one_process(kw, ranks):
     assert out[0][0]["layout"]["pp"] == kw["pp"]
 
 
+@pytest.mark.parametrize("kw,msg", [
+    (dict(accumulation=2), "use --micro-batches .* instead of --accumulation 2"),
+    (dict(dropout=0.1), "--dropout is not supported with pipeline parallelism yet"),
+    (dict(metrics="m.jsonl"), "--metrics is not supported"),
+    (dict(tp=2), "--tp is not wired into hpcml.train yet")])
+def test_what_pipeline_training_does_not_do_yet_is_refused_by_name(kw, msg):
+    with pytest.raises(train.ConfigError, match=msg):
+        run_ranks(2 * kw.get("tp", 1),
+                  lambda c: train.run(_cfg(pp=2, **kw), c, log=lambda *a: None))
+
+
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not found")
 def test_cli_dp_x_pp_learns_and_bad_layouts_are_one_message():
     mpi = [shutil.which("mpiexec"), "-n"]

@@ -8,8 +8,9 @@ over the D replicas of that stage (one all-reduce per stage and step), and every
 steps the optimizer of its own stages. The loss is normalised by the global batch, so D x P
 ranks follow one process at the same global batch.
 
-Not yet here (issue 16 continues): --tp with --pp, ZeRO, overlap, gradient clipping and
-checkpoints under --pp; each is refused by name.
+Not yet here (issue 16 continues): --tp, ZeRO, overlap, clipping, dropout, checkpoints,
+--metrics/--trace/--prometheus/--tensorboard and --save-model/--init-from under --pp; each
+is refused by name (--accumulation: --micro-batches is the pipeline's accumulation).
 """
 import hashlib
 import time
@@ -36,10 +37,17 @@ def layout(cfg, comm):
         raise ConfigError("--tp is not wired into hpcml.train yet (the layers are: "
                           "hpcml.parallel.tensor; issue 16 continues)")
     for key, why in (("zero", "ZeRO"), ("overlap", "--overlap"), ("clip", "--clip"),
-                     ("checkpoint_dir", "checkpoints"), ("resume", "--resume")):
+                     ("checkpoint_dir", "checkpoints"), ("resume", "--resume"),
+                     ("dropout", "--dropout"), ("metrics", "--metrics"),
+                     ("trace", "--trace"), ("prometheus", "--prometheus"),
+                     ("tensorboard", "--tensorboard"), ("save_model", "--save-model"),
+                     ("init_from", "--init-from")):
         if cfg[key]:
             raise ConfigError(f"--pp {pp}: {why} is not supported with pipeline parallelism "
                               f"yet (issue 16 continues)")
+    if cfg["accumulation"] != 1:
+        raise ConfigError(f"--pp {pp}: use --micro-batches (the pipeline's own accumulation) "
+                          f"instead of --accumulation {cfg['accumulation']}")
     return dp, pp
 
 
