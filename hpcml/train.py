@@ -62,7 +62,7 @@ SETTINGS = {
     "overlap": (False, bool, "all-reduce each layer's gradients in a background thread "
                              "while the backward pass goes on (see benchmarks/README.md)"),
     "pp": (1, int, "pipeline-parallel ranks per model replica (stages of layers)"),
-    "tp": (1, int, "tensor-parallel ranks per stage (not wired into train yet)"),
+    "tp": (1, int, "tensor-parallel ranks per stage (Megatron column/row Linear pairs)"),
     "dp": (0, int, "data-parallel replicas (0: ranks / (pp x tp))"),
     "pipeline_schedule": ("1f1b", str, "with --pp: gpipe, 1f1b, interleaved or zb-h1"),
     "micro_batches": (0, int, "with --pp: micro-batches per step (0: 2 x pp)"),

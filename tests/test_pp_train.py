@@ -29,7 +29,10 @@ REF = {}
     (dict(pp=2, pipeline_schedule="gpipe", micro_batches=1), 2),
     (dict(pp=2, pipeline_schedule="zb-h1", micro_batches=4), 2),
     (dict(pp=2, pipeline_schedule="interleaved", virtual_stages=2), 2),
-    (dict(pp=2, dp=2, recompute=True, pipeline_schedule="gpipe"), 4)])
+    (dict(pp=2, dp=2, recompute=True, pipeline_schedule="gpipe"), 4),
+    (dict(pp=2, tp=2, dp=2), 8),
+    (dict(pp=1, tp=2), 2),
+    (dict(pp=3, tp=2, pipeline_schedule="zb-h1", micro_batches=3), 6)])
 def test_dp_x_pp_equals_one_process(kw, ranks):
     ref = REF.setdefault("p", train.run(_cfg(), log=lambda *a: None)[1].params)
     out = run_ranks(ranks, lambda c: train.run(_cfg(**kw), c, log=lambda *a: None))
@@ -38,13 +41,14 @@ def test_dp_x_pp_equals_one_process(kw, ranks):
     rel = np.abs(p - ref).max() / np.abs(ref).max()
     assert rel < 1e-12, rel  # measured 1.4e-16 to 1.9e-16
     assert out[0][0]["layout"]["pp"] == kw["pp"]
+    assert out[0][0]["layout"]["tp"] == kw.get("tp", 1)
 
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(accumulation=2), "use --micro-batches .* instead of --accumulation 2"),
     (dict(dropout=0.1), "--dropout is not supported with pipeline parallelism yet"),
     (dict(metrics="m.jsonl"), "--metrics is not supported"),
-    (dict(tp=2), "--tp is not wired into hpcml.train yet")])
+    (dict(tp=2, hidden="24,1,16"), "--tp 2: hidden layers of 1 units cannot be split")])
 def test_what_pipeline_training_does_not_do_yet_is_refused_by_name(kw, msg):
     with pytest.raises(train.ConfigError, match=msg):
         run_ranks(2 * kw.get("tp", 1),

@@ -153,7 +153,8 @@ class PipelineRunner:
     (split/balance); `schedule`: pipeline.make(...) for comm's size; loss: "ce" (softmax
     cross-entropy on class labels) or "mse"."""
 
-    def __init__(self, model, bounds, schedule, comm, loss="ce", recompute=False):
+    def __init__(self, model, bounds, schedule, comm, loss="ce", recompute=False,
+                 tp_comm=None):
         P = comm.Get_size() if comm is not None else 1
         if schedule.ranks != P:
             raise PipelineError(f"the {schedule.name} schedule is for {schedule.ranks} ranks; "
@@ -168,6 +169,14 @@ class PipelineRunner:
         self.bounds = bounds
         self.mine = schedule.stages_of(self.rank)
         self.stages = stage_models(model, bounds, self.mine)
+        self.tp_comm = tp_comm if tp_comm is not None and tp_comm.Get_size() > 1 else None
+        if self.tp_comm is not None:  # each stage's Linear pairs split over the TP ranks
+            from .tensor import tensor_parallel
+            self.serial_stages = self.stages
+            self.stages = {}
+            for s, st in self.serial_stages.items():
+                self.stages[s] = tensor_parallel(st, self.tp_comm)
+                self.stages[s].serial_range = st.serial_range
         self.S = schedule.stages
         if self.S * schedule.micro_batches * 2 > 32767:
             raise PipelineError("stages x micro-batches x 2 must stay below MPI's tag bound "
@@ -306,11 +315,17 @@ class PipelineRunner:
 
     def serial_params(self, size):
         """The serial model's flat parameter vector, assembled on every rank (a sum over
-        the pipeline ranks of each rank's stages placed at their serial offsets)."""
+        the pipeline ranks of each rank's stages placed at their serial offsets; with
+        tensor parallelism each stage first joins its shards over the TP ranks).
+        Collective over the pipeline (and TP) communicators."""
         out = np.zeros(size, next(iter(self.stages.values())).dtype)
-        for st in self.stages.values():
+        for s, st in self.stages.items():
             a, b = st.serial_range
-            out[a:b] = st.params
+            if self.tp_comm is not None:  # the stage's shards joined over its TP ranks
+                from .tensor import serial_params
+                out[a:b] = serial_params(st, self.serial_stages[s], self.tp_comm)
+            else:
+                out[a:b] = st.params
         if self.comm is not None and self.comm.Get_size() > 1:
             hc.allreduce(out, "sum", comm=self.comm, algorithm="ring")
         return out

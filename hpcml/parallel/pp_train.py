@@ -1,14 +1,15 @@
-"""`python -m hpcml.train --pp P [--dp D]`: data x pipeline parallel training.
+"""`python -m hpcml.train --pp P --tp T [--dp D]`: data x pipeline x tensor parallel training.
 
-World rank w is pipeline rank w % P of data-parallel replica w // P (pipelines are
-contiguous ranks, as Megatron-LM places them). Each replica streams its slice of every
+World rank w = (d P + p) T + t is tensor-parallel rank t of pipeline stage p of data-parallel
+replica d (TP ranks adjacent, then pipelines, as Megatron-LM places them). Each stage's
+Linear pairs are split over its T ranks (hpcml.parallel.tensor). Each replica streams its slice of every
 global batch (the loader over the replica's data-parallel group); its P pipeline ranks run
 the schedule over that slice as M micro-batches; each stage's gradients are then summed
 over the D replicas of that stage (one all-reduce per stage and step), and every rank
 steps the optimizer of its own stages. The loss is normalised by the global batch, so D x P
 ranks follow one process at the same global batch.
 
-Not yet here (issue 16 continues): --tp, ZeRO, overlap, clipping, dropout, checkpoints,
+Not yet here (issue 16 continues): ZeRO, overlap, clipping, dropout, checkpoints,
 --metrics/--trace/--prometheus/--tensorboard and --save-model/--init-from under --pp; each
 is refused by name (--accumulation: --micro-batches is the pipeline's accumulation).
 """
@@ -33,9 +34,6 @@ def layout(cfg, comm):
     if dp * pp * tp != W:
         raise ConfigError(f"dp x pp x tp = {cfg['dp'] or '(auto)'} x {pp} x {tp} does not "
                           f"match the {W} ranks (choose factors whose product is {W})")
-    if tp > 1:
-        raise ConfigError("--tp is not wired into hpcml.train yet (the layers are: "
-                          "hpcml.parallel.tensor; issue 16 continues)")
     for key, why in (("zero", "ZeRO"), ("overlap", "--overlap"), ("clip", "--clip"),
                      ("checkpoint_dir", "checkpoints"), ("resume", "--resume"),
                      ("dropout", "--dropout"), ("metrics", "--metrics"),
@@ -45,10 +43,13 @@ def layout(cfg, comm):
         if cfg[key]:
             raise ConfigError(f"--pp {pp}: {why} is not supported with pipeline parallelism "
                               f"yet (issue 16 continues)")
+    if tp > 1 and cfg["hidden_sizes"] and min(cfg["hidden_sizes"]) < tp:
+        raise ConfigError(f"--tp {tp}: hidden layers of {min(cfg['hidden_sizes'])} units "
+                          f"cannot be split over {tp} ranks")
     if cfg["accumulation"] != 1:
         raise ConfigError(f"--pp {pp}: use --micro-batches (the pipeline's own accumulation) "
                           f"instead of --accumulation {cfg['accumulation']}")
-    return dp, pp
+    return dp, pp, tp
 
 
 def run(cfg, comm, log, history, helpers):
@@ -56,10 +57,13 @@ def run(cfg, comm, log, history, helpers):
     helpers: train.py's (_data, _standardizer, _optimizer) functions."""
     _data, _standardizer, _optimizer_for = helpers
     t_start = time.perf_counter()
-    dp, pp = layout(cfg, comm)
+    dp, pp, tp = layout(cfg, comm)
     w = comm.Get_rank()
-    pp_comm = hc.split(comm, w // pp, w % pp)   # this replica's pipeline
-    dp_comm = hc.split(comm, w % pp, w // pp)   # this stage's replicas
+    # tp fastest, then pp, then dp: rank w = (d * pp + p) * tp + t
+    t_i, p_i, d_i = w % tp, (w // tp) % pp, w // (tp * pp)
+    pp_comm = hc.split(comm, d_i * tp + t_i, p_i)   # this replica's pipeline (same t)
+    dp_comm = hc.split(comm, p_i * tp + t_i, d_i)   # this stage's (and shard's) replicas
+    tp_comm = hc.split(comm, d_i * pp + p_i, t_i)   # this stage's tensor-parallel ranks
     dtype = np.dtype(cfg["dtype"])
     G = cfg["batch_size"]
     if G < dp * cfg["micro_batches"]:
@@ -79,8 +83,8 @@ def run(cfg, comm, log, history, helpers):
         sched = make(cfg["pipeline_schedule"], pp, cfg["micro_batches"],
                      cfg["virtual_stages"])
         runner = PipelineRunner(model, split(model, pp * cfg["virtual_stages"]), sched,
-                                pp_comm, recompute=cfg["recompute"])
-    except (PipelineError, ScheduleError) as e:
+                                pp_comm, recompute=cfg["recompute"], tp_comm=tp_comm)
+    except (PipelineError, ScheduleError, ValueError) as e:
         error = str(e)
     agree(comm, error, what="building the pipeline")
     opts = runner.optimizers(lambda m: _optimizer_for(cfg, m, G))
@@ -91,7 +95,7 @@ def run(cfg, comm, log, history, helpers):
     lr0 = next(iter(opts.values())).lr
     sched_lr = optim.Schedule(lr0, cfg["warmup"], cfg["schedule"], total=total,
                               step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
-    last = runner.S - 1 in runner.mine
+    last = runner.S - 1 in runner.mine and t_i == 0  # counts each row once
     step, hist, epoch = 0, [], 0
     test_ds = None
     if test is not None:  # every rank reads the (small) test set itself
@@ -130,7 +134,7 @@ def run(cfg, comm, log, history, helpers):
     params = runner.serial_params(size)
     summary = {"job": "train", "status": "done", "outputs": {},
                "seconds": time.perf_counter() - t_start, "task": ds.task, "step": step,
-               "ranks": comm.Get_size(), "layout": {"dp": dp, "pp": pp, "tp": 1},
+               "ranks": comm.Get_size(), "layout": {"dp": dp, "pp": pp, "tp": tp},
                "pipeline_schedule": cfg["pipeline_schedule"],
                "micro_batches": cfg["micro_batches"],
                "peak_activation_bytes": runner.peak_bytes,
