@@ -51,23 +51,8 @@ class ColumnParallel(nn.Layer):
         return K.bias_act(self.z, self.p[1], self.act)
 
     def backward(self, dy, accumulate=False):
-        if self.act is None:
-            dz = dy
-            db = dy.sum(axis=0) if self.has_bias else None
-        else:
-            dz, db = K.bias_act_backward(dy, self.z, self.p[1], self.act)
-        if self.has_bias:
-            if accumulate:
-                self.g[1] += db
-            else:
-                self.g[1][...] = db
-        if accumulate:
-            self.g[0] += K.matmul(self.x, dz, trans_a=True)
-        else:
-            K.matmul(self.x, dz, out=self.g[0], trans_a=True)
-        dx = np.ascontiguousarray(K.matmul(dz, self.p[0], trans_b=True))
-        self.x = self.z = None
-        if self.T > 1:
+        dx = np.ascontiguousarray(_local_backward(self, dy, accumulate))
+        if self.T > 1:  # each rank's dx covers its columns only: the sum is the whole
             hc.allreduce(dx, "sum", comm=self.comm, algorithm="ring")
         return dx
 
@@ -98,23 +83,29 @@ class RowParallel(nn.Layer):
         return K.bias_act(z, self.p[1], self.act)
 
     def backward(self, dy, accumulate=False):
-        if self.act is None:
-            dz = dy
-            db = dy.sum(axis=0) if self.has_bias else None
-        else:
-            dz, db = K.bias_act_backward(dy, self.z, self.p[1], self.act)
-        if self.has_bias:
-            if accumulate:
-                self.g[1] += db
-            else:
-                self.g[1][...] = db
+        return _local_backward(self, dy, accumulate)  # rows_t of dx: already this rank's
+
+
+def _local_backward(layer, dy, accumulate):
+    """A split layer's own gradients (bias, weight shard) and its local input gradient
+    dz @ W_t^T (as hpcml.nn.Dense / Linear do)."""
+    if layer.act is None:
+        dz = dy
+        db = dy.sum(axis=0) if layer.has_bias else None
+    else:
+        dz, db = K.bias_act_backward(dy, layer.z, layer.p[1], layer.act)
+    if layer.has_bias:
         if accumulate:
-            self.g[0] += K.matmul(self.x, dz, trans_a=True)
+            layer.g[1] += db
         else:
-            K.matmul(self.x, dz, out=self.g[0], trans_a=True)
-        dx = K.matmul(dz, self.p[0], trans_b=True)
-        self.x = self.z = None
-        return dx
+            layer.g[1][...] = db
+    if accumulate:
+        layer.g[0] += K.matmul(layer.x, dz, trans_a=True)
+    else:
+        K.matmul(layer.x, dz, out=layer.g[0], trans_a=True)
+    dx = K.matmul(dz, layer.p[0], trans_b=True)
+    layer.x = layer.z = None
+    return dx
 
 
 def tensor_parallel(model, comm):
