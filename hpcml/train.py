@@ -88,6 +88,9 @@ SETTINGS = {
     "init_from": ("", str, "start from the weights of this model or checkpoint (file or "
                            "folder): fine-tuning; the optimizer, step and data order start "
                            "fresh, and the architecture must match"),
+    "max_rank_memory": (0.0, float, "GiB of parameters + gradients + optimizer state one "
+                                    "rank may hold, measured from its arrays (0: no limit); "
+                                    "more is refused, naming --pp/--tp/--zero"),
     "max_memory": ("auto", str, "memory a rank may use: 'auto' (what this node has "
                                 "available / its ranks), GiB per rank, or 'off' (no check)"),
     "tensorboard": ("", str, "write TensorBoard event files (each epoch's figures) to this "
@@ -121,6 +124,8 @@ def validate(cfg):
     for key in ("warmup", "checkpoint_every", "max_steps", "scale_lr", "step_size"):
         if cfg[key] < 0:
             bad(key, "must be >= 0")
+    if cfg["max_rank_memory"] < 0:
+        bad("max_rank_memory", "must be >= 0 GiB (0: no limit)")
     if not cfg["lr"] > 0:
         bad("lr", "must be > 0")
     config.validate_shared(cfg)  # log_every, max_memory
@@ -381,6 +386,20 @@ def _init_from(path, comm, model, spec, log):
         log(f"initialised the weights from {path} (optimizer and schedule start fresh)")
 
 
+def check_rank_memory(cfg, comm, nbytes, layout):
+    """--max-rank-memory: refuse (every rank, one message) when this rank's parameters,
+    gradients and optimizer state (bytes measured from its arrays) exceed the limit."""
+    limit = cfg["max_rank_memory"] * 2 ** 30
+    worst = hc.reduce_value(float(nbytes), "max", comm) if comm.Get_size() > 1 else nbytes
+    error = None
+    if limit and worst > limit:
+        error = (f"parameters + gradients + optimizer state need {worst / 2 ** 20:,.1f} MiB on "
+                 f"the fullest rank ({layout}); --max-rank-memory allows "
+                 f"{limit / 2 ** 20:,.1f} MiB: split the model with --pp and/or --tp, or "
+                 f"shard the optimizer state with --zero")
+    agree(comm, error, what="checking --max-rank-memory")
+
+
 def _run_id():
     """This run's id: the time it started, the Slurm job (when there is one) and 6 random
     hex digits; in every --metrics line, the summary and the TensorBoard file name."""
@@ -500,6 +519,8 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     strategy = (ZeRO(model, comm, cfg["algorithm"], stage=cfg["zero"]) if cfg["zero"] else
                 DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"]))
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
+    check_rank_memory(cfg, comm, model.params.nbytes + strategy.grad_bytes() +
+                      strategy.state_bytes(opt), "data parallel")
     loader = ds.loader(-(-M // P), shuffle=True, seed=cfg["seed"], partition="global",
                        global_batch=M, nonfinite=cfg["nonfinite"])
     total = -(-len(loader) // K) * cfg["epochs"]

@@ -73,3 +73,17 @@ def test_cli_dp_x_pp_learns_and_bad_layouts_are_one_message():
         r = run(mpi + [n, sys.executable, "-m", "hpcml.train", *args], limit=60)
         assert r.returncode in (1, 2) and r.stderr.count("error: ") == 1, r.stderr
         assert msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_model_too_big_for_one_rank_trains_split_and_is_refused_whole():
+    """--max-rank-memory, measured from the arrays: a 64-512-512-512-10 float64 MLP with
+    SGD momentum holds 12.9 MiB per rank under data parallelism (3 x 563,722 x 8 bytes),
+    about a quarter at pp 2 x tp 2."""
+    from hpcml.comm.guard import CollectiveError
+    kw = dict(hidden="512,512,512", max_steps=3, max_rank_memory=8 / 1024)  # 8 MiB
+    with pytest.raises(CollectiveError, match=r"need 12\.9 MiB on the fullest rank "
+                                              r"\(data parallel\); --max-rank-memory "
+                                              r"allows 8\.0 MiB: split the model"):
+        run_ranks(2, lambda c: train.run(_cfg(**kw), c, log=lambda *a: None))
+    out = run_ranks(4, lambda c: train.run(_cfg(pp=2, tp=2, **kw), c, log=lambda *a: None))
+    assert out[0][0]["step"] == 3

@@ -88,6 +88,11 @@ def run(cfg, comm, log, history, helpers):
         error = str(e)
     agree(comm, error, what="building the pipeline")
     opts = runner.optimizers(lambda m: _optimizer_for(cfg, m, G))
+    from hpcml.train import check_rank_memory
+    check_rank_memory(cfg, comm, sum(st.params.nbytes + st.grads.nbytes for st in
+                                     runner.stages.values()) +
+                      sum(v.nbytes for o in opts.values() for v in o.state_dict().values()
+                          if isinstance(v, np.ndarray)), f"dp {dp} x pp {pp} x tp {tp}")
     loader = ds.loader(-(-G // dp), shuffle=True, seed=cfg["seed"], partition="global",
                        global_batch=G, nonfinite=cfg["nonfinite"])
     total = len(loader) * cfg["epochs"]
