@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from hpcml import checkpoint as ckpt
-from hpcml import config, memory
+from hpcml import config, startup
 from hpcml.config import ConfigError  # noqa: F401  (train.ConfigError, as before)
 from hpcml import comm as hc
 from hpcml import nn, optim
@@ -254,23 +254,6 @@ def _data(cfg, comm):
     return ds, test
 
 
-def _check_memory(cfg, comm, ds, M):
-    """Refuse (every rank, one message) a run whose estimated peak per rank exceeds the
-    memory a rank may use (--max-memory)."""
-    P, dtype = comm.Get_size(), np.dtype(cfg["dtype"])
-    outputs = ds.classes if ds.task == "classification" else 1
-    slots = {"sgd": 1 if cfg["momentum"] > 0 else 0, "adam": 2, "adamw": 2}[cfg["optimizer"]]
-    if cfg["zero"]:
-        slots = slots / P
-    memory.check(comm, cfg["max_memory"], f"training an MLP {ds.features}-" + "-".join(
-        map(str, [*cfg["hidden_sizes"], outputs])) + f" ({cfg['dtype']}, batch {-(-M // P)} "
-        f"rows per rank)", memory.train_parts(ds.features, cfg["hidden_sizes"], outputs,
-                                              -(-M // P), dtype.itemsize, slots),
-        ["Narrower --hidden layers, a smaller --batch-size with --accumulation (the same "
-         "global batch in smaller micro-batches), --zero 1 or 2 (optimizer state and "
-         "gradients sharded over the ranks), or fewer ranks per node."])
-
-
 def _optimizer(cfg, model, G):
     lr = cfg["lr"] * (G / cfg["scale_lr"] if cfg["scale_lr"] else 1)
     if cfg["optimizer"] == "sgd":
@@ -359,77 +342,6 @@ def _resume(cfg, comm, model, opt, strategy, loader, log, identity=None, total=N
     return ck["state"]["step"], ck["path"]
 
 
-def _init_from(path, comm, model, spec, log):
-    """Fine-tuning: this run's parameters from a model or checkpoint (weights only), after
-    checking the architecture by name. Rank 0 reads; every rank gets the same bytes."""
-    from hpcml.model import load_model, ModelError
-    error, params = None, None
-    if comm.Get_rank() == 0:
-        try:
-            m = load_model(path)
-            mine = {k: spec[k] for k in ("features", "hidden", "outputs", "activation")}
-            theirs = {k: m.spec[k] for k in mine}
-            if [str(v) for v in mine.values()] != [str(v) for v in theirs.values()]:
-                error = (f"--init-from {path}: " + ", ".join(
-                    f"{k} {theirs[k]}" for k in mine if str(mine[k]) != str(theirs[k]))
-                    + "; this run has " + ", ".join(
-                    f"{k} {mine[k]}" for k in mine if str(mine[k]) != str(theirs[k])))
-            params = m.net.params.astype(model.params.dtype)
-        except ModelError as e:
-            error = f"--init-from: {e}"
-    agree(comm, error, what="loading --init-from")
-    if comm.Get_rank() == 0:
-        model.params[...] = params
-    if comm.Get_size() > 1:
-        hc.broadcast(model.params, root=0, comm=comm)
-    if comm.Get_rank() == 0:
-        log(f"initialised the weights from {path} (optimizer and schedule start fresh)")
-
-
-def check_rank_memory(cfg, comm, nbytes, layout):
-    """--max-rank-memory: refuse (every rank, one message) when this rank's parameters,
-    gradients and optimizer state (bytes measured from its arrays) exceed the limit."""
-    limit = cfg["max_rank_memory"] * 2 ** 30
-    worst = hc.reduce_value(float(nbytes), "max", comm) if comm.Get_size() > 1 else nbytes
-    error = None
-    if limit and worst > limit:
-        error = (f"parameters + gradients + optimizer state need {worst / 2 ** 20:,.1f} MiB on "
-                 f"the fullest rank ({layout}); --max-rank-memory allows "
-                 f"{limit / 2 ** 20:,.1f} MiB: split the model with --pp and/or --tp, or "
-                 f"shard the optimizer state with --zero")
-    agree(comm, error, what="checking --max-rank-memory")
-
-
-def _run_id():
-    """This run's id: the time it started, the Slurm job (when there is one) and 6 random
-    hex digits; in every --metrics line, the summary and the TensorBoard file name."""
-    job = os.environ.get("SLURM_JOB_ID")
-    return (time.strftime("%Y%m%d-%H%M%S") + (f"-slurm{job}" if job else "") + "-"
-            + os.urandom(3).hex())
-
-
-def _check_outputs(cfg):
-    """Rank 0, before any training: every output path can be written (a bad one found
-    after hours of training loses them)."""
-    from hpcml.atomic import writable_folder
-    for key in ("checkpoint_dir", "tensorboard"):
-        if cfg[key]:
-            writable_folder(cfg[key], "--" + key.replace("_", "-"))
-    for key in ("metrics", "trace", "prometheus", "save_model"):
-        path, flag = cfg[key], "--" + key.replace("_", "-")
-        if not path:
-            continue
-        parent = os.path.dirname(os.path.abspath(path))
-        try:  # as for --checkpoint-dir: a missing folder is made (mkdir -p)
-            os.makedirs(parent, exist_ok=True)
-        except OSError as e:
-            raise OSError(f"{flag} {path}: cannot make the folder {parent} ({e.strerror})") \
-                from None
-        if os.path.isdir(path) or not os.access(parent, os.W_OK) or (
-                os.path.exists(path) and not os.access(path, os.W_OK)):
-            raise OSError(f"{flag} {path}: cannot write this file")
-
-
 def _checkpointer(cfg, comm, opt, strategy, identity=None, model_info=None):
     """trainer -> None: rank 0 writes the run's state; a failure there (full disk,
     unwritable folder) is raised on every rank instead of leaving them in a barrier."""
@@ -505,7 +417,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     K, G = cfg["accumulation"], cfg["batch_size"]
     M = _batch_check(comm, G, K)
     ds, test = _data(cfg, comm)
-    _check_memory(cfg, comm, ds, M)
+    startup.check_memory(cfg, comm, ds, M)
     arrays = _standardizer(ds, comm, dtype, cfg["nonfinite"]) if cfg["standardize"] else {}
     transform = None
     if "x_mean" in arrays:
@@ -519,7 +431,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     strategy = (ZeRO(model, comm, cfg["algorithm"], stage=cfg["zero"]) if cfg["zero"] else
                 DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"]))
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
-    check_rank_memory(cfg, comm, model.params.nbytes + strategy.grad_bytes() +
+    startup.check_rank_memory(cfg, comm, model.params.nbytes + strategy.grad_bytes() +
                       strategy.state_bytes(opt), "data parallel")
     loader = ds.loader(-(-M // P), shuffle=True, seed=cfg["seed"], partition="global",
                        global_batch=M, nonfinite=cfg["nonfinite"])
@@ -527,13 +439,13 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
     sched = optim.Schedule(opt.lr, cfg["warmup"], cfg["schedule"], total=total,
                            step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
-    config.on_rank0(comm, lambda: _check_outputs(cfg), "checking the output paths")
+    config.on_rank0(comm, lambda: startup.check_outputs(cfg), "checking the output paths")
     identity = dataset_identity(ds, _train_name(cfg))
     spec = {"features": ds.features, "hidden": cfg["hidden_sizes"], "outputs": outputs,
             "task": ds.task, "activation": cfg["activation"], "dtype": dtype.name,
             "dataset": identity, "settings": {k: cfg[k] for k in SETTINGS}}
     step, resumed_from = _resume(cfg, comm, model, opt, strategy, loader, log, identity, total)
-    run_id = comm.bcast(_run_id() if comm.Get_rank() == 0 else None)
+    run_id = comm.bcast(startup.run_id() if comm.Get_rank() == 0 else None)
     callbacks = list(callbacks)
     board = None
     if cfg["tensorboard"]:
@@ -541,7 +453,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
         board = TensorBoard(cfg["tensorboard"], comm.Get_rank(), run_id)
         callbacks.append(board)
     if cfg["init_from"] and resumed_from is None:
-        _init_from(cfg["init_from"], comm, model, spec, log)
+        startup.init_from(cfg["init_from"], comm, model, spec, log)
     trainer = Trainer(
         model, strategy, opt, loader, sched, total=total, accumulation=K, step=step,
         global_rows=lambda m: max(0, min(M, ds.rows - m * M)), transform=transform,
@@ -568,27 +480,35 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
             cfg["save_model"]), f"writing --save-model {cfg['save_model']}")
     if history is not None:
         history.extend(history_)
+    summary = _summary(cfg, trainer, stopped, history_, dict(
+        run_id=run_id, seconds=time.perf_counter() - t_start, task=ds.task, ranks=P,
+        resumed_from=resumed_from), strategy, opt)
+    summary["params_sha256"] = hashlib.sha256(model.params.tobytes()).hexdigest()
+    return summary, model
+
+
+def _summary(cfg, trainer, stopped, history, facts, strategy, opt):
+    """The run's one-line JSON summary (job, status, outputs, seconds and the figures)."""
     outputs = {k: os.path.abspath(cfg[k]) for k in ("save_model", "metrics", "trace",
                                                     "prometheus", "checkpoint_dir",
                                                     "tensorboard") if cfg[k]}
     if trainer.checkpoint is not None and trainer.checkpoint.last:
         outputs["last_checkpoint"] = os.path.abspath(trainer.checkpoint.last)
-    summary = {"job": "train", "run_id": run_id,
+    summary = {"job": "train", "run_id": facts["run_id"],
                "status": ("interrupted" if trainer.preemption.interrupted
                           else "stopped") if stopped else "done",
-               "outputs": outputs, "seconds": time.perf_counter() - t_start,
-               "task": ds.task, "step": trainer.step, "ranks": P,
-               "epochs_done": loader.epoch, "resumed_from": resumed_from,
+               "outputs": outputs, "seconds": facts["seconds"], "task": facts["task"],
+               "step": trainer.step, "ranks": facts["ranks"],
+               "epochs_done": trainer.loader.epoch, "resumed_from": facts["resumed_from"],
                "comm_seconds": strategy.comm_seconds,
                "span_seconds": {k: round(v, 6) for k, v in trainer.tracer.seconds.items()},
                "grad_bytes": strategy.grad_bytes(), "optimizer_state_bytes":
                strategy.state_bytes(opt)}  # this rank's (sharded: its shard)
-    if history_:
-        summary.update({k: history_[-1][k] for k in (
+    if history:
+        summary.update({k: history[-1][k] for k in (
             "train_loss", "train_accuracy", "train_rmse", "train_r2", "test_loss",
-            "test_accuracy", "test_rmse", "test_r2", "samples_per_s") if k in history_[-1]})
-    summary["params_sha256"] = hashlib.sha256(model.params.tobytes()).hexdigest()
-    return summary, model
+            "test_accuracy", "test_rmse", "test_r2", "samples_per_s") if k in history[-1]})
+    return summary
 
 
 @hc.entry_point

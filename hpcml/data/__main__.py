@@ -36,6 +36,62 @@ def main(argv=None):
 
 @entry_point
 def _main(argv=None):
+    args = _parser().parse_args(argv)
+    comm = hc.world()
+    rank = comm.Get_rank()
+    from hpcml import data
+    if args.cmd in ("synth", "convert"):
+        from hpcml.data.output import abandon_output, begin_output, finish_output
+        import time
+        t0 = time.perf_counter()
+        work = begin_output(args.output, args.overwrite, comm)
+        try:
+            out = _write(args, work, comm)
+        except BaseException:
+            abandon_output(args.output, work, comm)
+            raise
+        finish_output(args.output, work, comm)
+        if rank == 0:  # each folder written, named as the user gave it
+            if "shards" in out:  # synth, one dataset
+                out = {args.output: out}
+            elif args.cmd == "convert" and not args.test_fraction:
+                out = {args.output: out["train"]}
+            elif args.cmd == "convert":
+                out = {os.path.join(args.output, k): v for k, v in out.items()}
+            else:  # synth --test-rows: keyed by the work folder's train/ and test/
+                out = {args.output + k[len(work):]: v for k, v in out.items()}
+            for name, m in out.items():
+                print(f"wrote {name}: {m['rows']:,} rows in {len(m['shards'])} shards")
+            dropped = next(iter(out.values())).get("dropped_nonfinite")
+            if dropped:
+                lines = next(iter(out.values()))["dropped_lines"]
+                kind = "lines" if args.input.endswith((".csv", ".txt")) else "rows"
+                shown = ", ".join(map(str, lines[:5])) + (", ..." if dropped > 5 else "")
+                print(f"left out {dropped:,} rows with a NaN or Inf feature ({kind} {shown})")
+            import json  # the summary every job ends with: job, status, outputs, seconds
+            print(json.dumps({"job": f"data {args.cmd}", "status": "done", "outputs": {
+                name: os.path.abspath(name) for name in out}, "seconds":
+                time.perf_counter() - t0, "ranks": comm.Get_size(), "rows": {
+                name: m["rows"] for name, m in out.items()},
+                "dropped_nonfinite": dropped or 0}), flush=True)
+    elif args.cmd == "info":
+        if rank == 0:
+            print(data.info(args.path))
+    else:
+        data.ShardedDataset(args.path, comm)  # headers: present, readable, shapes, dtypes
+        n = data.verify(args.path, comm)
+        msg = f"{args.path}: {n} shards, all checksums match"
+        if not args.no_scan:
+            rows = comm.allreduce(data.scan(args.path, comm))
+            msg += f"; {rows:,} rows, all values valid"
+        if rank == 0:
+            print(msg)
+    return 0
+
+
+def _parser():
+    """The command line: sub-commands synth, convert, info, verify, each flag with help
+    and its default; no abbreviations, a mistyped flag gets "did you mean"."""
     from hpcml.config import _Parser
 
     class Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -103,57 +159,7 @@ def _main(argv=None):
                "features, labels out of range)")
     v.add_argument("path", help="a dataset folder or a built-in name")
     v.add_argument("--no-scan", action="store_true", help="checksums only")
-    args = ap.parse_args(argv)
-    comm = hc.world()
-    rank = comm.Get_rank()
-    from hpcml import data
-    if args.cmd in ("synth", "convert"):
-        from hpcml.data.output import abandon_output, begin_output, finish_output
-        import time
-        t0 = time.perf_counter()
-        work = begin_output(args.output, args.overwrite, comm)
-        try:
-            out = _write(args, work, comm)
-        except BaseException:
-            abandon_output(args.output, work, comm)
-            raise
-        finish_output(args.output, work, comm)
-        if rank == 0:  # each folder written, named as the user gave it
-            if "shards" in out:  # synth, one dataset
-                out = {args.output: out}
-            elif args.cmd == "convert" and not args.test_fraction:
-                out = {args.output: out["train"]}
-            elif args.cmd == "convert":
-                out = {os.path.join(args.output, k): v for k, v in out.items()}
-            else:  # synth --test-rows: keyed by the work folder's train/ and test/
-                out = {args.output + k[len(work):]: v for k, v in out.items()}
-            for name, m in out.items():
-                print(f"wrote {name}: {m['rows']:,} rows in {len(m['shards'])} shards")
-            dropped = next(iter(out.values())).get("dropped_nonfinite")
-            if dropped:
-                lines = next(iter(out.values()))["dropped_lines"]
-                kind = "lines" if args.input.endswith((".csv", ".txt")) else "rows"
-                shown = ", ".join(map(str, lines[:5])) + (", ..." if dropped > 5 else "")
-                print(f"left out {dropped:,} rows with a NaN or Inf feature ({kind} {shown})")
-            import json  # the summary every job ends with: job, status, outputs, seconds
-            print(json.dumps({"job": f"data {args.cmd}", "status": "done", "outputs": {
-                name: os.path.abspath(name) for name in out}, "seconds":
-                time.perf_counter() - t0, "ranks": comm.Get_size(), "rows": {
-                name: m["rows"] for name, m in out.items()},
-                "dropped_nonfinite": dropped or 0}), flush=True)
-    elif args.cmd == "info":
-        if rank == 0:
-            print(data.info(args.path))
-    else:
-        data.ShardedDataset(args.path, comm)  # headers: present, readable, shapes, dtypes
-        n = data.verify(args.path, comm)
-        msg = f"{args.path}: {n} shards, all checksums match"
-        if not args.no_scan:
-            rows = comm.allreduce(data.scan(args.path, comm))
-            msg += f"; {rows:,} rows, all values valid"
-        if rank == 0:
-            print(msg)
-    return 0
+    return ap
 
 
 def _write(args, folder, comm):

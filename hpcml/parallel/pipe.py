@@ -133,6 +133,13 @@ def stage_models(model, bounds, keep):
     return out
 
 
+def _nbytes(keep):
+    """Bytes of a kept stage input or of kept layer caches."""
+    if isinstance(keep, np.ndarray):
+        return keep.nbytes
+    return sum(v.nbytes for c in keep for v in c.values() if isinstance(v, np.ndarray))
+
+
 def _width_out(stage):
     for layer in reversed(stage.layers):
         if hasattr(layer, "fan_out"):
@@ -218,14 +225,8 @@ class PipelineRunner:
                     req, h = posted.pop((0, a.stage - 1, a.micro))
                     req.wait()
                 out = st.forward(h, train=True, rng=rng)
-                if self.recompute:
-                    saved[(a.stage, a.micro)] = h
-                    kept += h.nbytes
-                else:
-                    saved[(a.stage, a.micro)] = [{k: getattr(layer, k, None) for k in _CACHE}
-                                                 for layer in st.layers]
-                    kept += sum(v.nbytes for c in saved[(a.stage, a.micro)] for v in c.values()
-                                if isinstance(v, np.ndarray))
+                saved[(a.stage, a.micro)] = keep = self._keep(st, h)
+                kept += _nbytes(keep)
                 self.peak_bytes = max(self.peak_bytes, kept)
                 if a.stage == self.S - 1:
                     yy = y[cuts[a.micro]:cuts[a.micro + 1]]
@@ -248,16 +249,8 @@ class PipelineRunner:
                     req, dy = posted.pop((1, a.stage + 1, a.micro))
                     req.wait()
                 keep = saved.pop((a.stage, a.micro))
-                if self.recompute:
-                    kept -= keep.nbytes
-                    st.forward(keep, train=True, rng=rng)  # the caches again, then backward
-                else:
-                    kept -= sum(v.nbytes for c in keep for v in c.values()
-                                if isinstance(v, np.ndarray))
-                    for layer, c in zip(st.layers, keep):
-                        for k, v in c.items():
-                            if v is not None or hasattr(layer, k):
-                                setattr(layer, k, v)
+                kept -= _nbytes(keep)
+                self._restore(st, keep, rng)
                 if self.schedule.split_w:  # input gradient now, weight gradient at W
                     dx, wtasks[(a.stage, a.micro)] = st.backward_input(dy, a.stage > 0)
                 else:
@@ -269,6 +262,23 @@ class PipelineRunner:
         if sends:
             hc.wait_all([r for r, _ in sends])
         return loss_sum
+
+    def _keep(self, st, h):
+        """What micro-batch backward needs from its forward: the stage input (recompute)
+        or every layer's caches."""
+        if self.recompute:
+            return h
+        return [{k: getattr(layer, k, None) for k in _CACHE} for layer in st.layers]
+
+    def _restore(self, st, keep, rng):
+        """Put a micro-batch's forward state back before its backward."""
+        if self.recompute:
+            st.forward(keep, train=True, rng=rng)  # the caches again
+            return
+        for layer, c in zip(st.layers, keep):
+            for k, v in c.items():
+                if v is not None or hasattr(layer, k):
+                    setattr(layer, k, v)
 
     def predict(self, x):
         """Forward only, train=False, the whole of x as one micro-batch stage by stage:

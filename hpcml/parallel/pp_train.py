@@ -88,7 +88,7 @@ def run(cfg, comm, log, history, helpers):
         error = str(e)
     agree(comm, error, what="building the pipeline")
     opts = runner.optimizers(lambda m: _optimizer_for(cfg, m, G))
-    from hpcml.train import check_rank_memory
+    from hpcml.startup import check_rank_memory
     check_rank_memory(cfg, comm, sum(st.params.nbytes + st.grads.nbytes for st in
                                      runner.stages.values()) +
                       sum(v.nbytes for o in opts.values() for v in o.state_dict().values()
@@ -101,6 +101,31 @@ def run(cfg, comm, log, history, helpers):
     sched_lr = optim.Schedule(lr0, cfg["warmup"], cfg["schedule"], total=total,
                               step_size=cfg["step_size"] or None, gamma=cfg["gamma"])
     last = runner.S - 1 in runner.mine and t_i == 0  # counts each row once
+    step, hist = _epochs(cfg, comm, dp_comm, runner, opts, loader, test, tf, sched_lr,
+                         total, last, log)
+    if history is not None:
+        history.extend(hist)
+    params = runner.serial_params(size)
+    summary = {"job": "train", "status": "done", "outputs": {},
+               "seconds": time.perf_counter() - t_start, "task": ds.task, "step": step,
+               "ranks": comm.Get_size(), "layout": {"dp": dp, "pp": pp, "tp": tp},
+               "pipeline_schedule": cfg["pipeline_schedule"],
+               "micro_batches": cfg["micro_batches"],
+               "peak_activation_bytes": runner.peak_bytes,
+               "params_sha256": hashlib.sha256(params.tobytes()).hexdigest()}
+    if hist:
+        summary.update({k: hist[-1][k] for k in ("train_loss", "test_accuracy",
+                                                 "samples_per_s") if k in hist[-1]})
+    model_out = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
+                       dtype=dtype, seed=cfg["seed"], init=cfg["init"])
+    model_out.params[...] = params
+    return summary, model_out
+
+
+def _epochs(cfg, comm, dp_comm, runner, opts, loader, test, tf, sched_lr, total, last, log):
+    """The training loop: steps until `total`, an epoch line from rank 0 each epoch;
+    returns (steps done, per-epoch metrics)."""
+    G, dp, w = cfg["batch_size"], dp_comm.Get_size(), comm.Get_rank()
     step, hist, epoch = 0, [], 0
     test_ds = None
     if test is not None:  # every rank reads the (small) test set itself
@@ -134,23 +159,7 @@ def run(cfg, comm, log, history, helpers):
                 + (f"  test acc {entry['test_accuracy']:.4f}" if "test_accuracy" in entry
                    else "") + f"  lr {entry['lr']:.3g}  {entry['samples_per_s']:,.0f} "
                 f"samples/s")
-    if history is not None:
-        history.extend(hist)
-    params = runner.serial_params(size)
-    summary = {"job": "train", "status": "done", "outputs": {},
-               "seconds": time.perf_counter() - t_start, "task": ds.task, "step": step,
-               "ranks": comm.Get_size(), "layout": {"dp": dp, "pp": pp, "tp": tp},
-               "pipeline_schedule": cfg["pipeline_schedule"],
-               "micro_batches": cfg["micro_batches"],
-               "peak_activation_bytes": runner.peak_bytes,
-               "params_sha256": hashlib.sha256(params.tobytes()).hexdigest()}
-    if hist:
-        summary.update({k: hist[-1][k] for k in ("train_loss", "test_accuracy",
-                                                 "samples_per_s") if k in hist[-1]})
-    model_out = nn.mlp(ds.features, cfg["hidden_sizes"], ds.classes, cfg["activation"],
-                       dtype=dtype, seed=cfg["seed"], init=cfg["init"])
-    model_out.params[...] = params
-    return summary, model_out
+    return step, hist
 
 
 def _accuracy(runner, test, tf, comm, last):
