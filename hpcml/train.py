@@ -411,8 +411,8 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     history: a list that receives each epoch's metrics; callbacks: Trainer callbacks."""
     comm = comm if comm is not None else hc.world()
     if cfg["pp"] > 1 or cfg["tp"] > 1 or (cfg["dp"] and cfg["dp"] != comm.Get_size()):
-        from hpcml.parallel import pp_train
-        return pp_train.run(cfg, comm, log, history, (_data, _standardizer, _optimizer))
+        from hpcml import train_pp  # the data x pipeline x tensor parallel loop
+        return train_pp.run(cfg, comm, log, history, (_data, _standardizer, _optimizer))
     P, t_start, dtype = comm.Get_size(), time.perf_counter(), np.dtype(cfg["dtype"])
     K, G = cfg["accumulation"], cfg["batch_size"]
     M = _batch_check(comm, G, K)

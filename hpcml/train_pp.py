@@ -23,8 +23,8 @@ from hpcml import nn, optim
 from hpcml.comm.guard import agree
 from hpcml.config import ConfigError
 
-from .pipe import PipelineError, PipelineRunner, split
-from .pipeline import ScheduleError, make
+from hpcml.parallel.pipe import PipelineError, PipelineRunner, split
+from hpcml.parallel.pipeline import ScheduleError, make
 
 
 def layout(cfg, comm):
