@@ -26,7 +26,7 @@ from hpcml import checkpoint as ckpt
 from hpcml import config, startup
 from hpcml.config import ConfigError  # noqa: F401  (train.ConfigError, as before)
 from hpcml import comm as hc
-from hpcml import nn, optim
+from hpcml import nn, optim, train_pp
 from hpcml.comm.guard import agree, CollectiveError
 from hpcml.data import ShardedDataset, DataError
 from hpcml.parallel import DataParallel, ZeRO
@@ -285,7 +285,7 @@ def _data_differs(ck, identity):
             f"--checkpoint-dir")
 
 
-def _checkpoint_problem(ck, cfg, model, P, log, identity=None):
+def _checkpoint_problem(ck, cfg, model, P, log, identity=None, layout=None):
     """Why checkpoint `ck` cannot be resumed (or None); notes what differs but is fine."""
     if identity is not None and _data_differs(ck, identity):
         return _data_differs(ck, identity)
@@ -294,6 +294,7 @@ def _checkpoint_problem(ck, cfg, model, P, log, identity=None):
     if ck["params"].shape != model.params.shape or ck["params"].dtype != model.params.dtype:
         return (f"{ck['path']}: parameters {ck['params'].dtype} {ck['params'].shape}, this "
                 f"model has {model.params.dtype} {model.params.shape}")
+    layout = layout or {"dp": P, "pp": 1, "tp": 1}
     saved = ck.get("config") or {}
     horizon = [k for k in ("epochs", "max_steps", "schedule") if k in saved and saved[k] != cfg[k]]
     if horizon and cfg["schedule"] != "constant":
@@ -301,10 +302,15 @@ def _checkpoint_problem(ck, cfg, model, P, log, identity=None):
             f"--{k.replace('_', '-')} {saved[k]}" for k in horizon) + "; the learning rate "
             "now follows this run's schedule (--max-steps and --epochs set its length), so "
             "the run differs from one that was never stopped")
-    if ck["state"]["ranks"] != P or ck["state"]["algorithm"] != cfg["algorithm"]:
-        log(f"note: {ck['path']} was written with {ck['state']['ranks']} ranks and algorithm "
-            f"{ck['state']['algorithm']}; the run continues, but not bit for bit as it "
-            f"would have")
+    was = ck["state"].get("layout") or {"dp": ck["state"]["ranks"], "pp": 1, "tp": 1}
+    if ck["state"]["ranks"] != P or ck["state"]["algorithm"] != cfg["algorithm"] or \
+            was != layout:
+        log(f"note: {ck['path']} was written with {ck['state']['ranks']} ranks (dp x pp x "
+            f"tp = {was['dp']} x {was['pp']} x {was['tp']}) and algorithm "
+            f"{ck['state']['algorithm']}; this run has {P} (" + " x ".join(
+                str(layout[k]) for k in ("dp", "pp", "tp")) + f") and "
+            f"{cfg['algorithm']}: it continues from the same parameters and optimizer "
+            f"state, but not bit for bit as it would have")
     return None
 
 
@@ -320,7 +326,8 @@ def _resume(cfg, comm, model, opt, strategy, loader, log, identity=None, total=N
         except ckpt.CheckpointError as e:
             error = str(e)
         if ck is not None and error is None:
-            error = _checkpoint_problem(ck, cfg, model, comm.Get_size(), log, identity)
+            error = _checkpoint_problem(ck, cfg, model, comm.Get_size(), log, identity,
+                                        getattr(strategy, "layout", None))
     agree(comm, error, what="loading the checkpoint")
     if not comm.bcast(ck is not None if rank == 0 else None):
         if rank == 0:
@@ -328,6 +335,7 @@ def _resume(cfg, comm, model, opt, strategy, loader, log, identity=None, total=N
         return 0, None
     ck = comm.bcast(ck if rank == 0 else None)
     model.params[...] = ck["params"]
+    strategy.load_serial_params(ck["params"])  # model parallel: each rank's part
     strategy.load_state_dict(opt, ck["optim"])
     loader.epoch, loader.batches_done = ck["state"]["epoch"], ck["state"]["batches_done"]
     if rank == 0:
@@ -342,7 +350,7 @@ def _resume(cfg, comm, model, opt, strategy, loader, log, identity=None, total=N
     return ck["state"]["step"], ck["path"]
 
 
-def _checkpointer(cfg, comm, opt, strategy, identity=None, model_info=None):
+def _checkpointer(cfg, comm, opt, strategy, identity=None, model_info=None, dims=None):
     """trainer -> None: rank 0 writes the run's state; a failure there (full disk,
     unwritable folder) is raised on every rank instead of leaving them in a barrier."""
     if not cfg["checkpoint_dir"]:
@@ -351,11 +359,13 @@ def _checkpointer(cfg, comm, opt, strategy, identity=None, model_info=None):
     def save(trainer):
         state = {"step": trainer.step, "epoch": trainer.loader.epoch,
                  "batches_done": trainer.loader.batches_done, "ranks": comm.Get_size(),
-                 "algorithm": cfg["algorithm"], "dataset": identity}
+                 "algorithm": cfg["algorithm"], "dataset": identity,
+                 "layout": dict(zip(("dp", "pp", "tp"), dims or (comm.Get_size(), 1, 1)))}
         optim_state = strategy.state_dict(opt)  # collective for sharded strategies
+        params = strategy.serial_params()  # collective under model parallelism
 
         def write():
-            save.last = ckpt.save(cfg["checkpoint_dir"], trainer.step, trainer.model.params, optim_state,
+            save.last = ckpt.save(cfg["checkpoint_dir"], trainer.step, params, optim_state,
                       state, {k: v for k, v in cfg.items() if k != "hidden_sizes"},
                       cfg["keep"], model=model_info)
         config.on_rank0(comm, write, f"writing a checkpoint to {cfg['checkpoint_dir']}")
@@ -366,11 +376,13 @@ def _checkpointer(cfg, comm, opt, strategy, identity=None, model_info=None):
 def _evaluator(model, strategy, test, transform, target, nonfinite="error"):
     """evaluate() -> the test set's metrics (the same on every rank): test_loss and
     test_accuracy, or test_rmse and test_r2 for regression."""
+    predict = getattr(strategy, "predict", None) or (
+        lambda x: model.forward(x, train=False))
     def evaluate():
         s = np.zeros(5)  # loss*rows, correct, rows (, regression: sum y, sum y^2)
         for x, y in test.loader(1024, shuffle=False, agree_errors=True, nonfinite=nonfinite):
-            out = model.forward(transform(x) if transform else x, train=False)
-            if not len(y):
+            out = predict(transform(x) if transform else x)
+            if not len(y) or out is None:  # model parallel: the last stage's TP rank 0
                 continue
             if target is None:
                 lo, _ = nn.cross_entropy(out, y)
@@ -389,36 +401,51 @@ def _evaluator(model, strategy, test, transform, target, nonfinite="error"):
     return evaluate if test is not None else None
 
 
-def _batch_check(comm, G, K):
-    """Rows of one global micro-batch: any G >= ranks x accumulation that accumulation
-    divides (ranks take slices that differ by one row at most; the loss is normalised by
-    the global row count, so any split follows one process)."""
-    P = comm.Get_size()
+def _batch_check(comm, G, K, dp=None, pipe=1):
+    """Rows of one global micro-batch: any G >= replicas x accumulation (x the pipeline's
+    micro-batches) that accumulation divides (replicas take slices that differ by one row
+    at most; the loss is normalised by the global row count, so any split follows one
+    process)."""
+    P = comm.Get_size() if dp is None else dp
+    need = P * K * pipe
     error = None
-    if G < P * K:
-        error = (f"batch-size {G} is smaller than ranks x accumulation = {P} x {K}: every "
-                 f"rank needs a row per micro-step; the smallest valid batch-size is {P * K}")
+    if G < need:
+        what = (f"ranks x accumulation = {P} x {K}" if pipe == 1 else
+                f"dp x accumulation x micro-batches = {P} x {K} x {pipe}")
+        error = (f"batch-size {G} is smaller than {what}: every "
+                 f"{'rank' if pipe == 1 else 'pipeline micro-batch'} needs a row per "
+                 f"micro-step; the smallest valid batch-size is {need}")
     elif G % K:
-        near = [v for v in (G - G % K, G - G % K + K) if v >= P * K]
+        near = [v for v in (G - G % K, G - G % K + K) if v >= need]
         error = (f"batch-size {G} is not a multiple of accumulation {K} (micro-batches "
                  f"must be equal): use {' or '.join(map(str, near))}")
     agree(comm, error, what="checking the configuration")
     return G // K  # rows of one global micro-batch
 
 
+def _setup(cfg, comm):
+    """(data comm, (dp, pp, tp) or None, rows of a global micro-batch): the layout and
+    the batch checked; under model parallelism the data is dealt over the replicas."""
+    P = comm.Get_size()
+    dims = train_pp.layout(cfg, comm) if train_pp.wanted(cfg, P) else None
+    dp = dims[0] if dims else P
+    M = _batch_check(comm, cfg["batch_size"], cfg["accumulation"], dp,
+                     cfg["micro_batches"] if dims else 1)
+    return (train_pp.data_comm(comm, *dims[1:]) if dims else comm), dims, M
+
+
 def run(cfg, comm=None, log=print, history=None, callbacks=()):
     """Train per cfg (validated) on comm; returns (summary dict, model) on every rank.
     history: a list that receives each epoch's metrics; callbacks: Trainer callbacks."""
     comm = comm if comm is not None else hc.world()
-    if cfg["pp"] > 1 or cfg["tp"] > 1 or (cfg["dp"] and cfg["dp"] != comm.Get_size()):
-        from hpcml import train_pp  # the data x pipeline x tensor parallel loop
-        return train_pp.run(cfg, comm, log, history, (_data, _standardizer, _optimizer))
     P, t_start, dtype = comm.Get_size(), time.perf_counter(), np.dtype(cfg["dtype"])
     K, G = cfg["accumulation"], cfg["batch_size"]
-    M = _batch_check(comm, G, K)
-    ds, test = _data(cfg, comm)
-    startup.check_memory(cfg, comm, ds, M)
-    arrays = _standardizer(ds, comm, dtype, cfg["nonfinite"]) if cfg["standardize"] else {}
+    dcomm, dims, M = _setup(cfg, comm)
+    dp = dcomm.Get_size()
+    ds, test = _data(cfg, dcomm)
+    if dims is None:
+        startup.check_memory(cfg, comm, ds, M)
+    arrays = _standardizer(ds, dcomm, dtype, cfg["nonfinite"]) if cfg["standardize"] else {}
     transform = None
     if "x_mean" in arrays:
         mean, inv = arrays["x_mean"], arrays["x_inv"]
@@ -428,12 +455,12 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     outputs = ds.classes if ds.task == "classification" else 1
     model = nn.mlp(ds.features, cfg["hidden_sizes"], outputs, cfg["activation"],
                    cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"])
-    strategy = (ZeRO(model, comm, cfg["algorithm"], stage=cfg["zero"]) if cfg["zero"] else
-                DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"]))
+    strategy = _strategy(cfg, comm, model, dims, ds.task)
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
-    startup.check_rank_memory(cfg, comm, model.params.nbytes + strategy.grad_bytes() +
-                      strategy.state_bytes(opt), "data parallel")
-    loader = ds.loader(-(-M // P), shuffle=True, seed=cfg["seed"], partition="global",
+    startup.check_rank_memory(cfg, comm, strategy.param_bytes() + strategy.grad_bytes() +
+                              strategy.state_bytes(opt), "data parallel" if dims is None
+                              else "dp {} x pp {} x tp {}".format(*dims))
+    loader = ds.loader(-(-M // dp), shuffle=True, seed=cfg["seed"], partition="global",
                        global_batch=M, nonfinite=cfg["nonfinite"])
     total = -(-len(loader) // K) * cfg["epochs"]
     total = min(total, cfg["max_steps"]) if cfg["max_steps"] else total
@@ -454,35 +481,58 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
         callbacks.append(board)
     if cfg["init_from"] and resumed_from is None:
         startup.init_from(cfg["init_from"], comm, model, spec, log)
+        strategy.load_serial_params(model.params)
+    tracer = Tracer(comm, keep_events=bool(cfg["trace"]))
+    if dims is not None and cfg["trace"]:
+        strategy.runner.tracer = tracer  # a span per pipeline action
     trainer = Trainer(
         model, strategy, opt, loader, sched, total=total, accumulation=K, step=step,
         global_rows=lambda m: max(0, min(M, ds.rows - m * M)), transform=transform,
         seed=cfg["seed"], dropout=bool(cfg["dropout"]), clip=cfg["clip"],
-        checkpoint=_checkpointer(cfg, comm, opt, strategy, identity, (spec, arrays)),
+        checkpoint=_checkpointer(cfg, comm, opt, strategy, identity, (spec, arrays), dims),
         checkpoint_every=cfg["checkpoint_every"], target=target,
         evaluate=_evaluator(model, strategy, test, transform, target, cfg["nonfinite"]),
         metrics=cfg["metrics"], callbacks=callbacks, log=log, progress=cfg["progress"],
-        on_rank0=lambda fn, what: config.on_rank0(comm, fn, what),
-        tracer=Tracer(comm, keep_events=bool(cfg["trace"])), prometheus=cfg["prometheus"],
-        log_every=cfg["log_every"], run_id=run_id)
+        on_rank0=lambda fn, what: config.on_rank0(comm, fn, what), tracer=tracer,
+        prometheus=cfg["prometheus"], log_every=cfg["log_every"], run_id=run_id)
     try:
         history_, stopped = trainer.fit()
     finally:
         if board is not None:
             board.close()
+    return _finish(cfg, comm, trainer, stopped, history_, history, dict(
+        run_id=run_id, seconds=time.perf_counter() - t_start, task=ds.task, ranks=P,
+        resumed_from=resumed_from), (model, strategy, opt, spec, arrays, dims))
+
+
+def _strategy(cfg, comm, model, dims, task):
+    """The run's Strategy: model parallel (dims), ZeRO, or data parallel."""
+    if dims is not None:
+        return train_pp.strategy(cfg, comm, model, dims,
+                                 "ce" if task == "classification" else "mse")
+    if cfg["zero"]:
+        return ZeRO(model, comm, cfg["algorithm"], stage=cfg["zero"])
+    return DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"])
+
+
+def _finish(cfg, comm, trainer, stopped, history_, history, facts, parts):
+    """After the loop: --trace and --save-model written, the summary; (summary, model)."""
+    model, strategy, opt, spec, arrays, dims = parts
     if cfg["trace"]:
         trace = trainer.tracer.gather()  # collective; rank 0 writes, its failure agreed
         config.on_rank0(comm, lambda: write_trace(cfg["trace"], trace),
                         f"writing --trace {cfg['trace']}")
+    if dims is not None:  # the serial model's parameters, joined from the stages
+        model.params[...] = strategy.serial_params()
     if cfg["save_model"]:
         from hpcml.model import Model
         config.on_rank0(comm, lambda: Model(spec, model.params, arrays).save(
             cfg["save_model"]), f"writing --save-model {cfg['save_model']}")
     if history is not None:
         history.extend(history_)
-    summary = _summary(cfg, trainer, stopped, history_, dict(
-        run_id=run_id, seconds=time.perf_counter() - t_start, task=ds.task, ranks=P,
-        resumed_from=resumed_from), strategy, opt)
+    summary = _summary(cfg, trainer, stopped, history_, facts, strategy, opt)
+    if dims is not None:
+        summary.update(train_pp.summary(strategy))
     summary["params_sha256"] = hashlib.sha256(model.params.tobytes()).hexdigest()
     return summary, model
 

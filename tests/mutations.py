@@ -158,6 +158,27 @@ FAULTS = {
           '            "this rank\'s P being built": 166 * m * k,\n',
           '            "this rank\'s P being built": 0,\n')],
         0, ["tests/test_memory.py::test_tsne_estimate_matches_the_measured_peak"]),
+    "pp-clip-norm": (
+        "the global gradient norm under model parallelism counts TP-replicated values on "
+        "every TP rank",
+        [("hpcml/parallel/model_parallel.py",
+          "g64 = g[own].astype(np.float64)",
+          "g64 = g.astype(np.float64)")],
+        0, ["tests/test_pp_train.py::test_accumulation_clipping_and_zero_under_model_"
+            "parallelism_equal_one_process"]),
+    "pp-reshard": (
+        "a resumed model-parallel run keeps its fresh parameters (the serial ones unused)",
+        [("hpcml/parallel/model_parallel.py",
+          "            st.params[...] = params[self.index[s][0]]",
+          "            pass")],
+        0, ["tests/test_pp_train.py::test_checkpoints_reshard_between_layouts"]),
+    "pp-recompute-rng": (
+        "recompute draws new dropout masks (the rng is not made again for the backward)",
+        [("hpcml/parallel/pipe.py",
+          "            self._restore(st, keep, rng)",
+          "            self._restore(st, keep, np.random.default_rng(1))")],
+        0, ["tests/test_pp_train.py::test_dropout_under_pipeline_is_reproducible_and_"
+            "recompute_draws_the_same_masks"]),
 }
 
 

@@ -57,6 +57,20 @@ class Strategy:
             optim.clip_grad_norm(optimizer.grads, clip)
         optimizer.step(lr=lr)
 
+    def param_bytes(self):
+        """Bytes of parameters this rank holds."""
+        return self.model.params.nbytes
+
+    def serial_params(self):
+        """The model's flat parameters in the serial layout (a model-parallel strategy
+        joins them from the ranks: collective there)."""
+        return self.model.params
+
+    def load_serial_params(self, params):
+        """This rank's parameters from the serial layout."""
+        if params is not self.model.params:
+            self.model.params[...] = params
+
     def grad_bytes(self):
         """Bytes of gradient buffers this rank holds."""
         return self.model.grads.nbytes

@@ -189,79 +189,105 @@ class PipelineRunner:
             raise PipelineError("stages x micro-batches x 2 must stay below MPI's tag bound "
                                 "32767")
         self.peak_bytes = 0  # the most bytes kept for backward at once on this rank
+        self.tracer = None  # a parallel.trace.Tracer: a span per action and per wait
+        self.correct = 0
 
     # --- one step ------------------------------------------------------------------------
     def _tag(self, kind, stage, micro):
         return (micro * self.S + stage) * 2 + kind
 
-    def step(self, x, y, denom=None, rng=None):
+    def step(self, x, y, denom=None, rng=None, accumulate=False):
         """Forward and backward of the global batch (x, y) as the schedule's micro-batches
-        (consecutive rows, as equal as possible); gradients land in each stage model's
-        `grads` (overwritten). Returns this rank's sum of loss x rows (last stage; 0
-        elsewhere). Every rank passes the same x and y (only the first stage reads x and
-        the last y)."""
+        (consecutive rows, as equal as possible; with fewer rows than micro-batches some
+        are empty); gradients land in each stage model's `grads` (overwritten, or added to
+        with accumulate). Returns this rank's sum of loss x rows (last stage; 0
+        elsewhere) and sets `correct` (rows classified right there). Every rank passes
+        the same x and y (only the first stage reads x and the last y). rng: a key
+        (tuple of ints) for dropout: stage s of micro-batch m draws from
+        default_rng((*key, s, m)), again when it recomputes."""
         M = self.schedule.micro_batches
         n = len(x)
-        if n < M:
-            raise PipelineError(f"a batch of {n} rows cannot make {M} micro-batches")
-        denom = n if denom is None else denom
+        denom = max(n, 1) if denom is None else denom
         cuts = [n * i // M for i in range(M + 1)]
-        for st in self.stages.values():
-            st.zero_grad()
+        if not accumulate:
+            for st in self.stages.values():
+                st.zero_grad()
+        self.correct = 0
         saved, grads, sends, wtasks = {}, {}, [], {}
-        loss_sum, kept = 0.0, 0
+        self._loss_sum, self._kept = 0.0, 0
         posted = self._post_receives(cuts)
+        span = self.tracer.span if self.tracer is not None else None
         for a in self.schedule.actions[self.rank]:
             if sends:  # MPI progresses a large (rendezvous) send only inside MPI calls:
                 # test the pending ones between actions, or a receiver waits for this
                 # rank's next blocking call
                 sends = [(q, b) for q, b in sends if not q.test()]
-            st = self.stages[a.stage]
-            rows = cuts[a.micro + 1] - cuts[a.micro]
-            if a.kind == "F":
-                if a.stage == 0:
-                    h = np.ascontiguousarray(x[cuts[a.micro]:cuts[a.micro + 1]], st.dtype)
-                else:
-                    req, h = posted.pop((0, a.stage - 1, a.micro))
-                    req.wait()
-                out = st.forward(h, train=True, rng=rng)
-                saved[(a.stage, a.micro)] = keep = self._keep(st, h)
-                kept += _nbytes(keep)
-                self.peak_bytes = max(self.peak_bytes, kept)
-                if a.stage == self.S - 1:
-                    yy = y[cuts[a.micro]:cuts[a.micro + 1]]
-                    if self.loss == "ce":
-                        lo, d = nn.cross_entropy(out, yy, denom=denom)
-                    else:
-                        lo, d = nn.mse(out, yy, denom=denom)
-                    loss_sum += lo * rows
-                    grads[(a.stage, a.micro)] = d
-                else:
-                    buf = np.ascontiguousarray(out)
-                    sends.append((hc.isend(buf, self.schedule.owner(a.stage + 1),
-                                           self._tag(0, a.stage, a.micro), self.comm), buf))
-            elif a.kind == "W":  # the weight gradients B left (zero-bubble schedules)
-                st.backward_weight(wtasks.pop((a.stage, a.micro)))
-            else:  # B
-                if a.stage == self.S - 1:
-                    dy = grads.pop((a.stage, a.micro))
-                else:
-                    req, dy = posted.pop((1, a.stage + 1, a.micro))
-                    req.wait()
-                keep = saved.pop((a.stage, a.micro))
-                kept -= _nbytes(keep)
-                self._restore(st, keep, rng)
-                if self.schedule.split_w:  # input gradient now, weight gradient at W
-                    dx, wtasks[(a.stage, a.micro)] = st.backward_input(dy, a.stage > 0)
-                else:
-                    dx = st.backward(dy, accumulate=True, input_grad=a.stage > 0)
-                if a.stage > 0:
-                    buf = np.ascontiguousarray(dx)
-                    sends.append((hc.isend(buf, self.schedule.owner(a.stage - 1),
-                                           self._tag(1, a.stage, a.micro), self.comm), buf))
+            rng_a = None if rng is None else np.random.default_rng((*rng, a.stage, a.micro))
+            args = (a, x, y, cuts, denom, rng_a, posted, saved, grads, sends, wtasks)
+            if span is None:
+                self._action(*args)
+            else:
+                # a trace shows the schedule, and its gaps: "F3 s1" (stage 1's forward of
+                # micro-batch 3), summed by kind (pipeline F/B/W) in the run's span seconds
+                with span(f"pipeline {a.kind}", f"{a.kind}{a.micro} s{a.stage}"):
+                    self._action(*args)
         if sends:
             hc.wait_all([r for r, _ in sends])
-        return loss_sum
+        return self._loss_sum
+
+    def _wait(self, req):
+        if self.tracer is None:
+            req.wait()
+        else:
+            with self.tracer.span("pipeline wait"):
+                req.wait()
+
+    def _action(self, a, x, y, cuts, denom, rng, posted, saved, grads, sends, wtasks):
+        """One action of the schedule (F, B or W of a stage and micro-batch)."""
+        st = self.stages[a.stage]
+        rows = cuts[a.micro + 1] - cuts[a.micro]
+        if a.kind == "F":
+            if a.stage == 0:
+                h = np.ascontiguousarray(x[cuts[a.micro]:cuts[a.micro + 1]], st.dtype)
+            else:
+                req, h = posted.pop((0, a.stage - 1, a.micro))
+                self._wait(req)
+            out = st.forward(h, train=True, rng=rng)
+            saved[(a.stage, a.micro)] = keep = self._keep(st, h)
+            self._kept += _nbytes(keep)
+            self.peak_bytes = max(self.peak_bytes, self._kept)
+            if a.stage == self.S - 1:
+                yy = y[cuts[a.micro]:cuts[a.micro + 1]]
+                if self.loss == "ce":
+                    lo, d = nn.cross_entropy(out, yy, denom=denom)
+                    self.correct += int((out.argmax(axis=1) == yy).sum()) if rows else 0
+                else:
+                    lo, d = nn.mse(out, yy, denom=denom)
+                self._loss_sum += lo * rows
+                grads[(a.stage, a.micro)] = d
+            else:
+                buf = np.ascontiguousarray(out)
+                sends.append((hc.isend(buf, self.schedule.owner(a.stage + 1),
+                                       self._tag(0, a.stage, a.micro), self.comm), buf))
+        elif a.kind == "W":  # the weight gradients B left (zero-bubble schedules)
+            st.backward_weight(wtasks.pop((a.stage, a.micro)))
+        else:  # B
+            if a.stage == self.S - 1:
+                dy = grads.pop((a.stage, a.micro))
+            else:
+                req, dy = posted.pop((1, a.stage + 1, a.micro))
+                self._wait(req)
+            keep = saved.pop((a.stage, a.micro))
+            self._kept -= _nbytes(keep)
+            self._restore(st, keep, rng)
+            if self.schedule.split_w:  # input gradient now, weight gradient at W
+                dx, wtasks[(a.stage, a.micro)] = st.backward_input(dy, a.stage > 0)
+            else:
+                dx = st.backward(dy, accumulate=True, input_grad=a.stage > 0)
+            if a.stage > 0:
+                buf = np.ascontiguousarray(dx)
+                sends.append((hc.isend(buf, self.schedule.owner(a.stage - 1),
+                                       self._tag(1, a.stage, a.micro), self.comm), buf))
 
     def _keep(self, st, h):
         """What micro-batch backward needs from its forward: the stage input (recompute)

@@ -86,6 +86,27 @@ class RowParallel(nn.Layer):
         return _local_backward(self, dy, accumulate)  # rows_t of dx: already this rank's
 
 
+class ShardedDropout(nn.Dropout):
+    """Dropout on a column-parallel layer's slice of the hidden units: the mask of the
+    whole width is drawn (the same rng on every TP rank) and this rank's columns used, so
+    the pair drops the units the serial layer would with that rng, and no two shards share
+    a mask pattern."""
+
+    def __init__(self, rate, lo, hi, width):
+        super().__init__(rate)
+        self.lo, self.hi, self.width = lo, hi, width
+
+    def forward(self, x, train=True, rng=None):
+        if not train or self.rate == 0:
+            self.mask = None
+            return x
+        if rng is None:
+            raise ValueError("Dropout: training needs an rng (Sequential.forward(x, rng=...))")
+        keep = rng.random((x.shape[0], self.width))[:, self.lo:self.hi] >= self.rate
+        self.mask = keep.astype(x.dtype) / x.dtype.type(1 - self.rate)
+        return x * self.mask
+
+
 def _local_backward(layer, dy, accumulate):
     """A split layer's own gradients (bias, weight shard) and its local input gradient
     dz @ W_t^T (as hpcml.nn.Dense / Linear do)."""
@@ -123,12 +144,18 @@ def tensor_parallel(model, comm):
                              f"{model.layers[a].fan_out} outputs to split, fewer than {T}")
         role[a], role[b] = "col", "row"
     layers, last_cols = [], None
+    a_of = {}  # a dropout between a pair's layers -> the column-parallel layer before it
+    for a, b in pairs:
+        a_of.update({k: a for k in range(a + 1, b)})
     for i, layer in enumerate(model.layers):
         if role.get(i) == "col":
             new = ColumnParallel(layer, comm)
             last_cols = (new.lo, new.hi)
         elif role.get(i) == "row":
             new = RowParallel(layer, comm, last_cols)
+            last_cols = None
+        elif isinstance(layer, nn.Dropout) and last_cols is not None:
+            new = ShardedDropout(layer.rate, *last_cols, model.layers[a_of[i]].fan_out)
         elif isinstance(layer, nn.Linear):  # replicated: a copy with the same values
             new = type(layer).__new__(type(layer))
             new.__dict__.update({k: v for k, v in layer.__dict__.items() if k not in ("p", "g")})
@@ -142,32 +169,41 @@ def tensor_parallel(model, comm):
     return tp
 
 
+def serial_index(tp_model, model, t0=True):
+    """(index, owned): where each element of `tp_model`'s flat vector (parameters,
+    gradients or optimizer state) sits in the serial `model`'s, and whether this rank is
+    the one that counts it (a replicated value is counted by TP rank 0 only: `t0`)."""
+    idx = np.empty(tp_model.size, np.int64)
+    owned = np.ones(tp_model.size, bool)
+    serial, local = model.layer_regions(), tp_model.layer_regions()
+    for i, layer in enumerate(tp_model.layers):
+        if i not in local:
+            continue
+        s0, l0 = serial[i][0], local[i][0]
+        n_in, n_out = model.layers[i].fan_in, model.layers[i].fan_out
+        W = s0 + np.arange(n_in * n_out, dtype=np.int64).reshape(n_in, n_out)
+        b = s0 + n_in * n_out + np.arange(n_out, dtype=np.int64)
+        if isinstance(layer, ColumnParallel):
+            parts, own = [W[:, layer.lo:layer.hi], b[layer.lo:layer.hi]], [True, True]
+        elif isinstance(layer, RowParallel):
+            parts, own = [W[layer.lo:layer.hi, :], b], [True, t0]
+        else:
+            parts, own = [W, b], [t0, t0]
+        if not model.layers[i].has_bias:
+            parts, own = parts[:1], own[:1]
+        at = l0
+        for part, o in zip(parts, own):
+            idx[at:at + part.size] = part.ravel()
+            owned[at:at + part.size] = o
+            at += part.size
+    return idx, owned
+
+
 def serial_params(tp_model, model, comm):
     """The serial flat parameter vector from every rank's shards (on every rank)."""
+    idx, owned = serial_index(tp_model, model, comm.Get_rank() == 0)
     out = np.zeros(model.size, model.dtype)
-    regions = model.layer_regions()
-    for i, layer in enumerate(tp_model.layers):
-        if i not in regions:
-            continue
-        lo, _ = regions[i]
-        W = np.zeros((model.layers[i].fan_in, model.layers[i].fan_out), model.dtype)
-        b = np.zeros(model.layers[i].fan_out, model.dtype) if model.layers[i].has_bias else None
-        t0 = comm.Get_rank() == 0
-        if isinstance(layer, ColumnParallel):
-            W[:, layer.lo:layer.hi] = layer.p[0]
-            if b is not None:
-                b[layer.lo:layer.hi] = layer.p[1]
-        elif isinstance(layer, RowParallel):
-            W[layer.lo:layer.hi, :] = layer.p[0]
-            if b is not None and t0:
-                b[...] = layer.p[1]
-        elif t0:
-            W[...] = layer.p[0]
-            if b is not None:
-                b[...] = layer.p[1]
-        out[lo:lo + W.size] = W.ravel()
-        if b is not None:
-            out[lo + W.size:lo + W.size + b.size] = b
+    out[idx[owned]] = tp_model.params[owned]
     if comm.Get_size() > 1:
         hc.allreduce(out, "sum", comm=comm, algorithm="ring")
     return out

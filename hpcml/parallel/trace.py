@@ -24,10 +24,10 @@ KINDS = ("data", "forward", "backward", "allreduce", "optimizer", "checkpoint", 
 
 
 class _Span:
-    __slots__ = ("tracer", "name", "t0")
+    __slots__ = ("tracer", "name", "label", "t0")
 
-    def __init__(self, tracer, name):
-        self.tracer, self.name = tracer, name
+    def __init__(self, tracer, name, label=None):
+        self.tracer, self.name, self.label = tracer, name, label or name
 
     def __enter__(self):
         self.t0 = time.perf_counter()
@@ -37,7 +37,7 @@ class _Span:
         t1 = time.perf_counter()
         self.tracer.seconds[self.name] = self.tracer.seconds.get(self.name, 0.0) + t1 - self.t0
         if self.tracer.events is not None:
-            self.tracer.events.append((self.name, self.t0, t1))
+            self.tracer.events.append((self.label, self.t0, t1))
         return False
 
 
@@ -51,8 +51,10 @@ class Tracer:
         self.events = [] if keep_events else None
         self.origin = time.perf_counter()
 
-    def span(self, name):
-        return _Span(self, name)
+    def span(self, name, label=None):
+        """A context manager timing `name` (summed in `seconds`); the trace event is
+        called `label` when given (e.g. a pipeline action "F3 s1" of kind "F")."""
+        return _Span(self, name, label)
 
     def gather(self):
         """Collective: every rank's events gathered (as JSON) to rank 0, as one Chrome

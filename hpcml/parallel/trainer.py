@@ -106,6 +106,13 @@ class Trainer:
             except (DataError, OSError) as e:  # agreed on in the sync below
                 self.strategy.skip_backward(last - m, first=m == first, stop=stop)
                 return e, sums
+            pipeline = getattr(self.strategy, "forward_backward", None)
+            if pipeline is not None:  # the strategy runs forward and backward itself
+                with span("pipeline"):
+                    sums += pipeline(self.transform(x), y, denom, (self.seed, self.step, m)
+                                     if self.dropout else None, accumulate=m > first,
+                                     target=self.target)
+                continue
             rng = np.random.default_rng([self.seed, self.step, m, self.rank]) \
                 if self.dropout else None
             with span("forward"):

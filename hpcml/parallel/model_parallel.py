@@ -1,0 +1,252 @@
+"""Data x pipeline x tensor parallelism as a Trainer strategy.
+
+    strategy = ModelParallel(serial_model, comm, dp=2, pp=2, tp=2, schedule="1f1b",
+                             micro_batches=8, zero=1)
+    opt = strategy.optimizer(lambda m: optim.Adam(m, 1e-3))   # one per stage held here
+    Trainer(serial_model, strategy, opt, loader, ...).fit()
+
+World rank w = (d pp + p) tp + t is tensor-parallel rank t of pipeline stage p of
+data-parallel replica d (TP ranks adjacent, then pipelines, as Megatron-LM places them).
+Communicators: the pipeline (same d, t), the stage's replicas (same p, t: the DP axis),
+the stage's TP ranks (same d, p) and one replica's pp x tp ranks (the model).
+
+A Trainer micro-step is one pipeline step (`forward_backward`): the replica's slice of the
+global micro-batch cut into the schedule's M micro-batches; accumulation adds more of them
+before the optimizer step. `sync` sums each stage's gradients over its replicas (one
+all-reduce per stage, or with ZeRO-1 a reduce-scatter: each replica keeps the optimizer
+state of 1/dp of its stage), then one small all-reduce over the world carries the step's
+two flags (a failed rank, a stop request: every rank learns both at the same step) and
+the squared gradient norm summed over every shard, so --clip clips the global norm of the
+serial model's gradient (a TP-replicated value counted once). Parameters and optimizer
+state move to and from the serial layout (`serial_params`, `state_dict`), so checkpoints
+written under one (dp, pp, tp) layout resume under any other.
+
+DeepSpeed's pipeline engine allows ZeRO stage 1 only (stage 2 shards the gradients the
+pipeline accumulates over micro-batches); so does this strategy.
+"""
+import numpy as np
+
+from hpcml import comm as hc
+from hpcml.comm.guard import agree
+
+from .base import StepFlags, Strategy
+from .pipe import PipelineError, PipelineRunner, split
+from .pipeline import ScheduleError, make
+from .zero import ZeRO
+
+
+def ranks_of(w, pp, tp):
+    """(d, p, t) of world rank w."""
+    return w // (tp * pp), (w // tp) % pp, w % tp
+
+
+class StageOptimizers:
+    """The optimizers of the stages one rank holds, stepped together (what the Trainer
+    sees as `optimizer`)."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.lr = next(iter(opts.values())).lr
+
+    def step(self, lr=None):
+        for o in self.opts.values():
+            o.step(lr=lr)
+
+
+class ModelParallel(Strategy):
+    """DP x PP x TP over `comm` (see the module docstring). `model`: the serial model,
+    built the same on every rank (its parameters are copied into the stages)."""
+
+    def __init__(self, model, comm, dp, pp, tp=1, schedule="1f1b", micro_batches=None,
+                 virtual=1, recompute=False, algorithm="auto", zero=0, bounds=None,
+                 loss="ce"):
+        if dp * pp * tp != comm.Get_size():
+            raise ValueError(f"dp x pp x tp = {dp} x {pp} x {tp} != {comm.Get_size()} ranks")
+        self.comm, self.model, self.algorithm = comm, model, algorithm
+        self.dp, self.pp, self.tp = dp, pp, tp
+        self.layout = {"dp": dp, "pp": pp, "tp": tp}
+        self.d, self.p, self.t = ranks_of(comm.Get_rank(), pp, tp)
+        d, p, t = self.d, self.p, self.t
+        self.pp_comm = hc.split(comm, d * tp + t, p)
+        self.dp_comm = hc.split(comm, p * tp + t, d)
+        self.tp_comm = hc.split(comm, d * pp + p, t)
+        self.model_comm = hc.split(comm, d, p * tp + t)
+        error, runner = None, None
+        try:
+            if zero not in (0, 1):
+                raise PipelineError(f"ZeRO stage {zero} with model parallelism: only stage 1 "
+                                    "(DeepSpeed's pipeline engine allows 1 too: stage 2 "
+                                    "shards the gradients the micro-batches accumulate)")
+            sched = make(schedule, pp, micro_batches or 2 * pp, virtual)
+            runner = PipelineRunner(model, split(model, pp * virtual, bounds), sched,
+                                    self.pp_comm, loss=loss, recompute=recompute,
+                                    tp_comm=self.tp_comm)
+        except (PipelineError, ScheduleError, ValueError) as e:
+            error = str(e)
+        agree(comm, error, what="building the pipeline")
+        self.runner, self.stages = runner, runner.stages
+        self.counts = runner.S - 1 in runner.mine and t == 0  # counts each row once
+        self.zero = {s: ZeRO(st, self.dp_comm, algorithm, stage=1)
+                     for s, st in self.stages.items()} if zero else None
+        self._index()
+        self.comm_seconds = 0.0
+        self._norm_sq = 0.0
+        self._rows = 0
+
+    def _index(self):
+        """Per stage: the serial position of each local element and whether this rank
+        counts it (a value replicated over TP counted by t = 0)."""
+        from .tensor import serial_index
+        self.index = {}
+        for s, st in self.stages.items():
+            a = st.serial_range[0]
+            if self.runner.tp_comm is not None:
+                idx, owned = serial_index(st, self.runner.serial_stages[s], self.t == 0)
+                self.index[s] = (a + idx, owned)
+            else:
+                self.index[s] = (a + np.arange(st.size, dtype=np.int64),
+                                 np.ones(st.size, bool))
+
+    # --- the step ------------------------------------------------------------------------
+    def forward_backward(self, x, y, denom, rng=None, accumulate=False, target=None):
+        """One pipeline step over this replica's rows; the metric sums [loss x rows,
+        correct (regression: sum y), rows, sum y^2], non-zero on the counting ranks only."""
+        self._rows = len(x)
+        yy = y if target is None else (y - target[0]) / target[1]
+        key = None if rng is None else (*rng, self.d)  # replicas draw their own masks
+        loss = self.runner.step(x, yy, denom=denom, rng=key, accumulate=accumulate)
+        if not self.counts:
+            return np.zeros(4)
+        if target is None:
+            return np.array([loss, self.runner.correct, len(y), 0.0])
+        y64 = y.astype(np.float64)
+        return np.array([loss, y64.sum(), len(y), (y64 * y64).sum()])
+
+    def skip_backward(self, micro_steps, first, stop=False):
+        """This rank's data failed: it runs its part of the schedule on zeros (its
+        pipeline peers wait for its messages) and keeps no gradients; the error is agreed
+        on in sync()."""
+        st0 = self.stages[min(self.stages)]
+        x = np.zeros((self._rows, st0.layers[0].fan_in if hasattr(st0.layers[0], "fan_in")
+                      else 1), st0.dtype)
+        for _ in range(micro_steps):
+            self.runner.step(x, np.zeros(self._rows, np.int64), denom=1)
+        for st in self.stages.values():
+            st.zero_grad()
+
+    def sync(self, error=False, stop=False):
+        t0 = hc.wtime()
+        norm_sq = 0.0
+        for s, st in self.stages.items():
+            _, owned = self.index[s]
+            if self.zero is not None:
+                z = self.zero[s]
+                z.sync()
+                g, own = z.shard_grads(), owned[z.lo:z.hi]
+            else:
+                if self.dp > 1:
+                    hc.allreduce(st.grads, "sum", comm=self.dp_comm, algorithm=self.algorithm)
+                g, own = (st.grads, owned) if self.d == 0 else (st.grads[:0], owned[:0])
+            g64 = g[own].astype(np.float64)
+            norm_sq += float(np.dot(g64, g64))
+        v = np.array([1.0 if error else 0.0, 1.0 if stop else 0.0, norm_sq])
+        hc.allreduce(v, "sum", comm=self.comm, algorithm="mpi")
+        self._norm_sq = v[2]
+        self.comm_seconds += hc.wtime() - t0
+        return StepFlags(int(round(v[0])), int(round(v[1])))
+
+    def grad_norm(self):
+        """The global L2 norm of the last step's summed gradient (the serial model's)."""
+        return float(np.sqrt(self._norm_sq))
+
+    def optimizer(self, factory):
+        if self.zero is not None:
+            return StageOptimizers({s: z.optimizer(factory) for s, z in self.zero.items()})
+        return StageOptimizers({s: factory(st) for s, st in self.stages.items()})
+
+    def step(self, optimizer, lr, clip=0.0):
+        """Clip by the global norm (PyTorch's rule, as optim.clip_grad_norm), then each
+        stage's optimizer step (ZeRO: its shard, then the parameters all-gathered)."""
+        if clip:
+            norm = self.grad_norm()
+            coef = clip / (norm + 1e-6)
+            if np.isfinite(norm) and coef < 1:
+                for s, st in self.stages.items():
+                    g = self.zero[s].shard_grads() if self.zero else st.grads
+                    g *= g.dtype.type(coef)
+        for s, o in optimizer.opts.items():
+            if self.zero is not None:
+                self.zero[s].step(o, lr, 0.0)
+            else:
+                o.step(lr=lr)
+
+    # --- sizes ---------------------------------------------------------------------------
+    def grad_bytes(self):
+        return sum(st.grads.nbytes for st in self.stages.values())
+
+    def state_bytes(self, optimizer):
+        return sum(v.nbytes for o in optimizer.opts.values()
+                   for v in o.state_dict().values() if isinstance(v, np.ndarray))
+
+    def param_bytes(self):
+        return sum(st.params.nbytes for st in self.stages.values())
+
+    # --- the serial layout ---------------------------------------------------------------
+    def _to_serial(self, local, dtype):
+        """{stage: local flat vector} -> the serial flat vector (collective over one
+        replica's ranks: each element placed by the rank that counts it, the rest zeros,
+        summed)."""
+        out = np.zeros(self.model.size, dtype)
+        for s, vec in local.items():
+            idx, owned = self.index[s]
+            out[idx[owned]] = vec[owned]
+        if self.model_comm.Get_size() > 1:
+            hc.allreduce(out, "sum", comm=self.model_comm, algorithm="ring")
+        return out
+
+    def serial_params(self):
+        """The serial model's flat parameters, on every rank (collective)."""
+        return self._to_serial({s: st.params for s, st in self.stages.items()},
+                               self.model.dtype)
+
+    def load_serial_params(self, params):
+        """Every stage's parameters (and TP shard) from the serial flat vector."""
+        for s, st in self.stages.items():
+            st.params[...] = params[self.index[s][0]]
+
+    def state_dict(self, optimizer):
+        """The optimizer state in the serial layout (collective): per-parameter arrays
+        joined over ZeRO shards, TP shards and stages; scalars as they are."""
+        states = {s: (self.zero[s].state_dict(o) if self.zero else o.state_dict())
+                  for s, o in optimizer.opts.items()}
+        first = next(iter(states.values()))
+        out = {}
+        for name, value in first.items():
+            if isinstance(value, np.ndarray) and value.ndim == 1:
+                out[name] = self._to_serial({s: st[name] for s, st in states.items()},
+                                            value.dtype)
+            else:
+                out[name] = value
+        return out
+
+    def load_state_dict(self, optimizer, state):
+        n = self.model.size
+        for s, o in optimizer.opts.items():
+            idx = self.index[s][0]
+            mine = {k: (np.asarray(v)[idx] if np.ndim(v) == 1 and np.shape(v) == (n,) else v)
+                    for k, v in state.items()}
+            if self.zero is not None:
+                self.zero[s].load_state_dict(o, mine)
+            else:
+                o.load_state_dict(mine)
+
+    def predict(self, x):
+        """Forward only through the pipeline: the outputs on the counting rank (last
+        stage, TP rank 0), None elsewhere. Every rank of a replica passes the same x."""
+        out = self.runner.predict(x)
+        return out if self.counts else None
+
+    def close(self):
+        if self.zero is not None:
+            for z in self.zero.values():
+                z.close()
