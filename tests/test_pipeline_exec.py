@@ -34,13 +34,21 @@ def _serial(steps=20):
 REFERENCE = {}
 
 
-def _pipeline(comm, name, M, v=1, recompute=False, steps=20):
+def _pipeline(comm, name, M, v=1, recompute=False, steps=20, tp=1):
+    """The pipeline on comm (tp > 1: rank r is TP rank r % tp of stage r // tp)."""
     x, y = _data()
     model = nn.mlp(F, H, C, dtype=np.float64, seed=3)
     size = model.size
+    tp_comm = None
+    if tp > 1:
+        from hpcml import comm as hc
+        r = comm.Get_rank()
+        tp_comm = hc.split(comm, r // tp, r % tp)
+        comm = hc.split(comm, r % tp, r // tp)
     P = comm.Get_size()
     sched = make(name, P, M, v)
-    runner = PipelineRunner(model, split(model, P * v), sched, comm, recompute=recompute)
+    runner = PipelineRunner(model, split(model, P * v), sched, comm, recompute=recompute,
+                            tp_comm=tp_comm)
     opts = runner.optimizers(lambda m: optim.SGD(m, 0.05, momentum=0.9, weight_decay=1e-3))
     for _ in range(steps):
         runner.step(x, y, denom=N)
@@ -61,6 +69,21 @@ def test_every_schedule_equals_one_process(name, v, S, M, recompute):
         assert np.array_equal(params, out[0][0])  # the same bytes everywhere
         rel = np.abs(params - ref).max() / np.abs(ref).max()
         assert rel < 1e-12, rel  # measured: 1.5e-16 (float64; the reductions are split)
+
+
+@pytest.mark.parametrize("name,v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2),
+                                    ("zb-h1", 1)])
+@pytest.mark.parametrize("S,M,recompute", [(2, 4, False), (3, 5, True), (4, 1, False),
+                                           (4, 5, True)])
+def test_every_schedule_with_tensor_parallel_stages_equals_one_process(name, v, S, M,
+                                                                       recompute):
+    """TP = 2 inside every stage (2S ranks): the same parameters as one process."""
+    ref = REFERENCE.setdefault("p", _serial())
+    out = run_ranks(2 * S, lambda comm: _pipeline(comm, name, M, v, recompute, tp=2))
+    for params, _ in out:
+        assert np.array_equal(params, out[0][0])
+        rel = np.abs(params - ref).max() / np.abs(ref).max()
+        assert rel < 1e-12, rel  # measured: 1.3e-16
 
 
 def test_1f1b_keeps_fewer_activations_than_gpipe_and_recompute_fewer_still():

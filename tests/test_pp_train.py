@@ -171,3 +171,22 @@ def test_a_model_too_big_for_one_rank_trains_split_and_is_refused_whole():
         run_ranks(2, lambda c: train.run(_cfg(**kw), c, log=lambda *a: None))
     out = run_ranks(4, lambda c: train.run(_cfg(pp=2, tp=2, **kw), c, log=lambda *a: None))
     assert out[0][0]["step"] == 3
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not found")
+def test_mpiexec_8_dp_pp_tp_2x2x2_equals_one_process(tmp_path):
+    """The issue's layout on a real MPI world of 8 processes (oversubscribed on 2 cores):
+    the saved model equals one process's parameters after 20 steps within 1e-12."""
+    from hpcml import load_model
+    out = str(tmp_path / "m.h5")
+    args = ["--hidden", "24,16,16", "--max-steps", "20", "--batch-size", "32", "--dtype",
+            "float64", "--warmup", "5", "--test-data", "none", "--progress", "false"]
+    r = run([shutil.which("mpiexec"), "-n", "8", sys.executable, "-m", "hpcml.train",
+             "--pp", "2", "--tp", "2", "--dp", "2", "--pipeline-schedule", "1f1b",
+             "--micro-batches", "8", "--save-model", out, *args], limit=240)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["layout"] == {"dp": 2, "pp": 2,
+                                                                       "tp": 2}
+    want = train.run(_cfg(max_steps=20), log=lambda *a: None)[1].params
+    got = load_model(out).net.params
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-12
