@@ -216,7 +216,10 @@ class Sequential:
     """Layers applied in order, their parameters in one flat buffer `params` and their
     gradients in one flat buffer `grads` (same layout; see `layout`)."""
 
-    def __init__(self, *layers, dtype=np.float32, seed=0):
+    def __init__(self, *layers, dtype=np.float32, seed=0, allocate=True):
+        """allocate=False: the layout only (no parameter or gradient buffers, layers
+        unbound): a model-parallel rank builds the stages it holds from it
+        (`init_values` gives their initial values, the same as an allocated model's)."""
         if np.dtype(dtype).type not in DTYPES:
             raise ValueError(f"Sequential: dtype must be float32 or float64, got {dtype!r}")
         for layer in layers:
@@ -229,7 +232,10 @@ class Sequential:
             for name, shape in layer.shapes():
                 self.layout.append((i, name, shape, n))
                 n += int(np.prod(shape))
-        self.size = n
+        self.size, self.seed = n, seed
+        if not allocate:
+            self.params = self.grads = None
+            return
         self.params = np.zeros(n, self.dtype)
         self.grads = np.zeros(n, self.dtype)
         views = [([], []) for _ in self.layers]
@@ -240,6 +246,22 @@ class Sequential:
         for layer, (p, g) in zip(self.layers, views):
             layer.bind(p, g)
         self.init(seed)
+
+    def init_values(self, keep):
+        """{layer index: [its parameter arrays]} for the layers in `keep`, with the values
+        `init(self.seed)` gives them, one layer's temporaries at a time (the model's own
+        buffers, if any, are left alone)."""
+        rng = np.random.default_rng(self.seed)
+        out = {}
+        for i, layer in enumerate(self.layers):
+            tmp = [np.zeros(shape, self.dtype) for _, shape in layer.shapes()]
+            bound = (getattr(layer, "p", None), getattr(layer, "g", None))
+            layer.bind(tmp, tmp)
+            layer.init(rng)
+            layer.bind(*bound)
+            if i in keep:
+                out[i] = tmp
+        return out
 
     def init(self, seed):
         """(Re)initialise every parameter from `seed` (numpy's default_rng)."""
@@ -336,7 +358,7 @@ class Sequential:
 
 
 def mlp(features, hidden, classes, activation="relu", dropout=0.0, dtype=np.float32, seed=0,
-        init="torch"):
+        init="torch", allocate=True):
     """features -> hidden... -> classes: each hidden layer a Dense (Linear and activation
     fused), then Dropout if asked; the output layer a Linear."""
     acts = {"relu": ReLU, "tanh": Tanh, "gelu": GELU}
@@ -349,7 +371,7 @@ def mlp(features, hidden, classes, activation="relu", dropout=0.0, dtype=np.floa
             layers.append(Dropout(dropout))
         n = h
     layers.append(Linear(n, classes, init=init))
-    return Sequential(*layers, dtype=dtype, seed=seed)
+    return Sequential(*layers, dtype=dtype, seed=seed, allocate=allocate)
 
 
 def cross_entropy(logits, labels, denom=None):

@@ -30,7 +30,8 @@ def check_memory(cfg, comm, ds, M):
 
 def init_from(path, comm, model, spec, log):
     """Fine-tuning: this run's parameters from a model or checkpoint (weights only), after
-    checking the architecture by name. Rank 0 reads; every rank gets the same bytes."""
+    checking the architecture by name. Rank 0 reads; every rank gets the same bytes
+    (in model.params, or, for an unallocated model, in the array returned)."""
     from hpcml.model import load_model, ModelError
     error, params = None, None
     if comm.Get_rank() == 0:
@@ -43,16 +44,18 @@ def init_from(path, comm, model, spec, log):
                     f"{k} {theirs[k]}" for k in mine if str(mine[k]) != str(theirs[k]))
                     + "; this run has " + ", ".join(
                     f"{k} {mine[k]}" for k in mine if str(mine[k]) != str(theirs[k])))
-            params = m.net.params.astype(model.params.dtype)
+            params = m.net.params.astype(model.dtype)
         except ModelError as e:
             error = f"--init-from: {e}"
     agree(comm, error, what="loading --init-from")
+    out = model.params if model.params is not None else np.empty(model.size, model.dtype)
     if comm.Get_rank() == 0:
-        model.params[...] = params
+        out[...] = params
     if comm.Get_size() > 1:
-        hc.broadcast(model.params, root=0, comm=comm)
+        hc.broadcast(out, root=0, comm=comm)
     if comm.Get_rank() == 0:
         log(f"initialised the weights from {path} (optimizer and schedule start fresh)")
+    return out
 
 
 def check_rank_memory(cfg, comm, nbytes, layout):

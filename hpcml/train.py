@@ -291,9 +291,9 @@ def _checkpoint_problem(ck, cfg, model, P, log, identity=None, layout=None):
         return _data_differs(ck, identity)
     if _model_differs(ck, cfg):  # by name (--hidden 64 vs 128), before the shapes
         return _model_differs(ck, cfg)
-    if ck["params"].shape != model.params.shape or ck["params"].dtype != model.params.dtype:
+    if ck["params"].shape != (model.size,) or ck["params"].dtype != model.dtype:
         return (f"{ck['path']}: parameters {ck['params'].dtype} {ck['params'].shape}, this "
-                f"model has {model.params.dtype} {model.params.shape}")
+                f"model has {model.dtype} {(model.size,)}")
     layout = layout or {"dp": P, "pp": 1, "tp": 1}
     saved = ck.get("config") or {}
     horizon = [k for k in ("epochs", "max_steps", "schedule") if k in saved and saved[k] != cfg[k]]
@@ -334,7 +334,6 @@ def _resume(cfg, comm, model, opt, strategy, loader, log, identity=None, total=N
             log(f"no checkpoint in {cfg['checkpoint_dir']}: starting fresh")
         return 0, None
     ck = comm.bcast(ck if rank == 0 else None)
-    model.params[...] = ck["params"]
     strategy.load_serial_params(ck["params"])  # model parallel: each rank's part
     strategy.load_state_dict(opt, ck["optim"])
     loader.epoch, loader.batches_done = ck["state"]["epoch"], ck["state"]["batches_done"]
@@ -453,8 +452,12 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     target = (float(arrays.get("y_mean", 0.0)), float(arrays.get("y_std", 1.0))) \
         if ds.task == "regression" else None
     outputs = ds.classes if ds.task == "classification" else 1
-    model = nn.mlp(ds.features, cfg["hidden_sizes"], outputs, cfg["activation"],
-                   cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"])
+    def net(allocate=True):
+        return nn.mlp(ds.features, cfg["hidden_sizes"], outputs, cfg["activation"],
+                      cfg["dropout"], dtype=dtype, seed=cfg["seed"], init=cfg["init"],
+                      allocate=allocate)
+    # model parallel: the serial model's layout only; each rank allocates its stages
+    model = net(allocate=dims is None)
     strategy = _strategy(cfg, comm, model, dims, ds.task)
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
     startup.check_rank_memory(cfg, comm, strategy.param_bytes() + strategy.grad_bytes() +
@@ -480,8 +483,8 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
         board = TensorBoard(cfg["tensorboard"], comm.Get_rank(), run_id)
         callbacks.append(board)
     if cfg["init_from"] and resumed_from is None:
-        startup.init_from(cfg["init_from"], comm, model, spec, log)
-        strategy.load_serial_params(model.params)
+        strategy.load_serial_params(startup.init_from(cfg["init_from"], comm, model, spec,
+                                                      log))
     tracer = Tracer(comm, keep_events=bool(cfg["trace"]))
     if dims is not None and cfg["trace"]:
         strategy.runner.tracer = tracer  # a span per pipeline action
@@ -502,7 +505,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
             board.close()
     return _finish(cfg, comm, trainer, stopped, history_, history, dict(
         run_id=run_id, seconds=time.perf_counter() - t_start, task=ds.task, ranks=P,
-        resumed_from=resumed_from), (model, strategy, opt, spec, arrays, dims))
+        resumed_from=resumed_from), (model, strategy, opt, spec, arrays, dims, net))
 
 
 def _strategy(cfg, comm, model, dims, task):
@@ -517,12 +520,13 @@ def _strategy(cfg, comm, model, dims, task):
 
 def _finish(cfg, comm, trainer, stopped, history_, history, facts, parts):
     """After the loop: --trace and --save-model written, the summary; (summary, model)."""
-    model, strategy, opt, spec, arrays, dims = parts
+    model, strategy, opt, spec, arrays, dims, net = parts
     if cfg["trace"]:
         trace = trainer.tracer.gather()  # collective; rank 0 writes, its failure agreed
         config.on_rank0(comm, lambda: write_trace(cfg["trace"], trace),
                         f"writing --trace {cfg['trace']}")
-    if dims is not None:  # the serial model's parameters, joined from the stages
+    if dims is not None:  # the serial model (one copy of its parameters, on every rank)
+        model = net()
         model.params[...] = strategy.serial_params()
     if cfg["save_model"]:
         from hpcml.model import Model

@@ -169,8 +169,31 @@ def test_a_model_too_big_for_one_rank_trains_split_and_is_refused_whole():
                                               r"\(data parallel\); --max-rank-memory "
                                               r"allows 8\.0 MiB: split the model"):
         run_ranks(2, lambda c: train.run(_cfg(**kw), c, log=lambda *a: None))
-    out = run_ranks(4, lambda c: train.run(_cfg(pp=2, tp=2, **kw), c, log=lambda *a: None))
+    seen = []
+
+    class Held:  # what a rank holds while it trains: its stages, no serial copy
+        def on_step(self, trainer, step):
+            st = trainer.strategy
+            seen.append((trainer.model.params is None, st.param_bytes(),
+                         trainer.model.size * 8))
+
+    out = run_ranks(4, lambda c: train.run(_cfg(pp=2, tp=2, **kw), c, log=lambda *a: None,
+                                           callbacks=[Held()]))
     assert out[0][0]["step"] == 3
+    assert all(none and held < whole / 2 for none, held, whole in seen), seen
+
+
+def test_init_from_under_pipeline_equals_one_process(tmp_path):
+    """--init-from (fine-tuning) under pp 2 x tp 2: each rank takes its part of the saved
+    model's weights; 20 steps on equal one process started from the same file."""
+    q = lambda *a: None  # noqa: E731
+    saved = str(tmp_path / "m.h5")
+    train.run(_cfg(max_steps=5, save_model=saved), log=q)
+    want = train.run(_cfg(init_from=saved, max_steps=20, seed=1), log=q)[1].params
+    out = run_ranks(4, lambda c: train.run(_cfg(init_from=saved, max_steps=20, seed=1,
+                                                pp=2, tp=2), c, log=q))
+    p = out[0][1].params
+    assert np.abs(p - want).max() / np.abs(want).max() < 1e-12
 
 
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not found")

@@ -50,14 +50,15 @@ def split(model, stages, bounds=None):
             sizes[i] = hi - lo
         out = _partition([max(s, 0) + 1e-9 for s in sizes], stages, model)
     for s, (lo, hi) in enumerate(out):
-        if not any(p.size for layer in model.layers[lo:hi] for p in _params(layer)):
+        if not any(_params(layer) for layer in model.layers[lo:hi]):
             raise PipelineError(f"stage {s} (layers {lo}..{hi - 1}) has no parameterised "
                                 f"layer: {model!r} has too few layers for {stages} stages")
     return out
 
 
 def _params(layer):
-    return getattr(layer, "p", []) or []
+    """Whether the layer has parameters (from its shapes: the model may be unallocated)."""
+    return any(int(np.prod(shape)) for _, shape in layer.shapes())
 
 
 def _partition(costs, stages, model):
@@ -116,21 +117,33 @@ def balance(model, stages, x, repeats=3):
 
 def stage_models(model, bounds, keep):
     """{stage: Sequential of its layers} for the stages in `keep`, with the serial model's
-    parameter values (the serial model's layers are moved into them)."""
+    parameter values (the serial model's layers are moved into them). An unallocated
+    serial model (Sequential(allocate=False)) gives its initial values layer by layer, so
+    a rank never holds more than its stages and one layer's temporaries."""
     regions = model.layer_regions()
-    values = model.params.copy()
+    wanted = {i for s in keep for i in range(*bounds[s])}
+    values = model.init_values(wanted) if model.params is None else None
     out = {}
     for s in keep:
         lo, hi = bounds[s]
         layers = model.layers[lo:hi]
         spans = [regions[i] for i in range(lo, hi) if i in regions]
-        st = nn.Sequential(*layers, dtype=model.dtype)
-        if spans:
-            a, b = spans[0][0], spans[-1][1]
-            st.params[...] = values[a:b]
+        st = nn.Sequential(*layers, dtype=model.dtype) if values is None else \
+            _filled(layers, model.dtype, values, lo)
+        if spans and values is None:
+            st.params[...] = model.params[spans[0][0]:spans[-1][1]]
         st.serial_range = (spans[0][0], spans[-1][1]) if spans else (0, 0)
         out[s] = st
     return out
+
+
+def _filled(layers, dtype, values, first):
+    """A Sequential of `layers` whose parameters are `values` ({serial layer index: arrays})."""
+    st = nn.Sequential(*layers, dtype=dtype, seed=0)
+    for k, layer in enumerate(layers):
+        for p, v in zip(getattr(layer, "p", []) or [], values.get(first + k, [])):
+            p[...] = v
+    return st
 
 
 def _nbytes(keep):
