@@ -67,6 +67,10 @@ SETTINGS = {
     "pipeline_schedule": ("1f1b", str, "with --pp: gpipe, 1f1b, interleaved or zb-h1"),
     "micro_batches": (0, int, "with --pp: micro-batches per step (0: 2 x pp)"),
     "virtual_stages": (1, int, "with --pp interleaved: model chunks per pipeline rank"),
+    "pipeline_split": ("params", str, "with --pp: stages as equal in parameters ('params'), "
+                                      "balanced by measured layer time + parameters "
+                                      "('time'), or the first Linear layer (0-based) of "
+                                      "each stage after the first, e.g. '2,4'"),
     "recompute": (False, bool, "with --pp: keep only each stage's input per micro-batch and "
                                "recompute its forward during backward"),
     "dtype": ("float32", str, "float32 or float64"),
@@ -162,6 +166,20 @@ def validate(cfg):
         bad("hidden", "widths must be >= 1")
     if cfg["resume"] and cfg["resume"] != "auto" and not os.path.exists(cfg["resume"]):
         bad("resume", "no such checkpoint file")
+    if cfg["pipeline_split"] not in ("params", "time"):
+        try:
+            cuts = [int(c) for c in cfg["pipeline_split"].split(",")]
+        except ValueError:
+            bad("pipeline_split", "must be 'params', 'time' or comma-separated Linear "
+                                  "layer indices, e.g. 2,4")
+        n_linear = len(cfg["hidden_sizes"]) + 1
+        stages = cfg["pp"] * cfg["virtual_stages"]
+        if len(cuts) != stages - 1 or any(b <= a for a, b in zip([0, *cuts],
+                                                                   [*cuts, n_linear])):
+            bad("pipeline_split", f"needs {stages - 1} increasing Linear layer indices in "
+                                  f"1..{n_linear - 1} (--pp {cfg['pp']} x --virtual-stages "
+                                  f"{cfg['virtual_stages']} stages, {n_linear} Linear "
+                                  f"layers): every stage needs a layer")
     if cfg["init_from"] and not os.path.exists(cfg["init_from"]):
         bad("init_from", "no such model file or checkpoint folder")
     if cfg["resume"] == "auto" and not cfg["checkpoint_dir"]:

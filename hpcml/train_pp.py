@@ -50,10 +50,16 @@ def data_comm(comm, pp, tp):
 def strategy(cfg, comm, model, dims, loss):
     """The ModelParallel strategy of the run."""
     dp, pp, tp = dims
+    split = cfg["pipeline_split"]
+    if split not in ("params", "time"):  # Linear layer indices -> the model's layer indices
+        linear = [i for i, layer in enumerate(model.layers) if hasattr(layer, "fan_in")]
+        split = [linear[int(c)] for c in split.split(",")]
     return ModelParallel(model, comm, dp, pp, tp, schedule=cfg["pipeline_schedule"],
                          micro_batches=cfg["micro_batches"], virtual=cfg["virtual_stages"],
                          recompute=cfg["recompute"], algorithm=cfg["algorithm"],
-                         zero=cfg["zero"], loss=loss)
+                         zero=cfg["zero"], loss=loss, bounds=split,
+                         balance_rows=max(1, cfg["batch_size"] // (
+                             dp * cfg["accumulation"] * cfg["micro_batches"])))
 
 
 def summary(strategy_):
@@ -61,4 +67,5 @@ def summary(strategy_):
     r = strategy_.runner
     return {"layout": {"dp": strategy_.dp, "pp": strategy_.pp, "tp": strategy_.tp},
             "pipeline_schedule": r.schedule.name, "micro_batches": r.schedule.micro_batches,
+            "stage_layers": [list(b) for b in r.bounds],  # [first, end) of model.layers
             "peak_activation_bytes": r.peak_bytes}

@@ -103,6 +103,8 @@ def test_stages_split_balance_and_errors():
     b = balance(nn.mlp(64, [512, 16, 16, 16], 10, dtype=np.float64), 2,
                 np.random.default_rng(0).standard_normal((256, 64)))
     assert b[0] == (0, 1)  # the one wide layer alone against the four narrow ones
+    lazy = nn.mlp(64, [512, 16, 16, 16], 10, dtype=np.float64, allocate=False)
+    assert lazy.params is None and balance(lazy, 2, 256)[0] == (0, 1)  # layer by layer
     with pytest.raises(PipelineError, match="stage bounds \\[4, 4\\]"):
         split(model, 3, bounds=[4, 4])
     with pytest.raises(PipelineError, match="8 parameterised layers, fewer than 9 stages"):

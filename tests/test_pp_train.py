@@ -32,7 +32,9 @@ REF = {}
     (dict(pp=2, dp=2, recompute=True, pipeline_schedule="gpipe"), 4),
     (dict(pp=2, tp=2, dp=2), 8),
     (dict(pp=1, tp=2), 2),
-    (dict(pp=3, tp=2, pipeline_schedule="zb-h1", micro_batches=3), 6)])
+    (dict(pp=3, tp=2, pipeline_schedule="zb-h1", micro_batches=3), 6),
+    (dict(pp=2, pipeline_split="time"), 2),  # balanced by measured layer times
+    (dict(pp=3, pipeline_split="1,2"), 3)])  # explicit: Linear 0 | 1 | 2, 3
 def test_dp_x_pp_equals_one_process(kw, ranks):
     ref = REF.setdefault("p", train.run(_cfg(), log=lambda *a: None)[1].params)
     out = run_ranks(ranks, lambda c: train.run(_cfg(**kw), c, log=lambda *a: None))
@@ -42,6 +44,8 @@ def test_dp_x_pp_equals_one_process(kw, ranks):
     assert rel < 1e-12, rel  # measured 1.4e-16 to 1.9e-16
     assert out[0][0]["layout"]["pp"] == kw["pp"]
     assert out[0][0]["layout"]["tp"] == kw.get("tp", 1)
+    if kw.get("pipeline_split") == "1,2":
+        assert out[0][0]["stage_layers"] == [[0, 1], [1, 2], [2, 4]]
 
 
 @pytest.mark.parametrize("kw,ref,ranks", [
@@ -153,7 +157,9 @@ def test_cli_dp_x_pp_learns_and_bad_layouts_are_one_message():
                          ("2", ["--pp", "2", "--zero", "2"], "--zero 2 with --pp/--tp: use "
                                                              "--zero 1"),
                          ("2", ["--pp", "2", "--hidden", ""], "has 1 parameterised layers, "
-                                                              "fewer than 2 stages")):
+                                                              "fewer than 2 stages"),
+                         ("2", ["--pp", "2", "--pipeline-split", "0"], "pipeline-split = '0': "
+                          "needs 1 increasing Linear layer indices in 1..2")):
         r = run(mpi + [n, sys.executable, "-m", "hpcml.train", *args], limit=60)
         assert r.returncode in (1, 2) and r.stderr.count("error: ") == 1, r.stderr
         assert msg in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -78,24 +78,27 @@ def _hpcml_case(comm, name, M, v, steps, recompute=False):
     opts = runner.optimizers(lambda m: optim.SGD(m, 0.01, momentum=0.9))
     x, y = _data()
     timer = _Timed(runner)
-    walls = []
+    walls, sched_walls, busy, kinds = [], [], 0.0, {}
     for i in range(steps + 1):
         timer.spans.clear()
         comm.Barrier()
         t0 = time.perf_counter()
         runner.step(x, y)
+        t1 = time.perf_counter()  # the schedule's end on this rank (before the optimizer)
         for o in opts.values():
             o.step()
         comm.Barrier()
         walls.append(time.perf_counter() - t0)
-    # the last step's spans: busy time, and mean duration per kind (recompute: forward
-    # calls inside B are counted as part of B's time, as the replay charges them)
-    busy = sum(e - s for _, s, e in timer.spans)
-    kinds = {}
-    for k, s, e in timer.spans:
-        kinds.setdefault(k, []).append(e - s)
+        sched_walls.append(t1 - t0)
+        if i:  # every timed step's spans: busy time, and duration per kind (recompute:
+            # forward calls inside B are counted as part of B's time, as the replay
+            # charges them); the first step is a warm-up
+            busy += sum(e - s for _, s, e in timer.spans)
+            for k, s, e in timer.spans:
+                kinds.setdefault(k, []).append(e - s)
     mean = {k: float(np.mean(v)) for k, v in kinds.items()}
-    per_rank = hc.gather_objects({"busy": busy, "mean": mean, "peak": runner.peak_bytes},
+    per_rank = hc.gather_objects({"busy": busy, "mean": mean, "peak": runner.peak_bytes,
+                                  "sched": sched_walls[1:]},
                                  root=None, comm=comm)
     wall = float(np.median(walls[1:]))
     if rank != 0:
@@ -109,7 +112,10 @@ def _hpcml_case(comm, name, M, v, steps, recompute=False):
     last_busy = sum(d["busy"] for d in per_rank)
     return {"schedule": name, "virtual": v, "stages": P * v, "ranks": P, "micro_batches": M,
             "recompute": recompute, "step_s": wall, "samples_per_s": BATCH / wall,
-            "measured_bubble": max(0.0, 1 - last_busy / (P * walls[-1])),
+            # the schedule's time: from the barrier to the last rank's end of its actions,
+            # per step (the optimizer step after it is no pipeline bubble)
+            "measured_bubble": max(0.0, 1 - last_busy / (P * float(np.sum(np.max(
+                [d["sched"] for d in per_rank], axis=0))))),
             "predicted_bubble": predicted, "theory_bubble": theory_bubble(name, P, M, v),
             "message_s": latency,
             "peak_activation_bytes": [d["peak"] for d in per_rank]}
@@ -218,16 +224,32 @@ def worker(args):
         _torch_group(comm)
         for name in ("gpipe", "1f1b"):
             for M in [m for m in micro if m >= P]:  # torch's schedules need M >= stages
-                # the hpcml figure of the same schedule, M and S, measured again right here
-                t = _torch_case(comm, name, M, args.steps)
-                h = _hpcml_case(comm, name, M, 1, args.steps)
+                # the hpcml figure of the same schedule, M and S, measured right here, in
+                # rounds that alternate which side goes first (this machine drifts by
+                # 10-20% within minutes): the ratio is the median of the rounds'
+                rounds = []
+                for k in range(args.rounds):
+                    first, second = (_torch_case, _hpcml_case) if k % 2 == 0 else \
+                        (_hpcml_case, _torch_case)
+                    a = first(comm, name, M, 1, args.steps) if first is _hpcml_case else \
+                        first(comm, name, M, args.steps)
+                    b = second(comm, name, M, 1, args.steps) if second is _hpcml_case else \
+                        second(comm, name, M, args.steps)
+                    t, h = (a, b) if first is _torch_case else (b, a)
+                    if rank == 0:
+                        rounds.append((h["samples_per_s"], t["samples_per_s"]))
                 if rank == 0:
-                    t["hpcml_samples_per_s"] = h["samples_per_s"]
-                    t["hpcml_vs_torch"] = h["samples_per_s"] / t["samples_per_s"]
+                    ratios = [h / t for h, t in rounds]
+                    t = {"schedule": name, "stages": P, "micro_batches": M,
+                         "samples_per_s": float(np.median([t for _, t in rounds])),
+                         "hpcml_samples_per_s": float(np.median([h for h, _ in rounds])),
+                         "hpcml_vs_torch": float(np.median(ratios)),
+                         "rounds_hpcml_vs_torch": ratios}
                     torch_rows.append(t)
-                    print(f"S=2 {name} M={M}: hpcml {h['samples_per_s']:,.0f} vs torch "
-                          f"pipelining {t['samples_per_s']:,.0f} samples/s "
-                          f"({t['hpcml_vs_torch']:.2f}x)", flush=True)
+                    print(f"S=2 {name} M={M}: hpcml {t['hpcml_samples_per_s']:,.0f} vs torch "
+                          f"pipelining {t['samples_per_s']:,.0f} samples/s (median of "
+                          f"{len(ratios)} rounds {t['hpcml_vs_torch']:.2f}x; rounds "
+                          + ", ".join(f"{r:.2f}" for r in ratios) + ")", flush=True)
     if rank == 0:
         with open(args.worker_out, "w") as f:
             json.dump({"ranks": P, "oversubscribed": P > (os.cpu_count() or 1),
@@ -242,6 +264,8 @@ def main(argv=None):
     ap.add_argument("--micro", default="1,2,4,8,16", help="micro-batch counts")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per case")
     ap.add_argument("--torch", type=int, default=1, help="also time torch pipelining (1/0)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="hpcml/torch rounds per case (alternating which goes first)")
     ap.add_argument("--out", default="results")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", default="", help=argparse.SUPPRESS)
@@ -256,7 +280,8 @@ def main(argv=None):
             path = f.name
         cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(S), sys.executable, "-m",
                "hpcml.bench", "pipeline", "--worker", "--micro", args.micro, "--steps",
-               str(args.steps), "--torch", str(args.torch), "--worker-out", path]
+               str(args.steps), "--torch", str(args.torch), "--rounds", str(args.rounds),
+               "--worker-out", path]
         env = dict(os.environ, HPCML_TIMEOUT=os.environ.get("HPCML_TIMEOUT", "600"))
         r = subprocess.run(cmd, env=env, timeout=3600)
         if r.returncode:

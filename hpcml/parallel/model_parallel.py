@@ -30,7 +30,7 @@ from hpcml import comm as hc
 from hpcml.comm.guard import agree
 
 from .base import StepFlags, Strategy
-from .pipe import PipelineError, PipelineRunner, split
+from .pipe import PipelineError, PipelineRunner, balance, split
 from .pipeline import ScheduleError, make
 from .zero import ZeRO
 
@@ -38,6 +38,14 @@ from .zero import ZeRO
 def ranks_of(w, pp, tp):
     """(d, p, t) of world rank w."""
     return w // (tp * pp), (w // tp) % pp, w % tp
+
+
+def _balanced(model, stages, rows):
+    """Stage bounds balanced by measured time and parameters, or the error's message."""
+    try:
+        return balance(model, stages, rows)
+    except PipelineError as e:
+        return str(e)
 
 
 class StageOptimizers:
@@ -58,8 +66,8 @@ class ModelParallel(Strategy):
     built the same on every rank (its parameters are copied into the stages)."""
 
     def __init__(self, model, comm, dp, pp, tp=1, schedule="1f1b", micro_batches=None,
-                 virtual=1, recompute=False, algorithm="auto", zero=0, bounds=None,
-                 loss="ce"):
+                 virtual=1, recompute=False, algorithm="auto", zero=0, bounds="params",
+                 loss="ce", balance_rows=64):
         if dp * pp * tp != comm.Get_size():
             raise ValueError(f"dp x pp x tp = {dp} x {pp} x {tp} != {comm.Get_size()} ranks")
         self.comm, self.model, self.algorithm = comm, model, algorithm
@@ -72,13 +80,24 @@ class ModelParallel(Strategy):
         self.tp_comm = hc.split(comm, d * pp + p, t)
         self.model_comm = hc.split(comm, d, p * tp + t)
         error, runner = None, None
+        S = pp * virtual
+        timed = None
+        if bounds == "time":  # measured on rank 0 (times differ by rank): one cut for all
+            timed = comm.bcast(_balanced(model, S, balance_rows) if comm.Get_rank() == 0
+                               else None)
         try:
             if zero not in (0, 1):
                 raise PipelineError(f"ZeRO stage {zero} with model parallelism: only stage 1 "
                                     "(DeepSpeed's pipeline engine allows 1 too: stage 2 "
                                     "shards the gradients the micro-batches accumulate)")
             sched = make(schedule, pp, micro_batches or 2 * pp, virtual)
-            runner = PipelineRunner(model, split(model, pp * virtual, bounds), sched,
+            if timed is not None:
+                if isinstance(timed, str):
+                    raise PipelineError(timed)
+                parts = timed
+            else:
+                parts = split(model, S, None if bounds == "params" else bounds)
+            runner = PipelineRunner(model, parts, sched,
                                     self.pp_comm, loss=loss, recompute=recompute,
                                     tp_comm=self.tp_comm)
         except (PipelineError, ScheduleError, ValueError) as e:

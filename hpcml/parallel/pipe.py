@@ -16,6 +16,7 @@ gradients backward, one `isend` each (waited at the end of the step) and one blo
 `recv` where the schedule needs it, tagged by (micro-batch, stage, kind): the schedule's
 order, which the replay checked, is the only order.
 """
+import os
 import time
 
 import numpy as np
@@ -93,12 +94,24 @@ def _partition(costs, stages, model):
 
 
 def balance(model, stages, x, repeats=3):
-    """Layer ranges balanced by each layer's measured forward + backward time on the rows
-    `x` (median of `repeats`) plus its share of the parameters: cost = time / total time +
-    parameters / total parameters."""
+    """Layer ranges balanced by each layer's measured forward + backward time plus its
+    share of the parameters: cost = time / total time + parameters / total parameters.
+    x: sample rows (an array), or a row count (random rows). Each layer is timed alone on
+    temporaries (median of `repeats`), so the model may be unallocated
+    (Sequential(allocate=False)): a rank measures without holding the whole model."""
+    rng = np.random.default_rng(0)
+    if np.ndim(x) == 0:
+        h = rng.standard_normal((int(x), model.layers[0].fan_in)).astype(model.dtype)
+    else:
+        h = np.asarray(x, model.dtype)
     times = np.zeros(len(model.layers))
-    h = np.asarray(x, model.dtype)
+    sizes = np.zeros(len(model.layers))
     for i, layer in enumerate(model.layers):
+        shapes = [shape for _, shape in layer.shapes()]
+        tmp = [rng.standard_normal(shape).astype(model.dtype) * 0.1 for shape in shapes]
+        grads = [np.zeros_like(t) for t in tmp]
+        bound = (getattr(layer, "p", None), getattr(layer, "g", None))
+        layer.bind(tmp, grads)
         ts = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -106,11 +119,9 @@ def balance(model, stages, x, repeats=3):
             layer.backward(np.ones_like(y), accumulate=True)
             ts.append(time.perf_counter() - t)
         times[i] = np.median(ts)
+        sizes[i] = sum(t.size for t in tmp)
         h = layer.forward(h, train=False)
-    model.zero_grad()
-    sizes = np.zeros(len(model.layers))
-    for i, (lo, hi) in model.layer_regions().items():
-        sizes[i] = hi - lo
+        layer.bind(*bound)
     cost = times / max(times.sum(), 1e-12) + sizes / max(sizes.sum(), 1)
     return _partition(list(cost + 1e-12), stages, model)
 
@@ -203,6 +214,7 @@ class PipelineRunner:
                                 "32767")
         self.peak_bytes = 0  # the most bytes kept for backward at once on this rank
         self.tracer = None  # a parallel.trace.Tracer: a span per action and per wait
+        self.polite = os.environ.get("HPCML_PIPE_WAIT", "") == "yield"
         self.correct = 0
 
     # --- one step ------------------------------------------------------------------------
@@ -250,10 +262,20 @@ class PipelineRunner:
 
     def _wait(self, req):
         if self.tracer is None:
-            req.wait()
+            self._block(req)
         else:
             with self.tracer.span("pipeline wait"):
-                req.wait()
+                self._block(req)
+
+    def _block(self, req):
+        """Wait for a receive: MPI's wait (it spins on its core), or with polite=True test
+        and yield the core between tests, so that on a node with more ranks than cores a
+        waiting stage does not take the core a computing stage needs."""
+        if not self.polite:
+            req.wait()
+            return
+        while not req.test():
+            os.sched_yield()
 
     def _action(self, a, x, y, cuts, denom, rng, posted, saved, grads, sends, wtasks):
         """One action of the schedule (F, B or W of a stage and micro-batch)."""
