@@ -130,3 +130,12 @@ def test_split_backward_adds_exactly_what_backward_adds():
     assert len(tasks) == 3 and not np.array_equal(a.grads, b.grads)  # W still to come
     b.backward_weight(tasks)
     assert np.array_equal(a.grads, b.grads) and np.array_equal(dx_a, dx_b)
+
+
+def test_polite_waits_give_the_same_parameters(monkeypatch):
+    """HPCML_PIPE_WAIT=yield (test the receive and yield the core between tests) changes
+    how a stage waits, not what it computes."""
+    monkeypatch.setenv("HPCML_PIPE_WAIT", "yield")
+    ref = REFERENCE.setdefault("p", _serial())
+    out = run_ranks(3, lambda comm: _pipeline(comm, "1f1b", 5))
+    assert all(np.abs(p - ref).max() / np.abs(ref).max() < 1e-12 for p, _ in out)

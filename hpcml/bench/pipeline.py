@@ -43,26 +43,17 @@ def _data():
             rng.integers(0, OUT, BATCH))
 
 
-class _Timed:
-    """Wraps a PipelineRunner's stage models to time each action (F, B, W) on this rank."""
-
-    def __init__(self, runner):
-        self.spans = []
-        for st in runner.stages.values():
-            for name, kind in (("forward", "F"), ("backward", "B"), ("backward_input", "B"),
-                               ("backward_weight", "W")):
-                self._wrap(st, name, kind)
-
-    def _wrap(self, obj, name, kind):
-        real = getattr(obj, name)
-        spans = self.spans
-
-        def timed(*a, **k):
-            t = time.perf_counter()
-            out = real(*a, **k)
-            spans.append((kind, t, time.perf_counter()))
-            return out
-        setattr(obj, name, timed)
+def _action_times(events):
+    """[(kind, seconds)] per action of a step from the runner's trace events: the action's
+    whole time (its compute, the loss, copies, posting its send) less the receive waits
+    inside it: what the rank spends not waiting."""
+    waits = [(a, b) for n, a, b in events if n == "pipeline wait"]
+    out = []
+    for n, a, b in events:
+        if n != "pipeline wait":
+            inside = sum(e - s for s, e in waits if s >= a and e <= b)
+            out.append((n[0], (b - a) - inside))
+    return out
 
 
 def _hpcml_case(comm, name, M, v, steps, recompute=False):
@@ -77,10 +68,11 @@ def _hpcml_case(comm, name, M, v, steps, recompute=False):
     latency = _one_way(comm, BATCH // M * WIDTH)
     opts = runner.optimizers(lambda m: optim.SGD(m, 0.01, momentum=0.9))
     x, y = _data()
-    timer = _Timed(runner)
+    from hpcml.parallel.trace import Tracer
+    timer = runner.tracer = Tracer(comm, keep_events=True)  # a span per action and wait
     walls, sched_walls, busy, kinds = [], [], 0.0, {}
     for i in range(steps + 1):
-        timer.spans.clear()
+        timer.events.clear()
         comm.Barrier()
         t0 = time.perf_counter()
         runner.step(x, y)
@@ -93,9 +85,9 @@ def _hpcml_case(comm, name, M, v, steps, recompute=False):
         if i:  # every timed step's spans: busy time, and duration per kind (recompute:
             # forward calls inside B are counted as part of B's time, as the replay
             # charges them); the first step is a warm-up
-            busy += sum(e - s for _, s, e in timer.spans)
-            for k, s, e in timer.spans:
-                kinds.setdefault(k, []).append(e - s)
+            for k, d in _action_times(timer.events):
+                busy += d
+                kinds.setdefault(k, []).append(d)
     mean = {k: float(np.mean(v)) for k, v in kinds.items()}
     per_rank = hc.gather_objects({"busy": busy, "mean": mean, "peak": runner.peak_bytes,
                                   "sched": sched_walls[1:]},
@@ -105,9 +97,8 @@ def _hpcml_case(comm, name, M, v, steps, recompute=False):
         return None
     costs = {r: d["mean"] for r, d in enumerate(per_rank)}
 
-    def cost(r, a):  # a recomputing stage runs its forward again inside B
-        c = costs[r]
-        return c.get(a.kind, 0.0) + (c.get("F", 0.0) if recompute and a.kind == "B" else 0.0)
+    def cost(r, a):  # (a recomputing stage's B action holds its forward again)
+        return costs[r].get(a.kind, 0.0)
     predicted = replay(sched, cost, latency=latency).bubble
     last_busy = sum(d["busy"] for d in per_rank)
     return {"schedule": name, "virtual": v, "stages": P * v, "ranks": P, "micro_batches": M,
@@ -317,6 +308,9 @@ def _plot(results, path):
                     label=f"{name} measured")
             ax.plot(m, [r["predicted_bubble"] for r in rows], "x--", color=color, alpha=0.7,
                     label=f"{name} replay")
+            if name in ("1f1b", "zb-h1"):  # gpipe's closed form is 1f1b's
+                ax.plot(m, [r["theory_bubble"] for r in rows], ":", color=color, alpha=0.6,
+                        label=f"{'gpipe, 1f1b' if name == '1f1b' else name} closed form")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("micro-batches M")
         ax.set_ylabel("bubble (idle share of the step)")
