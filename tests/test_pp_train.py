@@ -219,3 +219,24 @@ def test_mpiexec_8_dp_pp_tp_2x2x2_equals_one_process(tmp_path):
     want = train.run(_cfg(max_steps=20), log=lambda *a: None)[1].params
     got = load_model(out).net.params
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-12
+
+
+def test_a_stop_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path):
+    """A callback on the last stage's rank asks to stop after step 5: the request rides on
+    the next step's flags all-reduce, so all 4 ranks (dp 2 x pp 2) stop after step 6 and
+    the checkpoint holds step 6; resuming it finishes bit-identical to a run never
+    stopped."""
+    q = lambda *a: None  # noqa: E731
+
+    class StopAt5:
+        def on_step(self, trainer, step):
+            return trainer.comm.Get_rank() == 3 and step == 5
+
+    ck = str(tmp_path / "ck")
+    out = run_ranks(4, lambda c: train.run(_cfg(pp=2, dp=2, checkpoint_dir=ck), c, log=q,
+                                           callbacks=[StopAt5()]))
+    assert [o[0]["step"] for o in out] == [6] * 4 and out[0][0]["status"] == "stopped"
+    resumed = run_ranks(4, lambda c: train.run(_cfg(pp=2, dp=2, checkpoint_dir=ck,
+                                                    resume="auto"), c, log=q))
+    whole = run_ranks(4, lambda c: train.run(_cfg(pp=2, dp=2), c, log=q))
+    assert resumed[0][0]["params_sha256"] == whole[0][0]["params_sha256"]
