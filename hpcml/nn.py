@@ -201,9 +201,13 @@ class Dropout(Layer):
             return x
         if rng is None:
             raise ValueError("Dropout: training needs an rng (Sequential.forward(x, rng=...))")
-        keep = rng.random(x.shape) >= self.rate
+        keep = self._keep(rng, x) >= self.rate
         self.mask = keep.astype(x.dtype) / x.dtype.type(1 - self.rate)
         return x * self.mask
+
+    def _keep(self, rng, x):
+        """Uniform draws, one per value of x (a value is kept where >= the rate)."""
+        return rng.random(x.shape)
 
     def backward(self, dy, accumulate=False):
         return dy if self.mask is None else dy * self.mask

@@ -225,16 +225,24 @@ def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(tmp_path):
 @needs_mpi
 @pytest.mark.parametrize("overlap", ["false", "true"])
 def test_bad_row_on_one_rank_stops_every_rank_with_its_name(tmp_path, overlap):
+    err = _bad_row_run(tmp_path, 2, ["--hidden", "8", "--overlap", overlap])
+    assert "failed on 1 of 2 ranks" in err
+
+
+def _bad_row_run(tmp_path, ranks, args):
+    """Train on 800 rows with an Inf at row 523 under `ranks` ranks; the job's stderr,
+    after checking it names the file and row once and the exit status is 1."""
     folder = indexed_dataset(str(tmp_path / "d"), [400, 400], features=4, classes=4)
     with h5py.File(os.path.join(folder, "shard-00001.h5"), "r+") as f:
         f["x"][123, 2] = np.inf
-    rc, out, err = _finish(_launch(2, ["--data", folder, "--test-data", "none", "--hidden",
-                                       "8", "--standardize", "false", "--epochs", "2",
-                                       "--batch-size", "20", "--progress", "false",
-                                       "--overlap", overlap]), 60)
+    rc, out, err = _finish(_launch(ranks, ["--data", folder, "--test-data", "none",
+                                           "--standardize", "false", "--epochs", "2",
+                                           "--batch-size", "20", "--progress", "false",
+                                           *args]), 90)
     assert rc == 1, err
     assert "shard-00001.h5: row 123 (row 523 of the dataset, from 0) has a NaN or Inf feature" in err
-    assert "failed on 1 of 2 ranks" in err and err.count("error: ") == 1
+    assert err.count("error: ") == 1, err
+    return err
 
 
 @needs_mpi
@@ -242,16 +250,8 @@ def test_bad_row_under_pipeline_parallelism_stops_every_rank_with_its_name(tmp_p
     """dp 2 x pp 2: the replica whose slice holds the bad row fails on both of its stages
     (each reads the rows; the first stage the features, the last the labels); the other
     replica is told at the step's sync; one message, no hang."""
-    folder = indexed_dataset(str(tmp_path / "d"), [400, 400], features=4, classes=4)
-    with h5py.File(os.path.join(folder, "shard-00001.h5"), "r+") as f:
-        f["x"][123, 2] = np.inf
-    rc, out, err = _finish(_launch(4, ["--data", folder, "--test-data", "none", "--hidden",
-                                       "8,8", "--standardize", "false", "--epochs", "2",
-                                       "--batch-size", "20", "--progress", "false",
-                                       "--pp", "2", "--dp", "2"]), 90)
-    assert rc == 1, err
-    assert "shard-00001.h5: row 123 (row 523 of the dataset, from 0) has a NaN or Inf feature" in err
-    assert "failed on 2 of 4 ranks" in err and err.count("error: ") == 1
+    err = _bad_row_run(tmp_path, 4, ["--hidden", "8,8", "--pp", "2", "--dp", "2"])
+    assert "failed on 2 of 4 ranks" in err
 
 
 def test_test_data_auto_finds_the_split_convert_wrote(tmp_path):

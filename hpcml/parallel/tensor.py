@@ -96,15 +96,8 @@ class ShardedDropout(nn.Dropout):
         super().__init__(rate)
         self.lo, self.hi, self.width = lo, hi, width
 
-    def forward(self, x, train=True, rng=None):
-        if not train or self.rate == 0:
-            self.mask = None
-            return x
-        if rng is None:
-            raise ValueError("Dropout: training needs an rng (Sequential.forward(x, rng=...))")
-        keep = rng.random((x.shape[0], self.width))[:, self.lo:self.hi] >= self.rate
-        self.mask = keep.astype(x.dtype) / x.dtype.type(1 - self.rate)
-        return x * self.mask
+    def _keep(self, rng, x):
+        return rng.random((x.shape[0], self.width))[:, self.lo:self.hi]
 
 
 def _local_backward(layer, dy, accumulate):
