@@ -138,15 +138,6 @@ def validate(cfg):
             import tensorboardX  # noqa: F401
         except ImportError:
             bad("tensorboard", "needs tensorboardX: pip install 'hpcml[tensorboard]'")
-    for key in ("pp", "tp", "virtual_stages"):
-        if cfg[key] < 1:
-            bad(key, "must be >= 1")
-    for key in ("dp", "micro_batches"):
-        if cfg[key] < 0:
-            bad(key, "must be >= 0 (0: automatic)")
-    cfg["micro_batches"] = cfg["micro_batches"] or 2 * cfg["pp"]
-    if cfg["virtual_stages"] > 1 and cfg["pipeline_schedule"] != "interleaved":
-        bad("virtual_stages", "is for --pipeline-schedule interleaved")
     if cfg["zero"] not in (0, 1, 2):
         bad("zero", "must be 0, 1 or 2")
     if cfg["zero"] and cfg["overlap"]:
@@ -166,20 +157,7 @@ def validate(cfg):
         bad("hidden", "widths must be >= 1")
     if cfg["resume"] and cfg["resume"] != "auto" and not os.path.exists(cfg["resume"]):
         bad("resume", "no such checkpoint file")
-    if cfg["pipeline_split"] not in ("params", "time"):
-        try:
-            cuts = [int(c) for c in cfg["pipeline_split"].split(",")]
-        except ValueError:
-            bad("pipeline_split", "must be 'params', 'time' or comma-separated Linear "
-                                  "layer indices, e.g. 2,4")
-        n_linear = len(cfg["hidden_sizes"]) + 1
-        stages = cfg["pp"] * cfg["virtual_stages"]
-        if len(cuts) != stages - 1 or any(b <= a for a, b in zip([0, *cuts],
-                                                                   [*cuts, n_linear])):
-            bad("pipeline_split", f"needs {stages - 1} increasing Linear layer indices in "
-                                  f"1..{n_linear - 1} (--pp {cfg['pp']} x --virtual-stages "
-                                  f"{cfg['virtual_stages']} stages, {n_linear} Linear "
-                                  f"layers): every stage needs a layer")
+    train_pp.validate(cfg, bad)  # --pp, --tp, --dp, the pipeline's settings
     if cfg["init_from"] and not os.path.exists(cfg["init_from"]):
         bad("init_from", "no such model file or checkpoint folder")
     if cfg["resume"] == "auto" and not cfg["checkpoint_dir"]:
@@ -463,12 +441,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     if dims is None:
         startup.check_memory(cfg, comm, ds, M)
     arrays = _standardizer(ds, dcomm, dtype, cfg["nonfinite"]) if cfg["standardize"] else {}
-    transform = None
-    if "x_mean" in arrays:
-        mean, inv = arrays["x_mean"], arrays["x_inv"]
-        transform = lambda x: (x - mean) * inv  # noqa: E731
-    target = (float(arrays.get("y_mean", 0.0)), float(arrays.get("y_std", 1.0))) \
-        if ds.task == "regression" else None
+    transform, target = _scalers(arrays, ds.task)
     outputs = ds.classes if ds.task == "classification" else 1
     def net(allocate=True):
         return nn.mlp(ds.features, cfg["hidden_sizes"], outputs, cfg["activation"],
@@ -494,12 +467,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
             "dataset": identity, "settings": {k: cfg[k] for k in SETTINGS}}
     step, resumed_from = _resume(cfg, comm, model, opt, strategy, loader, log, identity, total)
     run_id = comm.bcast(startup.run_id() if comm.Get_rank() == 0 else None)
-    callbacks = list(callbacks)
-    board = None
-    if cfg["tensorboard"]:
-        from hpcml.parallel.trainer import TensorBoard
-        board = TensorBoard(cfg["tensorboard"], comm.Get_rank(), run_id)
-        callbacks.append(board)
+    callbacks, board = _callbacks(cfg, comm, run_id, callbacks)
     if cfg["init_from"] and resumed_from is None:
         strategy.load_serial_params(startup.init_from(cfg["init_from"], comm, model, spec,
                                                       log))
@@ -524,6 +492,27 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     return _finish(cfg, comm, trainer, stopped, history_, history, dict(
         run_id=run_id, seconds=time.perf_counter() - t_start, task=ds.task, ranks=P,
         resumed_from=resumed_from), (model, strategy, opt, spec, arrays, dims, net))
+
+
+def _scalers(arrays, task):
+    """(feature transform or None, the targets' (mean, std) for regression or None)."""
+    transform = None
+    if "x_mean" in arrays:
+        mean, inv = arrays["x_mean"], arrays["x_inv"]
+        transform = lambda x: (x - mean) * inv  # noqa: E731
+    target = (float(arrays.get("y_mean", 0.0)), float(arrays.get("y_std", 1.0))) \
+        if task == "regression" else None
+    return transform, target
+
+
+def _callbacks(cfg, comm, run_id, callbacks):
+    """(the run's Trainer callbacks, the TensorBoard writer or None)."""
+    callbacks, board = list(callbacks), None
+    if cfg["tensorboard"]:
+        from hpcml.parallel.trainer import TensorBoard
+        board = TensorBoard(cfg["tensorboard"], comm.Get_rank(), run_id)
+        callbacks.append(board)
+    return callbacks, board
 
 
 def _strategy(cfg, comm, model, dims, task):

@@ -14,6 +14,34 @@ from hpcml.config import ConfigError
 from hpcml.parallel.model_parallel import ModelParallel, ranks_of
 
 
+def validate(cfg, bad):
+    """The model-parallel settings checked (after --hidden is parsed); bad(key, why)
+    raises the ConfigError naming the setting."""
+    for key in ("pp", "tp", "virtual_stages"):
+        if cfg[key] < 1:
+            bad(key, "must be >= 1")
+    for key in ("dp", "micro_batches"):
+        if cfg[key] < 0:
+            bad(key, "must be >= 0 (0: automatic)")
+    cfg["micro_batches"] = cfg["micro_batches"] or 2 * cfg["pp"]
+    if cfg["virtual_stages"] > 1 and cfg["pipeline_schedule"] != "interleaved":
+        bad("virtual_stages", "is for --pipeline-schedule interleaved")
+    if cfg["pipeline_split"] not in ("params", "time"):
+        try:
+            cuts = [int(c) for c in cfg["pipeline_split"].split(",")]
+        except ValueError:
+            bad("pipeline_split", "must be 'params', 'time' or comma-separated Linear "
+                                  "layer indices, e.g. 2,4")
+        n_linear = len(cfg["hidden_sizes"]) + 1
+        stages = cfg["pp"] * cfg["virtual_stages"]
+        if len(cuts) != stages - 1 or any(b <= a for a, b in zip([0, *cuts],
+                                                                   [*cuts, n_linear])):
+            bad("pipeline_split", f"needs {stages - 1} increasing Linear layer indices in "
+                                  f"1..{n_linear - 1} (--pp {cfg['pp']} x --virtual-stages "
+                                  f"{cfg['virtual_stages']} stages, {n_linear} Linear "
+                                  f"layers): every stage needs a layer")
+
+
 def wanted(cfg, P):
     """Whether the run splits the model (--pp, --tp, or --dp other than the ranks)."""
     return cfg["pp"] > 1 or cfg["tp"] > 1 or bool(cfg["dp"] and cfg["dp"] != P)
