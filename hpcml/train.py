@@ -26,7 +26,7 @@ from hpcml import checkpoint as ckpt
 from hpcml import config, startup
 from hpcml.config import ConfigError  # noqa: F401  (train.ConfigError, as before)
 from hpcml import comm as hc
-from hpcml import nn, optim, train_pp
+from hpcml import nn, optim, train_pp, train_ps
 from hpcml.comm.guard import agree, CollectiveError
 from hpcml.data import ShardedDataset, DataError
 from hpcml.parallel import DataParallel, ZeRO
@@ -61,6 +61,15 @@ SETTINGS = {
     "zero": (0, int, "ZeRO: 0 off, 1 optimizer state sharded, 2 gradients too (ring/tree)"),
     "overlap": (False, bool, "all-reduce each layer's gradients in a background thread "
                              "while the backward pass goes on (see benchmarks/README.md)"),
+    "parallel": ("dp", str, "dp (data parallel; with --pp/--tp/--zero) or ps (parameter "
+                            "server: --servers, --consistency)"),
+    "servers": (1, int, "with --parallel ps: server ranks (the last ranks; the others are "
+                        "workers)"),
+    "consistency": ("bsp", str, "with --parallel ps: bsp, asp, ssp:S (at most S steps "
+                                "ahead of the slowest worker) or backup:B (each step "
+                                "applies the first W-B gradients)"),
+    "straggler": ("", str, "RANK:FACTOR: worker RANK runs FACTOR times slower "
+                           "(experiments)"),
     "pp": (1, int, "pipeline-parallel ranks per model replica (stages of layers)"),
     "tp": (1, int, "tensor-parallel ranks per stage (Megatron column/row Linear pairs)"),
     "dp": (0, int, "data-parallel replicas (0: ranks / (pp x tp))"),
@@ -158,6 +167,7 @@ def validate(cfg):
     if cfg["resume"] and cfg["resume"] != "auto" and not os.path.exists(cfg["resume"]):
         bad("resume", "no such checkpoint file")
     train_pp.validate(cfg, bad)  # --pp, --tp, --dp, the pipeline's settings
+    train_ps.validate(cfg, bad)  # --parallel ps, --servers, --consistency, --straggler
     if cfg["init_from"] and not os.path.exists(cfg["init_from"]):
         bad("init_from", "no such model file or checkpoint folder")
     if cfg["resume"] == "auto" and not cfg["checkpoint_dir"]:
@@ -237,11 +247,12 @@ def _standardizer(ds, comm, dtype, nonfinite="error"):
     return out
 
 
-def _data(cfg, comm):
-    """(training set, test set or None), checked against each other."""
+def _data(cfg, comm, test_comm=None):
+    """(training set, test set or None), checked against each other. test_comm: the
+    ranks that share the test set (default comm; a rank alone evaluates all of it)."""
     ds = ShardedDataset(_train_name(cfg), comm)
     test_name = _test_name(cfg)
-    test = ShardedDataset(test_name, comm) if test_name else None
+    test = ShardedDataset(test_name, test_comm or comm) if test_name else None
     if test is not None and (test.features != ds.features or test.classes != ds.classes
                              or test.task != ds.task):
         agree(comm, f"{test_name}: {test.task}, {test.features} features / {test.classes} "
@@ -419,14 +430,29 @@ def _batch_check(comm, G, K, dp=None, pipe=1):
 
 
 def _setup(cfg, comm):
-    """(data comm, (dp, pp, tp) or None, rows of a global micro-batch): the layout and
-    the batch checked; under model parallelism the data is dealt over the replicas."""
+    """(data comm, (dp, pp, tp) or None, rows of a global micro-batch, parameter-server
+    role or None): the layout and the batch checked; under model parallelism the data is
+    dealt over the replicas, under a parameter server over the workers."""
     P = comm.Get_size()
+    if cfg["parallel"] == "ps":
+        server, rcomm, W = train_ps.roles(cfg, comm)
+        M = _batch_check(comm, cfg["batch_size"], cfg["accumulation"], W)
+        return rcomm, None, M, ("server" if server else "worker", W)
     dims = train_pp.layout(cfg, comm) if train_pp.wanted(cfg, P) else None
     dp = dims[0] if dims else P
     M = _batch_check(comm, cfg["batch_size"], cfg["accumulation"], dp,
                      cfg["micro_batches"] if dims else 1)
-    return (train_pp.data_comm(comm, *dims[1:]) if dims else comm), dims, M
+    return (train_pp.data_comm(comm, *dims[1:]) if dims else comm), dims, M, None
+
+
+def _serve(cfg, comm, W, G):
+    """A parameter-server rank's run: the model's shape from the data's manifest."""
+    ds = ShardedDataset(_train_name(cfg), hc.self_comm())
+    outputs = ds.classes if ds.task == "classification" else 1
+    return train_ps.serve(cfg, comm, W, lambda: nn.mlp(
+        ds.features, cfg["hidden_sizes"], outputs, cfg["activation"], cfg["dropout"],
+        dtype=np.dtype(cfg["dtype"]), seed=cfg["seed"], init=cfg["init"]),
+        lambda flat: _optimizer(cfg, flat, G))
 
 
 def run(cfg, comm=None, log=print, history=None, callbacks=()):
@@ -435,9 +461,15 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     comm = comm if comm is not None else hc.world()
     P, t_start, dtype = comm.Get_size(), time.perf_counter(), np.dtype(cfg["dtype"])
     K, G = cfg["accumulation"], cfg["batch_size"]
-    dcomm, dims, M = _setup(cfg, comm)
+    dcomm, dims, M, ps = _setup(cfg, comm)
+    if ps is not None and ps[0] == "server":
+        return _serve(cfg, comm, ps[1], G)
+    world = comm
+    if ps is not None:  # a worker: everything below is among the workers
+        comm = dcomm
     dp = dcomm.Get_size()
-    ds, test = _data(cfg, dcomm)
+    ds, test = _data(cfg, dcomm, hc.self_comm() if ps and cfg["consistency"] != "bsp"
+                     else None)
     if dims is None:
         startup.check_memory(cfg, comm, ds, M)
     arrays = _standardizer(ds, dcomm, dtype, cfg["nonfinite"]) if cfg["standardize"] else {}
@@ -449,7 +481,8 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
                       allocate=allocate)
     # model parallel: the serial model's layout only; each rank allocates its stages
     model = net(allocate=dims is None)
-    strategy = _strategy(cfg, comm, model, dims, ds.task)
+    strategy = train_ps.strategy(cfg, world, dcomm, model) if ps else \
+        _strategy(cfg, comm, model, dims, ds.task)
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
     startup.check_rank_memory(cfg, comm, strategy.param_bytes() + strategy.grad_bytes() +
                               strategy.state_bytes(opt), "data parallel" if dims is None
@@ -544,6 +577,9 @@ def _finish(cfg, comm, trainer, stopped, history_, history, facts, parts):
     summary = _summary(cfg, trainer, stopped, history_, facts, strategy, opt)
     if dims is not None:
         summary.update(train_pp.summary(strategy))
+    if isinstance(strategy, train_ps.ParameterServer):
+        summary.update(train_ps.summary(strategy))
+        summary["ranks"] = strategy.world.Get_size()
     summary["params_sha256"] = hashlib.sha256(model.params.tobytes()).hexdigest()
     return summary, model
 

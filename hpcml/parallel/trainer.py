@@ -135,10 +135,16 @@ class Trainer:
     def _optimizer_step(self, it, micro, epoch, stop):
         last = min(len(self.loader), micro + self.K)
         failed, sums = self._micro_steps(it, micro, last, stop)
+        rows = getattr(self.strategy, "set_rows", None)
+        if rows is not None:  # a parameter server's push says whose rows and what denom
+            rows(sums[2], self._step_rows)
         with self.tracer.span("allreduce"):
             flags = self.strategy.sync(error=failed is not None, stop=stop)
-        if flags.failed:
-            agree(self.comm, str(failed) if failed else None,
+        if flags.failed:  # agreed among the ranks in step (a parameter server's workers
+            # are not: there the error is raised where it happened, and ends the job)
+            comm = self.strategy.agree_comm() if hasattr(self.strategy, "agree_comm") \
+                else self.comm
+            agree(comm, str(failed) if failed else None,
                   what=f"training step {self.step} (epoch {epoch})")
         with self.tracer.span("optimizer"):
             self.strategy.step(self.optimizer, self.schedule(self.step), self.clip)

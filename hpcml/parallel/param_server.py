@@ -1,0 +1,333 @@
+"""A parameter server (ps-lite / MXNet KVStore's dist_sync and dist_async, Petuum's SSP,
+Chen et al.'s backup workers) as a Trainer strategy on the workers and a loop on the servers.
+
+    world ranks 0..W-1 are workers (rank 0 logs), W..W+K-1 servers
+    server k holds shard k of the flat parameters (contiguous, equal bytes) and the
+    optimizer state of that shard; the optimizer runs there (server-side SGD/Adam)
+
+A worker step: forward and backward on its slice of the batch (the Trainer), then push: to
+every server a header (float64: kind, clock, version read, rows, denominator, lr, flags) and
+its gradient shard (isend, NumPy buffers); then pull: every server's reply (a header and the
+parameter shard) into the model. Consistency (`mode`):
+
+* ``bsp``: a server applies one update per round, the gradients of every active worker
+  summed in worker order (the loss normalised by the global batch, as data parallelism: at
+  the same global batch the parameters equal data-parallel training's), then replies to all.
+* ``asp``: each push is applied when it arrives (as its worker's own mini-batch step: the
+  gradient rescaled to a mean over its rows), and answered at once.
+* ``ssp:S``: as asp, but a worker that is S steps ahead of the slowest active worker gets
+  its reply only when the slowest catches up (per-worker clocks on the servers).
+* ``backup:B``: each round applies the first W-B gradients to arrive (summed in worker
+  order, rescaled to their rows); a gradient computed on an older round is dropped and
+  counted, and its worker gets the current parameters.
+
+Staleness, Petuum's clock measure: the server's version is its clock, the number of steps
+every active worker has completed (a round in bsp and backup); an applied update's
+staleness is the step its worker computed (its clock) minus the version of the parameters
+it computed on. bsp and backup: 0; ssp:S: at most S; asp: unbounded (measured). Each
+server keeps a histogram; server 0 sends its own to every worker at the end.
+
+Errors end the job: an exception on any rank aborts every rank (hpcml.comm's entry point;
+under the in-process communicator every rank's next wait raises), one message naming the
+rank; workers do not agree on errors with each other (they are not in step in asp).
+"""
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+
+from hpcml import comm as hc
+
+from .base import StepFlags, Strategy
+
+TAG_PUSH_HDR, TAG_PUSH, TAG_PULL_HDR, TAG_PULL = 71, 72, 73, 74
+PUSH, DONE = 0.0, 1.0
+HDR = 8  # kind, clock, version read, rows, denominator, lr, flags, spare
+MODES = ("bsp", "asp", "ssp", "backup")
+
+
+class PSError(ValueError):
+    """A parameter-server layout or mode that cannot run; the message names the setting."""
+
+
+def parse_mode(text, workers=None):
+    """("bsp"|"asp"|"ssp"|"backup", bound): bsp, asp, ssp:S (S >= 0), backup:B (B >= 1,
+    B < workers)."""
+    name, _, arg = str(text).partition(":")
+    if name not in MODES:
+        raise PSError(f"consistency {text!r}: must be bsp, asp, ssp:S or backup:B")
+    if name in ("bsp", "asp"):
+        if arg:
+            raise PSError(f"consistency {text!r}: {name} takes no bound")
+        return name, 0
+    try:
+        bound = int(arg)
+    except ValueError:
+        raise PSError(f"consistency {text!r}: {name} needs an integer, e.g. {name}:2") \
+            from None
+    if name == "ssp" and bound < 0:
+        raise PSError(f"consistency {text!r}: the staleness bound must be >= 0")
+    if name == "backup" and (bound < 1 or (workers is not None and bound >= workers)):
+        raise PSError(f"consistency {text!r}: backup workers B must be >= 1 and fewer than "
+                      f"the {workers} workers (each round needs W - B >= 1 gradients)")
+    return name, bound
+
+
+def layout(P, servers):
+    """(workers, servers) of P ranks, checked."""
+    if servers < 1 or servers >= P:
+        raise PSError(f"--servers {servers} with {P} ranks: need 1 <= servers < ranks (at "
+                      f"least one worker)")
+    return P - servers, servers
+
+
+def shard_bounds(n, servers):
+    """Server k's [lo, hi) of the flat parameters: contiguous, equal in bytes."""
+    return [int(b) for b in hc.chunk_bounds(n, servers)]
+
+
+class _Flat:
+    """Parameters and gradients as an optimizer sees a model."""
+
+    def __init__(self, params, grads):
+        self.params, self.grads = params, grads
+        self.size, self.dtype = params.size, params.dtype
+
+
+class ParameterServer(Strategy):
+    """The worker side (see the module docstring). `comm`: the world (workers first);
+    `workers_comm`: the workers' own communicator (the loader and metrics use it).
+    straggler: seconds factor f > 1 slows this worker: after each step's compute it
+    sleeps (f - 1) x that time."""
+
+    def __init__(self, model, comm, workers_comm, servers, mode="bsp", straggler=1.0):
+        self.model, self.world = model, comm
+        self.comm = workers_comm  # the Trainer's: rank 0 logs, metrics
+        self.mode, self.bound = parse_mode(mode)
+        self.W, self.K = layout(comm.Get_size(), servers)
+        self.rank = comm.Get_rank()
+        self.servers = list(range(self.W, self.W + self.K))
+        self.bounds = shard_bounds(model.size, self.K)
+        self.straggler = float(straggler)
+        self.version, self.clock = 0, 0
+        self.comm_seconds = 0.0
+        self._t0 = time.perf_counter()
+        self._hdr = [np.zeros(HDR) for _ in self.servers]
+        self.stats = None  # server 0's figures, after close()
+        self._closed = False
+        self.rows, self.denom = 0, 1
+
+    def agree_comm(self):
+        """Errors are not agreed among workers (not in step in asp): raised where they
+        happen, they end the job."""
+        return hc.self_comm()
+
+    def backward(self, dy, accumulate=False, last=True, error=False, stop=False):
+        self.model.backward(dy, accumulate, input_grad=False)
+
+    def sync(self, error=False, stop=False):
+        """This worker's own flags: its error (raised on this rank, which ends the job) and
+        a stop asked here."""
+        return StepFlags(1 if error else 0, 1 if stop else 0)
+
+    def optimizer(self, factory):
+        """The optimizer runs on the servers: the worker's holds no state (an optimizer
+        over zero parameters gives the Trainer its learning rate)."""
+        empty = np.zeros(0, self.model.dtype)
+        return factory(_Flat(empty, empty))
+
+    def step(self, optimizer, lr, clip=0.0, rows=None, denom=None):
+        """Push this step's gradient shards (with lr), pull the parameters the servers
+        answer with."""
+        if self.straggler > 1:
+            time.sleep((self.straggler - 1) * (time.perf_counter() - self._t0))
+        t = hc.wtime()
+        g = self.model.grads
+        rows = self.rows if rows is None else rows
+        sends = []
+        for k, s in enumerate(self.servers):
+            lo, hi = self.bounds[k], self.bounds[k + 1]
+            h = self._hdr[k]
+            h[:7] = (PUSH, self.clock, self.version, rows, self.denom, lr, 0)
+            sends.append(hc.isend(h, s, TAG_PUSH_HDR, self.world))
+            sends.append(hc.isend(g[lo:hi], s, TAG_PUSH, self.world))
+        self._pull()
+        hc.wait_all(sends)
+        self.clock += 1
+        self.comm_seconds += hc.wtime() - t
+        self._t0 = time.perf_counter()  # the next step's compute starts (straggler timing)
+
+    def _pull(self):
+        replies = []
+        for k, s in enumerate(self.servers):
+            lo, hi = self.bounds[k], self.bounds[k + 1]
+            h = np.zeros(HDR)
+            replies.append((hc.irecv(h, s, TAG_PULL_HDR, self.world), h))
+            replies.append((hc.irecv(self.model.params[lo:hi], s, TAG_PULL, self.world), None))
+        for req, _ in replies:
+            req.wait()
+        self.version = int(replies[0][1][0])  # server 0's clock (all servers count alike)
+
+    def set_rows(self, rows, denom):
+        """The rows this worker's gradient covers and the loss's denominator (the
+        Trainer's, before the step)."""
+        self.rows, self.denom = rows, denom
+
+    def allreduce_sums(self, values):
+        """bsp: summed over the workers (they are in step); the other modes: this worker's
+        own figures (a collective would make the fast workers wait for the slow)."""
+        if self.mode == "bsp":
+            return super().allreduce_sums(values)
+        return np.asarray(values, np.float64).copy()
+
+    def grad_bytes(self):
+        return self.model.grads.nbytes
+
+    def state_bytes(self, optimizer):
+        return 0
+
+    def close(self):
+        """Tell every server this worker is done; receive the final parameters (after
+        every worker is done) and server 0's figures."""
+        if self._closed:
+            return
+        self._closed = True
+        if sys.exc_info()[0] is not None:  # leaving on an error: it ends the job, no
+            return  # handshake (the servers would wait for the other workers first)
+        for s in self.servers:
+            h = np.zeros(HDR)
+            h[:3] = (DONE, self.clock, self.version)
+            hc.send(h, s, TAG_PUSH_HDR, self.world)
+        for k, s in enumerate(self.servers):
+            lo, hi = self.bounds[k], self.bounds[k + 1]
+            hc.recv(self.model.params[lo:hi], s, TAG_PULL, self.world)
+        self.stats = hc.bcast_object(None, root=self.W, comm=self.world)
+
+
+class Server:
+    """One server's loop (see the module docstring): shard k of `params` (the serial flat
+    vector, the same initial values as the workers'), its optimizer from make_opt(flat)."""
+
+    def __init__(self, comm, workers, k, servers, params, make_opt, mode="bsp"):
+        self.comm, self.W, self.k = comm, workers, k
+        self.mode, self.bound = parse_mode(mode, workers)
+        b = shard_bounds(params.size, servers)
+        self.lo, self.hi = b[k], b[k + 1]
+        self.params = params[self.lo:self.hi].copy()
+        self.grads = np.zeros_like(self.params)
+        self.opt = make_opt(_Flat(self.params, self.grads))
+        n = self.hi - self.lo
+        self.inbox = np.zeros((workers, n), params.dtype)  # each worker's last gradient
+        self.heads = np.zeros((workers, HDR))
+        self.clocks = np.zeros(workers, np.int64)  # steps applied (or received) per worker
+        self.active = set(range(workers))
+        self.version = 0
+        self.staleness = Counter()
+        self.dropped = 0
+        self.waited = 0  # ssp: replies held back
+        self.pending = []  # bsp/backup: workers whose gradient waits for the round
+        self.held = []  # ssp: workers whose reply waits for the slowest
+        self.updates = 0
+
+    # --- the loop ----------------------------------------------------------------------
+    def serve(self):
+        """Until every worker said it is done; then the final shard to every worker, and
+        the figures (a dict) on every server and worker from server 0."""
+        h = np.zeros(HDR)
+        while self.active:
+            src, _, _ = hc.recv(h, hc.ANY_SOURCE, TAG_PUSH_HDR, self.comm)
+            if h[0] == DONE:
+                self.active.discard(src)
+                self._progress()
+                continue
+            self.heads[src] = h
+            hc.recv(self.inbox[src], src, TAG_PUSH, self.comm)
+            self._arrived(src)
+        for w in range(self.W):
+            hc.send(self.params, w, TAG_PULL, self.comm)
+        stats = {"updates": self.updates, "dropped": self.dropped, "held": self.waited,
+                 "staleness": {int(s): int(c) for s, c in sorted(self.staleness.items())},
+                 "version": self.version}
+        return hc.bcast_object(stats if self.k == 0 else None, root=self.W, comm=self.comm)
+
+    def _arrived(self, w):
+        h = self.heads[w]
+        if self.mode in ("asp", "ssp"):
+            self._apply([w])
+            self.clocks[w] += 1
+            self._advance()
+            if self.mode == "asp" or self._may_run(w):
+                self._reply(w)
+            else:
+                self.held.append(w)
+                self.waited += 1
+            self._release()
+            return
+        if self.mode == "backup" and int(h[2]) < self.version:  # computed on an old round
+            self.dropped += 1
+            self._reply(w)
+            return
+        self.pending.append(w)
+        self._progress()
+
+    def _progress(self):
+        """After an arrival or a worker's end: a round complete (bsp, backup) is applied
+        and answered; ssp's held replies re-checked."""
+        if self.mode in ("asp", "ssp"):
+            self._advance()
+            self._release()
+            return
+        need = len(self.active) if self.mode == "bsp" else \
+            min(self.W - self.bound, len(self.active))
+        if self.pending and len(self.pending) >= need:
+            ws = sorted(self.pending)
+            self.pending = []
+            self._apply(ws)
+            for w in ws:
+                self.clocks[w] += 1
+            self.version += 1
+            for w in ws:
+                self._reply(w)
+
+    def _apply(self, ws):
+        """One optimizer step on the sum of the gradients of workers ws (worker order),
+        rescaled so that it is the mean over their rows."""
+        heads = self.heads[ws]
+        for w in ws:  # the step it computed minus the version it computed on (rounds:
+            # the round applied minus the round read, 0 by construction)
+            h = self.heads[w]
+            self.staleness[int(h[1]) - int(h[2]) if self.mode in ("asp", "ssp")
+                           else self.version - int(h[2])] += 1
+        g = self.grads
+        g[...] = self.inbox[ws[0]]
+        for w in ws[1:]:
+            g += self.inbox[w]
+        rows, denom = heads[:, 3].sum(), heads[0, 4]
+        if rows != denom and rows > 0:
+            g *= g.dtype.type(denom / rows)
+        self.opt.step(lr=float(heads[0, 5]))
+        self.updates += 1
+
+    def _advance(self):
+        """asp/ssp: the version is the slowest active worker's clock."""
+        live = [self.clocks[w] for w in self.active]
+        self.version = int(min(live)) if live else int(self.clocks.max())
+
+    def _may_run(self, w):
+        return self.clocks[w] - self.version <= self.bound
+
+    def _release(self):
+        keep = []
+        for w in self.held:
+            if self._may_run(w) or w not in self.active:
+                self._reply(w)
+            else:
+                keep.append(w)
+        self.held = keep
+
+    def _reply(self, w):
+        h = np.zeros(HDR)
+        h[0] = self.version
+        hc.send(h, w, TAG_PULL_HDR, self.comm)
+        hc.send(self.params, w, TAG_PULL, self.comm)

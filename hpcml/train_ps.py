@@ -1,0 +1,96 @@
+"""`python -m hpcml.train --parallel ps --servers K --consistency MODE`: the settings, the
+roles and the server side (hpcml.parallel.param_server).
+
+World ranks 0..W-1 are workers: they run train.run's Trainer with the ParameterServer
+strategy over their own communicator (the loader deals each global batch over the W
+workers). Ranks W..W+K-1 are servers: they build the same initial model (same seed), keep
+shard k of it and its optimizer state, and serve until every worker is done.
+"""
+import time
+
+from hpcml import comm as hc
+from hpcml.config import ConfigError
+from hpcml.parallel.param_server import ParameterServer, PSError, Server, layout, parse_mode
+
+UNSUPPORTED = (("clip", "--clip"), ("zero", "--zero"), ("overlap", "--overlap"),
+               ("checkpoint_dir", "--checkpoint-dir"), ("resume", "--resume"),
+               ("init_from", "--init-from"))
+
+
+def validate(cfg, bad):
+    """The parameter-server settings checked; bad(key, why) raises naming the setting."""
+    if cfg["parallel"] not in ("dp", "ps"):
+        bad("parallel", "must be dp (data parallel, with --pp/--tp/--zero) or ps "
+                        "(parameter server)")
+    if cfg["servers"] < 1:
+        bad("servers", "must be >= 1")
+    try:
+        parse_mode(cfg["consistency"])
+    except PSError as e:
+        bad("consistency", str(e).split(": ", 1)[1])
+    if cfg["straggler"]:
+        try:
+            r, f = cfg["straggler"].split(":")
+            rank, factor = int(r), float(f)
+        except ValueError:
+            bad("straggler", "must be RANK:FACTOR, e.g. 2:3 (worker rank 2 three times "
+                             "slower)")
+        if rank < 0 or not factor >= 1:
+            bad("straggler", "needs a worker rank >= 0 and a factor >= 1")
+    if cfg["parallel"] == "ps":
+        for key, flag in UNSUPPORTED:
+            if cfg[key]:
+                bad(key, f"{flag} is not supported with --parallel ps yet")
+        if cfg["pp"] > 1 or cfg["tp"] > 1:
+            bad("parallel", "--parallel ps trains whole models on its workers: leave --pp "
+                            "and --tp at 1")
+
+
+def roles(cfg, comm):
+    """(is this rank a server, the workers' or the servers' communicator, workers W):
+    collective over comm; a layout that cannot run is a ConfigError on every rank."""
+    P = comm.Get_size()
+    try:
+        W, K = layout(P, cfg["servers"])
+        parse_mode(cfg["consistency"], W)
+    except PSError as e:
+        raise ConfigError(str(e)) from None
+    if cfg["straggler"] and int(cfg["straggler"].split(":")[0]) >= W:
+        raise ConfigError(f"straggler = {cfg['straggler']!r}: rank "
+                          f"{cfg['straggler'].split(':')[0]} is not a worker (workers are "
+                          f"ranks 0..{W - 1}, servers {W}..{P - 1})")
+    server = comm.Get_rank() >= W
+    return server, hc.split(comm, int(server), comm.Get_rank()), W
+
+
+def strategy(cfg, comm, workers_comm, model):
+    """A worker's ParameterServer strategy."""
+    factor = 1.0
+    if cfg["straggler"]:
+        r, f = cfg["straggler"].split(":")
+        factor = float(f) if int(r) == comm.Get_rank() else 1.0
+    return ParameterServer(model, comm, workers_comm, cfg["servers"], cfg["consistency"],
+                           straggler=factor)
+
+
+def serve(cfg, comm, W, net, make_opt):
+    """A server rank's whole run: its shard of net()'s initial parameters served until
+    every worker is done; returns (summary, None)."""
+    t0 = time.perf_counter()
+    k = comm.Get_rank() - W
+    server = Server(comm, W, k, cfg["servers"], net().params, make_opt, cfg["consistency"])
+    stats = server.serve()
+    return {"job": "train", "status": "done", "role": f"server {k}",
+            "seconds": time.perf_counter() - t0, "ranks": comm.Get_size(),
+            "parameter_server": stats}, None
+
+
+def summary(strategy_):
+    """What a worker's summary adds: the mode and server 0's figures."""
+    s = strategy_
+    return {"parameter_server": dict(s.stats or {}, servers=s.K, workers=s.W,
+                                     consistency=f"{s.mode}:{s.bound}" if s.mode in
+                                     ("ssp", "backup") else s.mode)}
+
+
+__all__ = ["ParameterServer", "validate", "roles", "strategy", "serve", "summary"]
