@@ -179,6 +179,19 @@ FAULTS = {
           "            self._restore(st, keep, np.random.default_rng(1))")],
         0, ["tests/test_pp_train.py::test_dropout_under_pipeline_is_reproducible_and_"
             "recompute_draws_the_same_masks"]),
+    "ps-bsp-partial": (
+        "a bsp round is applied when all but one worker's gradient arrived",
+        [("hpcml/parallel/param_server.py",
+          "        need = len(self.active) if self.mode == \"bsp\" else \\",
+          "        need = max(1, len(self.active) - 1) if self.mode == \"bsp\" else \\")],
+        0, ["tests/test_param_server.py::test_bsp_equals_data_parallel_training"]),
+    "ps-ssp-bound": (
+        "ssp lets a worker run one step further ahead than its bound",
+        [("hpcml/parallel/param_server.py",
+          "        return self.clocks[w] - self.version <= self.bound",
+          "        return self.clocks[w] - self.version <= self.bound + 1")],
+        0, ["tests/test_param_server.py::test_ssp_bound_holds_with_a_5x_straggler_and_fast_"
+            "workers_wait"]),
 }
 
 

@@ -47,6 +47,10 @@ HDR = 8  # kind, clock, version read, rows, denominator, lr, flags, spare
 MODES = ("bsp", "asp", "ssp", "backup")
 
 
+class WorkerError(RuntimeError):
+    """A parameter-server worker failed; it ends the job (not one of the agreed errors)."""
+
+
 class PSError(ValueError):
     """A parameter-server layout or mode that cannot run; the message names the setting."""
 
@@ -118,10 +122,12 @@ class ParameterServer(Strategy):
         self._closed = False
         self.rows, self.denom = 0, 1
 
-    def agree_comm(self):
-        """Errors are not agreed among workers (not in step in asp): raised where they
-        happen, they end the job."""
-        return hc.self_comm()
+    def fail(self, error, step, epoch):
+        """A worker's error (its data, say) is not agreed with the others (they are not in
+        step in asp): raised here as a WorkerError naming the rank, which the entry point
+        turns into one message and the end of every rank."""
+        raise WorkerError(f"worker rank {self.rank}, training step {step} (epoch "
+                          f"{epoch}): {error}") from error
 
     def backward(self, dy, accumulate=False, last=True, error=False, stop=False):
         self.model.backward(dy, accumulate, input_grad=False)

@@ -141,10 +141,10 @@ class Trainer:
         with self.tracer.span("allreduce"):
             flags = self.strategy.sync(error=failed is not None, stop=stop)
         if flags.failed:  # agreed among the ranks in step (a parameter server's workers
-            # are not: there the error is raised where it happened, and ends the job)
-            comm = self.strategy.agree_comm() if hasattr(self.strategy, "agree_comm") \
-                else self.comm
-            agree(comm, str(failed) if failed else None,
+            # are not: its strategy raises the error where it happened, ending the job)
+            if failed is not None and hasattr(self.strategy, "fail"):
+                self.strategy.fail(failed, self.step, epoch)
+            agree(self.comm, str(failed) if failed else None,
                   what=f"training step {self.step} (epoch {epoch})")
         with self.tracer.span("optimizer"):
             self.strategy.step(self.optimizer, self.schedule(self.step), self.clip)
