@@ -68,8 +68,8 @@ SETTINGS = {
     "consistency": ("bsp", str, "with --parallel ps: bsp, asp, ssp:S (at most S steps "
                                 "ahead of the slowest worker) or backup:B (each step "
                                 "applies the first W-B gradients)"),
-    "straggler": ("", str, "RANK:FACTOR: worker RANK runs FACTOR times slower "
-                           "(experiments)"),
+    "straggler": ("", str, "RANK:FACTOR: rank RANK runs FACTOR times slower (sleeps "
+                           "after each step's compute; experiments)"),
     "pp": (1, int, "pipeline-parallel ranks per model replica (stages of layers)"),
     "tp": (1, int, "tensor-parallel ranks per stage (Megatron column/row Linear pairs)"),
     "dp": (0, int, "data-parallel replicas (0: ranks / (pp x tp))"),
@@ -438,6 +438,8 @@ def _setup(cfg, comm):
         server, rcomm, W = train_ps.roles(cfg, comm)
         M = _batch_check(comm, cfg["batch_size"], cfg["accumulation"], W)
         return rcomm, None, M, ("server" if server else "worker", W)
+    if cfg["straggler"] and int(cfg["straggler"].split(":")[0]) >= P:
+        raise ConfigError(f"straggler = {cfg['straggler']!r}: there are {P} ranks")
     dims = train_pp.layout(cfg, comm) if train_pp.wanted(cfg, P) else None
     dp = dims[0] if dims else P
     M = _batch_check(comm, cfg["batch_size"], cfg["accumulation"], dp,
@@ -541,6 +543,11 @@ def _scalers(arrays, task):
 def _callbacks(cfg, comm, run_id, callbacks):
     """(the run's Trainer callbacks, the TensorBoard writer or None)."""
     callbacks, board = list(callbacks), None
+    if cfg["straggler"]:
+        from hpcml.parallel.trainer import Straggler
+        rank, factor = cfg["straggler"].split(":")
+        if int(rank) == comm.Get_rank():  # workers are world ranks 0..W-1
+            callbacks.append(Straggler(float(factor)))
     if cfg["tensorboard"]:
         from hpcml.parallel.trainer import TensorBoard
         board = TensorBoard(cfg["tensorboard"], comm.Get_rank(), run_id)

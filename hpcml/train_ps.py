@@ -65,12 +65,7 @@ def roles(cfg, comm):
 
 def strategy(cfg, comm, workers_comm, model):
     """A worker's ParameterServer strategy."""
-    factor = 1.0
-    if cfg["straggler"]:
-        r, f = cfg["straggler"].split(":")
-        factor = float(f) if int(r) == comm.Get_rank() else 1.0
-    return ParameterServer(model, comm, workers_comm, cfg["servers"], cfg["consistency"],
-                           straggler=factor)
+    return ParameterServer(model, comm, workers_comm, cfg["servers"], cfg["consistency"])
 
 
 def serve(cfg, comm, W, net, make_opt):

@@ -185,3 +185,17 @@ def test_a_killed_worker_or_server_ends_the_job_within_30_s(victim):
     t = time.monotonic()
     rc, out, err = procs.finish(proc, 60)
     assert rc != 0 and time.monotonic() - t < 30, (rc, err[-2000:])
+
+
+def test_each_epochs_staleness_goes_to_the_metrics(tmp_path):
+    """--metrics lines of worker 0 carry the epoch's staleness of its own updates (the
+    servers' measure, seen from the worker): under ssp:1 with a 3x straggler at most 1."""
+    m = str(tmp_path / "m.jsonl")
+    run_ranks(4, lambda c: train.run(_cfg(parallel="ps", consistency="ssp:1",
+                                          straggler="2:3", metrics=m, max_steps=0,
+                                          epochs=2, batch_size=256), c,
+                                     log=lambda *a: None))
+    lines = [json.loads(x) for x in open(m)]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    assert all(x["staleness_max"] <= 1 and x["dropped"] == 0 for x in lines), lines
+    assert any(x["staleness_max"] == 1 for x in lines), lines  # the bound was reached

@@ -101,11 +101,9 @@ class _Flat:
 
 class ParameterServer(Strategy):
     """The worker side (see the module docstring). `comm`: the world (workers first);
-    `workers_comm`: the workers' own communicator (the loader and metrics use it).
-    straggler: seconds factor f > 1 slows this worker: after each step's compute it
-    sleeps (f - 1) x that time."""
+    `workers_comm`: the workers' own communicator (the loader and metrics use it)."""
 
-    def __init__(self, model, comm, workers_comm, servers, mode="bsp", straggler=1.0):
+    def __init__(self, model, comm, workers_comm, servers, mode="bsp"):
         self.model, self.world = model, comm
         self.comm = workers_comm  # the Trainer's: rank 0 logs, metrics
         self.mode, self.bound = parse_mode(mode)
@@ -113,14 +111,14 @@ class ParameterServer(Strategy):
         self.rank = comm.Get_rank()
         self.servers = list(range(self.W, self.W + self.K))
         self.bounds = shard_bounds(model.size, self.K)
-        self.straggler = float(straggler)
         self.version, self.clock = 0, 0
         self.comm_seconds = 0.0
-        self._t0 = time.perf_counter()
         self._hdr = [np.zeros(HDR) for _ in self.servers]
         self.stats = None  # server 0's figures, after close()
         self._closed = False
         self.rows, self.denom = 0, 1
+        self.epoch_staleness = Counter()  # this worker's pushes since the last epoch
+        self._read, self._dropped = 0, False
 
     def fail(self, error, step, epoch):
         """A worker's error (its data, say) is not agreed with the others (they are not in
@@ -143,26 +141,27 @@ class ParameterServer(Strategy):
         empty = np.zeros(0, self.model.dtype)
         return factory(_Flat(empty, empty))
 
-    def step(self, optimizer, lr, clip=0.0, rows=None, denom=None):
+    def step(self, optimizer, lr, clip=0.0):
         """Push this step's gradient shards (with lr), pull the parameters the servers
         answer with."""
-        if self.straggler > 1:
-            time.sleep((self.straggler - 1) * (time.perf_counter() - self._t0))
         t = hc.wtime()
         g = self.model.grads
-        rows = self.rows if rows is None else rows
         sends = []
+        self._read = self.version
         for k, s in enumerate(self.servers):
             lo, hi = self.bounds[k], self.bounds[k + 1]
             h = self._hdr[k]
-            h[:7] = (PUSH, self.clock, self.version, rows, self.denom, lr, 0)
+            h[:7] = (PUSH, self.clock, self.version, self.rows, self.denom, lr, 0)
             sends.append(hc.isend(h, s, TAG_PUSH_HDR, self.world))
             sends.append(hc.isend(g[lo:hi], s, TAG_PUSH, self.world))
         self._pull()
         hc.wait_all(sends)
         self.clock += 1
         self.comm_seconds += hc.wtime() - t
-        self._t0 = time.perf_counter()  # the next step's compute starts (straggler timing)
+        # this step's staleness as the servers count it (asp/ssp: the step computed minus
+        # the version read; rounds: 0 when applied, dropped when late)
+        seen = self.clock - 1 - self._read if self.mode in ("asp", "ssp") else 0
+        self.epoch_staleness["dropped" if self._dropped else seen] += 1
 
     def _pull(self):
         replies = []
@@ -174,6 +173,7 @@ class ParameterServer(Strategy):
         for req, _ in replies:
             req.wait()
         self.version = int(replies[0][1][0])  # server 0's clock (all servers count alike)
+        self._dropped = replies[0][1][1] > 0  # backup: this push came too late
 
     def set_rows(self, rows, denom):
         """The rows this worker's gradient covers and the loss's denominator (the
@@ -192,6 +192,15 @@ class ParameterServer(Strategy):
 
     def state_bytes(self, optimizer):
         return 0
+
+    def epoch_metrics(self):
+        """The epoch's staleness of this worker's updates (for --metrics and the epoch
+        line): mean, max, and the count dropped (backup)."""
+        c, self.epoch_staleness = self.epoch_staleness, Counter()
+        applied = {k: v for k, v in c.items() if k != "dropped"}
+        n = sum(applied.values())
+        return {"staleness_mean": sum(k * v for k, v in applied.items()) / max(n, 1),
+                "staleness_max": max(applied, default=0), "dropped": c.get("dropped", 0)}
 
     def close(self):
         """Tell every server this worker is done; receive the final parameters (after
@@ -272,7 +281,7 @@ class Server:
             return
         if self.mode == "backup" and int(h[2]) < self.version:  # computed on an old round
             self.dropped += 1
-            self._reply(w)
+            self._reply(w, dropped=True)
             return
         self.pending.append(w)
         self._progress()
@@ -332,8 +341,8 @@ class Server:
                 keep.append(w)
         self.held = keep
 
-    def _reply(self, w):
+    def _reply(self, w, dropped=False):
         h = np.zeros(HDR)
-        h[0] = self.version
+        h[0], h[1] = self.version, float(dropped)
         hc.send(h, w, TAG_PULL_HDR, self.comm)
         hc.send(self.params, w, TAG_PULL, self.comm)

@@ -210,6 +210,8 @@ class Trainer:
                  "comm_fraction": (self.strategy.comm_seconds - comm_before) / seconds,
                  "data_wait_fraction": (self.tracer.seconds.get("data", 0.0) - data_before)
                  / seconds, "lr": self.schedule(max(self.step - 1, 0))})
+        if hasattr(self.strategy, "epoch_metrics"):  # e.g. a parameter server's staleness
+            entry.update(self.strategy.epoch_metrics())
         if self.evaluate is not None:
             with self.tracer.span("evaluation"):
                 entry.update(self.evaluate())  # test_accuracy / test_rmse, test_r2; test_loss
@@ -307,6 +309,22 @@ class TensorBoard:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+class Straggler:
+    """Trainer callback for experiments (--straggler RANK:FACTOR): after each step, this
+    rank sleeps (factor - 1) x the step's compute time (its data, forward and backward
+    spans), so it runs `factor` times slower than its peers."""
+
+    def __init__(self, factor):
+        self.factor, self.done = float(factor), 0.0
+
+    def on_step(self, trainer, step):
+        busy = sum(trainer.tracer.seconds.get(k, 0.0) for k in ("data", "forward",
+                                                                "backward", "pipeline"))
+        time.sleep((self.factor - 1) * (busy - self.done))
+        self.done = busy
+        return False
 
 
 class _Ticker:
