@@ -9,6 +9,7 @@
     mpiexec -n 2 python -m hpcml.bench p2p           # per-call overhead vs mpi4py's own calls
     mpiexec -n 2 python -m hpcml.bench zero          # ZeRO-1/2 vs data parallelism
     python -m hpcml.bench pipeline                   # pipeline bubble vs the replay; torch pipelining
+    python -m hpcml.bench ps                         # parameter server modes vs data parallel
 """
 import sys
 
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "p2p": "hpcml.bench.p2p",
     "zero": "hpcml.bench.zero",
     "pipeline": "hpcml.bench.pipeline",
+    "ps": "hpcml.bench.ps",
 }
 
 

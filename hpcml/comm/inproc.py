@@ -120,6 +120,11 @@ class _RecvRequest:
         comm, buf, source, tag = self.args
         with comm._w.cond:
             ready = comm._match(source, tag, peek=True) is not None
+            failed = comm._w.failed
+        if failed is not None and not ready and not self.done:  # a polling loop ends too
+            raise InprocError(f"in-process rank {comm.Get_rank()}: a test of a receive from "
+                              f"{source} (tag {tag}) stopped: rank {failed[0]} failed "
+                              f"({failed[1]})")
         if not self.done and ready:
             self.Wait(status)
         return self.done

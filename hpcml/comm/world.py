@@ -13,6 +13,8 @@ messages go through `bcast_object` / `gather_objects`.
 """
 import json
 
+import time
+
 import numpy as np
 from mpi4py import MPI
 
@@ -216,14 +218,31 @@ class Request:
     def __init__(self, req, what):
         self._req, self._what = req, what  # what: (kind, peer, tag), described on timeout
 
-    def wait(self):
+    def wait(self, polite=False):
+        """MPI_Wait (it spins on its core); polite=True spins for 200 us, then tests with
+        sleeps that grow from 10 us to 1 ms between tests, leaving the core to the ranks
+        that compute (a server that mostly waits, or more ranks than cores), at up to 1 ms
+        more latency on a long wait."""
+        wait = self._polite if polite else self._req.Wait
         if Watchdog.active is None:
-            self._req.Wait()
+            wait()
             return
         kind, peer, tag = self._what
         with watching(f"MPI_Wait on a {kind} {'to' if kind == 'send' else 'from'} rank "
                       f"{peer} (tag {tag})"):
-            self._req.Wait()
+            wait()
+
+    def _polite(self):
+        end = time.perf_counter() + 2e-4  # a short wait spins (small messages stay fast)
+        while not self._req.Test():
+            if time.perf_counter() > end:
+                break
+        else:
+            return
+        delay = 1e-5
+        while not self._req.Test():
+            time.sleep(delay)
+            delay = min(delay * 2, 1e-3)
 
     def test(self):
         return bool(self._req.Test())

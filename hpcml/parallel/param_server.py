@@ -43,7 +43,7 @@ from .base import StepFlags, Strategy
 
 TAG_PUSH_HDR, TAG_PUSH, TAG_PULL_HDR, TAG_PULL = 71, 72, 73, 74
 PUSH, DONE = 0.0, 1.0
-HDR = 8  # kind, clock, version read, rows, denominator, lr, flags, spare
+HDR = 8  # kind, clock, version read, rows, denominator, lr, flags, worker rank
 MODES = ("bsp", "asp", "ssp", "backup")
 
 
@@ -151,7 +151,7 @@ class ParameterServer(Strategy):
         for k, s in enumerate(self.servers):
             lo, hi = self.bounds[k], self.bounds[k + 1]
             h = self._hdr[k]
-            h[:7] = (PUSH, self.clock, self.version, self.rows, self.denom, lr, 0)
+            h[:] = (PUSH, self.clock, self.version, self.rows, self.denom, lr, 0, self.rank)
             sends.append(hc.isend(h, s, TAG_PUSH_HDR, self.world))
             sends.append(hc.isend(g[lo:hi], s, TAG_PUSH, self.world))
         self._pull()
@@ -171,7 +171,7 @@ class ParameterServer(Strategy):
             replies.append((hc.irecv(h, s, TAG_PULL_HDR, self.world), h))
             replies.append((hc.irecv(self.model.params[lo:hi], s, TAG_PULL, self.world), None))
         for req, _ in replies:
-            req.wait()
+            req.wait(polite=True)  # bsp: the slowest worker is computing
         self.version = int(replies[0][1][0])  # server 0's clock (all servers count alike)
         self._dropped = replies[0][1][1] > 0  # backup: this push came too late
 
@@ -212,7 +212,7 @@ class ParameterServer(Strategy):
             return  # handshake (the servers would wait for the other workers first)
         for s in self.servers:
             h = np.zeros(HDR)
-            h[:3] = (DONE, self.clock, self.version)
+            h[:3], h[7] = (DONE, self.clock, self.version), self.rank
             hc.send(h, s, TAG_PUSH_HDR, self.world)
         for k, s in enumerate(self.servers):
             lo, hi = self.bounds[k], self.bounds[k + 1]
@@ -250,8 +250,9 @@ class Server:
         """Until every worker said it is done; then the final shard to every worker, and
         the figures (a dict) on every server and worker from server 0."""
         h = np.zeros(HDR)
-        while self.active:
-            src, _, _ = hc.recv(h, hc.ANY_SOURCE, TAG_PUSH_HDR, self.comm)
+        while self.active:  # a server mostly waits: politely (the workers compute)
+            hc.irecv(h, hc.ANY_SOURCE, TAG_PUSH_HDR, self.comm).wait(polite=True)
+            src = int(h[7])
             if h[0] == DONE:
                 self.active.discard(src)
                 self._progress()
