@@ -151,6 +151,8 @@ def main(argv=None):
                     help="hidden layers (wide enough that a step's compute, which the "
                          "straggler multiplies, outweighs its messages)")
     ap.add_argument("--servers", default="1,2", help="server counts (3 workers each)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs per case (the median run's curve is kept)")
     ap.add_argument("--out", default="results")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="bsp", help=argparse.SUPPRESS)
@@ -169,9 +171,15 @@ def main(argv=None):
                 if mode == "dp" and servers > 1:
                     continue  # dp does not depend on the server count
                 n = 3 if mode == "dp" else 3 + servers
-                r = _run(n, ["--worker", "run", "--mode", mode, "--servers", str(servers),
-                             "--straggler", str(straggler), "--epochs", str(args.epochs),
-                             "--hidden", args.hidden])
+                tries = [_run(n, ["--worker", "run", "--mode", mode, "--servers",
+                                  str(servers), "--straggler", str(straggler), "--epochs",
+                                  str(args.epochs), "--hidden", args.hidden])
+                         for _ in range(args.repeats)]
+                # the run whose time to TARGET is the median of the tries (sub-second
+                # times on this data: one run is too noisy to compare modes)
+                tries.sort(key=lambda x: _time_to(x["curve"], TARGET) or float("inf"))
+                r = tries[len(tries) // 2]
+                r["tries_seconds_to_target"] = [_time_to(x["curve"], TARGET) for x in tries]
                 runs.append(r)
                 print(f"{mode:9s} servers {servers if mode != 'dp' else 0} straggler "
                       f"{straggler}: {r['seconds']:6.2f} s, test acc "
