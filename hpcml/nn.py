@@ -330,6 +330,19 @@ class Sequential:
         for layer, x, dz in tasks:
             layer.g[0] += K.matmul(x, dz, trans_a=True)
 
+    def rebind_params(self, buffer):
+        """Make `buffer` (flat, `size` elements of the model's dtype) hold the parameters:
+        layers get views of it (Hogwild's shared memory); its values are kept."""
+        if buffer.shape != (self.size,) or buffer.dtype != self.dtype:
+            raise ValueError(f"rebind_params: need a flat {self.dtype} buffer of "
+                             f"{self.size}, got {buffer.dtype} {buffer.shape}")
+        self.params = buffer
+        views = [[] for _ in self.layers]
+        for i, name, shape, off in self.layout:
+            views[i].append(buffer[off:off + int(np.prod(shape))].reshape(shape))
+        for layer, p in zip(self.layers, views):
+            layer.p = p
+
     def rebind_grads(self, buffer):
         """Make `buffer` (a flat array of `size` elements and the model's dtype) hold the
         gradients: layers get views of it; the current gradients are copied in."""

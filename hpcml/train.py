@@ -61,8 +61,11 @@ SETTINGS = {
     "zero": (0, int, "ZeRO: 0 off, 1 optimizer state sharded, 2 gradients too (ring/tree)"),
     "overlap": (False, bool, "all-reduce each layer's gradients in a background thread "
                              "while the backward pass goes on (see benchmarks/README.md)"),
-    "parallel": ("dp", str, "dp (data parallel; with --pp/--tp/--zero) or ps (parameter "
-                            "server: --servers, --consistency)"),
+    "parallel": ("dp", str, "dp (data parallel; with --pp/--tp/--zero), ps (parameter "
+                            "server: --servers, --consistency) or hogwild (lock-free "
+                            "updates of parameters in shared memory, one node)"),
+    "hogwild_lock": (False, bool, "with --parallel hogwild: hold an exclusive lock from "
+                                  "each step's forward to its update (the comparison)"),
     "servers": (1, int, "with --parallel ps: server ranks (the last ranks; the others are "
                         "workers)"),
     "consistency": ("bsp", str, "with --parallel ps: bsp, asp, ssp:S (at most S steps "
@@ -560,6 +563,9 @@ def _strategy(cfg, comm, model, dims, task):
     if dims is not None:
         return train_pp.strategy(cfg, comm, model, dims,
                                  "ce" if task == "classification" else "mse")
+    if cfg["parallel"] == "hogwild":
+        from hpcml.parallel.hogwild import Hogwild
+        return Hogwild(model, comm, locked=cfg["hogwild_lock"])
     if cfg["zero"]:
         return ZeRO(model, comm, cfg["algorithm"], stage=cfg["zero"])
     return DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"])

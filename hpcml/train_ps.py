@@ -19,9 +19,11 @@ UNSUPPORTED = (("clip", "--clip"), ("zero", "--zero"), ("overlap", "--overlap"),
 
 def validate(cfg, bad):
     """The parameter-server settings checked; bad(key, why) raises naming the setting."""
-    if cfg["parallel"] not in ("dp", "ps"):
-        bad("parallel", "must be dp (data parallel, with --pp/--tp/--zero) or ps "
-                        "(parameter server)")
+    if cfg["parallel"] not in ("dp", "ps", "hogwild"):
+        bad("parallel", "must be dp (data parallel, with --pp/--tp/--zero), ps (parameter "
+                        "server) or hogwild (shared-memory lock-free updates)")
+    if cfg["hogwild_lock"] and cfg["parallel"] != "hogwild":
+        bad("hogwild_lock", "is for --parallel hogwild")
     if cfg["servers"] < 1:
         bad("servers", "must be >= 1")
     try:
@@ -37,13 +39,14 @@ def validate(cfg, bad):
                              "slower)")
         if rank < 0 or not factor >= 1:
             bad("straggler", "needs a worker rank >= 0 and a factor >= 1")
-    if cfg["parallel"] == "ps":
+    if cfg["parallel"] != "dp":
+        kind = cfg["parallel"]
         for key, flag in UNSUPPORTED:
-            if cfg[key]:
-                bad(key, f"{flag} is not supported with --parallel ps yet")
-        if cfg["pp"] > 1 or cfg["tp"] > 1:
-            bad("parallel", "--parallel ps trains whole models on its workers: leave --pp "
-                            "and --tp at 1")
+            if cfg[key] and not (kind == "hogwild" and key == "clip"):
+                bad(key, f"{flag} is not supported with --parallel {kind} yet")
+        if cfg["pp"] > 1 or cfg["tp"] > 1 or cfg["dp"]:
+            bad("parallel", f"--parallel {kind} trains whole models on its workers: leave "
+                            f"--pp, --tp and --dp unset")
 
 
 def roles(cfg, comm):

@@ -192,6 +192,12 @@ FAULTS = {
           "        return self.clocks[w] - self.version <= self.bound + 1")],
         0, ["tests/test_param_server.py::test_ssp_bound_holds_with_a_5x_straggler_and_fast_"
             "workers_wait"]),
+    "hogwild-no-lock": (
+        "Hogwild's locked variant never takes its lock",
+        [("hpcml/parallel/hogwild.py",
+          "        if self.locked and self._held is None:",
+          "        if False and self._held is None:")],
+        0, ["tests/test_hogwild.py::test_the_locked_variant_serialises_each_step"]),
 }
 
 

@@ -115,6 +115,8 @@ class Trainer:
                 continue
             rng = np.random.default_rng([self.seed, self.step, m, self.rank]) \
                 if self.dropout else None
+            if hasattr(self.strategy, "before_forward"):  # Hogwild's locked variant
+                self.strategy.before_forward()
             with span("forward"):
                 out = self.model.forward(self.transform(x), train=True, rng=rng)
                 if self.target is None:
