@@ -1,5 +1,6 @@
 """python -m hpcml.bench ps: the parameter server's consistency modes against data
-parallelism, with and without a straggler; push/pull latency by message size.
+parallelism, with and without a straggler; push/pull latency by message size; Hogwild!
+against its locked variant and data parallelism at 2 ranks.
 
     python -m hpcml.bench ps --out benchmarks/results     # ps.json and ps.png
 
@@ -34,13 +35,15 @@ class _Recorder:
     (bsp and dp: every worker evaluates, the sums are all-reduced; the asynchronous modes:
     worker 0 alone)."""
 
-    def __init__(self, rank, synchronous):
+    def __init__(self, rank, synchronous, curve=True):
         self.rank, self.sync, self.t0, self.points = rank, synchronous, None, []
+        self.curve, self.last = curve, None
 
     def on_step(self, trainer, step):
+        self.last = time.perf_counter()
         if self.t0 is None:
-            self.t0 = time.perf_counter()
-        if step % EVERY and step != trainer.total:
+            self.t0 = self.last
+        if (step % EVERY or not self.curve) and step != trainer.total:
             return False
         if self.sync or self.rank == 0:
             acc = trainer.evaluate()["test_accuracy"]
@@ -58,17 +61,26 @@ def worker(args):
     threads.configure(local_ranks(comm))
     cfg = {k: v[0] for k, v in train.SETTINGS.items()}
     cfg.update(progress=False, epochs=args.epochs, hidden=args.hidden)
-    if args.mode != "dp":
+    if args.mode.startswith("hogwild"):
+        cfg.update(parallel="hogwild", hogwild_lock=args.mode == "hogwild-locked")
+    elif args.mode != "dp":
         cfg.update(parallel="ps", servers=args.servers, consistency=args.mode)
+    if args.hidden == "":  # the sparse case: a linear model on raw pixels, plain SGD
+        cfg.update(standardize=False, momentum=0.0, weight_decay=0.0, lr=0.01)
     if args.straggler:
         cfg["straggler"] = "2:3"
     cfg = train.validate(cfg)
-    rec = _Recorder(comm.Get_rank(), args.mode in ("dp", "bsp"))
+    rec = _Recorder(comm.Get_rank(), args.mode in ("dp", "bsp") or
+                    args.mode.startswith("hogwild"), args.curve)  # evaluate is collective
     t = time.perf_counter()
     summary, _ = train.run(cfg, comm, log=lambda *a: None, callbacks=[rec])
     if comm.Get_rank() == 0:
+        train_s = rec.last - rec.t0  # from the first step's end to the last's
+        per_step = comm.Get_size() if args.mode.startswith("hogwild") else 1
         with open(args.worker_out, "w") as f:
             json.dump({"mode": args.mode, "servers": args.servers, "ranks": comm.Get_size(),
+                       "hidden": args.hidden, "updates_per_s": (summary["step"] - 1) *
+                       per_step / max(train_s, 1e-9),
                        "straggler": bool(args.straggler), "seconds": time.perf_counter() - t,
                        "test_accuracy": summary.get("test_accuracy"),
                        "steps": summary["step"], "curve": rec.points,
@@ -158,6 +170,9 @@ def main(argv=None):
     ap.add_argument("--mode", default="bsp", help=argparse.SUPPRESS)
     ap.add_argument("--straggler", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--curve", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--hogwild-only", action="store_true",
+                    help="only the Hogwild cases (kept with the earlier ps runs)")
     args = ap.parse_args(argv)
     if args.worker == "run":
         args.servers = int(args.servers)
@@ -165,6 +180,17 @@ def main(argv=None):
     if args.worker == "latency":
         return latency(args)
     runs = []
+    hog = _hogwild_cases(args)
+    if args.hogwild_only:
+        path = os.path.join(args.out, "ps.json")
+        with open(path) as f:
+            old = json.load(f)
+        old["hogwild"] = hog
+        from hpcml.atomic import atomic_write_json
+        atomic_write_json(path, old)
+        _plot(old["runs"], old["latency"], os.path.join(args.out, "ps.png"), hog)
+        print(f"# wrote {path} and ps.png")
+        return 0
     for servers in [int(s) for s in args.servers.split(",")]:
         for straggler in (0, 1):
             for mode in MODES:
@@ -191,10 +217,30 @@ def main(argv=None):
     atomic_write_json(os.path.join(args.out, "ps.json"),
                       {"benchmark": "ps", "dataset": "digits", "epochs": args.epochs,
                        "hidden": args.hidden,
-                       "workers": 3, "runs": runs, "latency": lat})
-    _plot(runs, lat, os.path.join(args.out, "ps.png"))
+                       "workers": 3, "runs": runs, "latency": lat, "hogwild": hog})
+    _plot(runs, lat, os.path.join(args.out, "ps.png"), hog)
     print(f"# wrote {args.out}/ps.json and ps.png")
     return 0
+
+
+def _hogwild_cases(args):
+    """2 ranks: dp, hogwild and hogwild-locked on the MLP and on a linear model (raw
+    pixels, plain SGD: sparse updates); updates/s (Hogwild: each rank's updates) and final
+    test accuracy, the median run of `repeats` by updates/s."""
+    out = []
+    for hidden in (args.hidden, ""):
+        for mode in ("dp", "hogwild", "hogwild-locked"):
+            epochs = args.epochs * (10 if hidden == "" else 1)  # a linear step is short
+            tries = sorted((_run(2, ["--worker", "run", "--mode", mode, "--servers", "1",
+                                     "--epochs", str(epochs), "--hidden", hidden,
+                                     "--curve", "0"])
+                            for _ in range(args.repeats)), key=lambda r: r["updates_per_s"])
+            r = tries[len(tries) // 2]
+            r["tries_updates_per_s"] = [x["updates_per_s"] for x in tries]
+            out.append(r)
+            print(f"{mode:15s} hidden {hidden or '(linear)':8s}: {r['updates_per_s']:8,.0f} "
+                  f"updates/s, test acc {r['test_accuracy']:.4f}", flush=True)
+    return out
 
 
 def _times_to_bsp(runs):
@@ -217,7 +263,7 @@ def _times_to_bsp(runs):
               f"{shown} s to {target:.4f} ({ratio} x bsp)", flush=True)
 
 
-def _plot(runs, lat, path):
+def _plot(runs, lat, path, hog=()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -253,6 +299,12 @@ def _plot(runs, lat, path):
             ks = sorted(h)
             ax.bar(np.array(ks) + (0.2 if r["mode"] == "asp" else -0.2), [h[k] for k in ks],
                    width=0.4, color=colors[r["mode"]], label=r["mode"])
+    if hog:  # Hogwild's updates/s, as an inset of text
+        lines = ["2 ranks, updates/s (test acc)"] + [
+            f"{r['mode']:15s} {r['hidden'] or 'linear':8s} {r['updates_per_s']:8,.0f} "
+            f"({r['test_accuracy']:.3f})" for r in hog]
+        ax.text(0.98, 0.98, "\n".join(lines), transform=ax.transAxes, ha="right", va="top",
+                family="monospace", fontsize=7, bbox=dict(facecolor="white", alpha=0.8))
     ax.set_xlabel("staleness (steps)")
     ax.set_ylabel("updates")
     ax.set_yscale("log")
