@@ -337,11 +337,15 @@ class Sequential:
             raise ValueError(f"rebind_params: need a flat {self.dtype} buffer of "
                              f"{self.size}, got {buffer.dtype} {buffer.shape}")
         self.params = buffer
+        for layer, p in zip(self.layers, self._views(buffer)):
+            layer.p = p
+
+    def _views(self, buffer):
+        """Per layer, the views of `buffer` its arrays are (the flat layout)."""
         views = [[] for _ in self.layers]
         for i, name, shape, off in self.layout:
             views[i].append(buffer[off:off + int(np.prod(shape))].reshape(shape))
-        for layer, p in zip(self.layers, views):
-            layer.p = p
+        return views
 
     def rebind_grads(self, buffer):
         """Make `buffer` (a flat array of `size` elements and the model's dtype) hold the
@@ -352,10 +356,7 @@ class Sequential:
         if buffer is not self.grads:
             buffer[...] = self.grads
         self.grads = buffer
-        views = [[] for _ in self.layers]
-        for i, name, shape, off in self.layout:
-            views[i].append(buffer[off:off + int(np.prod(shape))].reshape(shape))
-        for layer, g in zip(self.layers, views):
+        for layer, g in zip(self.layers, self._views(buffer)):
             layer.g = g
 
     def zero_grad(self):

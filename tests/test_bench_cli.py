@@ -87,3 +87,26 @@ def test_zero_benchmark_writes_json_and_png(tmp_path):
     assert result["bit_identical"] is True
     assert set(result["median_samples_per_s"]) == {"data parallel", "ZeRO-1", "ZeRO-2"}
     assert result["ratio_vs_data_parallel"]["data parallel"] == 1.0
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not found")
+def test_ps_benchmark_workers_write_their_figures(tmp_path):
+    """The two kinds of run `python -m hpcml.bench ps` launches, small: a 1 + 2 asp run
+    records its accuracy curve and staleness; the latency run times push+pull and a
+    ping-pong for every size."""
+    import json
+    import sys
+    from procs import run
+    mpi = [shutil.which("mpiexec"), "-n"]
+    out = str(tmp_path / "r.json")
+    r = run(mpi + ["3", sys.executable, "-m", "hpcml.bench", "ps", "--worker", "run",
+                   "--mode", "asp", "--servers", "1", "--epochs", "1", "--hidden", "32",
+                   "--worker-out", out], limit=120)
+    assert r.returncode == 0, r.stderr
+    d = json.load(open(out))
+    assert d["curve"] and d["parameter_server"]["workers"] == 2 and d["updates_per_s"] > 0
+    r = run(mpi + ["2", sys.executable, "-m", "hpcml.bench", "ps", "--worker", "latency",
+                   "--worker-out", out], limit=120)
+    assert r.returncode == 0, r.stderr
+    lat = json.load(open(out))
+    assert len(lat) == 8 and all(x["push_pull_s"] > 0 and x["ping_pong_s"] > 0 for x in lat)

@@ -199,3 +199,13 @@ def test_each_epochs_staleness_goes_to_the_metrics(tmp_path):
     assert [x["epoch"] for x in lines] == [1, 2]
     assert all(x["staleness_max"] <= 1 and x["dropped"] == 0 for x in lines), lines
     assert any(x["staleness_max"] == 1 for x in lines), lines  # the bound was reached
+
+
+def test_trace_shows_each_push_and_pull(tmp_path):
+    trace = str(tmp_path / "t.json")
+    run_ranks(3, lambda c: train.run(_cfg(parallel="ps", consistency="asp", trace=trace,
+                                          max_steps=5), c, log=lambda *a: None))
+    names = {(e["pid"], e["name"]) for e in json.load(open(trace))["traceEvents"]
+             if e["ph"] == "X"}
+    for worker in (0, 1):  # the trace is the workers' (the servers write none)
+        assert (worker, "push step 0 (read v0)") in names and (worker, "pull step 4") in names

@@ -179,7 +179,6 @@ def main(argv=None):
         return worker(args)
     if args.worker == "latency":
         return latency(args)
-    runs = []
     hog = _hogwild_cases(args)
     if args.hogwild_only:
         path = os.path.join(args.out, "ps.json")
@@ -191,6 +190,24 @@ def main(argv=None):
         _plot(old["runs"], old["latency"], os.path.join(args.out, "ps.png"), hog)
         print(f"# wrote {path} and ps.png")
         return 0
+    runs = _ps_cases(args)
+    _times_to_bsp(runs)
+    lat = _run(2, ["--worker", "latency"])
+    os.makedirs(args.out, exist_ok=True)
+    from hpcml.atomic import atomic_write_json
+    atomic_write_json(os.path.join(args.out, "ps.json"),
+                      {"benchmark": "ps", "dataset": "digits", "epochs": args.epochs,
+                       "hidden": args.hidden,
+                       "workers": 3, "runs": runs, "latency": lat, "hogwild": hog})
+    _plot(runs, lat, os.path.join(args.out, "ps.png"), hog)
+    print(f"# wrote {args.out}/ps.json and ps.png")
+    return 0
+
+
+def _ps_cases(args):
+    """Every mode with 1..K servers, without and with the straggler: the median run of
+    `repeats` by time to TARGET."""
+    runs = []
     for servers in [int(s) for s in args.servers.split(",")]:
         for straggler in (0, 1):
             for mode in MODES:
@@ -210,17 +227,7 @@ def main(argv=None):
                 print(f"{mode:9s} servers {servers if mode != 'dp' else 0} straggler "
                       f"{straggler}: {r['seconds']:6.2f} s, test acc "
                       f"{r['test_accuracy']:.4f}", flush=True)
-    _times_to_bsp(runs)
-    lat = _run(2, ["--worker", "latency"])
-    os.makedirs(args.out, exist_ok=True)
-    from hpcml.atomic import atomic_write_json
-    atomic_write_json(os.path.join(args.out, "ps.json"),
-                      {"benchmark": "ps", "dataset": "digits", "epochs": args.epochs,
-                       "hidden": args.hidden,
-                       "workers": 3, "runs": runs, "latency": lat, "hogwild": hog})
-    _plot(runs, lat, os.path.join(args.out, "ps.png"), hog)
-    print(f"# wrote {args.out}/ps.json and ps.png")
-    return 0
+    return runs
 
 
 def _hogwild_cases(args):

@@ -117,6 +117,7 @@ class ParameterServer(Strategy):
         self.stats = None  # server 0's figures, after close()
         self._closed = False
         self.rows, self.denom = 0, 1
+        self.tracer = None  # a parallel.trace.Tracer: push and pull spans
         self.epoch_staleness = Counter()  # this worker's pushes since the last epoch
         self._read, self._dropped = 0, False
 
@@ -148,13 +149,22 @@ class ParameterServer(Strategy):
         g = self.model.grads
         sends = []
         self._read = self.version
+        span = self.tracer.span if self.tracer is not None else None
+        if span is not None:  # the trace shows each push (its step and the version read)
+            push = span("push", f"push step {self.clock} (read v{self.version})")
+            push.__enter__()
         for k, s in enumerate(self.servers):
             lo, hi = self.bounds[k], self.bounds[k + 1]
             h = self._hdr[k]
             h[:] = (PUSH, self.clock, self.version, self.rows, self.denom, lr, 0, self.rank)
             sends.append(hc.isend(h, s, TAG_PUSH_HDR, self.world))
             sends.append(hc.isend(g[lo:hi], s, TAG_PUSH, self.world))
-        self._pull()
+        if span is not None:
+            push.__exit__(None, None, None)
+            with span("pull", f"pull step {self.clock}"):
+                self._pull()
+        else:
+            self._pull()
         hc.wait_all(sends)
         self.clock += 1
         self.comm_seconds += hc.wtime() - t
