@@ -6,6 +6,7 @@ strategy over their own communicator (the loader deals each global batch over th
 workers). Ranks W..W+K-1 are servers: they build the same initial model (same seed), keep
 shard k of it and its optimizer state, and serve until every worker is done.
 """
+import signal
 import time
 
 from hpcml import comm as hc
@@ -13,7 +14,6 @@ from hpcml.config import ConfigError
 from hpcml.parallel.param_server import ParameterServer, PSError, Server, layout, parse_mode
 
 UNSUPPORTED = (("clip", "--clip"), ("zero", "--zero"), ("overlap", "--overlap"),
-               ("checkpoint_dir", "--checkpoint-dir"), ("resume", "--resume"),
                ("init_from", "--init-from"))
 
 
@@ -77,10 +77,39 @@ def serve(cfg, comm, W, net, make_opt):
     t0 = time.perf_counter()
     k = comm.Get_rank() - W
     server = Server(comm, W, k, cfg["servers"], net().params, make_opt, cfg["consistency"])
-    stats = server.serve()
+    ck = _checkpoint(cfg)
+    if ck is not None:  # the same file worker 0 resumes from (read before anyone writes)
+        server.load(ck["params"], ck["optim"])
+    old = {}
+
+    def stop(signum, frame):  # SIGTERM/SIGUSR1 here: the workers are told in the replies,
+        server.stop = 1.0  # checkpoint and stop; the server ends when they are done
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        try:
+            old[sig] = signal.signal(sig, stop)
+        except ValueError:  # not the main thread (in-process ranks)
+            pass
+    try:
+        stats = server.serve()
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
     return {"job": "train", "status": "done", "role": f"server {k}",
             "seconds": time.perf_counter() - t0, "ranks": comm.Get_size(),
             "parameter_server": stats}, None
+
+
+def _checkpoint(cfg):
+    """The checkpoint --resume names (None when there is none to resume); a server reads
+    it itself. An unreadable one is left to worker 0's resume, which names it."""
+    if not cfg["resume"]:
+        return None
+    from hpcml import checkpoint as ckpt
+    try:
+        return (ckpt.find_latest(cfg["checkpoint_dir"]) if cfg["resume"] == "auto"
+                else ckpt.load(cfg["resume"]))
+    except ckpt.CheckpointError:
+        return None
 
 
 def summary(strategy_):

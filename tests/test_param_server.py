@@ -209,3 +209,53 @@ def test_trace_shows_each_push_and_pull(tmp_path):
              if e["ph"] == "X"}
     for worker in (0, 1):  # the trace is the workers' (the servers write none)
         assert (worker, "push step 0 (read v0)") in names and (worker, "pull step 4") in names
+
+
+def test_bsp_checkpoints_resume_bit_identical_and_under_data_parallelism(tmp_path):
+    """Worker 0 gathers the servers' shards, optimizer state and clocks into one checkpoint
+    in the serial layout; bsp resumed at step 10 of 30 ends with the bytes of the run never
+    stopped (SGD and Adam); the same file resumes under plain data parallelism."""
+    q = lambda *a: None  # noqa: E731
+    for opt in ("sgd", "adam"):
+        d = str(tmp_path / opt)
+        kw = dict(optimizer=opt, lr=0.01 if opt == "adam" else 0.05)
+        full = run_ranks(3, lambda c: train.run(_cfg(parallel="ps", checkpoint_dir=d,
+                                                     checkpoint_every=10, keep=5, **kw), c,
+                                                log=q))
+        at10 = os.path.join(d, "step-00000010.h5")
+        res = run_ranks(3, lambda c: train.run(_cfg(parallel="ps", resume=at10, **kw), c,
+                                               log=q))
+        assert res[0][0]["params_sha256"] == full[0][0]["params_sha256"], opt
+        dp = run_ranks(2, lambda c: train.run(_cfg(resume=at10, **kw), c, log=q))
+        p, ref = dp[0][1].params, full[0][1].params
+        assert np.abs(p - ref).max() / np.abs(ref).max() < 1e-12
+
+
+@needs_mpi
+@pytest.mark.parametrize("victim", [0, 2], ids=["worker", "server"])
+def test_sigterm_checkpoints_every_worker_and_exits_0_then_resumes_bit_identical(tmp_path,
+                                                                                victim):
+    """1 server + 2 workers, bsp: SIGTERM to worker 0 (it asks in its next push) or to the
+    server (it tells in its replies): every worker stops at the same step after a
+    checkpoint, the job exits 0, and resuming ends with the uninterrupted run's bytes."""
+    args = ["--parallel", "ps", "--hidden", "32", "--epochs", "40", "--batch-size", "32",
+            "--test-data", "none", "--dtype", "float64"]
+    proc, _ = _launch(3, args)
+    rc, out, err = procs.finish(proc, 120)
+    assert rc == 0, err
+    whole = json.loads(out.strip().splitlines()[-1])
+    ck = str(tmp_path / "ck")
+    proc, _ = _launch(3, args + ["--checkpoint-dir", ck, "--checkpoint-every", "1000"])
+    pids = _pids_by_rank(proc, 3, time.monotonic() + 60)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(ck, "latest")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the first epoch's checkpoint: training
+    os.kill(pids[victim], signal.SIGTERM)
+    rc, out, err = procs.finish(proc, 60)
+    assert rc == 0, err
+    stopped = json.loads(out.strip().splitlines()[-1])
+    assert stopped["status"] == "stopped" and 0 < stopped["step"] < whole["step"], stopped
+    proc, _ = _launch(3, args + ["--checkpoint-dir", ck, "--resume", "auto"])
+    rc, out, err = procs.finish(proc, 120)
+    assert rc == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["params_sha256"] == whole["params_sha256"]

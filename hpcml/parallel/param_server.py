@@ -41,8 +41,8 @@ from hpcml import comm as hc
 
 from .base import StepFlags, Strategy
 
-TAG_PUSH_HDR, TAG_PUSH, TAG_PULL_HDR, TAG_PULL = 71, 72, 73, 74
-PUSH, DONE = 0.0, 1.0
+TAG_PUSH_HDR, TAG_PUSH, TAG_PULL_HDR, TAG_PULL, TAG_STATE = 71, 72, 73, 74, 75
+PUSH, DONE, STATE = 0.0, 1.0, 2.0
 HDR = 8  # kind, clock, version read, rows, denominator, lr, flags, worker rank
 MODES = ("bsp", "asp", "ssp", "backup")
 
@@ -120,6 +120,9 @@ class ParameterServer(Strategy):
         self.tracer = None  # a parallel.trace.Tracer: push and pull spans
         self.epoch_staleness = Counter()  # this worker's pushes since the last epoch
         self._read, self._dropped = 0, False
+        self._stop_asked = self._stop_seen = False
+        self._opt_names = []  # the optimizer's state arrays (set by optimizer())
+        self._serial = None  # worker 0: the parameters of the last state_dict()
 
     def fail(self, error, step, epoch):
         """A worker's error (its data, say) is not agreed with the others (they are not in
@@ -132,15 +135,60 @@ class ParameterServer(Strategy):
         self.model.backward(dy, accumulate, input_grad=False)
 
     def sync(self, error=False, stop=False):
-        """This worker's own flags: its error (raised on this rank, which ends the job) and
-        a stop asked here."""
-        return StepFlags(1 if error else 0, 1 if stop else 0)
+        """This worker's error (raised on this rank, which ends the job) and the stop the
+        servers announced: a stop asked here rides on this step's push, every server
+        answers the round (bsp: every worker) with it, and each worker stops at its next
+        step boundary, after a checkpoint (bsp: all at the same step)."""
+        self._stop_asked = self._stop_asked or bool(stop)
+        return StepFlags(1 if error else 0, 1 if self._stop_seen else 0)
 
     def optimizer(self, factory):
         """The optimizer runs on the servers: the worker's holds no state (an optimizer
         over zero parameters gives the Trainer its learning rate)."""
         empty = np.zeros(0, self.model.dtype)
-        return factory(_Flat(empty, empty))
+        opt = factory(_Flat(empty, empty))
+        self._opt_names = sorted(k for k, v in opt.state_dict().items()
+                                 if isinstance(v, np.ndarray))
+        return opt
+
+    # --- checkpoints: worker 0 gathers the servers' state in the serial layout ----------
+    def state_dict(self, optimizer):
+        """Worker 0 (the checkpoint's writer): every server's parameter shard, optimizer
+        state shards, step count and clocks, joined in the serial layout (each server's
+        state as it is when the request arrives: in bsp after the round just answered).
+        The other workers: {}."""
+        if self.rank != 0:
+            return {}
+        n, dt = self.model.size, self.model.dtype
+        params = np.zeros(n, dt)
+        state = {name: np.zeros(n, dt) for name in self._opt_names}
+        h = np.zeros(HDR)
+        for k, s in enumerate(self.servers):
+            lo, hi = self.bounds[k], self.bounds[k + 1]
+            h[:] = 0
+            h[0], h[7] = STATE, self.rank
+            hc.send(h, s, TAG_PUSH_HDR, self.world)
+            head, clocks = np.zeros(HDR), np.zeros(self.W)
+            hc.recv(head, s, TAG_STATE, self.world)
+            hc.recv(clocks, s, TAG_STATE, self.world)
+            hc.recv(params[lo:hi], s, TAG_STATE, self.world)
+            for name in self._opt_names:
+                hc.recv(state[name][lo:hi], s, TAG_STATE, self.world)
+            if k == 0:
+                steps, version, kept = int(head[1]), int(head[0]), clocks.astype(int)
+        self._serial = params
+        return dict(state, steps=steps, ps_version=version, ps_clocks=kept.tolist())
+
+    def serial_params(self):
+        """Worker 0 after state_dict(): the servers' parameters; otherwise this worker's."""
+        return self._serial if self._serial is not None else self.model.params
+
+    def load_state_dict(self, optimizer, state):
+        """The servers load their own shards (train_ps.serve reads the checkpoint); a
+        worker takes its clock and the version from it."""
+        if "ps_clocks" in state:
+            self.clock = int(state["ps_clocks"][min(self.rank, len(state["ps_clocks"]) - 1)])
+            self.version = int(state["ps_version"])
 
     def step(self, optimizer, lr, clip=0.0):
         """Push this step's gradient shards (with lr), pull the parameters the servers
@@ -156,7 +204,8 @@ class ParameterServer(Strategy):
         for k, s in enumerate(self.servers):
             lo, hi = self.bounds[k], self.bounds[k + 1]
             h = self._hdr[k]
-            h[:] = (PUSH, self.clock, self.version, self.rows, self.denom, lr, 0, self.rank)
+            h[:] = (PUSH, self.clock, self.version, self.rows, self.denom, lr,
+                    float(self._stop_asked), self.rank)
             sends.append(hc.isend(h, s, TAG_PUSH_HDR, self.world))
             sends.append(hc.isend(g[lo:hi], s, TAG_PUSH, self.world))
         if span is not None:
@@ -184,6 +233,8 @@ class ParameterServer(Strategy):
             req.wait(polite=True)  # bsp: the slowest worker is computing
         self.version = int(replies[0][1][0])  # server 0's clock (all servers count alike)
         self._dropped = replies[0][1][1] > 0  # backup: this push came too late
+        self._stop_seen = self._stop_seen or any(h[2] > 0 for _, h in replies
+                                                 if h is not None)
 
     def set_rows(self, rows, denom):
         """The rows this worker's gradient covers and the loss's denominator (the
@@ -254,6 +305,7 @@ class Server:
         self.pending = []  # bsp/backup: workers whose gradient waits for the round
         self.held = []  # ssp: workers whose reply waits for the slowest
         self.updates = 0
+        self.stop = 0.0  # a worker asked to stop (or this server got SIGTERM): told in replies
 
     # --- the loop ----------------------------------------------------------------------
     def serve(self):
@@ -267,6 +319,10 @@ class Server:
                 self.active.discard(src)
                 self._progress()
                 continue
+            if h[0] == STATE:
+                self._send_state(src)
+                continue
+            self.stop = max(self.stop, h[6])
             self.heads[src] = h
             hc.recv(self.inbox[src], src, TAG_PUSH, self.comm)
             self._arrived(src)
@@ -352,8 +408,33 @@ class Server:
                 keep.append(w)
         self.held = keep
 
+    def _send_state(self, w):
+        """A checkpoint's share: version, step count, clocks, the shard, its optimizer
+        state arrays (sorted by name), to worker w."""
+        h = np.zeros(HDR)
+        h[0], h[1] = self.version, self.opt.steps
+        hc.send(h, w, TAG_STATE, self.comm)
+        hc.send(self.clocks.astype(np.float64), w, TAG_STATE, self.comm)
+        hc.send(self.params, w, TAG_STATE, self.comm)
+        state = self.opt.state_dict()
+        for name in sorted(k for k, v in state.items() if isinstance(v, np.ndarray)):
+            hc.send(np.ascontiguousarray(state[name]), w, TAG_STATE, self.comm)
+
+    def load(self, ck_params, optim_state):
+        """Resume: this shard of a checkpoint's serial parameters and optimizer state, the
+        version and the clocks it recorded."""
+        lo, hi = self.lo, self.hi
+        self.params[...] = ck_params[lo:hi]
+        mine = {k: (np.asarray(v)[lo:hi] if np.ndim(v) == 1 and np.size(v) == ck_params.size
+                    else v) for k, v in optim_state.items() if not k.startswith("ps_")}
+        self.opt.load_state_dict(mine)
+        self.version = int(optim_state.get("ps_version", 0))
+        clocks = optim_state.get("ps_clocks")
+        if clocks is not None and len(clocks) == self.W:
+            self.clocks[...] = clocks
+
     def _reply(self, w, dropped=False):
         h = np.zeros(HDR)
-        h[0], h[1] = self.version, float(dropped)
+        h[0], h[1], h[2] = self.version, float(dropped), self.stop
         hc.send(h, w, TAG_PULL_HDR, self.comm)
         hc.send(self.params, w, TAG_PULL, self.comm)
