@@ -238,7 +238,7 @@ def test_sigterm_checkpoints_every_worker_and_exits_0_then_resumes_bit_identical
     """1 server + 2 workers, bsp: SIGTERM to worker 0 (it asks in its next push) or to the
     server (it tells in its replies): every worker stops at the same step after a
     checkpoint, the job exits 0, and resuming ends with the uninterrupted run's bytes."""
-    args = ["--parallel", "ps", "--hidden", "32", "--epochs", "40", "--batch-size", "32",
+    args = ["--parallel", "ps", "--hidden", "32", "--epochs", "25", "--batch-size", "32",
             "--test-data", "none", "--dtype", "float64"]
     proc, _ = _launch(3, args)
     rc, out, err = procs.finish(proc, 120)
