@@ -365,7 +365,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     # model parallel: the serial model's layout only; each rank allocates its stages
     model = net(allocate=dims is None)
     strategy = train_ps.strategy(cfg, world, dcomm, model) if ps else \
-        _strategy(cfg, comm, model, dims, ds.task)
+        _strategy(cfg, comm, model, dims, ds.task, dcomm)
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
     startup.check_rank_memory(cfg, comm, strategy.param_bytes() + strategy.grad_bytes() +
                               strategy.state_bytes(opt), "data parallel" if dims is None
@@ -448,11 +448,12 @@ def _callbacks(cfg, comm, run_id, callbacks):
     return callbacks, board
 
 
-def _strategy(cfg, comm, model, dims, task):
-    """The run's Strategy: model parallel (dims), ZeRO, or data parallel."""
+def _strategy(cfg, comm, model, dims, task, dcomm=None):
+    """The run's Strategy: model parallel (dims; dcomm: its data-parallel group), Hogwild,
+    ZeRO, or data parallel."""
     if dims is not None:
         return train_pp.strategy(cfg, comm, model, dims,
-                                 "ce" if task == "classification" else "mse")
+                                 "ce" if task == "classification" else "mse", dcomm)
     if cfg["parallel"] == "hogwild":
         from hpcml.parallel.hogwild import Hogwild
         return Hogwild(model, comm, locked=cfg["hogwild_lock"])

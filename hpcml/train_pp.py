@@ -75,8 +75,8 @@ def data_comm(comm, pp, tp):
     return hc.split(comm, p * tp + t, d)
 
 
-def strategy(cfg, comm, model, dims, loss):
-    """The ModelParallel strategy of the run."""
+def strategy(cfg, comm, model, dims, loss, dp_comm=None):
+    """The ModelParallel strategy of the run (dp_comm: data_comm's, reused)."""
     dp, pp, tp = dims
     split = cfg["pipeline_split"]
     if split not in ("params", "time"):  # Linear layer indices -> the model's layer indices
@@ -85,7 +85,7 @@ def strategy(cfg, comm, model, dims, loss):
     return ModelParallel(model, comm, dp, pp, tp, schedule=cfg["pipeline_schedule"],
                          micro_batches=cfg["micro_batches"], virtual=cfg["virtual_stages"],
                          recompute=cfg["recompute"], algorithm=cfg["algorithm"],
-                         zero=cfg["zero"], loss=loss, bounds=split,
+                         zero=cfg["zero"], loss=loss, bounds=split, dp_comm=dp_comm,
                          balance_rows=max(1, cfg["batch_size"] // (
                              dp * cfg["accumulation"] * cfg["micro_batches"])))
 

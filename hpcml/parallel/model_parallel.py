@@ -67,7 +67,7 @@ class ModelParallel(Strategy):
 
     def __init__(self, model, comm, dp, pp, tp=1, schedule="1f1b", micro_batches=None,
                  virtual=1, recompute=False, algorithm="auto", zero=0, bounds="params",
-                 loss="ce", balance_rows=64):
+                 loss="ce", balance_rows=64, dp_comm=None):
         if dp * pp * tp != comm.Get_size():
             raise ValueError(f"dp x pp x tp = {dp} x {pp} x {tp} != {comm.Get_size()} ranks")
         self.comm, self.model, self.algorithm = comm, model, algorithm
@@ -76,7 +76,8 @@ class ModelParallel(Strategy):
         self.d, self.p, self.t = ranks_of(comm.Get_rank(), pp, tp)
         d, p, t = self.d, self.p, self.t
         self.pp_comm = hc.split(comm, d * tp + t, p)
-        self.dp_comm = hc.split(comm, p * tp + t, d)
+        # the stage's replicas (the caller's, when it split them already for its loader)
+        self.dp_comm = dp_comm if dp_comm is not None else hc.split(comm, p * tp + t, d)
         self.tp_comm = hc.split(comm, d * pp + p, t)
         self.model_comm = hc.split(comm, d, p * tp + t)
         error, runner = None, None

@@ -32,7 +32,6 @@ under the in-process communicator every rank's next wait raises), one message na
 rank; workers do not agree on errors with each other (they are not in step in asp).
 """
 import sys
-import time
 from collections import Counter
 
 import numpy as np
@@ -113,7 +112,8 @@ class ParameterServer(Strategy):
         self.bounds = shard_bounds(model.size, self.K)
         self.version, self.clock = 0, 0
         self.comm_seconds = 0.0
-        self._hdr = [np.zeros(HDR) for _ in self.servers]
+        self._hdr = [np.zeros(HDR) for _ in self.servers]  # push headers, reused
+        self._reply_hdr = [np.zeros(HDR) for _ in self.servers]  # pull headers, reused
         self.stats = None  # server 0's figures, after close()
         self._closed = False
         self.rows, self.denom = 0, 1
@@ -226,7 +226,7 @@ class ParameterServer(Strategy):
         replies = []
         for k, s in enumerate(self.servers):
             lo, hi = self.bounds[k], self.bounds[k + 1]
-            h = np.zeros(HDR)
+            h = self._reply_hdr[k]
             replies.append((hc.irecv(h, s, TAG_PULL_HDR, self.world), h))
             replies.append((hc.irecv(self.model.params[lo:hi], s, TAG_PULL, self.world), None))
         for req, _ in replies:
