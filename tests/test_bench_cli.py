@@ -105,6 +105,15 @@ def test_ps_benchmark_workers_write_their_figures(tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.load(open(out))
     assert d["curve"] and d["parameter_server"]["workers"] == 2 and d["updates_per_s"] > 0
+    # the copies kept during the run are evaluated after it: the last is the final model
+    assert d["curve"][-1][1] == d["steps"] and d["curve"][-1][2] == d["test_accuracy"]
+    assert all(0 < a <= 1 for _, _, a in d["curve"])
+    r = run(mpi + ["2", sys.executable, "-m", "hpcml.bench", "ps", "--worker", "run",
+                   "--mode", "hogwild-locked", "--servers", "1", "--epochs", "1", "--hidden", "32",
+                   "--batch-size", "64", "--curve", "0", "--worker-out", out], limit=120)
+    assert r.returncode == 0, r.stderr
+    d = json.load(open(out))  # both ranks' updates over the job's span
+    assert d["steps"] == 23 and d["updates_per_s"] > 0 and not d["curve"]
     r = run(mpi + ["2", sys.executable, "-m", "hpcml.bench", "ps", "--worker", "latency",
                    "--worker-out", out], limit=120)
     assert r.returncode == 0, r.stderr
