@@ -328,14 +328,19 @@ def _setup(cfg, comm):
     return (train_pp.data_comm(comm, *dims[1:]) if dims else comm), dims, M, None
 
 
-def _serve(cfg, comm, W, G):
-    """A parameter-server rank's run: the model's shape from the data's manifest."""
+def _serve(cfg, comm, W, G, peers):
+    """A parameter-server rank's run: the model's shape from the data's manifest; with
+    --init-from, the weights the workers start from (read here too)."""
     ds = ShardedDataset(_train_name(cfg), hc.self_comm())
     outputs = ds.classes if ds.task == "classification" else 1
+    spec = {"features": ds.features, "hidden": cfg["hidden_sizes"], "outputs": outputs,
+            "activation": cfg["activation"]}
+    init = (lambda model: startup.init_from(cfg["init_from"], hc.self_comm(), model, spec,
+                                            lambda *a: None)) if cfg["init_from"] else None
     return train_ps.serve(cfg, comm, W, lambda: nn.mlp(
         ds.features, cfg["hidden_sizes"], outputs, cfg["activation"], cfg["dropout"],
         dtype=np.dtype(cfg["dtype"]), seed=cfg["seed"], init=cfg["init"]),
-        lambda flat: _optimizer(cfg, flat, G))
+        lambda flat: _optimizer(cfg, flat, G), peers, init)
 
 
 def run(cfg, comm=None, log=print, history=None, callbacks=()):
@@ -346,7 +351,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
     K, G = cfg["accumulation"], cfg["batch_size"]
     dcomm, dims, M, ps = _setup(cfg, comm)
     if ps is not None and ps[0] == "server":
-        return _serve(cfg, comm, ps[1], G)
+        return _serve(cfg, comm, ps[1], G, dcomm)
     world = comm
     if ps is not None:  # a worker: everything below is among the workers
         comm = dcomm

@@ -13,8 +13,9 @@ from hpcml import comm as hc
 from hpcml.config import ConfigError
 from hpcml.parallel.param_server import ParameterServer, PSError, Server, layout, parse_mode
 
-UNSUPPORTED = (("clip", "--clip"), ("zero", "--zero"), ("overlap", "--overlap"),
-               ("init_from", "--init-from"))
+#: (setting, flag, the strategies that take it)
+UNSUPPORTED = (("clip", "--clip", ("ps", "hogwild")), ("zero", "--zero", ()),
+               ("overlap", "--overlap", ()), ("init_from", "--init-from", ("ps",)))
 
 
 def validate(cfg, bad):
@@ -41,8 +42,8 @@ def validate(cfg, bad):
             bad("straggler", "needs a worker rank >= 0 and a factor >= 1")
     if cfg["parallel"] != "dp":
         kind = cfg["parallel"]
-        for key, flag in UNSUPPORTED:
-            if cfg[key] and not (kind == "hogwild" and key == "clip"):
+        for key, flag, takes in UNSUPPORTED:
+            if cfg[key] and kind not in takes:
                 bad(key, f"{flag} is not supported with --parallel {kind} yet")
         if cfg["pp"] > 1 or cfg["tp"] > 1 or cfg["dp"]:
             bad("parallel", f"--parallel {kind} trains whole models on its workers: leave "
@@ -71,14 +72,19 @@ def strategy(cfg, comm, workers_comm, model):
     return ParameterServer(model, comm, workers_comm, cfg["servers"], cfg["consistency"])
 
 
-def serve(cfg, comm, W, net, make_opt):
-    """A server rank's whole run: its shard of net()'s initial parameters served until
-    every worker is done; returns (summary, None)."""
+def serve(cfg, comm, W, net, make_opt, peers=None, init=None):
+    """A server rank's whole run: its shard of net()'s initial parameters (or init(model)'s
+    for --init-from, the workers' starting weights) served until every worker is done;
+    peers: the servers' communicator (bsp --clip). Returns (summary, None)."""
     t0 = time.perf_counter()
     k = comm.Get_rank() - W
-    server = Server(comm, W, k, cfg["servers"], net().params, make_opt, cfg["consistency"])
-    ck = _checkpoint(cfg)
-    if ck is not None:  # the same file worker 0 resumes from (read before anyone writes)
+    ck = _checkpoint(cfg)  # the same file worker 0 resumes from (read before anyone writes)
+    model = net()
+    if ck is None and init is not None:
+        init(model)
+    server = Server(comm, W, k, cfg["servers"], model.params, make_opt, cfg["consistency"],
+                    clip=cfg["clip"], peers=peers)
+    if ck is not None:
         server.load(ck["params"], ck["optim"])
     old = {}
 

@@ -50,6 +50,59 @@ def test_bsp_equals_data_parallel_training(servers, ranks, optimizer):
     assert stats["updates"] == 30 and stats["staleness"] == {"0": 30 * (ranks - servers)}
 
 
+def _saved_model(tmp_path):
+    """A model file to start from (one process, 10 steps of its own seed)."""
+    from hpcml import comm as hc
+    path = str(tmp_path / "start.h5")
+    train.run(_cfg(max_steps=10, seed=7, save_model=path), hc.self_comm(),
+              log=lambda *a: None)
+    return path
+
+
+def test_bsp_clip_and_init_from_equal_data_parallel(tmp_path):
+    """2 servers + 2 workers, --clip binding (the round's norm summed over both servers'
+    shards) and --init-from (the servers read the weights too): worker 0's final
+    parameters equal one process's with the same settings."""
+    kw = dict(clip=0.05, init_from=_saved_model(tmp_path))
+    rel, stats = run_ranks(4, lambda c: bsp_equals_data_parallel(c, 2, **kw))[0]
+    assert rel < 1e-12, rel  # measured 1.5e-16
+    from hpcml import comm as hc
+    one = train.run(_cfg(**kw), hc.self_comm(), log=lambda *a: None)[1].params
+    unclipped = train.run(_cfg(init_from=kw["init_from"]), hc.self_comm(),
+                          log=lambda *a: None)[1].params
+    assert np.abs(one - unclipped).max() > 1e-3 * np.abs(unclipped).max()  # it binds
+
+
+def test_async_clip_bounds_every_push_and_init_from_reaches_the_servers(tmp_path,
+                                                                       monkeypatch):
+    """asp, 1 server + 2 workers: with --clip every applied gradient (a worker's mean)
+    has norm <= clip, without it some exceed it; with --init-from and lr 1e-30 (every
+    update below an ulp) the final parameters are the file's (the server started from
+    them, not from its seed)."""
+    from hpcml.model import load_model
+    from hpcml.parallel import param_server
+    norms, real = [], param_server.Server._apply
+
+    def apply(self, ws):
+        real(self, ws)
+        norms.append(float(np.linalg.norm(self.grads)))
+    monkeypatch.setattr(param_server.Server, "_apply", apply)
+    for clip in (0.0, 0.05):
+        del norms[:]
+        run_ranks(3, lambda c: train.run(_cfg(parallel="ps", consistency="asp", clip=clip),
+                                         c, log=lambda *a: None))
+        assert len(norms) == 60
+        if clip:
+            assert max(norms) <= clip * (1 + 1e-9), max(norms)
+        else:
+            assert max(norms) > 0.1, max(norms)
+    path = _saved_model(tmp_path)
+    out = run_ranks(3, lambda c: train.run(_cfg(parallel="ps", consistency="asp",
+                                                 lr=1e-30, init_from=path), c,
+                                           log=lambda *a: None))  # steps below an ulp
+    np.testing.assert_array_equal(out[0][1].params, load_model(path).net.params)
+
+
 @pytest.mark.parametrize("bound", [0, 2])
 def test_ssp_bound_holds_with_a_5x_straggler_and_fast_workers_wait(bound):
     """1 server + 3 workers, worker 2 five times slower: no applied update is staler than
@@ -78,7 +131,7 @@ def test_backup_drops_the_stragglers_late_gradients():
     (dict(consistency="sync"), "consistency = 'sync': must be bsp, asp, ssp:S or backup:B"),
     (dict(consistency="ssp:-1"), "the staleness bound must be >= 0"),
     (dict(consistency="asp:3"), "asp takes no bound"),
-    (dict(clip=1.0), "--clip is not supported with --parallel ps yet")])
+    (dict(zero=1), "--zero is not supported with --parallel ps yet")])
 def test_bad_settings_are_refused_by_name(kw, msg):
     with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         _cfg(parallel="ps", **kw)

@@ -27,6 +27,10 @@ staleness is the step its worker computed (its clock) minus the version of the p
 it computed on. bsp and backup: 0; ssp:S: at most S; asp: unbounded (measured). Each
 server keeps a histogram; server 0 sends its own to every worker at the end.
 
+`--clip`: in bsp the servers clip each round's gradient by its global norm (the squares
+summed over the servers), as data parallelism does; in the other modes each worker clips
+its own push (its mean gradient), a worker-side clip of each update alone.
+
 Errors end the job: an exception on any rank aborts every rank (hpcml.comm's entry point;
 under the in-process communicator every rank's next wait raises), one message naming the
 rank; workers do not agree on errors with each other (they are not in step in asp).
@@ -195,6 +199,8 @@ class ParameterServer(Strategy):
         answer with."""
         t = hc.wtime()
         g = self.model.grads
+        if clip and self.mode != "bsp":  # bsp: the servers clip the round's gradient
+            self._clip_own(g, clip)
         sends = []
         self._read = self.version
         span = self.tracer.span if self.tracer is not None else None
@@ -221,6 +227,17 @@ class ParameterServer(Strategy):
         # the version read; rounds: 0 when applied, dropped when late)
         seen = self.clock - 1 - self._read if self.mode in ("asp", "ssp") else 0
         self.epoch_staleness["dropped" if self._dropped else seen] += 1
+
+    def _clip_own(self, g, clip):
+        """asp, ssp, backup: this push's gradient as the servers apply it (the mean over
+        this worker's rows) clipped to L2 norm `clip`, PyTorch's rule (a worker-side clip:
+        each update alone; a backup round's mean of clipped gradients stays within it)."""
+        scale = self.denom / self.rows if self.rows and self.rows != self.denom else 1.0
+        g64 = g.astype(np.float64)
+        norm = float(np.sqrt(np.dot(g64, g64))) * scale
+        coef = clip / (norm + 1e-6)
+        if np.isfinite(norm) and coef < 1:
+            g *= g.dtype.type(coef)
 
     def _pull(self):
         replies = []
@@ -285,8 +302,10 @@ class Server:
     """One server's loop (see the module docstring): shard k of `params` (the serial flat
     vector, the same initial values as the workers'), its optimizer from make_opt(flat)."""
 
-    def __init__(self, comm, workers, k, servers, params, make_opt, mode="bsp"):
+    def __init__(self, comm, workers, k, servers, params, make_opt, mode="bsp", clip=0.0,
+                 peers=None):
         self.comm, self.W, self.k = comm, workers, k
+        self.clip, self.peers = float(clip), peers  # bsp --clip: the servers' communicator
         self.mode, self.bound = parse_mode(mode, workers)
         b = shard_bounds(params.size, servers)
         self.lo, self.hi = b[k], b[k + 1]
@@ -394,8 +413,22 @@ class Server:
         rows, denom = heads[:, 3].sum(), heads[0, 4]
         if rows != denom and rows > 0:
             g *= g.dtype.type(denom / rows)
+        if self.clip and self.mode == "bsp":
+            self._clip_round(g)
         self.opt.step(lr=float(heads[0, 5]))
         self.updates += 1
+
+    def _clip_round(self, g):
+        """bsp: the round's gradient clipped by its global norm, the squares summed over
+        the servers' shards (every server applies the same rounds in the same order), as
+        data parallelism clips its all-reduced gradient."""
+        sq = float(np.sum(g.astype(np.float64) ** 2))
+        if self.peers is not None and self.peers.Get_size() > 1:
+            sq = hc.reduce_value(sq, "sum", self.peers)
+        norm = float(np.sqrt(sq))
+        coef = self.clip / (norm + 1e-6)  # PyTorch's rule, as hpcml.kernels.clip_grad_norm
+        if np.isfinite(norm) and coef < 1:
+            g *= g.dtype.type(coef)
 
     def _advance(self):
         """asp/ssp: the version is the slowest active worker's clock."""
