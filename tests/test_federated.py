@@ -1,0 +1,173 @@
+"""Federated learning (issue 18): the identities (FedAvg with C=1, E=1, B=all equals FedSGD
+equals one centralised full-batch step; FedProx with mu=0 equals FedAvg), the aggregators
+against independent oracles (NumPy, SciPy, Flower's aggregate functions when installed),
+the same global model at 1..4 ranks, partitions, and bad settings."""
+import re
+
+import numpy as np
+import pytest
+
+from hpcml import nn
+from hpcml.comm.inproc import run_ranks
+from hpcml.config import ConfigError
+from hpcml.federated import aggregate, partition
+from hpcml.federated import job
+
+
+def _cfg(tmp_path, **kw):
+    c = {k: v[0] for k, v in job.SETTINGS.items()}
+    c.update(dict(output=str(tmp_path / "out"), verbose=False, plot=False, hidden="16",
+                  dtype="float64", rounds=3, clients=20, fraction=0.25), **kw)
+    return job.validate(c)
+
+
+def _run(cfg, ranks=1):
+    """(summary, the global model's parameters) on rank 0 of `ranks` in-process ranks."""
+    from hpcml.federated.simulation import Federation
+
+    def body(comm):
+        c = dict(cfg)
+        x, y, xt, yt, ids = job.load(c, comm)
+        fed = Federation(c, comm, x, y, xt, yt, ids)
+        for _ in range(c["rounds"]):
+            fed.step()
+        return fed.evaluate(), fed.params.copy()
+    return run_ranks(ranks, body)[0]
+
+
+def test_fedavg_one_epoch_full_batch_equals_fedsgd_equals_a_centralised_step(tmp_path):
+    """C=1, E=1, B=all, one round, float64: the rows-weighted mean of the clients' steps is
+    one full-batch SGD step on the union (computed here with hpcml.nn directly)."""
+    kw = dict(fraction=1.0, rounds=1, local_batch=0, partition="dirichlet:0.5", lr=0.1)
+    _, avg = _run(_cfg(tmp_path, **kw))
+    _, sgd = _run(_cfg(tmp_path, strategy="fedsgd", local_epochs=3, **kw))
+    cfg = _cfg(tmp_path, **kw)
+    from hpcml import comm as hc
+    x, y, *_ = job.load(cfg, hc.self_comm())
+    m = nn.mlp(x.shape[1], [16], 10, dtype=np.float64, seed=cfg["seed"])
+    w0 = m.params.copy()
+    out = m.forward(x, train=True)
+    _, dy = nn.cross_entropy(out, y)
+    m.backward(dy, False, input_grad=False)
+    central = w0 - 0.1 * m.grads
+    step = np.abs(central - w0).max()
+    assert step > 1e-3  # the step moves the model
+    for p in (avg, sgd):  # relative to the step (the parameters agree to many more digits)
+        assert np.abs(p - central).max() / step < 1e-12, np.abs(p - central).max() / step
+
+
+def test_fedprox_mu_0_equals_fedavg_and_mu_changes_it(tmp_path):
+    kw = dict(partition="shards:2", local_epochs=2)
+    _, avg = _run(_cfg(tmp_path, **kw))
+    _, prox0 = _run(_cfg(tmp_path, strategy="fedprox", mu=0.0, **kw))
+    _, prox = _run(_cfg(tmp_path, strategy="fedprox", mu=1.0, **kw))
+    np.testing.assert_array_equal(avg, prox0)
+    assert np.abs(prox - avg).max() > 1e-4
+
+
+@pytest.mark.parametrize("kw", [
+    dict(partition="shards:2", dropout_rate=0.3, stragglers=0.5),
+    dict(partition="dirichlet:0.3", strategy="fedadam", server_lr=0.01, dtype="float32"),
+    dict(partition="quantity:1.0", aggregator="multikrum:1:3", byzantine=0.2,
+         strategy="fedavgm", server_lr=0.5)])
+def test_the_global_model_is_bit_identical_at_1_to_4_ranks(tmp_path, kw):
+    cfg = _cfg(tmp_path, **kw)
+    ref_eval, ref = _run(cfg, 1)
+    for ranks in (2, 3, 4):
+        ev, p = _run(cfg, ranks)
+        np.testing.assert_array_equal(p, ref)
+        assert ev["test_accuracy"] == ref_eval["test_accuracy"]
+
+
+def _updates(m=7, p=50, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, p)), rng.integers(5, 50, m)
+
+
+def test_aggregators_against_numpy_and_scipy():
+    from scipy.stats import trim_mean
+    u, n = _updates()
+    np.testing.assert_allclose(aggregate(u, n, "mean"), np.average(u, axis=0, weights=n),
+                               rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(aggregate(u, n, "median"), np.median(u, axis=0))
+    np.testing.assert_allclose(aggregate(u, n, "trimmed", (0.2,)),
+                               trim_mean(u, 0.2, axis=0), rtol=1e-13, atol=1e-15)
+    # Krum: an outlier far from the others is never chosen; brute-force scores
+    u[3] += 100.0
+    f = 1
+    d = ((u[:, None, :] - u[None, :, :]) ** 2).sum(-1)
+    scores = [np.sort(np.delete(d[i], i))[:len(u) - f - 2].sum() for i in range(len(u))]
+    np.testing.assert_array_equal(aggregate(u, n, "krum", (f,)), u[int(np.argmin(scores))])
+    assert not np.array_equal(aggregate(u, n, "krum", (f,)), u[3])
+
+
+def test_aggregators_equal_flowers():
+    """Flower's own aggregate functions (the test oracle the issue names)."""
+    agg = pytest.importorskip("flwr.server.strategy.aggregate")
+    u, n = _updates(m=9)
+    res = [([row], int(k)) for row, k in zip(u, n)]
+    np.testing.assert_allclose(aggregate(u, n, "mean"), agg.aggregate(res)[0], rtol=1e-13)
+    np.testing.assert_allclose(aggregate(u, n, "median"), agg.aggregate_median(res)[0])
+    np.testing.assert_allclose(aggregate(u, n, "trimmed", (0.2,)),
+                               agg.aggregate_trimmed_avg(res, 0.2)[0], rtol=1e-13)
+    np.testing.assert_allclose(aggregate(u, n, "krum", (2,)),
+                               agg.aggregate_krum(res, 2, 0)[0])
+    np.testing.assert_allclose(aggregate(u, n, "multikrum", (2, 4)),
+                               agg.aggregate_krum(res, 2, 4)[0], rtol=1e-13)
+
+
+def test_partitions_deal_every_row_once():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 10, 1000)
+    for spec in ("iid", "shards:2", "dirichlet:0.5", "quantity:0.5"):
+        parts = partition(spec, y, 50, seed=3)
+        assert len(parts) == 50 and all(len(p) for p in parts)
+        np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(1000))
+        assert [list(p) for p in parts] == [list(p) for p in partition(spec, y, 50, seed=3)]
+    shards = partition("shards:2", y, 50, seed=3)
+    assert max(len(np.unique(y[p])) for p in shards) <= 3  # two label-sorted shards
+    assert np.mean([len(np.unique(y[p])) for p in shards]) < 2.5
+    iid = partition("iid", y, 50, seed=3)
+    assert np.mean([len(np.unique(y[p])) for p in iid]) > 8
+    ids = rng.integers(0, 7, 1000)
+    nat = partition("natural", y, 0, ids=ids)
+    assert len(nat) == 7 and all((ids[p] == ids[p][0]).all() for p in nat)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(fraction=0.0), "fraction = 0.0: must be in (0, 1]"),
+    (dict(fraction=1.5), "fraction = 1.5: must be in (0, 1]"),
+    (dict(strategy="fedfoo"), "strategy = 'fedfoo': must be one of"),
+    (dict(aggregator="krum:4", clients=20, fraction=0.25), "Krum needs at least F + 3"),
+    (dict(partition="shards"), "needs shards:K"),
+    (dict(mu=0.1), "mu = 0.1: is FedProx's proximal weight"),
+])
+def test_bad_settings_are_one_message(tmp_path, kw, msg):
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        _cfg(tmp_path, **kw)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(clients=5000), "clients = 5000: must be between 1 and the 1438 rows"),
+    (dict(clients=400, partition="dirichlet:0.01"), "client(s) with no rows"),
+])
+def test_impossible_partitions_are_refused_on_every_rank(tmp_path, kw, msg):
+    cfg = _cfg(tmp_path, **kw)
+    errors = []
+
+    def body(comm):
+        try:
+            job.run(dict(cfg), comm, log=lambda *a: None)
+        except ConfigError as e:
+            errors.append(str(e))
+    run_ranks(2, body)
+    assert len(errors) == 2 and all(msg in e for e in errors), errors
+
+
+def test_fedavg_learns_digits(tmp_path):
+    """100 IID clients, C=0.1, E=5, B=10: over 90% test accuracy in 30 rounds."""
+    from hpcml import comm as hc
+    s = job.run(_cfg(tmp_path, clients=100, fraction=0.1, local_epochs=5, rounds=30,
+                     hidden="64", dtype="float32", lr=0.05, target=0.9),
+                hc.self_comm(), log=lambda *a: None)
+    assert s["test_accuracy"] > 0.9 and s["rounds_to_target"] <= 30, s
