@@ -171,3 +171,46 @@ def test_fedavg_learns_digits(tmp_path):
                      hidden="64", dtype="float32", lr=0.05, target=0.9),
                 hc.self_comm(), log=lambda *a: None)
     assert s["test_accuracy"] > 0.9 and s["rounds_to_target"] <= 30, s
+
+
+def test_a_run_stopped_by_an_error_resumes_bit_identical(tmp_path, monkeypatch):
+    """2 in-process ranks, a checkpoint every 2 rounds, an exception in round 5: the run
+    resumed from round 4 ends with the bytes of the run never stopped, and rounds.jsonl
+    holds each round once; a resume with another partition is refused by name."""
+    import json
+    from hpcml.federated import simulation
+    kw = dict(rounds=6, partition="shards:2", strategy="fedyogi", server_lr=0.01)
+    ref = run_ranks(2, lambda c: job.run(_cfg(tmp_path, **kw), c, log=lambda *a: None))[0]
+    ref_params = _run(_cfg(tmp_path, **kw), 1)[1]
+    ck = dict(checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=2, resume="auto")
+    real = simulation.Federation.step
+
+    def step(self):
+        if self.round == 4:
+            raise RuntimeError("boom in round 5")
+        return real(self)
+    monkeypatch.setattr(simulation.Federation, "step", step)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_ranks(2, lambda c: job.run(_cfg(tmp_path, **kw, **ck), c, log=lambda *a: None))
+    monkeypatch.setattr(simulation.Federation, "step", real)
+    seen = {}
+
+    def body(comm):
+        s = job.run(_cfg(tmp_path, **kw, **ck), comm, log=lambda *a: None)
+        seen[comm.Get_rank()] = s
+    orig = simulation.Federation.evaluate
+
+    def evaluate(self):
+        seen.setdefault("params", self.params.copy())  # the final round's model
+        seen["params"] = self.params.copy()
+        return orig(self)
+    monkeypatch.setattr(simulation.Federation, "evaluate", evaluate)
+    run_ranks(2, body)
+    assert seen[0]["resumed_from"].endswith("step-00000004.h5")
+    np.testing.assert_array_equal(seen["params"], ref_params)
+    assert seen[0]["test_accuracy"] == ref["test_accuracy"]
+    with open(tmp_path / "out" / "rounds.jsonl") as f:
+        assert [json.loads(line)["round"] for line in f] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(ConfigError, match="different run: partition 'shards:2' there"):
+        run_ranks(2, lambda c: job.run(_cfg(tmp_path, **dict(kw, partition="iid"), **ck), c,
+                                       log=lambda *a: None))

@@ -30,6 +30,7 @@ from hpcml.data import DataError, ShardedDataset
 
 from .aggregate import STRATEGIES, AggregateError, parse_aggregator
 from .client import parse_attack
+from . import resume
 from .partition import PartitionError, parse as parse_partition
 from .simulation import Federation
 
@@ -75,6 +76,11 @@ SETTINGS = {
     "eval_every": (1, int, "rounds between test evaluations (and lines)"),
     "target": (0.0, float, "test accuracy whose first round is reported (0: none)"),
     "output": ("federated-out", str, "folder: rounds.jsonl, summary.json, rounds.png"),
+    "checkpoint_dir": ("", str, "folder for checkpoints ('': none)"),
+    "checkpoint_every": (10, int, "rounds between checkpoints (and one after the last)"),
+    "keep": (3, int, "checkpoints kept"),
+    "resume": ("", str, "'auto' (the latest good checkpoint in --checkpoint-dir, if any) "
+                        "or a checkpoint file; '' starts fresh"),
     "plot": (True, bool, "write rounds.png"),
     "verbose": (True, bool, "a line per evaluated round from rank 0"),
 }
@@ -86,7 +92,10 @@ def validate(cfg):
     if not 0 < cfg["fraction"] <= 1:
         bad("fraction", "must be in (0, 1] (for one client per round, McMahan's C = 0, "
                         "use 1/clients)")
-    for key in ("clients", "rounds", "local_epochs", "eval_every"):
+    if cfg["resume"] == "auto" and not cfg["checkpoint_dir"]:
+        bad("resume", "'auto' needs --checkpoint-dir")
+    for key in ("clients", "rounds", "local_epochs", "eval_every", "checkpoint_every",
+                "keep"):
         if cfg[key] < 1:
             bad(key, "must be >= 1")
     if cfg["local_batch"] < 0:
@@ -193,21 +202,13 @@ def run(cfg, comm, log=print):
     say = log if rank == 0 and cfg["verbose"] else (lambda *a: None)
     say(f"# {len(fed.clients)} clients ({cfg['partition']}: "
         f"{json.dumps(fed.partition_figures())}), {comm.Get_size()} rank(s)")
-    rows, reached = [], None
-    path = os.path.join(cfg["output"], "rounds.jsonl")
-    with (open(path, "w") if rank == 0 else open(os.devnull, "w")) as out:
-        for r in range(cfg["rounds"]):
-            entry = fed.step()
-            if entry["round"] % cfg["eval_every"] == 0 or r == cfg["rounds"] - 1:
-                entry.update(fed.evaluate())
-                rows.append(entry)
-                out.write(json.dumps(entry) + "\n")
-                out.flush()
-                acc = entry.get("test_accuracy")
-                if reached is None and cfg["target"] and acc is not None and \
-                        acc >= cfg["target"]:
-                    reached = entry["round"]
-                say(_line(entry, cfg["rounds"]))
+    ck = resume.find(cfg)  # every rank reads the same file
+    rows = resume.restore(fed, ck) if ck is not None else []
+    if ck is not None:
+        say(f"# resumed from {ck['path']} (round {fed.round})")
+    _rounds(cfg, comm, fed, rows, say)
+    reached = next((e["round"] for e in rows if cfg["target"] and
+                    e.get("test_accuracy", -1) >= cfg["target"]), None)
     summary = {"job": "federated", "status": "done", "ranks": comm.Get_size(),
                "rounds": fed.round, "clients": len(fed.clients),
                "partition": fed.partition_figures(), "strategy": cfg["strategy"],
@@ -215,9 +216,32 @@ def run(cfg, comm, log=print):
                "bytes_down": fed.bytes_down, "rounds_to_target": reached,
                "seconds": time.perf_counter() - t0, **{k: v for k, v in rows[-1].items()
                                                        if k.startswith("test_")}}
+    if ck is not None:
+        summary["resumed_from"] = ck["path"]
     summary["rounds_per_second"] = fed.round / max(summary["seconds"], 1e-9)
     config.on_rank0(comm, lambda: _write(cfg, summary, rows), "writing the results")
     return summary
+
+
+def _rounds(cfg, comm, fed, rows, say):
+    """The rounds left; rank 0 writes rounds.jsonl (the resumed rows first) and the
+    checkpoints."""
+    path = os.path.join(cfg["output"], "rounds.jsonl")
+    with (open(path, "w") if comm.Get_rank() == 0 else open(os.devnull, "w")) as out:
+        for entry in rows:
+            out.write(json.dumps(entry) + "\n")
+        while fed.round < cfg["rounds"]:
+            entry = fed.step()
+            if entry["round"] % cfg["eval_every"] == 0 or fed.round == cfg["rounds"]:
+                entry.update(fed.evaluate())
+                rows.append(entry)
+                out.write(json.dumps(entry) + "\n")
+                out.flush()
+                say(_line(entry, cfg["rounds"]))
+            if cfg["checkpoint_dir"] and (fed.round % cfg["checkpoint_every"] == 0 or
+                                          fed.round == cfg["rounds"]):
+                config.on_rank0(comm, lambda: resume.save(cfg, fed, rows),
+                                "writing a checkpoint")
 
 
 def _line(e, total):
