@@ -214,3 +214,72 @@ def test_a_run_stopped_by_an_error_resumes_bit_identical(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="different run: partition 'shards:2' there"):
         run_ranks(2, lambda c: job.run(_cfg(tmp_path, **dict(kw, partition="iid"), **ck), c,
                                        log=lambda *a: None))
+
+
+def _renyi_numeric(q, sigma, alpha):
+    """RDP of one Poisson-subsampled Gaussian at order alpha by numerical integration of
+    E_{x ~ N(0, s^2)} [((1-q) + q exp((2x - 1) / (2 s^2)))^alpha] (Mironov et al.'s A)."""
+    x = np.linspace(-40 * sigma, 40 * sigma + 1, 800001)
+    p0 = np.exp(-x * x / (2 * sigma * sigma)) / np.sqrt(2 * np.pi * sigma * sigma)
+    ratio = (1 - q) + q * np.exp((2 * x - 1) / (2 * sigma * sigma))
+    a = np.trapezoid(p0 * ratio ** alpha, x)
+    return np.log(a) / (alpha - 1)
+
+
+@pytest.mark.parametrize("q,sigma,alpha", [(0.1, 1.0, 2), (0.05, 0.8, 7), (0.1, 1.0, 2.5),
+                                           (0.01, 1.5, 5.3), (0.2, 2.0, 12)])
+def test_rdp_matches_numerical_integration(q, sigma, alpha):
+    """Both series (integer and fractional orders) against the integral itself."""
+    from hpcml.federated.privacy import rdp
+    got = rdp(q, sigma, 1, orders=(alpha,))[0]
+    assert abs(got - _renyi_numeric(q, sigma, alpha)) <= 1e-6 * abs(got), got
+
+
+@pytest.mark.parametrize("q,sigma,steps,delta", [
+    (256 / 60000, 1.1, 14062, 1e-5), (0.1, 1.0, 100, 1e-5), (0.01, 0.8, 1000, 1e-6),
+    (0.05, 2.0, 500, 1e-5)])
+def test_epsilon_matches_dp_accounting(q, sigma, steps, delta):
+    """Google's dp-accounting (test-only) on the same Poisson-subsampled Gaussian."""
+    pytest.importorskip("dp_accounting")
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp_acc
+    from hpcml.federated.privacy import epsilon
+    acc = rdp_acc.RdpAccountant()
+    acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
+    ref = acc.get_epsilon(delta)
+    got, _ = epsilon(q, sigma, steps, delta)
+    assert abs(got - ref) <= 0.01 * ref, (got, ref)
+
+
+def test_dp_aggregation_clips_noises_and_adapts():
+    """Each update's contribution is clipped to S; the noise's std is z S / (q N); with
+    every norm above S, adaptive clipping raises S (b = 0 < the 0.5 quantile)."""
+    from hpcml.federated.privacy import DPAggregator
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((5, 200000)) * np.array([[0.001], [10], [10], [10], [10]])
+    quiet = DPAggregator(1e-9, 2.0, 5.0)
+    out = quiet(u, np.random.default_rng(1)) * 5.0  # the clipped sum
+    want = u[0] + sum(r * 2.0 / np.linalg.norm(r) for r in u[1:])
+    np.testing.assert_allclose(out, want, atol=1e-6)
+    noisy = DPAggregator(1.5, 2.0, 5.0)
+    n = noisy(np.zeros((3, 200000)), np.random.default_rng(2))
+    assert abs(n.std() / (1.5 * 2.0 / 5.0) - 1) < 0.01
+    ad = DPAggregator(1.0, 2.0, 5.0, adaptive=True, quantile=0.5, clip_lr=0.2,
+                      count_stddev=1.0)
+    ad(u[1:], np.random.default_rng(3))  # b = (0 + N(0, 1)) / 5: S x exp(0.1 +- 0.04)
+    assert 2.0 * np.exp(0.02) < ad.clip < 2.0 * np.exp(0.18), ad.clip
+    assert ad.update_noise == pytest.approx((1 - 0.25) ** -0.5)  # z_delta of the count
+    with pytest.raises(ValueError, match="raise --dp-noise"):
+        DPAggregator(1.0, 2.0, 5.0, adaptive=True)  # sigma_b = 5/20: 2 sigma_b < z
+
+
+def test_dp_fedavg_reports_epsilon_and_is_rank_independent(tmp_path):
+    from hpcml.federated.privacy import epsilon
+    cfg = _cfg(tmp_path, dp_noise=1.2, dp_clip=0.5, dp_adaptive=True, rounds=4,
+               clients=100, fraction=0.3)
+    ref = _run(cfg, 1)
+    np.testing.assert_array_equal(_run(cfg, 3)[1], ref[1])
+    s = job.run(dict(cfg), __import__("hpcml").comm.self_comm(), log=lambda *a: None)
+    assert s["epsilon"] == pytest.approx(epsilon(0.3, 1.2, 4, 1e-5)[0], rel=1e-12)
+    with pytest.raises(ConfigError, match="use mean with --dp-noise"):
+        _cfg(tmp_path, dp_noise=1.0, aggregator="median")

@@ -67,6 +67,15 @@ SETTINGS = {
     "drop_stragglers": (False, bool, "drop stragglers instead of using their partial work"),
     "byzantine": (0.0, float, "fraction of the N clients that attack (fixed set)"),
     "attack": ("scale:10", str, "the Byzantine update: sign-flip or scale:FACTOR"),
+    "dp_noise": (0.0, float, "DP-FedAvg: the Gaussian noise multiplier z (0: no "
+                             "differential privacy); clients are then Poisson-sampled"),
+    "dp_clip": (1.0, float, "DP-FedAvg: the L2 norm S each update is clipped to (the "
+                            "initial S with --dp-adaptive)"),
+    "dp_adaptive": (False, bool, "adapt S to a quantile of the update norms (Andrew et "
+                                 "al. 2021)"),
+    "dp_quantile": (0.5, float, "adaptive clipping: the target quantile"),
+    "dp_clip_lr": (0.2, float, "adaptive clipping: the learning rate of log S"),
+    "dp_delta": (1e-5, float, "the delta (epsilon, delta) is reported at"),
     "hidden": ("200,200", str, "hidden layer widths (McMahan's 2NN: 200,200)"),
     "activation": ("relu", str, "relu, tanh or gelu"),
     "init": ("torch", str, "weight initialisation: torch, he, xavier"),
@@ -119,6 +128,7 @@ def validate(cfg):
         parse_aggregator(cfg["aggregator"], m)
     except AggregateError as e:
         bad("aggregator", str(e).split(": ", 1)[1])
+    _check_dp(cfg, bad)
     if cfg["dtype"] not in ("float32", "float64"):
         bad("dtype", "must be float32 or float64")
     if cfg["activation"] not in ("relu", "tanh", "gelu"):
@@ -130,6 +140,29 @@ def validate(cfg):
     if any(h < 1 for h in cfg["hidden_sizes"]):
         bad("hidden", "must be comma-separated positive ints")
     return cfg
+
+
+def _check_dp(cfg, bad):
+    if cfg["dp_noise"] < 0:
+        bad("dp_noise", "must be >= 0 (0: off)")
+    if not cfg["dp_noise"]:
+        return
+    if not cfg["dp_clip"] > 0:
+        bad("dp_clip", "must be > 0")
+    if not 0 < cfg["dp_delta"] < 1:
+        bad("dp_delta", "must be in (0, 1)")
+    if not 0 < cfg["dp_quantile"] < 1:
+        bad("dp_quantile", "must be in (0, 1)")
+    if cfg["aggregator"] != "mean":
+        bad("aggregator", "differential privacy clips and averages: use mean with "
+                          "--dp-noise")
+    if cfg["dp_adaptive"]:
+        from .privacy import DPAggregator
+        try:
+            DPAggregator(cfg["dp_noise"], cfg["dp_clip"], cfg["fraction"] * cfg["clients"],
+                         True, cfg["dp_quantile"], cfg["dp_clip_lr"])
+        except ValueError as e:
+            bad("dp_noise", str(e).split(": ", 1)[1])
 
 
 def _check(cfg, key, parse, error):
@@ -218,6 +251,8 @@ def run(cfg, comm, log=print):
                                                        if k.startswith("test_")}}
     if ck is not None:
         summary["resumed_from"] = ck["path"]
+    if fed.dp is not None:
+        summary.update(epsilon=fed.epsilon(), delta=cfg["dp_delta"], dp_clip=fed.dp.clip)
     summary["rounds_per_second"] = fed.round / max(summary["seconds"], 1e-9)
     config.on_rank0(comm, lambda: _write(cfg, summary, rows), "writing the results")
     return summary
@@ -247,8 +282,10 @@ def _rounds(cfg, comm, fed, rows, say):
 def _line(e, total):
     acc = f"  test acc {e['test_accuracy']:.4f}" if "test_accuracy" in e else ""
     loss = f"  test loss {e['test_loss']:.4f}" if "test_loss" in e else ""
+    eps = f"  epsilon {e['epsilon']:.3f}" if "epsilon" in e else ""
     return (f"round {e['round']}/{total}  clients {e['reported']}/{e['clients']}  train "
-            f"loss {e['train_loss']:.4f}{acc}{loss}  up {e['bytes_up'] / 2 ** 20:,.1f} MiB")
+            f"loss {e['train_loss']:.4f}{acc}{loss}{eps}  up "
+            f"{e['bytes_up'] / 2 ** 20:,.1f} MiB")
 
 
 def _write(cfg, summary, rows):

@@ -29,12 +29,18 @@ from .client import Client, parse_attack
 from .partition import describe, partition
 
 
-def round_clients(seed, rnd, n_clients, fraction, dropout_rate=0.0, stragglers=0.0):
+def round_clients(seed, rnd, n_clients, fraction, dropout_rate=0.0, stragglers=0.0,
+                  poisson=False):
     """(sampled client ids, the ones that report, {client: True} for stragglers): the same
-    on every rank, from (seed, round) alone."""
-    m = max(1, int(round(fraction * n_clients)))
+    on every rank, from (seed, round) alone. poisson: each client independently with
+    probability `fraction` (differential privacy's sampling), else max(1, round(C N))."""
     rng = np.random.default_rng([seed, rnd, 0x5A])
-    chosen = np.sort(rng.choice(n_clients, m, replace=False))
+    if poisson:
+        chosen = np.flatnonzero(rng.random(n_clients) < fraction)
+    else:
+        m = max(1, int(round(fraction * n_clients)))
+        chosen = np.sort(rng.choice(n_clients, m, replace=False))
+    m = len(chosen)
     u = rng.random(m)
     alive = chosen[u >= dropout_rate]
     s = rng.random(len(alive))
@@ -73,6 +79,13 @@ class Federation:
                             cfg["weight_decay"], self.regression)
         self.round = 0
         self.bytes_up = self.bytes_down = 0
+        self.dp = None
+        if cfg["dp_noise"]:
+            from .privacy import DPAggregator, rdp
+            self.dp = DPAggregator(cfg["dp_noise"], cfg["dp_clip"],
+                                   cfg["fraction"] * len(self.clients), cfg["dp_adaptive"],
+                                   cfg["dp_quantile"], cfg["dp_clip_lr"])
+            self.rdp_round = rdp(cfg["fraction"], cfg["dp_noise"], 1)  # one round's
 
     def partition_figures(self):
         return describe(self.clients, self.y)
@@ -82,7 +95,7 @@ class Federation:
         cfg, comm, t0 = self.cfg, self.comm, time.perf_counter()
         chosen, alive, slow = round_clients(cfg["seed"], self.round, len(self.clients),
                                             cfg["fraction"], cfg["dropout_rate"],
-                                            cfg["stragglers"])
+                                            cfg["stragglers"], self.dp is not None)
         if cfg["drop_stragglers"]:
             alive = np.array([c for c in alive if int(c) not in slow], np.int64)
         parts = np.array_split(alive, comm.Get_size())
@@ -99,12 +112,17 @@ class Federation:
         nbytes = self.model.size * self.model.dtype.itemsize
         self.bytes_down += len(chosen) * nbytes
         self.bytes_up += len(alive) * nbytes
-        if len(alive):
+        if self.dp is not None:  # every round is a mechanism, even with no client
+            self.server.step(self.dp(updates, np.random.default_rng(
+                [cfg["seed"], self.round, 0xD9])))
+        elif len(alive):
             a = aggregate(updates, self.sizes[alive], self.agg[0], self.agg[1])
             self.server.step(a)
         self.round += 1
         weights = self.sizes[alive].astype(np.float64)
-        return {"round": self.round, "clients": int(len(chosen)),
+        extra = {} if self.dp is None else {"epsilon": self.epsilon(),
+                                            "dp_clip": self.dp.clip}
+        return {**extra, "round": self.round, "clients": int(len(chosen)),
                 "reported": int(len(alive)), "stragglers": len(slow),
                 "train_loss": float((loss * weights).sum() / max(weights.sum(), 1)),
                 "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
@@ -124,6 +142,11 @@ class Federation:
         if c in self.byzantine:
             delta *= delta.dtype.type(self.attack[1])
         return delta, n, loss
+
+    def epsilon(self):
+        """The privacy spent so far: epsilon at --dp-delta after self.round rounds."""
+        from .privacy import ORDERS, epsilon_from_rdp
+        return epsilon_from_rdp(self.rdp_round * self.round, self.cfg["dp_delta"], ORDERS)[0]
 
     def evaluate(self):
         """The global model's test figures (test rows split over the ranks)."""
@@ -152,6 +175,7 @@ class Federation:
 
     def state_dict(self):
         return {"round": self.round, "params": self.params.copy(),
+                "dp_clip": self.dp.clip if self.dp is not None else 0.0,
                 "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
                 **{f"server_{k}": v for k, v in self.server.state_dict().items()}}
 
@@ -159,5 +183,7 @@ class Federation:
         self.round = int(state["round"])
         self.params[...] = state["params"]
         self.bytes_up, self.bytes_down = int(state["bytes_up"]), int(state["bytes_down"])
+        if self.dp is not None:
+            self.dp.clip = float(state["dp_clip"])
         self.server.load_state_dict({k[7:]: v for k, v in state.items()
                                      if k.startswith("server_")})
