@@ -31,6 +31,8 @@ setup(
         "tensorboard": ["tensorboardX>=2.6"],
         # Numba CUDA for real GPUs (the CUDA simulator needs nothing extra).
         "cuda": ["numba-cuda"],
+        # python -m hpcml.federated --secagg: X25519, HKDF and AES-CTR
+        "secagg": ["cryptography>=41"],
         # Benchmark anchors only, never imported by hpcml at run time.
         "bench": ["torch", "matplotlib>=3.5", "scikit-learn", "openTSNE"],
         "test": [
@@ -41,6 +43,8 @@ setup(
             "scikit-learn",  # the oracle for PCA and t-SNE (and scipy, its dependency)
             "prometheus_client",  # its text parser checks --prometheus files
             "tensorboardX>=2.6",  # --tensorboard (its protobuf reads the files back)
+            "cryptography>=41",  # secure aggregation's tests
+            "dp-accounting",  # the oracle for the federated RDP accountant
         ],
     },
     entry_points={"console_scripts": [

@@ -283,3 +283,66 @@ def test_dp_fedavg_reports_epsilon_and_is_rank_independent(tmp_path):
     assert s["epsilon"] == pytest.approx(epsilon(0.3, 1.2, 4, 1e-5)[0], rel=1e-12)
     with pytest.raises(ConfigError, match="use mean with --dp-noise"):
         _cfg(tmp_path, dp_noise=1.0, aggregator="median")
+
+
+def _secagg_round(n=6, t=4, size=5000, seed=0):
+    from hpcml.federated import secagg as S
+    rng = np.random.default_rng(seed)
+    xs = [S.quantize(rng.standard_normal(size) * 3, 24) for _ in range(n)]
+    parties = [S.SecAggClient(i, 100 + i, bytes([i + 1]) * 32) for i in range(n)]
+    pks = [p.pk for p in parties]
+    return S, xs, parties, pks, [p.shares(n, t) for p in parties]
+
+
+@pytest.mark.parametrize("survivors", [[0, 1, 2, 3, 4, 5], [0, 2, 3, 5], [1, 2, 4, 5],
+                                       [5, 4, 3, 2, 1]])
+def test_secure_sum_equals_the_plain_fixed_point_sum(survivors):
+    """n = 6, t = 4: with 0, 1 or n - t = 2 clients dropped after masking, the unmasked sum
+    is the survivors' fixed-point sum, exactly; with 3 left (< t) the round aborts."""
+    S, xs, parties, pks, shares = _secagg_round()
+    ys = [p.masked(x, pks) for p, x in zip(parties, xs)]
+    total = np.zeros(len(xs[0]), np.uint64)
+    want = np.zeros(len(xs[0]), np.uint64)
+    for i in survivors:
+        total += ys[i]
+        want += xs[i]
+    np.testing.assert_array_equal(S.unmask(total, 6, survivors, pks, shares, 4), want)
+    assert not np.array_equal(total, want)  # the masks were there
+    with pytest.raises(ValueError, match="3 of 6 clients survived, the threshold is 4"):
+        S.unmask(total, 6, [0, 1, 2], pks, shares, 4)
+
+
+def test_a_masked_vector_is_uniform_and_independent_of_the_data():
+    """A client's y_i, with its update all zeros or a large ramp: each is uniform mod 2^64
+    (chi-square of the top byte over 256 bins) and the two are alike (chi-square of
+    homogeneity), so y_i alone says nothing of x_i."""
+    from scipy.stats import chi2_contingency, chisquare
+    from hpcml.federated import secagg as S
+    n = 200000
+    parties = [S.SecAggClient(i, i, bytes([7 + i]) * 32) for i in range(3)]
+    pks = [p.pk for p in parties]
+    hists = []
+    for x in (np.zeros(n, np.uint64), S.quantize(np.linspace(-50, 50, n), 24)):
+        y = parties[1].masked(x, pks)
+        h = np.bincount((y >> np.uint64(56)).astype(np.int64), minlength=256)
+        assert chisquare(h).pvalue > 1e-3
+        hists.append(h)
+    assert chi2_contingency(np.array(hists)).pvalue > 1e-3
+    plain = np.bincount((S.quantize(np.linspace(-50, 50, n), 24) >> np.uint64(56))
+                        .astype(np.int64), minlength=256)
+    assert chisquare(plain).pvalue < 1e-10  # the test sees structure when there is some
+
+
+def test_secagg_fedavg_matches_plain_fedavg_and_is_rank_independent(tmp_path):
+    """With clients dropping after masking: the securely aggregated global model equals
+    plain FedAvg's up to the fixed-point rounding (2^-24 per coordinate), bit-identical at
+    1 and 3 ranks."""
+    pytest.importorskip("cryptography")
+    kw = dict(dropout_rate=0.3, rounds=3, fraction=0.5)
+    ref = _run(_cfg(tmp_path, **kw), 1)[1]
+    sec = _run(_cfg(tmp_path, secagg=True, **kw), 1)[1]
+    assert 0 < np.abs(sec - ref).max() < 1e-8, np.abs(sec - ref).max()  # measured 4.8e-10
+    np.testing.assert_array_equal(_run(_cfg(tmp_path, secagg=True, **kw), 3)[1], sec)
+    with pytest.raises(ConfigError, match="secagg-threshold = 11: must be between 1 and "
+                                          "the 10 clients of a round"):
+        _cfg(tmp_path, secagg=True, secagg_threshold=11, **kw)

@@ -76,6 +76,11 @@ SETTINGS = {
     "dp_quantile": (0.5, float, "adaptive clipping: the target quantile"),
     "dp_clip_lr": (0.2, float, "adaptive clipping: the learning rate of log S"),
     "dp_delta": (1e-5, float, "the delta (epsilon, delta) is reported at"),
+    "secagg": (False, bool, "secure aggregation (Bonawitz et al. 2017): the server sees "
+                            "only masked updates and their sum; --dropout-rate clients "
+                            "then drop after masking (needs the `cryptography` package)"),
+    "secagg_threshold": (0, int, "Shamir threshold t (0: half the round's clients + 1)"),
+    "secagg_frac_bits": (24, int, "fixed-point fractional bits of the masked updates"),
     "hidden": ("200,200", str, "hidden layer widths (McMahan's 2NN: 200,200)"),
     "activation": ("relu", str, "relu, tanh or gelu"),
     "init": ("torch", str, "weight initialisation: torch, he, xavier"),
@@ -129,6 +134,7 @@ def validate(cfg):
     except AggregateError as e:
         bad("aggregator", str(e).split(": ", 1)[1])
     _check_dp(cfg, bad)
+    _check_secagg(cfg, bad, m)
     if cfg["dtype"] not in ("float32", "float64"):
         bad("dtype", "must be float32 or float64")
     if cfg["activation"] not in ("relu", "tanh", "gelu"):
@@ -163,6 +169,20 @@ def _check_dp(cfg, bad):
                          True, cfg["dp_quantile"], cfg["dp_clip_lr"])
         except ValueError as e:
             bad("dp_noise", str(e).split(": ", 1)[1])
+
+
+def _check_secagg(cfg, bad, m):
+    if not cfg["secagg"]:
+        return
+    if cfg["aggregator"] != "mean" or cfg["dp_noise"]:
+        bad("secagg", "the server learns only the sum: use --aggregator mean, without "
+                      "--dp-noise")
+    if cfg["secagg_threshold"] < 0 or cfg["secagg_threshold"] > m:
+        bad("secagg_threshold", f"must be between 1 and the {m} clients of a round (t > n "
+                                f"could never unmask; 0: {m // 2 + 1})")
+    if not 8 <= cfg["secagg_frac_bits"] <= 40:
+        bad("secagg_frac_bits", "must be in 8..40 (the sum of rows x updates must fit in "
+                                "64 bits)")
 
 
 def _check(cfg, key, parse, error):

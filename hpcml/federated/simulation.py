@@ -105,16 +105,25 @@ class Federation:
         losses = np.zeros(len(mine))
         for i, c in enumerate(mine):
             local[i], _, losses[i] = self._client(w, int(c), int(c) in slow)
+        if cfg["secagg"]:  # what leaves a client: its masked, quantised update
+            local = self._masked(chosen, mine, local)
         updates = hc.allgather_rows(local, comm, counts=[len(p) for p in parts]) \
             if comm.Get_size() > 1 else local
         loss = hc.allgather_rows(losses, comm, counts=[len(p) for p in parts]) \
             if comm.Get_size() > 1 else losses
         nbytes = self.model.size * self.model.dtype.itemsize
         self.bytes_down += len(chosen) * nbytes
-        self.bytes_up += len(alive) * nbytes
+        self.bytes_up += len(alive) * (local.shape[1] * local.dtype.itemsize if
+                                       cfg["secagg"] else nbytes)
+        aborted = False
         if self.dp is not None:  # every round is a mechanism, even with no client
             self.server.step(self.dp(updates, np.random.default_rng(
                 [cfg["seed"], self.round, 0xD9])))
+        elif cfg["secagg"]:
+            a = self._secure_mean(chosen, alive, updates)
+            aborted = a is None
+            if not aborted:
+                self.server.step(a)
         elif len(alive):
             a = aggregate(updates, self.sizes[alive], self.agg[0], self.agg[1])
             self.server.step(a)
@@ -122,6 +131,8 @@ class Federation:
         weights = self.sizes[alive].astype(np.float64)
         extra = {} if self.dp is None else {"epsilon": self.epsilon(),
                                             "dp_clip": self.dp.clip}
+        if cfg["secagg"]:
+            extra["aborted"] = aborted
         return {**extra, "round": self.round, "clients": int(len(chosen)),
                 "reported": int(len(alive)), "stragglers": len(slow),
                 "train_loss": float((loss * weights).sum() / max(weights.sum(), 1)),
@@ -142,6 +153,51 @@ class Federation:
         if c in self.byzantine:
             delta *= delta.dtype.type(self.attack[1])
         return delta, n, loss
+
+    # --- secure aggregation (hpcml.federated.secagg) ------------------------------------
+    def _secagg_parties(self, chosen):
+        """The round's clients as SecAgg parties (position order), their public keys, and
+        the threshold; the simulation derives each client's secrets from (seed, round,
+        client), so every rank can play any of them."""
+        from .secagg import SecAggClient, _hkdf
+        cfg = self.cfg
+        parties = [SecAggClient(i, int(c), _hkdf(b"%d %d %d" % (cfg["seed"], self.round,
+                                                                 int(c)), b"hpcml-secagg"))
+                   for i, c in enumerate(chosen)]
+        n = len(parties)
+        t = cfg["secagg_threshold"] or n // 2 + 1
+        return parties, [p.pk for p in parties], min(t, n)
+
+    def _masked(self, chosen, mine, local):
+        """y_i for this rank's clients: their update times their rows, and the rows as a
+        last coordinate, quantised and masked."""
+        from .secagg import quantize
+        parties, pks, _ = self._secagg_parties(chosen)
+        where = {int(c): i for i, c in enumerate(chosen)}
+        out = np.empty((len(mine), local.shape[1] + 1), np.uint64)
+        for k, c in enumerate(mine):
+            n = float(self.sizes[int(c)])
+            x = quantize(np.append(local[k].astype(np.float64) * n, n),
+                         self.cfg["secagg_frac_bits"])
+            out[k] = parties[where[int(c)]].masked(x, pks)
+        return out
+
+    def _secure_mean(self, chosen, alive, masked):
+        """The rows-weighted mean from the sum of the survivors' masked vectors (None: too
+        few survivors, the round is aborted)."""
+        from .secagg import dequantize, unmask
+        parties, pks, t = self._secagg_parties(chosen)
+        where = {int(c): i for i, c in enumerate(chosen)}
+        survivors = [where[int(c)] for c in alive]
+        if len(survivors) < t:
+            return None
+        total = np.zeros(masked.shape[1], np.uint64)
+        for row in masked:
+            total += row
+        shares = [p.shares(len(parties), t) for p in parties]
+        s = dequantize(unmask(total, len(parties), survivors, pks, shares, t),
+                       self.cfg["secagg_frac_bits"])
+        return s[:-1] / s[-1]
 
     def epsilon(self):
         """The privacy spent so far: epsilon at --dp-delta after self.round rounds."""
