@@ -346,3 +346,36 @@ def test_secagg_fedavg_matches_plain_fedavg_and_is_rank_independent(tmp_path):
     with pytest.raises(ConfigError, match="secagg-threshold = 11: must be between 1 and "
                                           "the 10 clients of a round"):
         _cfg(tmp_path, secagg=True, secagg_threshold=11, **kw)
+
+
+def test_fedprox_synthetic_data_and_a_natural_partition(tmp_path):
+    """synth --federated 1,1: the last column is the client id, every client has >= 10 rows
+    (a power law: the largest far above the median), the rows are a function of the seed;
+    a larger beta spreads the clients' feature means; the federated job trains on it with
+    --partition natural."""
+    import subprocess
+    import sys
+    from hpcml import comm as hc
+    def make(name, fed):
+        r = subprocess.run([sys.executable, "-m", "hpcml.data", "synth", str(tmp_path / name),
+                            "--federated", fed, "--clients", "20", "--rows", "4000",
+                            "--features", "12", "--classes", "5", "--shards", "2",
+                            "--test-rows", "500"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return job._read(str(tmp_path / name / "train"), hc.self_comm())[:2]
+    x, y = make("a", "1,1")
+    x2, y2 = make("b", "1,1")
+    np.testing.assert_array_equal(x, x2)
+    ids = x[:, -1].astype(int)
+    sizes = np.bincount(ids)
+    assert len(sizes) == 20 and sizes.min() >= 10 and sizes.sum() == 4000
+    assert sizes.max() > 4 * np.median(sizes)
+    def between(x):  # variance over the clients of their mean feature (v_k's entries)
+        ids = x[:, -1].astype(int)
+        return np.var([x[ids == k, :-1].mean() for k in range(20)])
+    # beta: v_k's entries ~ N(B_k, 1), B_k ~ N(0, beta): the spread grows with beta
+    assert between(make("d", "0,10")[0]) > 3 * between(make("c", "0,0")[0])
+    s = job.run(_cfg(tmp_path, data=str(tmp_path / "a"), partition="natural",
+                     client_column=12, fraction=0.5, rounds=3, hidden=""),
+                hc.self_comm(), log=lambda *a: None)
+    assert s["clients"] == 20 and s["partition"]["rows_min"] >= 10 and s["test_accuracy"] > 0

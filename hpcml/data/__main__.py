@@ -126,6 +126,12 @@ def _parser():
                    "(train --data OUTPUT then finds both)")
     s.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="feature dtype")
+    s.add_argument("--federated", metavar="ALPHA,BETA", help="FedProx's Synthetic(ALPHA, "
+                   "BETA) over --clients clients (e.g. 1,1; --features 60 --classes 10 as "
+                   "the paper); the last feature column is the client id (python -m "
+                   "hpcml.federated --partition natural --client-column FEATURES)")
+    s.add_argument("--clients", type=int, default=30, help="--federated: clients (sizes "
+                   "follow a power law)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a dataset already in OUTPUT (swapped in whole at the end)")
     s.add_argument("--log-every", type=float, default=30.0, help="seconds between rank 0's "
@@ -165,10 +171,14 @@ def _parser():
 def _write(args, folder, comm):
     from hpcml import data
     if args.cmd == "synth":
+        fed = None
+        if args.federated:
+            from hpcml.data.fedsynth import parse
+            fed = parse(args.federated)
         return data.synth(folder, args.rows, args.features, args.classes, args.regression,
                           args.shards, args.seed, args.dtype, comm=comm,
                           test_rows=args.test_rows, progress=args.log_every,
-                          name=args.output)
+                          name=args.output, federated=fed, clients=args.clients)
     # every rank converts its part of the input (streaming, bounded memory)
     return data.convert(args.input, folder, args.shards, args.label_column, args.dtype,
                         args.test_fraction, args.seed,

@@ -41,14 +41,20 @@ def make_shard(seed, index, rows, features, classes=None, regression=False, dtyp
 
 
 def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
-          dtype="float32", comm=None, test_rows=0, progress=False, name=None):
+          dtype="float32", comm=None, test_rows=0, progress=False, name=None,
+          federated=None, clients=30):
     """Write a synthetic sharded dataset to `out`; with `comm`, ranks write shards i = rank,
     rank + p, ... and rank 0 writes the manifest. Returns the manifest (on rank 0).
     test_rows > 0: `out/train` (rows) and `out/test` (test_rows, drawn from the same
     distribution: same centres or map, other rows), as `convert --test-fraction` writes;
     returns {"out/train": manifest, "out/test": manifest}. progress: rank 0 shows its
     shards' rows (a bar on a terminal, else a line every `progress` seconds), named
-    `name` (default: out's folder name)."""
+    `name` (default: out's folder name). federated=(alpha, beta): FedProx's
+    Synthetic(alpha, beta) over `clients` clients (hpcml.data.fedsynth; the last feature
+    column is the client id)."""
+    if federated is not None:
+        return _federated(out, rows, features, classes, shards, seed, dtype, comm,
+                          test_rows, progress, name, federated, clients)
     if test_rows:
         if test_rows < 0:
             raise DataError("test_rows must be >= 0")
@@ -63,8 +69,37 @@ def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
                   progress, name)
 
 
+def _federated(out, rows, features, classes, shards, seed, dtype, comm, test_rows,
+               progress, name, federated, clients):
+    from . import fedsynth
+    if classes is None or clients < 1 or shards > clients:
+        raise DataError("--federated needs --classes, --clients >= 1 and --shards <= "
+                        "--clients (a client's rows stay in one shard)")
+    sizes = fedsynth.client_sizes(rows, clients, seed)
+    parts = [("", sizes, 1)]
+    if test_rows:
+        test = np.maximum(1, np.round(sizes * test_rows / rows)).astype(np.int64)
+        parts = [("train", sizes, 1), ("test", test, 2)]
+    out_all = {}
+    for sub, n, split in parts:
+        def maker(i, n=n, split=split):
+            return fedsynth.make_shard(seed, i, shards, n, *federated, features, classes,
+                                       dtype, split)
+        counts = [int(n[i::shards].sum()) for i in range(shards)]
+        folder = os.path.join(out, sub) if sub else out
+        out_all[folder] = _synth(folder, int(n.sum()), features + 1, classes, False, shards,
+                                 seed, dtype, comm, split - 1, progress,
+                                 name and os.path.join(name, sub), maker=maker,
+                                 counts=counts, kind={"kind": "fedprox-synthetic",
+                                                      "alpha": federated[0],
+                                                      "beta": federated[1],
+                                                      "clients": clients,
+                                                      "client_column": features})
+    return out_all if test_rows else out_all[out]
+
+
 def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, split=0,
-           progress=False, progress_name=None):
+           progress=False, progress_name=None, maker=None, counts=None, kind=None):
     if regression == (classes is not None):
         raise DataError("give either classes (classification) or regression=True")
     if rows < 1 or features < 1 or shards < 1 or (classes is not None and classes < 1):
@@ -73,7 +108,7 @@ def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, 
         raise DataError(f"{shards} shards for {rows} rows: some would be empty")
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     os.makedirs(out, exist_ok=True)
-    counts = shard_rows(rows, shards)
+    counts = counts or shard_rows(rows, shards)
     entries, error = {}, None
     bar = None
     if progress and rank == 0:
@@ -84,7 +119,8 @@ def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, 
             every=30.0 if progress is True else progress)
     try:
         for i in range(rank, shards, size):
-            x, y = make_shard(seed, i, counts[i], features, classes, regression, dtype, split)
+            x, y = maker(i) if maker is not None else make_shard(
+                seed, i, counts[i], features, classes, regression, dtype, split)
             entries[i] = write_shard(out, i, x, y)
             if bar is not None:
                 bar.update(counts[i])
@@ -112,7 +148,7 @@ def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, 
     m = write_manifest(out, [entries[i] for i in range(shards)], features, dtype,
                        dtype if regression else "int64",
                        "regression" if regression else "classification", classes,
-                       extra={"generator": {"kind": "synth", "seed": seed,
+                       extra={"generator": {**(kind or {"kind": "synth"}), "seed": seed,
                                             "split": ["train", "test"][split]}})
     if comm is not None:
         comm.Barrier()

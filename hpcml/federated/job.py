@@ -39,7 +39,8 @@ SETTINGS = {
     "data": ("digits", str, "training dataset: a sharded folder or a built-in name"),
     "test_data": ("auto", str, "test dataset ('auto': NAME:test for a built-in NAME; "
                                "'none')"),
-    "clients": (100, int, "virtual clients N (slices of the training rows)"),
+    "clients": (100, int, "virtual clients N (slices of the training rows; partition "
+                          "natural: one per id, this is then ignored)"),
     "fraction": (0.1, float, "C: the fraction of clients sampled per round, in (0, 1] "
                              "(max(1, round(C N)) clients; McMahan's C = 0 is 1/N)"),
     "rounds": (50, int, "communication rounds"),
@@ -213,8 +214,8 @@ def _read(name, comm):
 def load(cfg, comm):
     """(x, y, x_test, y_test, client ids or None) as the model's dtype, standardised with
     the training union's statistics if asked; cfg gains classes and task."""
-    from hpcml.train import _test_name
-    x, y, classes, task = _read(cfg["data"], comm)
+    from hpcml.train import _test_name, _train_name
+    x, y, classes, task = _read(_train_name(cfg), comm)
     cfg["classes"], cfg["task"] = classes, task
     ids = None
     col = cfg["client_column"]
