@@ -379,3 +379,40 @@ def test_fedprox_synthetic_data_and_a_natural_partition(tmp_path):
                      client_column=12, fraction=0.5, rounds=3, hidden=""),
                 hc.self_comm(), log=lambda *a: None)
     assert s["clients"] == 20 and s["partition"]["rows_min"] >= 10 and s["test_accuracy"] > 0
+
+
+@pytest.mark.skipif(__import__("shutil").which("mpiexec") is None, reason="no mpiexec")
+def test_a_killed_rank_ends_the_job_and_the_resumed_run_equals_one_process(tmp_path):
+    """mpiexec -n 3, a checkpoint every 2 rounds, SIGKILL of rank 1 once the first is
+    written: the job ends (within 30 s); resumed under mpiexec -n 2 it ends with the model
+    of an uninterrupted one-process run (sha256 of the global parameters)."""
+    import json
+    import os
+    import shutil
+    import signal
+    import sys
+    import time
+    import procs
+    from test_param_server import _pids_by_rank
+    args = [sys.executable, "-m", "hpcml.federated", "--rounds", "40", "--clients", "50",
+            "--fraction", "0.2", "--local-epochs", "3", "--hidden", "64", "--verbose",
+            "false", "--plot", "false"]
+    r = procs.run(args + ["--output", str(tmp_path / "one")], limit=120)
+    assert r.returncode == 0, r.stderr
+    want = json.loads(r.stdout.strip().splitlines()[-1])["params_sha256"]
+    ck = ["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "2",
+          "--output", str(tmp_path / "out")]
+    mpiexec = shutil.which("mpiexec")
+    proc = procs.start([mpiexec, "-n", "3"] + args + ck)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(tmp_path / "ck" / "latest") and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.kill(_pids_by_rank(proc, 3, deadline)[1], signal.SIGKILL)
+    t = time.monotonic()
+    rc, _, _ = procs.finish(proc, 60)
+    assert rc != 0 and time.monotonic() - t < 30
+    r = procs.run([mpiexec, "-n", "2"] + args + ck + ["--resume", "auto"], limit=120)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["resumed_from"] and s["rounds"] == 40 and s["params_sha256"] == want

@@ -275,6 +275,8 @@ def run(cfg, comm, log=print):
     if fed.dp is not None:
         summary.update(epsilon=fed.epsilon(), delta=cfg["dp_delta"], dp_clip=fed.dp.clip)
     summary["rounds_per_second"] = fed.round / max(summary["seconds"], 1e-9)
+    import hashlib
+    summary["params_sha256"] = hashlib.sha256(fed.params.tobytes()).hexdigest()
     config.on_rank0(comm, lambda: _write(cfg, summary, rows), "writing the results")
     return summary
 
