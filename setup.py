@@ -45,6 +45,7 @@ setup(
             "tensorboardX>=2.6",  # --tensorboard (its protobuf reads the files back)
             "cryptography>=41",  # secure aggregation's tests
             "dp-accounting",  # the oracle for the federated RDP accountant
+            "flwr",  # Flower's aggregate functions: the federated aggregators' oracle
         ],
     },
     entry_points={"console_scripts": [
