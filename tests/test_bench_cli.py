@@ -119,3 +119,19 @@ def test_ps_benchmark_workers_write_their_figures(tmp_path):
     assert r.returncode == 0, r.stderr
     lat = json.load(open(out))
     assert len(lat) == 8 and all(x["push_pull_s"] > 0 and x["ping_pong_s"] > 0 for x in lat)
+
+
+def test_federated_benchmark_writes_json_and_png(tmp_path):
+    """Every part of `python -m hpcml.bench federated`, tiny (Flower's simulation needs
+    the bench extra's Ray: left out here)."""
+    import json
+    import sys
+    from procs import run
+    r = run([sys.executable, "-m", "hpcml.bench", "federated", "--out", str(tmp_path),
+             "--max-rounds", "3", "--prox-rounds", "2", "--robust-rounds", "2",
+             "--flower-rounds", "3", "--skip-flower"], limit=300)
+    assert r.returncode == 0, r.stderr
+    d = json.load(open(tmp_path / "federated.json"))
+    assert len(d["table1"]) == 30 and d["rates"]["hpcml"]["steady_rounds_per_s"] > 0
+    assert set(d["fedprox"]) == {"fedavg", "fedprox"}
+    assert len(d["robust"]["attacked"]) == 5 and (tmp_path / "federated.png").stat().st_size

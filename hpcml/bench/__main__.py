@@ -10,6 +10,7 @@
     mpiexec -n 2 python -m hpcml.bench zero          # ZeRO-1/2 vs data parallelism
     python -m hpcml.bench pipeline                   # pipeline bubble vs the replay; torch pipelining
     python -m hpcml.bench ps                         # parameter server modes vs data parallel
+    python -m hpcml.bench federated                  # McMahan's Table 1, FedProx, vs Flower
 """
 import sys
 
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "zero": "hpcml.bench.zero",
     "pipeline": "hpcml.bench.pipeline",
     "ps": "hpcml.bench.ps",
+    "federated": "hpcml.bench.federated",
 }
 
 

@@ -90,6 +90,8 @@ SETTINGS = {
     "seed": (0, int, "seed of the partition, the sampling and the clients' shuffling"),
     "eval_every": (1, int, "rounds between test evaluations (and lines)"),
     "target": (0.0, float, "test accuracy whose first round is reported (0: none)"),
+    "stop_at_target": (False, bool, "end the run at the first evaluated round that reaches "
+                                    "--target"),
     "output": ("federated-out", str, "folder: rounds.jsonl, summary.json, rounds.png"),
     "checkpoint_dir": ("", str, "folder for checkpoints ('': none)"),
     "checkpoint_every": (10, int, "rounds between checkpoints (and one after the last)"),
@@ -290,16 +292,21 @@ def _rounds(cfg, comm, fed, rows, say):
             out.write(json.dumps(entry) + "\n")
         while fed.round < cfg["rounds"]:
             entry = fed.step()
+            done = False
             if entry["round"] % cfg["eval_every"] == 0 or fed.round == cfg["rounds"]:
                 entry.update(fed.evaluate())
                 rows.append(entry)
                 out.write(json.dumps(entry) + "\n")
                 out.flush()
                 say(_line(entry, cfg["rounds"]))
+                done = cfg["stop_at_target"] and cfg["target"] and \
+                    entry.get("test_accuracy", -1) >= cfg["target"]
             if cfg["checkpoint_dir"] and (fed.round % cfg["checkpoint_every"] == 0 or
                                           fed.round == cfg["rounds"]):
                 config.on_rank0(comm, lambda: resume.save(cfg, fed, rows),
                                 "writing a checkpoint")
+            if done:  # the same decision on every rank (the same accuracy)
+                break
 
 
 def _line(e, total):
