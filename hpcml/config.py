@@ -127,6 +127,17 @@ def validate_shared(cfg):
             bad(cfg, "max_memory", str(e))
 
 
+def hidden_sizes(cfg):
+    """cfg["hidden"] ('512,256', '' for none) as cfg["hidden_sizes"], or one ConfigError."""
+    try:
+        cfg["hidden_sizes"] = [int(h) for h in cfg["hidden"].split(",") if h.strip()]
+    except ValueError:
+        bad(cfg, "hidden", "must be comma-separated integers, e.g. 512,256")
+    if any(h < 1 for h in cfg["hidden_sizes"]):
+        bad(cfg, "hidden", "widths must be >= 1")
+    return cfg["hidden_sizes"]
+
+
 def bad(cfg, key, why):
     raise ConfigError(f"{key.replace('_', '-')} = {cfg[key]!r}: {why}")
 

@@ -163,12 +163,7 @@ def validate(cfg):
         bad("momentum", "must be in [0, 1)")
     if cfg["schedule"] == "step" and not cfg["step_size"]:
         bad("step_size", "the step schedule needs --step-size > 0")
-    try:
-        cfg["hidden_sizes"] = [int(h) for h in cfg["hidden"].split(",") if h.strip()]
-    except ValueError:
-        bad("hidden", "must be comma-separated integers, e.g. 512,256")
-    if any(h < 1 for h in cfg["hidden_sizes"]):
-        bad("hidden", "widths must be >= 1")
+    config.hidden_sizes(cfg)
     if cfg["resume"] and cfg["resume"] != "auto" and not os.path.exists(cfg["resume"]):
         bad("resume", "no such checkpoint file")
     train_pp.validate(cfg, bad)  # --pp, --tp, --dp, the pipeline's settings

@@ -23,14 +23,8 @@ def _cfg(tmp_path, **kw):
 
 def _run(cfg, ranks=1):
     """(summary, the global model's parameters) on rank 0 of `ranks` in-process ranks."""
-    from hpcml.federated.simulation import Federation
-
     def body(comm):
-        c = dict(cfg)
-        x, y, xt, yt, ids = job.load(c, comm)
-        fed = Federation(c, comm, x, y, xt, yt, ids)
-        for _ in range(c["rounds"]):
-            fed.step()
+        fed = job.simulate(dict(cfg), comm)
         return fed.evaluate(), fed.params.copy()
     return run_ranks(ranks, body)[0]
 

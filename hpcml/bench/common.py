@@ -52,3 +52,24 @@ def human(nbytes):
         if nbytes >= div and nbytes % div == 0:
             return f"{nbytes // div} {unit}"
     return f"{nbytes} B"
+
+
+def run_worker(cmd, timeout, capture=False):
+    """Run a benchmark's worker command with `--worker-out FILE` appended and return the
+    JSON it wrote there (a RuntimeError naming the command if it fails; with capture, its
+    stderr's end too)."""
+    import json
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = f.name
+    try:
+        r = subprocess.run(list(cmd) + ["--worker-out", path], timeout=timeout,
+                           capture_output=capture, text=True)
+        if r.returncode:
+            raise RuntimeError(f"{' '.join(map(str, cmd))} failed (exit {r.returncode})"
+                               + (f":\n{r.stderr[-3000:]}" if capture else ""))
+        with open(path) as f:
+            return json.load(f)
+    finally:
+        os.unlink(path)

@@ -28,7 +28,6 @@ Flower's simulation on the same clients.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -127,17 +126,9 @@ def hpcml_rate(rounds):
 
 def flower_rate(rounds):
     """Flower's simulation of the same cell, in a process of its own (Ray)."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        path = f.name
-    r = subprocess.run([sys.executable, "-m", "hpcml.bench", "federated", "--worker",
-                        "flower", "--flower-rounds", str(rounds), "--worker-out", path],
-                       capture_output=True, text=True, timeout=1800)
-    if r.returncode:
-        raise RuntimeError(f"Flower's simulation failed:\n{r.stderr[-3000:]}")
-    with open(path) as f:
-        out = json.load(f)
-    os.unlink(path)
-    return out
+    from hpcml.bench.common import run_worker
+    return run_worker([sys.executable, "-m", "hpcml.bench", "federated", "--worker",
+                       "flower", "--flower-rounds", str(rounds)], 1800, capture=True)
 
 
 def main(argv=None):

@@ -26,9 +26,7 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -162,17 +160,9 @@ def latency(args):
 
 
 def _run(n, extra, timeout=900):
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        path = f.name
-    cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(n), sys.executable, "-m",
-           "hpcml.bench", "ps", *extra, "--worker-out", path]
-    r = subprocess.run(cmd, timeout=timeout)
-    if r.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {r.returncode})")
-    with open(path) as f:
-        data = json.load(f)
-    os.unlink(path)
-    return data
+    from hpcml.bench.common import run_worker
+    return run_worker([shutil.which("mpiexec") or "mpiexec", "-n", str(n), sys.executable,
+                       "-m", "hpcml.bench", "ps", *extra], timeout)
 
 
 def _time_to(curve, target):

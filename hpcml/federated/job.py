@@ -142,12 +142,7 @@ def validate(cfg):
         bad("dtype", "must be float32 or float64")
     if cfg["activation"] not in ("relu", "tanh", "gelu"):
         bad("activation", "must be relu, tanh or gelu")
-    try:
-        cfg["hidden_sizes"] = [int(h) for h in cfg["hidden"].split(",") if h.strip()]
-    except ValueError:
-        bad("hidden", "must be comma-separated positive ints")
-    if any(h < 1 for h in cfg["hidden_sizes"]):
-        bad("hidden", "must be comma-separated positive ints")
+    config.hidden_sizes(cfg)
     return cfg
 
 
@@ -242,6 +237,16 @@ def load(cfg, comm):
         return None if a is None else ((a.astype(np.float64) - mean) / std).astype(dt)
     ydt = dt if task == "regression" else np.int64
     return prep(x), y.astype(ydt), prep(xt), None if yt is None else yt.astype(ydt), ids
+
+
+def simulate(cfg, comm, rounds=None):
+    """The Federation of cfg after `rounds` rounds (cfg's by default), without outputs,
+    evaluation or checkpoints (tests and benchmarks)."""
+    x, y, xt, yt, ids = load(cfg, comm)
+    fed = Federation(cfg, comm, x, y, xt, yt, ids)
+    for _ in range(cfg["rounds"] if rounds is None else rounds):
+        fed.step()
+    return fed
 
 
 def run(cfg, comm, log=print):

@@ -16,20 +16,11 @@ from mpi_helpers import all_ranks  # noqa: E402
 def test_the_global_model_equals_one_process(comm, tmp_path_factory, kw):
     from hpcml import comm as hc
     from hpcml.federated import job
-    from hpcml.federated.simulation import Federation
     c = {k: v[0] for k, v in job.SETTINGS.items()}
     c.update(dict(verbose=False, plot=False, hidden="16", rounds=3, clients=20,
                   fraction=0.3, output="unused"), **kw)
     c = job.validate(c)
-
-    def final(cm):
-        cfg = dict(c)
-        x, y, xt, yt, ids = job.load(cfg, cm)
-        fed = Federation(cfg, cm, x, y, xt, yt, ids)
-        for _ in range(cfg["rounds"]):
-            fed.step()
-        return fed.params
-    p = final(comm)
-    one = final(hc.self_comm())
+    p = job.simulate(dict(c), comm).params
+    one = job.simulate(dict(c), hc.self_comm()).params
     all_ranks(comm, np.array_equal(p, one), f"{kw}: differs from one process by "
                                             f"{np.abs(p - one).max():.2e}")
