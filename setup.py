@@ -57,5 +57,6 @@ setup(
         "hpcml-predict=hpcml.predict:main",
         "hpcml-evaluate=hpcml.evaluate:main",
         "hpcml-bench=hpcml.bench.__main__:main",
+        "hpcml-federated=hpcml.federated.job:main",
     ]},
 )

@@ -18,6 +18,9 @@ JOBS = {
             "mpiexec -n 2 python -m hpcml.pca digits --components 10"),
     "tsne": ("hpcml.tsne", "a t-SNE embedding of a sharded dataset",
              "mpiexec -n 2 python -m hpcml.tsne digits --output out/tsne"),
+    "federated": ("hpcml.federated", "federated learning: virtual clients on MPI ranks "
+                  "(FedAvg, FedProx, robust, secure and private aggregation)",
+                  "mpiexec -n 4 python -m hpcml.federated --clients 1000 --fraction 0.05"),
     "data": ("hpcml.data", "make, convert, inspect and verify sharded datasets",
              "python -m hpcml.data synth data/blobs --rows 100000 --features 32 "
              "--classes 10 --test-rows 10000"),

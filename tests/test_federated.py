@@ -410,3 +410,19 @@ def test_a_killed_rank_ends_the_job_and_the_resumed_run_equals_one_process(tmp_p
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert s["resumed_from"] and s["rounds"] == 40 and s["params_sha256"] == want
+
+
+def test_regression_data_federates(tmp_path):
+    """A regression dataset: the global model's test MSE falls over the rounds; no class
+    figures in the partition's description."""
+    import json
+    from hpcml import comm as hc
+    from hpcml import data
+    data.synth(str(tmp_path / "reg"), 2000, 6, regression=True, test_rows=400)
+    cfg = _cfg(tmp_path, data=str(tmp_path / "reg"), clients=20, fraction=0.5, rounds=8,
+               lr=0.02)
+    s = job.run(cfg, hc.self_comm(), log=lambda *a: None)
+    with open(tmp_path / "out" / "rounds.jsonl") as f:
+        losses = [json.loads(line)["test_loss"] for line in f]
+    assert "test_accuracy" not in s and "classes_per_client" not in s["partition"]
+    assert losses[-1] < 0.5 * losses[0], losses

@@ -51,7 +51,7 @@ def test_numbers_are_written_before_the_picture(tmp_path, monkeypatch, job):
 def test_python_m_hpcml_lists_the_jobs_and_each_runs():
     r = _job("hpcml")
     assert r.returncode == 0, r.stderr
-    for job in ("train", "predict", "evaluate", "pca", "tsne", "data", "bench"):
+    for job in ("train", "predict", "evaluate", "pca", "tsne", "data", "bench", "federated"):
         assert f"\n  {job} " in r.stdout, r.stdout
         h = _job(f"hpcml.{job}", "--help")
         assert h.returncode == 0 and f"python -m hpcml.{job}" in h.stdout, (job, h.stderr)
@@ -62,7 +62,8 @@ def test_python_m_hpcml_lists_the_jobs_and_each_runs():
 
 
 def test_help_says_how_to_start_on_many_ranks():
-    for job in ("hpcml.train", "hpcml.pca", "hpcml.tsne", "hpcml.predict", "hpcml.data"):
+    for job in ("hpcml.train", "hpcml.pca", "hpcml.tsne", "hpcml.predict", "hpcml.data",
+                "hpcml.federated"):
         r = _job(job, "--help")
         assert "mpiexec -n" in r.stdout and "mpirun" not in r.stdout, job
 
@@ -71,7 +72,7 @@ def test_console_scripts_are_installed():
     """`pip install -e .` puts hpcml-train, hpcml-data, ... on the PATH."""
     scripts = sysconfig.get_path("scripts")
     for name in ("hpcml", "hpcml-train", "hpcml-data", "hpcml-pca", "hpcml-tsne",
-                 "hpcml-predict", "hpcml-evaluate", "hpcml-bench"):
+                 "hpcml-predict", "hpcml-evaluate", "hpcml-bench", "hpcml-federated"):
         path = shutil.which(name) or os.path.join(scripts, name)
         assert os.path.exists(path), f"{name} not installed (pip install -e .)"
     r = run([shutil.which("hpcml-train") or os.path.join(scripts, "hpcml-train"),

@@ -116,9 +116,11 @@ def _natural(ids):
 
 def describe(clients, labels):
     """Figures of a partition: clients, rows per client (min, median, max), classes per
-    client (mean)."""
+    client (mean; classification only)."""
     sizes = np.array([len(c) for c in clients])
-    classes = [len(np.unique(labels[c])) for c in clients]
-    return {"clients": len(clients), "rows_min": int(sizes.min()),
-            "rows_median": float(np.median(sizes)), "rows_max": int(sizes.max()),
-            "classes_per_client": float(np.mean(classes))}
+    out = {"clients": len(clients), "rows_min": int(sizes.min()),
+           "rows_median": float(np.median(sizes)), "rows_max": int(sizes.max())}
+    if np.issubdtype(np.asarray(labels).dtype, np.integer):  # classes (not regression)
+        out["classes_per_client"] = float(np.mean([len(np.unique(labels[c]))
+                                                   for c in clients]))
+    return out
