@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Run the whole hpcml test suite: serial tests, CUDA kernel tests on the Numba simulator,
-the MPI tests at 2, 3 and 4 ranks, then the mutation check (tests/mutations.py: deliberate
+"""Run the whole hpcml test suite: serial tests, the MPI tests at 2, 3 and 4 ranks, CUDA
+kernel tests on the Numba simulator and the mutation check (tests/mutations.py: deliberate
 faults the tests must catch). Afterwards no process started by the suite may be running.
 
     python tests/run_all.py              # everything (what CI runs)
@@ -10,8 +10,10 @@ faults the tests must catch). Afterwards no process started by the suite may be 
                                          # HPCML_CUDA_REAL=1, for a machine with a GPU)
     python tests/run_all.py --mutations  # only the mutation check
 
-Each MPI run is `mpiexec -n N python tests/pytest_rank.py --with-mpi tests/mpi` under a wall-clock
-limit (the whole process group is killed past it), with HPCML_TIMEOUT set so that a rank
+The CUDA tests run beside the mutation check (both are mostly one busy thread, and CI's
+machine has 2 cores). Each MPI run is `mpiexec -n N python tests/pytest_rank.py --with-mpi
+tests/mpi` under a wall-clock limit (the whole process group is killed past it), with
+HPCML_TIMEOUT set so that a rank
 stuck in an hpcml collective aborts the job. Ranks other than 0 write their pytest output
 to a log that is printed only when the run fails.
 """
@@ -49,6 +51,32 @@ def run(cmd, limit, env=None):
         rc = 124
     print(f"-- exit {rc} in {time.monotonic() - t0:.1f} s", flush=True)
     return rc
+
+
+class Background:
+    """A stage run beside another: started now, its output kept in a file and printed
+    when finish() is called (its exit status, 124 past the wall-clock limit)."""
+
+    def __init__(self, cmd, limit, env):
+        print("$ " + " ".join(cmd) + "   (in the background)", flush=True)
+        self.t0, self.limit = time.monotonic(), limit
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def finish(self):
+        left = max(1.0, self.limit - (time.monotonic() - self.t0))
+        try:
+            rc = self.proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            rc = 124
+        self.log.seek(0)
+        print(f"$ {' '.join(self.proc.args)}\n{self.log.read()}", end="", flush=True)
+        print(f"-- exit {rc} in {time.monotonic() - self.t0:.1f} s"
+              + (" (killed: wall-clock limit)" if rc == 124 else ""), flush=True)
+        return rc
 
 
 def mpi_run(n, limit, extra):
@@ -93,21 +121,28 @@ def main():
                                  "--ignore", os.path.join("tests", "mpi"),
                                  "--ignore", os.path.join("tests", "cuda")] + args.pytest_args,
                                 args.limit * 2)
-    if args.cuda or not only:
-        real = os.environ.get("HPCML_CUDA_REAL", "") == "1"
-        env = dict(os.environ, **({} if real else {"NUMBA_ENABLE_CUDASIM": "1"}))
-        results["cuda (gpu)" if real else "cuda (simulator)"] = run(
-            [sys.executable, "-m", "pytest", "-q", os.path.join("tests", "cuda")]
-            + args.pytest_args, args.limit, env)
     if args.mpi or not only:
         for n in args.mpi or (2, 3, 4):
             results[f"mpi n={n}"] = mpi_run(n, args.limit, args.pytest_args)
+    cuda = None
+    if args.cuda or not only:
+        real = os.environ.get("HPCML_CUDA_REAL", "") == "1"
+        env = dict(os.environ, **({} if real else {"NUMBA_ENABLE_CUDASIM": "1"}))
+        cmd = [sys.executable, "-m", "pytest", "-q", os.path.join("tests", "cuda")] + \
+            args.pytest_args
+        name = "cuda (gpu)" if real else "cuda (simulator)"
+        if args.mutations or not only:  # the two share the 2 cores: run side by side
+            cuda = (name, Background(cmd, args.limit, env))
+        else:
+            results[name] = run(cmd, args.limit, env)
     if args.mutations or not only:
-        # after the whole suite passed on this tree, the faults' tests are known to pass
-        # unmodified: the mutation check skips its own run of them
+        # after the serial and MPI tests passed on this tree, the faults' tests (serial or
+        # MPI tests) are known to pass unmodified: the mutation check skips its own run
         green = not only and not args.pytest_args and all(v == 0 for v in results.values())
         results["mutations"] = run([sys.executable, os.path.join("tests", "mutations.py")]
                                    + (["--no-baseline"] if green else []), args.limit)
+    if cuda is not None:
+        results[cuda[0]] = cuda[1].finish()
     left = leftovers()
     if left:
         print("!! processes started by the suite were still running (killed):\n  "

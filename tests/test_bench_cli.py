@@ -129,7 +129,8 @@ def test_federated_benchmark_writes_json_and_png(tmp_path):
     from procs import run
     r = run([sys.executable, "-m", "hpcml.bench", "federated", "--out", str(tmp_path),
              "--max-rounds", "3", "--prox-rounds", "2", "--robust-rounds", "2",
-             "--flower-rounds", "3", "--skip-flower"], limit=300)
+             "--flower-rounds", "3", "--skip-flower", "--clients", "40", "--prox-rows",
+             "1000"], limit=300)
     assert r.returncode == 0, r.stderr
     d = json.load(open(tmp_path / "federated.json"))
     assert len(d["table1"]) == 30 and d["rates"]["hpcml"]["steady_rounds_per_s"] > 0

@@ -65,7 +65,8 @@ def table1(args):
     for partition in ("iid", "shards:2"):
         for batch in (0, 10, 2):
             for c in CS:
-                s, _ = _run(clients=100, fraction=c, local_epochs=1, local_batch=batch,
+                s, _ = _run(clients=args.clients, fraction=c, local_epochs=1,
+                            local_batch=batch,
                             lr=args.lr, partition=partition, target=args.target,
                             stop_at_target=True, rounds=args.max_rounds)
                 out.append({"partition": partition, "B": batch or "all", "C": c,
@@ -79,8 +80,8 @@ def table1(args):
 def fedprox(args):
     from hpcml import data
     folder = os.path.join(tempfile.mkdtemp(prefix="hpcml-synth-"), "s11")
-    data.synth(folder, 10000, 60, 10, shards=3, test_rows=2000, federated=(1.0, 1.0),
-               clients=30)
+    data.synth(folder, args.prox_rows, 60, 10, shards=3, test_rows=args.prox_rows // 5,
+               federated=(1.0, 1.0), clients=30)
     out = {}
     for name, kw in (("fedavg", dict(strategy="fedavg", drop_stragglers=True)),
                      ("fedprox", dict(strategy="fedprox", mu=1.0))):
@@ -94,8 +95,8 @@ def fedprox(args):
 
 
 def robust(args):
-    common = dict(clients=100, fraction=0.2, local_epochs=1, local_batch=10, lr=args.lr,
-                  rounds=args.robust_rounds)
+    common = dict(clients=args.clients, fraction=0.2, local_epochs=1, local_batch=10,
+                  lr=args.lr, rounds=args.robust_rounds)
     clean = _run(**common)[0]["test_accuracy"]
     out = {"clean_fedavg": clean, "attacked": {}}
     for agg in ("mean", "median", "trimmed:0.2", "krum:4", "multikrum:4:10"):
@@ -139,6 +140,10 @@ def main(argv=None):
     ap.add_argument("--target", type=float, default=0.97)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--max-rounds", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=100,
+                    help="clients of parts 1 and 3 (McMahan's 100)")
+    ap.add_argument("--prox-rows", type=int, default=10000,
+                    help="Synthetic(1,1) training rows (test: a fifth)")
     ap.add_argument("--prox-rounds", type=int, default=40)
     ap.add_argument("--robust-rounds", type=int, default=100)
     ap.add_argument("--flower-rounds", type=int, default=20)
