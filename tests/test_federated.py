@@ -327,16 +327,28 @@ def test_a_masked_vector_is_uniform_and_independent_of_the_data():
     assert chisquare(plain).pvalue < 1e-10  # the test sees structure when there is some
 
 
+def masked_size(tmp_path):
+    """The model's parameter count under _cfg's settings."""
+    from hpcml import comm as hc
+    return job.simulate(_cfg(tmp_path), hc.self_comm(), rounds=0).model.size
+
+
 def test_secagg_fedavg_matches_plain_fedavg_and_is_rank_independent(tmp_path):
     """With clients dropping after masking: the securely aggregated global model equals
     plain FedAvg's up to the fixed-point rounding (2^-24 per coordinate), bit-identical at
-    1 and 3 ranks."""
+    1 and 3 ranks; the round's training loss is summed under the masks too (what a client
+    sends: its masked update, rows and loss, 64 bits each)."""
     pytest.importorskip("cryptography")
     kw = dict(dropout_rate=0.3, rounds=3, fraction=0.5)
     ref = _run(_cfg(tmp_path, **kw), 1)[1]
     sec = _run(_cfg(tmp_path, secagg=True, **kw), 1)[1]
     assert 0 < np.abs(sec - ref).max() < 1e-8, np.abs(sec - ref).max()  # measured 4.8e-10
     np.testing.assert_array_equal(_run(_cfg(tmp_path, secagg=True, **kw), 3)[1], sec)
+    from hpcml import comm as hc  # the round's training loss, summed under the masks too
+    plain = job.simulate(_cfg(tmp_path, **kw), hc.self_comm(), rounds=0).step()
+    masked = job.simulate(_cfg(tmp_path, secagg=True, **kw), hc.self_comm(), 0).step()
+    assert abs(masked["train_loss"] - plain["train_loss"]) < 1e-6 and not masked["aborted"]
+    assert masked["bytes_up"] == plain["reported"] * (masked_size(tmp_path) + 2) * 8
     with pytest.raises(ConfigError, match="secagg-threshold = 11: must be between 1 and "
                                           "the 10 clients of a round"):
         _cfg(tmp_path, secagg=True, secagg_threshold=11, **kw)

@@ -318,9 +318,10 @@ def _line(e, total):
     acc = f"  test acc {e['test_accuracy']:.4f}" if "test_accuracy" in e else ""
     loss = f"  test loss {e['test_loss']:.4f}" if "test_loss" in e else ""
     eps = f"  epsilon {e['epsilon']:.3f}" if "epsilon" in e else ""
+    train = "-" if e["train_loss"] is None else f"{e['train_loss']:.4f}"
     return (f"round {e['round']}/{total}  clients {e['reported']}/{e['clients']}  train "
-            f"loss {e['train_loss']:.4f}{acc}{loss}{eps}  up "
-            f"{e['bytes_up'] / 2 ** 20:,.1f} MiB")
+            f"loss {train}{acc}{loss}{eps}  up {e['bytes_up'] / 2 ** 20:,.1f} MiB"
+            + ("  (aborted: too few survivors)" if e.get("aborted") else ""))
 
 
 def _write(cfg, summary, rows):
@@ -335,7 +336,8 @@ def _write(cfg, summary, rows):
     if "test_accuracy" in rows[0]:
         ax[0].plot(r, [e["test_accuracy"] for e in rows])
         ax[0].set_ylabel("test accuracy")
-    ax[1].plot(r, [e["train_loss"] for e in rows], label="clients' train loss")
+    ax[1].plot(r, [np.nan if e["train_loss"] is None else e["train_loss"] for e in rows],
+               label="clients' train loss")
     if "test_loss" in rows[0]:
         ax[1].plot(r, [e["test_loss"] for e in rows], label="test loss")
     ax[1].legend()

@@ -105,39 +105,48 @@ class Federation:
         losses = np.zeros(len(mine))
         for i, c in enumerate(mine):
             local[i], _, losses[i] = self._client(w, int(c), int(c) in slow)
-        if cfg["secagg"]:  # what leaves a client: its masked, quantised update
-            local = self._masked(chosen, mine, local)
-        updates = hc.allgather_rows(local, comm, counts=[len(p) for p in parts]) \
-            if comm.Get_size() > 1 else local
-        loss = hc.allgather_rows(losses, comm, counts=[len(p) for p in parts]) \
-            if comm.Get_size() > 1 else losses
+        counts = [len(p) for p in parts]
+        gather = (lambda a: hc.allgather_rows(a, comm, counts=counts)) \
+            if comm.Get_size() > 1 else (lambda a: a)
+        if cfg["secagg"]:  # what leaves a client: its masked update, rows and loss
+            local = self._masked(chosen, mine, local, losses)
+        updates = gather(local)
         nbytes = self.model.size * self.model.dtype.itemsize
         self.bytes_down += len(chosen) * nbytes
         self.bytes_up += len(alive) * (local.shape[1] * local.dtype.itemsize if
                                        cfg["secagg"] else nbytes)
-        aborted = False
-        if self.dp is not None:  # every round is a mechanism, even with no client
-            self.server.step(self.dp(updates, np.random.default_rng(
-                [cfg["seed"], self.round, 0xD9])))
-        elif cfg["secagg"]:
-            a = self._secure_mean(chosen, alive, updates)
-            aborted = a is None
-            if not aborted:
-                self.server.step(a)
-        elif len(alive):
-            a = aggregate(updates, self.sizes[alive], self.agg[0], self.agg[1])
-            self.server.step(a)
+        aborted, train_loss = self._aggregate(chosen, alive, updates,
+                                              None if cfg["secagg"] else gather(losses))
         self.round += 1
-        weights = self.sizes[alive].astype(np.float64)
         extra = {} if self.dp is None else {"epsilon": self.epsilon(),
                                             "dp_clip": self.dp.clip}
         if cfg["secagg"]:
             extra["aborted"] = aborted
         return {**extra, "round": self.round, "clients": int(len(chosen)),
                 "reported": int(len(alive)), "stragglers": len(slow),
-                "train_loss": float((loss * weights).sum() / max(weights.sum(), 1)),
-                "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
-                "seconds": time.perf_counter() - t0}
+                "train_loss": train_loss, "bytes_up": self.bytes_up,
+                "bytes_down": self.bytes_down, "seconds": time.perf_counter() - t0}
+
+    def _aggregate(self, chosen, alive, updates, loss):
+        """The server's step of the round: (aborted, the reporting clients' rows-weighted
+        training loss, None when unknown). loss: each reporting client's, None under
+        secure aggregation (its sum travels masked)."""
+        cfg = self.cfg
+        w = self.sizes[alive].astype(np.float64)
+        mean_loss = float((loss * w).sum() / w.sum()) if loss is not None and len(w) \
+            else None
+        if self.dp is not None:  # every round is a mechanism, even with no client
+            self.server.step(self.dp(updates, np.random.default_rng(
+                [cfg["seed"], self.round, 0xD9])))
+        elif cfg["secagg"]:
+            out = self._secure_mean(chosen, alive, updates)
+            if out is None:
+                return True, None
+            self.server.step(out[0])
+            mean_loss = out[1]
+        elif len(alive):
+            self.server.step(aggregate(updates, w, self.agg[0], self.agg[1]))
+        return False, mean_loss
 
     def _client(self, w, c, straggler):
         cfg = self.cfg
@@ -168,23 +177,24 @@ class Federation:
         t = cfg["secagg_threshold"] or n // 2 + 1
         return parties, [p.pk for p in parties], min(t, n)
 
-    def _masked(self, chosen, mine, local):
-        """y_i for this rank's clients: their update times their rows, and the rows as a
-        last coordinate, quantised and masked."""
+    def _masked(self, chosen, mine, local, losses):
+        """y_i for this rank's clients: their update times their rows, then their rows and
+        their training loss times their rows as two more coordinates, quantised and
+        masked."""
         from .secagg import quantize
         parties, pks, _ = self._secagg_parties(chosen)
         where = {int(c): i for i, c in enumerate(chosen)}
-        out = np.empty((len(mine), local.shape[1] + 1), np.uint64)
+        out = np.empty((len(mine), local.shape[1] + 2), np.uint64)
         for k, c in enumerate(mine):
             n = float(self.sizes[int(c)])
-            x = quantize(np.append(local[k].astype(np.float64) * n, n),
+            x = quantize(np.append(local[k].astype(np.float64) * n, (n, n * losses[k])),
                          self.cfg["secagg_frac_bits"])
             out[k] = parties[where[int(c)]].masked(x, pks)
         return out
 
     def _secure_mean(self, chosen, alive, masked):
-        """The rows-weighted mean from the sum of the survivors' masked vectors (None: too
-        few survivors, the round is aborted)."""
+        """(the rows-weighted mean update, the rows-weighted training loss) from the sum of
+        the survivors' masked vectors (None: too few survivors, the round is aborted)."""
         from .secagg import dequantize, unmask
         parties, pks, t = self._secagg_parties(chosen)
         where = {int(c): i for i, c in enumerate(chosen)}
@@ -197,7 +207,7 @@ class Federation:
         shares = [p.shares(len(parties), t) for p in parties]
         s = dequantize(unmask(total, len(parties), survivors, pks, shares, t),
                        self.cfg["secagg_frac_bits"])
-        return s[:-1] / s[-1]
+        return s[:-2] / s[-2], float(s[-1] / s[-2])
 
     def epsilon(self):
         """The privacy spent so far: epsilon at --dp-delta after self.round rounds."""
