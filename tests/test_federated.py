@@ -165,6 +165,7 @@ def test_fedavg_learns_digits(tmp_path):
                      hidden="64", dtype="float32", lr=0.05, target=0.9),
                 hc.self_comm(), log=lambda *a: None)
     assert s["test_accuracy"] > 0.9 and s["rounds_to_target"] <= 30, s
+    assert s["settings"]["clients"] == 100 and s["settings"]["local_epochs"] == 5  # saved
 
 
 def test_a_run_stopped_by_an_error_resumes_bit_identical(tmp_path, monkeypatch):

@@ -277,6 +277,7 @@ def run(cfg, comm, log=print):
                "bytes_down": fed.bytes_down, "rounds_to_target": reached,
                "seconds": time.perf_counter() - t0, **{k: v for k, v in rows[-1].items()
                                                        if k.startswith("test_")}}
+    summary["settings"] = {k: cfg[k] for k in SETTINGS}  # saved with the results
     if ck is not None:
         summary["resumed_from"] = ck["path"]
     if fed.dp is not None:
@@ -303,6 +304,8 @@ def _rounds(cfg, comm, fed, rows, say):
                 rows.append(entry)
                 out.write(json.dumps(entry) + "\n")
                 out.flush()
+                if comm.Get_rank() == 0:  # append-only, on disk line by line
+                    os.fsync(out.fileno())
                 say(_line(entry, cfg["rounds"]))
                 done = cfg["stop_at_target"] and cfg["target"] and \
                     entry.get("test_accuracy", -1) >= cfg["target"]
@@ -353,7 +356,8 @@ def _write(cfg, summary, rows):
 
 def main(argv=None):
     return config.run_job(hc.world(), parse_args, run, argv,
-                          failures=(CollectiveError, DataError, ValueError))
+                          failures=(CollectiveError, DataError, ValueError),
+                          show_settings=lambda cfg: {k: cfg[k] for k in SETTINGS})
 
 
 if __name__ == "__main__":

@@ -170,12 +170,15 @@ class Federation:
         client), so every rank can play any of them."""
         from .secagg import SecAggClient, _hkdf
         cfg = self.cfg
+        if getattr(self, "_parties", (None,))[0] == self.round:  # made once a round
+            return self._parties[1]
         parties = [SecAggClient(i, int(c), _hkdf(b"%d %d %d" % (cfg["seed"], self.round,
                                                                  int(c)), b"hpcml-secagg"))
                    for i, c in enumerate(chosen)]
         n = len(parties)
         t = cfg["secagg_threshold"] or n // 2 + 1
-        return parties, [p.pk for p in parties], min(t, n)
+        self._parties = (self.round, (parties, [p.pk for p in parties], min(t, n)))
+        return self._parties[1]
 
     def _masked(self, chosen, mine, local, losses):
         """y_i for this rank's clients: their update times their rows, then their rows and
