@@ -136,3 +136,22 @@ def test_federated_benchmark_writes_json_and_png(tmp_path):
     assert len(d["table1"]) == 30 and d["rates"]["hpcml"]["steady_rounds_per_s"] > 0
     assert set(d["fedprox"]) == {"fedavg", "fedprox"}
     assert len(d["robust"]["attacked"]) == 5 and (tmp_path / "federated.png").stat().st_size
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
+def test_pipeline_benchmark_writes_json_and_png(tmp_path):
+    """python -m hpcml.bench pipeline, small (2 ranks, M = 2 and 4, no torch): every
+    schedule's record, busy times no larger than the schedule's, and the replay given."""
+    proc = run([sys.executable, "-m", "hpcml.bench", "pipeline", "--stages", "2", "--micro",
+                "2,4", "--steps", "1", "--torch", "0", "--out", str(tmp_path)], limit=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "pipeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run0 = json.loads((tmp_path / "pipeline.json").read_text())["runs"][0]
+    recs = run0["records"]
+    assert {(r["schedule"], r["micro_batches"]) for r in recs if not r["recompute"]} == \
+        {(s, m) for s in ("gpipe", "1f1b", "zb-h1", "interleaved") for m in (2, 4)}
+    for r in recs:
+        assert 0 < max(r["busy_s"]) <= r["schedule_s"] * 1.001
+        assert 0 <= r["predicted_bubble"] < 1 and 0 <= r["measured_bubble"] < 1
+        assert r["predicted_schedule_s"] > 0 and r["samples_per_s"] > 0
+    assert run0["oversubscribed"] == (2 > run0["cores"])

@@ -71,3 +71,21 @@ def test_text_form_round_trips_and_bad_schedules_are_named():
     with pytest.raises(ScheduleError, match="must be one of gpipe, 1f1b, interleaved, zb-h1"):
         make("pipedream", 2, 2)
     assert "rank 1" in grid(s).splitlines()[0]
+
+
+def test_shared_cores_stretch_every_action_and_keep_busy_as_compute_time():
+    """An oversubscribed node (ranks spin in their waits, the OS shares the cores alike):
+    every action takes ranks / cores times its cost, so with no message latency the
+    makespan is the dedicated one times ranks / cores exactly, the busy time stays the
+    costs, and the bubble is 1 - (1 - dedicated bubble) x cores / ranks; cores >= ranks
+    changes nothing."""
+    for name, v in (("gpipe", 1), ("1f1b", 1), ("zb-h1", 1), ("interleaved", 2)):
+        s = make(name, 4, 8, v)
+        costs = {"F": 1.0, "B": 2.0, "W": 0.5}
+        one, two = replay(s, costs), replay(s, costs, cores=2)
+        assert two.makespan == pytest.approx(2 * one.makespan, rel=1e-12)
+        assert two.busy == pytest.approx(one.busy, rel=1e-12)
+        assert two.bubble == pytest.approx(1 - (1 - one.bubble) / 2, rel=1e-12)
+        assert replay(s, costs, cores=4).makespan == one.makespan
+    with pytest.raises(ValueError, match="cores"):
+        replay(make("gpipe", 2, 2), cores=0)

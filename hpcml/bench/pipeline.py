@@ -9,18 +9,26 @@ into S stages), global batch 512 rows cut into M micro-batches, SGD. For each sc
 (gpipe, 1f1b, zb-h1, interleaved with 2 virtual stages where the layers allow) and M, each
 rank times its own compute actions (F, B, W) over `--steps` steps after a warm-up step:
 
-* measured bubble = 1 - sum of the ranks' compute time / (S x the step's wall time);
-* predicted bubble = the replay of the same schedule with each rank's measured mean
-  duration per action kind, and a per-message latency measured by a ping-pong of one
-  micro-batch's activations between ranks 0 and 1 in the same run;
+* measured bubble = 1 - sum of the ranks' compute time / (S x the schedule's wall time),
+  a rank's compute time being the CPU time of its actions less their receive waits (with
+  a core per rank that is their wall time less the waits; on an oversubscribed node the
+  time a rank is descheduled is not counted as computing);
+* predicted bubble = the replay of the same schedule with each rank's mean CPU time per
+  action kind and a per-message latency measured by a ping-pong of one micro-batch's
+  activations between ranks 0 and 1 in the same run; on an oversubscribed node (S >
+  cores) the replay shares the cores among the ranks (`replay(..., cores=)`: waiting
+  ranks spin in MPI's wait, so each rank holds cores / S of a core), and the record also
+  gives its prediction for a core per rank;
 * theory = the closed form at equal stages ((p-1)/(m+p-1), ...).
 
 Peak activation bytes per rank are what the runner keeps for backward (GPipe, 1F1B, 1F1B
 with recompute). At S = 2 the same run then times torch.distributed.pipelining's
-ScheduleGPipe and Schedule1F1B (gloo, CPU, one thread per rank) on the same MLP, batch and
-M, and reports samples/s of both. Oversubscribed runs (S > cores) are marked.
+ScheduleGPipe and Schedule1F1B (gloo, CPU, one thread per rank) on the same MLP, stages,
+batch and M, in rounds that alternate which side runs first, and reports samples/s of
+both and the median of the rounds' ratios. Oversubscribed runs (S > cores) are marked.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -43,33 +51,41 @@ def _data():
             rng.integers(0, OUT, BATCH))
 
 
+class _CpuTracer:
+    """The runner's tracer interface, keeping per span its wall and process CPU times."""
+
+    def __init__(self):
+        self.events, self.seconds = [], {}
+
+    @contextlib.contextmanager
+    def span(self, name, label=None):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.events.append((name, t0, time.perf_counter(), time.process_time() - c0))
+
+
 def _action_times(events):
-    """[(kind, seconds)] per action of a step from the runner's trace events: the action's
-    whole time (its compute, the loss, copies, posting its send) less the receive waits
-    inside it: what the rank spends not waiting."""
-    waits = [(a, b) for n, a, b in events if n == "pipeline wait"]
+    """[(kind, seconds)] per action of a step from the runner's spans: the CPU time the
+    action used (its compute, the loss, copies, posting its send) less that of the receive
+    waits inside it: what the rank spends computing. With a core per rank this is the
+    action's wall time less its waits; with more ranks than cores, time a rank spends
+    descheduled is not counted as busy."""
+    waits = [(a, b, c) for n, a, b, c in events if n == "pipeline wait"]
     out = []
-    for n, a, b in events:
+    for n, a, b, c in events:
         if n != "pipeline wait":
-            inside = sum(e - s for s, e in waits if s >= a and e <= b)
-            out.append((n[0], (b - a) - inside))
+            inside = sum(cw for s, e, cw in waits if s >= a and e <= b)
+            out.append((n[len("pipeline ")], c - inside))
     return out
 
 
-def _hpcml_case(comm, name, M, v, steps, recompute=False):
-    from hpcml import optim
-    from hpcml import comm as hc
-    from hpcml.parallel.pipe import PipelineRunner, split
-    from hpcml.parallel.pipeline import make, replay, theory_bubble
-    P, rank = comm.Get_size(), comm.Get_rank()
-    model = _model()
-    sched = make(name, P, M, v)
-    runner = PipelineRunner(model, split(model, P * v), sched, comm, recompute=recompute)
-    latency = _one_way(comm, BATCH // M * WIDTH)
-    opts = runner.optimizers(lambda m: optim.SGD(m, 0.01, momentum=0.9))
-    x, y = _data()
-    from hpcml.parallel.trace import Tracer
-    timer = runner.tracer = Tracer(comm, keep_events=True)  # a span per action and wait
+def _timed(comm, runner, opts, x, y, steps):
+    """Run steps + 1 steps (the first a warm-up): the median step wall time, each timed
+    step's schedule time on this rank (barrier to its last action, before the optimizer),
+    the rank's busy seconds and mean seconds per action kind."""
+    timer = runner.tracer = _CpuTracer()  # a span per action and wait
     walls, sched_walls, busy, kinds = [], [], 0.0, {}
     for i in range(steps + 1):
         timer.events.clear()
@@ -89,27 +105,60 @@ def _hpcml_case(comm, name, M, v, steps, recompute=False):
                 busy += d
                 kinds.setdefault(k, []).append(d)
     mean = {k: float(np.mean(v)) for k, v in kinds.items()}
+    return float(np.median(walls[1:])), sched_walls[1:], busy, mean
+
+
+def _runner(comm, name, M, v, recompute):
+    from hpcml import optim
+    from hpcml.parallel.pipe import PipelineRunner, split
+    from hpcml.parallel.pipeline import make
+    P = comm.Get_size()
+    model = _model()
+    sched = make(name, P, M, v)
+    runner = PipelineRunner(model, split(model, P * v), sched, comm, recompute=recompute)
+    return sched, runner, runner.optimizers(lambda m: optim.SGD(m, 0.01, momentum=0.9))
+
+
+def _hpcml_case(comm, name, M, v, steps, recompute=False, cores=None):
+    """One schedule at M micro-batches: measured bubble and the replay's, from each rank's
+    mean CPU time per action kind in this run (a rank's busy time is its CPU time in
+    actions less its receive waits). cores: when the ranks share fewer cores than there
+    are ranks, the replay shares them (see pipeline.replay) and the record also gives its
+    prediction for a core per rank."""
+    from hpcml import comm as hc
+    from hpcml.parallel.pipeline import replay, theory_bubble
+    P, rank = comm.Get_size(), comm.Get_rank()
+    sched, runner, opts = _runner(comm, name, M, v, recompute)
+    latency = _one_way(comm, BATCH // M * WIDTH)
+    x, y = _data()
+    wall, sched_walls, busy, mean = _timed(comm, runner, opts, x, y, steps)
     per_rank = hc.gather_objects({"busy": busy, "mean": mean, "peak": runner.peak_bytes,
-                                  "sched": sched_walls[1:]},
-                                 root=None, comm=comm)
-    wall = float(np.median(walls[1:]))
+                                  "sched": sched_walls}, root=None, comm=comm)
     if rank != 0:
         return None
-    costs = {r: d["mean"] for r, d in enumerate(per_rank)}
+    costs = [d["mean"] for d in per_rank]
 
     def cost(r, a):  # (a recomputing stage's B action holds its forward again)
         return costs[r].get(a.kind, 0.0)
-    predicted = replay(sched, cost, latency=latency).bubble
-    last_busy = sum(d["busy"] for d in per_rank)
-    return {"schedule": name, "virtual": v, "stages": P * v, "ranks": P, "micro_batches": M,
-            "recompute": recompute, "step_s": wall, "samples_per_s": BATCH / wall,
-            # the schedule's time: from the barrier to the last rank's end of its actions,
-            # per step (the optimizer step after it is no pipeline bubble)
-            "measured_bubble": max(0.0, 1 - last_busy / (P * float(np.sum(np.max(
-                [d["sched"] for d in per_rank], axis=0))))),
-            "predicted_bubble": predicted, "theory_bubble": theory_bubble(name, P, M, v),
-            "message_s": latency,
-            "peak_activation_bytes": [d["peak"] for d in per_rank]}
+    sim = replay(sched, cost, latency=latency, cores=cores)
+    rec = {"schedule": name, "virtual": v, "stages": P * v, "ranks": P, "micro_batches": M,
+           "recompute": recompute, "step_s": wall, "samples_per_s": BATCH / wall,
+           # the schedule's time: from the barrier to the last rank's end of its actions,
+           # per step (the optimizer step after it is no pipeline bubble)
+           "measured_bubble": max(0.0, 1 - sum(d["busy"] for d in per_rank) / (P * float(
+               np.sum(np.max([d["sched"] for d in per_rank], axis=0))))),
+           "predicted_bubble": sim.bubble,
+           # the schedule's time per step, measured (mean) and replayed
+           "schedule_s": float(np.mean(np.max([d["sched"] for d in per_rank], axis=0))),
+           "predicted_schedule_s": sim.makespan,
+           "busy_s": [d["busy"] / len(d["sched"]) for d in per_rank],
+           "predicted_busy_s": list(sim.busy),
+           "theory_bubble": theory_bubble(name, P, M, v), "message_s": latency,
+           "peak_activation_bytes": [d["peak"] for d in per_rank]}
+    if cores:  # what the same costs give with a core per rank (a cluster's node)
+        rec["cores"] = cores
+        rec["predicted_bubble_core_per_rank"] = replay(sched, cost, latency=latency).bubble
+    return rec
 
 
 def _one_way(comm, n, reps=20):
@@ -136,7 +185,7 @@ def _one_way(comm, n, reps=20):
 
 
 def _torch_case(comm, name, M, steps):
-    """torch.distributed.pipelining on the same MLP split into P stages by layers."""
+    """torch.distributed.pipelining on the same MLP split into the same P stages."""
     import torch
     import torch.distributed as dist
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
@@ -149,15 +198,10 @@ def _torch_case(comm, name, M, steps):
         layers.append(torch.nn.Linear(a, b))
         if b != OUT:
             layers.append(torch.nn.ReLU())
-    per = -(-len(layers) // P)
-    # cut after a ReLU so that every stage ends in a full layer
-    cuts = [0]
-    for s in range(1, P):
-        c = min(len(layers) - 1, s * per)
-        while c < len(layers) and not isinstance(layers[c - 1], torch.nn.ReLU):
-            c += 1
-        cuts.append(c)
-    cuts.append(len(layers))
+    # the same stages as hpcml's (split by parameters): Linear i is layers[2 i], its ReLU
+    # layers[2 i + 1]
+    from hpcml.parallel.pipe import split
+    cuts = [2 * a for a, _ in split(_model(), P)] + [len(layers)]
     sub = torch.nn.Sequential(*layers[cuts[rank]:cuts[rank + 1]])
     stage = PipelineStage(sub, rank, P, torch.device("cpu"))
     loss = torch.nn.CrossEntropyLoss()
@@ -192,13 +236,15 @@ def worker(args):
     P, rank = comm.Get_size(), comm.Get_rank()
     from hpcml.comm.guard import local_ranks
     threads.configure(local_ranks(comm))  # cores / ranks on this node each (1 here at S=2)
+    cores = len(os.sched_getaffinity(0))
+    over = P > cores
     out = []
     micro = [int(m) for m in args.micro.split(",")]
     for name, v in (("gpipe", 1), ("1f1b", 1), ("zb-h1", 1), ("interleaved", 2)):
         if P * v > DEPTH + 1:
             continue
         for M in micro:
-            r = _hpcml_case(comm, name, M, v, args.steps)
+            r = _hpcml_case(comm, name, M, v, args.steps, cores=cores if over else None)
             if rank == 0:
                 out.append(r)
                 print(f"S={P} {name:11s} v={v} M={M:2d}: {r['samples_per_s']:8,.0f} samples/s"
@@ -206,7 +252,8 @@ def worker(args):
                       f"{r['predicted_bubble']:.3f} theory {r['theory_bubble']:.3f}",
                       flush=True)
     for M in (8,):
-        r = _hpcml_case(comm, "1f1b", M, 1, args.steps, recompute=True)
+        r = _hpcml_case(comm, "1f1b", M, 1, args.steps, recompute=True,
+                        cores=cores if over else None)
         if rank == 0:
             out.append(r)
     torch_rows = []
@@ -243,7 +290,7 @@ def worker(args):
                           + ", ".join(f"{r:.2f}" for r in ratios) + ")", flush=True)
     if rank == 0:
         with open(args.worker_out, "w") as f:
-            json.dump({"ranks": P, "oversubscribed": P > (os.cpu_count() or 1),
+            json.dump({"ranks": P, "oversubscribed": over, "cores": cores,
                        "records": out, "torch": torch_rows}, f)
     return 0
 
@@ -253,9 +300,9 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default="2,4", help="pipeline ranks to measure")
     ap.add_argument("--micro", default="1,2,4,8,16", help="micro-batch counts")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per case")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per case")
     ap.add_argument("--torch", type=int, default=1, help="also time torch pipelining (1/0)")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="hpcml/torch rounds per case (alternating which goes first)")
     ap.add_argument("--out", default="results")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -308,13 +355,17 @@ def _plot(results, path):
                     label=f"{name} measured")
             ax.plot(m, [r["predicted_bubble"] for r in rows], "x--", color=color, alpha=0.7,
                     label=f"{name} replay")
+            if run["oversubscribed"] and name in ("gpipe", "1f1b"):
+                ax.plot(m, [r["predicted_bubble_core_per_rank"] for r in rows], "+:",
+                        color=color, alpha=0.5, label=f"{name} replay, a core per rank")
             if name in ("1f1b", "zb-h1"):  # gpipe's closed form is 1f1b's
                 ax.plot(m, [r["theory_bubble"] for r in rows], ":", color=color, alpha=0.6,
                         label=f"{'gpipe, 1f1b' if name == '1f1b' else name} closed form")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("micro-batches M")
         ax.set_ylabel("bubble (idle share of the step)")
-        over = " (oversubscribed)" if run["oversubscribed"] else ""
+        over = f" on {run.get('cores')} cores (oversubscribed)" if run["oversubscribed"] \
+            else ""
         ax.set_title(f"{run['ranks']} pipeline ranks{over}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)

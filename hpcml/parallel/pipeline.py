@@ -321,15 +321,27 @@ def _deps(s, a):
     return [Action(a.stage, "B", a.micro)]
 
 
-def replay(s, costs=None, latency=0.0):
+def replay(s, costs=None, latency=0.0, cores=None):
     """Run every rank's list in one process with the executor's semantics (eager sends,
     blocking receives): returns a Replay, or raises ScheduleError with the step x rank grid
     when the ranks deadlock. costs: {"F": tF, "B": tB, "W": tW} (B is the whole backward
-    without W), or a function (rank, action) -> seconds; latency: per message."""
+    without W), or a function (rank, action) -> seconds of a core; latency: per message.
+    cores: when the ranks share fewer cores than there are ranks (an oversubscribed node),
+    how many: a waiting rank spins in its receive (MPI's wait), so the OS shares the cores
+    among all ranks alike and every action takes ranks / cores times its cost; a rank's
+    busy time stays its computing time (the costs), as a CPU-time measurement counts it."""
     _validate(s)
     if costs is None:
         costs = {"F": 1.0, "B": 1.0 if s.split_w else 2.0, "W": 1.0}
     cost = costs if callable(costs) else (lambda r, a: float(costs[a.kind]))
+    if cores is not None and cores < s.ranks:
+        if cores <= 0:
+            raise ValueError(f"cores must be > 0, not {cores}")
+        slow = s.ranks / cores
+        rep = replay(s, lambda r, a: cost(r, a) * slow, latency)
+        rep.busy = [b / slow for b in rep.busy]
+        rep.bubble = 1.0 - sum(rep.busy) / (s.ranks * rep.makespan) if rep.makespan else 0.0
+        return rep
     done = {}  # action -> end time
     pos = [0] * s.ranks
     clock = [0.0] * s.ranks
