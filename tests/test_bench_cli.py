@@ -128,12 +128,14 @@ def test_federated_benchmark_writes_json_and_png(tmp_path):
     import sys
     from procs import run
     r = run([sys.executable, "-m", "hpcml.bench", "federated", "--out", str(tmp_path),
-             "--max-rounds", "3", "--prox-rounds", "2", "--robust-rounds", "2",
+             "--max-rounds", "3", "--max-rounds-full", "2", "--ranks", "1", "--table-rows",
+             "2400", "--prox-rounds", "2", "--robust-rounds", "2",
              "--flower-rounds", "3", "--skip-flower", "--clients", "40", "--prox-rows",
              "1000"], limit=300)
     assert r.returncode == 0, r.stderr
     d = json.load(open(tmp_path / "federated.json"))
-    assert len(d["table1"]) == 30 and d["rates"]["hpcml"]["steady_rounds_per_s"] > 0
+    assert len(d["table1"]) == 20 and d["rates"]["hpcml"]["steady_rounds_per_s"] > 0
+    assert {r["max_rounds"] for r in d["table1"]} == {2, 3}
     assert set(d["fedprox"]) == {"fedavg", "fedprox"}
     assert len(d["robust"]["attacked"]) == 5 and (tmp_path / "federated.png").stat().st_size
 

@@ -40,6 +40,8 @@ def _main(argv=None):
     comm = hc.world()
     rank = comm.Get_rank()
     from hpcml import data
+    if args.cmd == "synth":
+        _check_synth(args)
     if args.cmd in ("synth", "convert"):
         from hpcml.data.output import abandon_output, begin_output, finish_output
         import time
@@ -112,8 +114,8 @@ def _parser():
     s.add_argument("output", help="folder to write (manifest.json + shards)")
     s.add_argument("--rows", type=int, required=True, help="rows (training rows with "
                    "--test-rows)")
-    s.add_argument("--features", type=int, required=True, help="feature columns")
-    kind = s.add_mutually_exclusive_group(required=True)
+    s.add_argument("--features", type=int, help="feature columns (needed but with --like)")
+    kind = s.add_mutually_exclusive_group()
     kind.add_argument("--classes", type=int, help="classes (a classification dataset)")
     kind.add_argument("--regression", action="store_true",
                       help="real-valued targets instead of classes")
@@ -130,6 +132,10 @@ def _parser():
                    "BETA) over --clients clients (e.g. 1,1; --features 60 --classes 10 as "
                    "the paper); the last feature column is the client id (python -m "
                    "hpcml.federated --partition natural --client-column FEATURES)")
+    s.add_argument("--like", choices=["digits"], help="rows made from a built-in dataset: "
+                   "digits' 8x8 images shifted by up to a pixel, ink scaled, noise added "
+                   "(train rows from digits:train, test rows from digits:test), e.g. "
+                   "--rows 60000 --test-rows 10000 for an MNIST-sized set")
     s.add_argument("--clients", type=int, default=30, help="--federated: clients (sizes "
                    "follow a power law)")
     s.add_argument("--overwrite", action="store_true",
@@ -168,6 +174,22 @@ def _parser():
     return ap
 
 
+def _check_synth(args):
+    from hpcml.config import ConfigError
+    if args.like:
+        from hpcml.data.augment import check
+        if args.federated:
+            raise ConfigError("--like and --federated: give one of them")
+        try:
+            check(args.like, args.features, args.classes, args.regression)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        args.features, args.classes = 64, 10
+    elif args.features is None or (args.classes is None and not args.regression):
+        raise ConfigError("synth needs --features and one of --classes / --regression "
+                          "(or --like digits)")
+
+
 def _write(args, folder, comm):
     from hpcml import data
     if args.cmd == "synth":
@@ -178,7 +200,8 @@ def _write(args, folder, comm):
         return data.synth(folder, args.rows, args.features, args.classes, args.regression,
                           args.shards, args.seed, args.dtype, comm=comm,
                           test_rows=args.test_rows, progress=args.log_every,
-                          name=args.output, federated=fed, clients=args.clients)
+                          name=args.output, federated=fed, clients=args.clients,
+                          like=args.like)
     # every rank converts its part of the input (streaming, bounded memory)
     return data.convert(args.input, folder, args.shards, args.label_column, args.dtype,
                         args.test_fraction, args.seed,

@@ -42,7 +42,7 @@ def make_shard(seed, index, rows, features, classes=None, regression=False, dtyp
 
 def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
           dtype="float32", comm=None, test_rows=0, progress=False, name=None,
-          federated=None, clients=30):
+          federated=None, clients=30, like=None):
     """Write a synthetic sharded dataset to `out`; with `comm`, ranks write shards i = rank,
     rank + p, ... and rank 0 writes the manifest. Returns the manifest (on rank 0).
     test_rows > 0: `out/train` (rows) and `out/test` (test_rows, drawn from the same
@@ -51,7 +51,16 @@ def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
     shards' rows (a bar on a terminal, else a line every `progress` seconds), named
     `name` (default: out's folder name). federated=(alpha, beta): FedProx's
     Synthetic(alpha, beta) over `clients` clients (hpcml.data.fedsynth; the last feature
-    column is the client id)."""
+    column is the client id). like="digits": rows made from the built-in digits
+    (hpcml.data.augment)."""
+    if like is not None:
+        from . import augment
+        augment.check(like, features, classes, regression)
+
+        def maker_of(split):
+            return lambda i, n: augment.make_shard(seed, i, n, split, dtype)
+    else:
+        maker_of = None
     if federated is not None:
         return _federated(out, rows, features, classes, shards, seed, dtype, comm,
                           test_rows, progress, name, federated, clients)
@@ -61,12 +70,13 @@ def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
         return {os.path.join(out, sub): _synth(os.path.join(out, sub), n, features,
                                                  classes, regression, k, seed, dtype, comm,
                                                  split, progress,
-                                                 name and os.path.join(name, sub))
+                                                 name and os.path.join(name, sub),
+                                                 maker_of=maker_of)
                 for sub, n, k, split in (("train", rows, shards, 0),
                                           ("test", test_rows, max(1, min(test_rows, round(
                                               shards * test_rows / rows))), 1))}
     return _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, 0,
-                  progress, name)
+                  progress, name, maker_of=maker_of)
 
 
 def _federated(out, rows, features, classes, shards, seed, dtype, comm, test_rows,
@@ -99,7 +109,8 @@ def _federated(out, rows, features, classes, shards, seed, dtype, comm, test_row
 
 
 def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, split=0,
-           progress=False, progress_name=None, maker=None, counts=None, kind=None):
+           progress=False, progress_name=None, maker=None, counts=None, kind=None,
+           maker_of=None):
     if regression == (classes is not None):
         raise DataError("give either classes (classification) or regression=True")
     if rows < 1 or features < 1 or shards < 1 or (classes is not None and classes < 1):
@@ -109,6 +120,12 @@ def _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, 
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     os.makedirs(out, exist_ok=True)
     counts = counts or shard_rows(rows, shards)
+    if maker is None and maker_of is not None:
+        make_split = maker_of(split)
+
+        def maker(i):
+            return make_split(i, counts[i])
+        kind = kind or {"kind": "augmented digits (hpcml.data.augment)"}
     entries, error = {}, None
     bar = None
     if progress and rank == 0:
