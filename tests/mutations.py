@@ -221,6 +221,20 @@ FAULTS = {
           "            out += u[i] * w.mean()")],
         0, ["tests/test_federated.py::"
             "test_fedavg_one_epoch_full_batch_equals_fedsgd_equals_a_centralised_step"]),
+    "augment-test-from-train": (
+        "synth --like digits: test rows made from the training images",
+        [("hpcml/data/augment.py",
+          "    x0, y0 = _source(split)",
+          "    x0, y0 = _source(0)")],
+        0, ["tests/test_data_convert.py::"
+            "test_synth_like_digits_shifts_images_of_its_own_split"]),
+    "replay-cores-ignored": (
+        "pipeline replay: an oversubscribed node's shared cores not modelled",
+        [("hpcml/parallel/pipeline.py",
+          "        slow = s.ranks / cores",
+          "        slow = 1.0")],
+        0, ["tests/test_pipeline_schedules.py::"
+            "test_shared_cores_stretch_every_action_and_keep_busy_as_compute_time"]),
 }
 
 

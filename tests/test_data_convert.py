@@ -278,3 +278,62 @@ def test_every_file_of_a_dataset_gets_the_umask_mode(tmp_path):
              for f in os.listdir(d)]
     assert len(files) >= 10
     assert {oct(os.stat(f).st_mode & 0o777) for f in files} == {oct(0o644)}, files
+
+
+def _shifted(img, dy, dx):
+    """An independent shift of an 8x8 image by (dy, dx) pixels, zeros moved in."""
+    out = np.zeros_like(img)
+    src = img[max(0, -dy):8 - max(0, dy), max(0, -dx):8 - max(0, dx)]
+    out[max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
+    return out
+
+
+def test_synth_like_digits_shifts_images_of_its_own_split(tmp_path):
+    """synth --like digits (an MNIST-sized set made from digits): without noise and ink
+    scaling every row is one of its split's digits images moved by at most a pixel each
+    way (zeros moved in), with that image's label; a test row never comes from a training
+    image; the CLI writes the rows make_shard gives, the same at 1 and 2 ranks."""
+    from hpcml.data import augment
+    from hpcml.data.builtin import resolve
+    sources = {}
+    for split, name in ((0, "digits:train"), (1, "digits:test")):
+        ds = ShardedDataset(resolve(name))
+        with h5py.File(ds.files[0], "r") as h:
+            sources[split] = (h["x"][...].reshape(-1, 8, 8).astype(np.float64), h["y"][...])
+    table = {}  # every shifted image's bytes -> (split, label, shift)
+    for split, (imgs, labels) in sources.items():
+        for img, lab in zip(imgs, labels):
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    table.setdefault(_shifted(img, dy, dx).tobytes(), set()).add(
+                        (split, int(lab), (dy, dx)))
+    for split in (0, 1):
+        x, y = augment.make_shard(3, 1, 300, split, "float64", noise=0.0, ink=(1.0, 1.0))
+        shifts = set()
+        for row, label in zip(x.reshape(-1, 8, 8), y):
+            hits = table.get(row.tobytes(), set())
+            assert (split, int(label)) in {h[:2] for h in hits}, \
+                "a row is not a shifted image of its split with its label"
+            shifts.update(h[2] for h in hits if h[0] == split)
+        assert len(shifts) == 9  # every shift occurs in 300 rows
+    run = lambda *a: procs.run(list(a), limit=90)  # noqa: E731
+    out = {}
+    for n in (1, 2):
+        cmd = [sys.executable, "-m", "hpcml.data", "synth", str(tmp_path / f"d{n}"), "--like",
+               "digits", "--rows", "3000", "--test-rows", "600", "--shards", "3"]
+        r = run(*((["mpiexec", "-n", "2"] if n == 2 else []) + cmd))
+        assert r.returncode == 0, r.stderr
+        out[n] = ShardedDataset(str(tmp_path / f"d{n}" / "train"))
+    with h5py.File(out[1].files[2], "r") as h:
+        x, y = augment.make_shard(0, 2, 1000, 0, "float32")
+        assert np.array_equal(h["x"][...], x) and np.array_equal(h["y"][...], y)
+    for a, b in zip(out[1].files, out[2].files):
+        with h5py.File(a, "r") as ha, h5py.File(b, "r") as hb:
+            assert np.array_equal(ha["x"][...], hb["x"][...])
+    for args, msg in ((["--features", "32"], "--like digits makes 64 features"),
+                      (["--federated", "1,1"], "--like and --federated"),
+                      ([], None)):
+        r = run(sys.executable, "-m", "hpcml.data", "synth", str(tmp_path / "bad"),
+                "--rows", "10", *(["--like", "digits"] + args if msg else []))
+        want = msg or "synth needs --features and one of --classes / --regression"
+        assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -31,9 +31,10 @@ def _source(split):
         return h["x"][...].astype(np.float64), h["y"][...].astype(np.int64)
 
 
-def make_shard(seed, index, rows, split=0, dtype="float32"):
+def make_shard(seed, index, rows, split=0, dtype="float32", noise=1.0, ink=(0.8, 1.2)):
     """(x, y) of shard `index`: `rows` augmented digits (split 0 from digits:train, 1 from
-    digits:test)."""
+    digits:test); noise: the Gaussian noise's standard deviation, ink: the range of the
+    ink scale."""
     x0, y0 = _source(split)
     rng = np.random.default_rng([seed, index, split, 8])
     pick = rng.integers(0, len(x0), rows)
@@ -45,8 +46,8 @@ def make_shard(seed, index, rows, split=0, dtype="float32"):
     rows_idx = (1 - dy)[:, None] + r[None, :]  # output row i reads padded row i + 1 - dy
     cols_idx = (1 - dx)[:, None] + r[None, :]
     out = pad[np.arange(rows)[:, None, None], rows_idx[:, :, None], cols_idx[:, None, :]]
-    out *= rng.uniform(0.8, 1.2, rows)[:, None, None]
-    out += rng.standard_normal(out.shape)
+    out *= rng.uniform(*ink, rows)[:, None, None]
+    out += noise * rng.standard_normal(out.shape)
     np.clip(out, 0.0, 16.0, out=out)
     return out.reshape(rows, 64).astype(dtype), y0[pick]
 
