@@ -154,3 +154,24 @@ def test_bad_row_met_while_training_ends_the_job(tmp_path):
         "[rank 1] DataError: " in proc.stderr, proc.stderr
     assert ("shard-00001.h5: row 250 (row 650 of the dataset, from 0) has a NaN or Inf "
             "feature") in proc.stderr
+
+
+def test_every_job_installs_the_guard_and_its_threads():
+    """Every console script's job (and `python -m hpcml.<job>`) runs through
+    hc.entry_point: the guard that ends every rank on one rank's exception, the watchdog,
+    and cores / ranks-per-node compute threads. hpcml.federated's main lacked it: under
+    mpiexec -n 2 each rank ran two BLAS threads on a 2-core node (8x slower per round) and
+    an exception on one rank was not an abort of all."""
+    import importlib
+    import re
+    text = open(os.path.join(os.path.dirname(__file__), "..", "setup.py")).read()
+    scripts = re.findall(r'"(hpcml-[a-z]+)=([\w.]+):(\w+)"', text)
+    assert len(scripts) >= 8
+    for name, module, func in scripts:
+        if name == "hpcml-bench":  # a dispatcher: each benchmark has its own main
+            continue
+        mod = importlib.import_module(module)
+        f = getattr(mod, func)
+        inner = getattr(mod, "_main", None)  # hpcml.data: main() wraps _main()
+        assert getattr(f, "hpcml_entry_point", False) or \
+            getattr(inner, "hpcml_entry_point", False), f"{name}: {module}:{func}"

@@ -132,6 +132,7 @@ def entry_point(main):
             return 0
     wrapped.__name__ = getattr(main, "__name__", "main")
     wrapped.__doc__ = main.__doc__
+    wrapped.hpcml_entry_point = True  # tests check that every job's main has it
     return wrapped
 
 

@@ -354,6 +354,7 @@ def _write(cfg, summary, rows):
     plt.close(fig)
 
 
+@hc.entry_point
 def main(argv=None):
     return config.run_job(hc.world(), parse_args, run, argv,
                           failures=(CollectiveError, DataError, ValueError),
