@@ -238,7 +238,12 @@ def _plot(res, path):
             never = [r["C"] for r in rows if not r["rounds_to_target"]]
             if never:  # not reached within --max-rounds: drawn at the cap
                 a.plot(never, [r["max_rounds"] for r in rows if not r["rounds_to_target"]],
-                       "^", color=color, ms=9)
+                       "^", color=color, ms=9, mfc="none" if part == "iid" else color,
+                       label=f"{part}, B={b}: not reached")
+            ref = MCMAHAN.get((part, 0 if b == "all" else b))
+            if b == 10 and ref:  # McMahan's MNIST figures (their C = 0 at 0.01)
+                a.plot(CS, ref, style, color="grey", marker="x", alpha=0.7,
+                       label=f"McMahan MNIST, {part}, B=10")
     a.set_xscale("log")
     a.set_yscale("log")
     a.set_xlabel("C (fraction of clients per round)")
