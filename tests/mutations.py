@@ -209,14 +209,14 @@ FAULTS = {
     "fed-rank-rng": (
         "federated: a rank's clients shuffle from one generator per rank (the global model "
         "then depends on how the clients are dealt over the ranks)",
-        [("hpcml/federated/client.py",
+        [("hpcml/parallel/federated/client.py",
           "        rng = np.random.default_rng([seed, rnd, client, 0xC1])",
           "        self._rng = getattr(self, '_rng', None) or np.random.default_rng(seed)\n"
           "        rng = self._rng")],
         0, ["tests/test_federated.py::test_the_global_model_is_bit_identical_at_1_to_4_ranks"]),
     "fed-unweighted": (
         "federated: FedAvg's mean ignores the clients' row counts",
-        [("hpcml/federated/aggregate.py",
+        [("hpcml/parallel/federated/aggregate.py",
           "            out += w[i] * u[i]",
           "            out += u[i] * w.mean()")],
         0, ["tests/test_federated.py::"

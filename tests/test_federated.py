@@ -10,7 +10,7 @@ import pytest
 from hpcml import nn
 from hpcml.comm.inproc import run_ranks
 from hpcml.config import ConfigError
-from hpcml.federated import aggregate, partition
+from hpcml.parallel.federated import aggregate, partition
 from hpcml.federated import job
 
 
@@ -173,7 +173,7 @@ def test_a_run_stopped_by_an_error_resumes_bit_identical(tmp_path, monkeypatch):
     resumed from round 4 ends with the bytes of the run never stopped, and rounds.jsonl
     holds each round once; a resume with another partition is refused by name."""
     import json
-    from hpcml.federated import simulation
+    from hpcml.parallel.federated import simulation
     kw = dict(rounds=6, partition="shards:2", strategy="fedyogi", server_lr=0.01)
     ref = run_ranks(2, lambda c: job.run(_cfg(tmp_path, **kw), c, log=lambda *a: None))[0]
     ref_params = _run(_cfg(tmp_path, **kw), 1)[1]
@@ -225,7 +225,7 @@ def _renyi_numeric(q, sigma, alpha):
                                            (0.01, 1.5, 5.3), (0.2, 2.0, 12)])
 def test_rdp_matches_numerical_integration(q, sigma, alpha):
     """Both series (integer and fractional orders) against the integral itself."""
-    from hpcml.federated.privacy import rdp
+    from hpcml.parallel.federated.privacy import rdp
     got = rdp(q, sigma, 1, orders=(alpha,))[0]
     assert abs(got - _renyi_numeric(q, sigma, alpha)) <= 1e-6 * abs(got), got
 
@@ -238,7 +238,7 @@ def test_epsilon_matches_dp_accounting(q, sigma, steps, delta):
     pytest.importorskip("dp_accounting")
     from dp_accounting import dp_event
     from dp_accounting.rdp import rdp_privacy_accountant as rdp_acc
-    from hpcml.federated.privacy import epsilon
+    from hpcml.parallel.federated.privacy import epsilon
     acc = rdp_acc.RdpAccountant()
     acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
     ref = acc.get_epsilon(delta)
@@ -249,7 +249,7 @@ def test_epsilon_matches_dp_accounting(q, sigma, steps, delta):
 def test_dp_aggregation_clips_noises_and_adapts():
     """Each update's contribution is clipped to S; the noise's std is z S / (q N); with
     every norm above S, adaptive clipping raises S (b = 0 < the 0.5 quantile)."""
-    from hpcml.federated.privacy import DPAggregator
+    from hpcml.parallel.federated.privacy import DPAggregator
     rng = np.random.default_rng(0)
     u = rng.standard_normal((5, 200000)) * np.array([[0.001], [10], [10], [10], [10]])
     quiet = DPAggregator(1e-9, 2.0, 5.0)
@@ -269,7 +269,7 @@ def test_dp_aggregation_clips_noises_and_adapts():
 
 
 def test_dp_fedavg_reports_epsilon_and_is_rank_independent(tmp_path):
-    from hpcml.federated.privacy import epsilon
+    from hpcml.parallel.federated.privacy import epsilon
     cfg = _cfg(tmp_path, dp_noise=1.2, dp_clip=0.5, dp_adaptive=True, rounds=4,
                clients=100, fraction=0.3)
     ref = _run(cfg, 1)
@@ -281,7 +281,7 @@ def test_dp_fedavg_reports_epsilon_and_is_rank_independent(tmp_path):
 
 
 def _secagg_round(n=6, t=4, size=5000, seed=0):
-    from hpcml.federated import secagg as S
+    from hpcml.parallel.federated import secagg as S
     rng = np.random.default_rng(seed)
     xs = [S.quantize(rng.standard_normal(size) * 3, 24) for _ in range(n)]
     parties = [S.SecAggClient(i, 100 + i, bytes([i + 1]) * 32) for i in range(n)]
@@ -312,7 +312,7 @@ def test_a_masked_vector_is_uniform_and_independent_of_the_data():
     (chi-square of the top byte over 256 bins) and the two are alike (chi-square of
     homogeneity), so y_i alone says nothing of x_i."""
     from scipy.stats import chi2_contingency, chisquare
-    from hpcml.federated import secagg as S
+    from hpcml.parallel.federated import secagg as S
     n = 200000
     parties = [S.SecAggClient(i, i, bytes([7 + i]) * 32) for i in range(3)]
     pks = [p.pk for p in parties]

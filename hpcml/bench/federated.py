@@ -147,7 +147,7 @@ def hpcml_rate(rounds):
     """Rounds/s of hpcml's simulation (Table 1's C = 0.1, B = 10 cell), no evaluation."""
     from hpcml import comm as hc
     from hpcml.federated import job
-    from hpcml.federated.simulation import Federation
+    from hpcml.parallel.federated.simulation import Federation
     t0 = time.perf_counter()
     cfg = _cfg(clients=100, fraction=0.1, local_epochs=1, local_batch=10, lr=0.1)
     x, y, xt, yt, ids = job.load(cfg, hc.self_comm())

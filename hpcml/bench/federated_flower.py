@@ -15,8 +15,8 @@ def _clients():
     from hpcml import comm as hc
     from hpcml import nn
     from hpcml.federated import job
-    from hpcml.federated.client import Client
-    from hpcml.federated.partition import partition
+    from hpcml.parallel.federated.client import Client
+    from hpcml.parallel.federated.partition import partition
     cfg = {k: v[0] for k, v in job.SETTINGS.items()}
     cfg.update(verbose=False, plot=False)
     cfg = job.validate(cfg)

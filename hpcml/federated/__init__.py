@@ -1,12 +1,13 @@
-"""Federated learning simulated on MPI ranks (`python -m hpcml.federated`): virtual
-clients as slices of a dataset, FedAvg and its successors, robust aggregation.
+"""Federated learning simulated on MPI ranks (`python -m hpcml.federated`): the job (job.py:
+settings, data, outputs; resume.py: checkpoints). The strategy layer (clients,
+partitions, aggregation, SecAgg, DP, the round loop) is hpcml.parallel.federated, whose
+names are re-exported here.
 
     from hpcml.federated import Federation, partition, aggregate
 """
-from .aggregate import STRATEGIES, AGGREGATORS, ServerOptimizer, aggregate, krum_scores
-from .client import Client
-from .partition import PartitionError, partition, describe
-from .simulation import Federation, round_clients
+from hpcml.parallel.federated import (STRATEGIES, AGGREGATORS, ServerOptimizer, aggregate,
+                                      krum_scores, Client, PartitionError, partition,
+                                      describe, Federation, round_clients)
 
 __all__ = ["STRATEGIES", "AGGREGATORS", "ServerOptimizer", "aggregate", "krum_scores",
            "Client", "PartitionError", "partition", "describe", "Federation",

@@ -28,11 +28,11 @@ from hpcml.comm.guard import CollectiveError
 from hpcml.config import ConfigError
 from hpcml.data import DataError, ShardedDataset
 
-from .aggregate import STRATEGIES, AggregateError, parse_aggregator
-from .client import parse_attack
+from hpcml.parallel.federated.aggregate import STRATEGIES, AggregateError, parse_aggregator
+from hpcml.parallel.federated.client import parse_attack
 from . import resume
-from .partition import PartitionError, parse as parse_partition
-from .simulation import Federation
+from hpcml.parallel.federated.partition import PartitionError, parse as parse_partition
+from hpcml.parallel.federated.simulation import Federation
 
 # name: (default, type, help)
 SETTINGS = {
@@ -161,7 +161,7 @@ def _check_dp(cfg, bad):
         bad("aggregator", "differential privacy clips and averages: use mean with "
                           "--dp-noise")
     if cfg["dp_adaptive"]:
-        from .privacy import DPAggregator
+        from hpcml.parallel.federated.privacy import DPAggregator
         try:
             DPAggregator(cfg["dp_noise"], cfg["dp_clip"], cfg["fraction"] * cfg["clients"],
                          True, cfg["dp_quantile"], cfg["dp_clip_lr"])

@@ -1,14 +1,14 @@
 """Federated simulation over MPI ranks: N virtual clients are slices of the training rows
-(hpcml.federated.partition), not processes. Each round:
+(hpcml.parallel.federated.partition), not processes. Each round:
 
 1. the round's clients: max(1, round(C N)) sampled without replacement from
    default_rng([seed, round]); each then drops out with probability `dropout_rate`, and a
    `stragglers` fraction of the rest does only part of its local work (a random number of
    its local steps: FedProx's partial work), or is dropped with `drop_stragglers`;
 2. the surviving clients are dealt over the ranks in order (contiguous runs); each rank
-   trains its clients from the global model (hpcml.federated.client) and the updates are
+   trains its clients from the global model (hpcml.parallel.federated.client) and the updates are
    gathered on every rank in client order (copies, no arithmetic);
-3. every rank aggregates the same bytes in the same order (hpcml.federated.aggregate) and
+3. every rank aggregates the same bytes in the same order (hpcml.parallel.federated.aggregate) and
    takes the same server step, so the global model does not depend on how many ranks
    simulate the clients (bit-identical at any rank count);
 4. the global model is evaluated on the test set (rows split over the ranks, sums
@@ -163,7 +163,7 @@ class Federation:
             delta *= delta.dtype.type(self.attack[1])
         return delta, n, loss
 
-    # --- secure aggregation (hpcml.federated.secagg) ------------------------------------
+    # --- secure aggregation (hpcml.parallel.federated.secagg) ------------------------------------
     def _secagg_parties(self, chosen):
         """The round's clients as SecAgg parties (position order), their public keys, and
         the threshold; the simulation derives each client's secrets from (seed, round,
