@@ -1,7 +1,7 @@
 """python -m hpcml.bench <benchmark> [options]: benchmarks that write JSON and PNG.
 
     mpiexec -n 4 python -m hpcml.bench allreduce     # hand-written vs MPI_Allreduce
-    mpiexec -n 2 python -m hpcml.bench tune          # measure the alpha-beta cost model
+    mpiexec -n 2 python -m hpcml.bench calibrate     # measure the alpha-beta cost model
     python -m hpcml.bench kernels                    # Numba/CUDA kernels vs NumPy
     python -m hpcml.bench io                         # data loader vs plain h5py
     python -m hpcml.bench train                      # hpcml.train vs PyTorch DDP
@@ -16,7 +16,7 @@ import sys
 
 BENCHMARKS = {
     "allreduce": "hpcml.bench.allreduce",
-    "tune": "hpcml.bench.tune",
+    "calibrate": "hpcml.bench.calibrate",
     "kernels": "hpcml.bench.kernels",
     "io": "hpcml.bench.io",
     "train": "hpcml.bench.train",

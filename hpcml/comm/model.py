@@ -12,7 +12,7 @@ machine, with its oversubscription, network and caches, not guessed. Every rank 
 the slowest rank's numbers, so every rank chooses the same algorithm.
 
 Without calibration, DEFAULT (alpha, beta, gamma only) is used; it was measured by
-``mpiexec -n 2 python -m hpcml.bench tune`` on the project's 2-core CI-class machine
+``mpiexec -n 2 python -m hpcml.bench calibrate`` on the project's 2-core CI-class machine
 (MPICH 5.0.2 wheel, shared memory). ``HPCML_COMM_MODEL=file.json`` loads a saved model.
 """
 import json
@@ -114,7 +114,7 @@ class CostModel:
         return json.dumps(asdict(self))
 
 
-#: Measured here: `mpiexec -n 2 python -m hpcml.bench tune` (see module docstring).
+#: Measured here: `mpiexec -n 2 python -m hpcml.bench calibrate` (see module docstring).
 #: mpi_below: `mpiexec -n 2|4 python -m hpcml.bench allreduce` (2-core Xeon, 2026-12-01):
 #: MPI's own all-reduce through hpcml.comm is faster than hpcml's best schedule at every
 #: size up to 64 KiB at 2 and 4 ranks (one Python call per step costs ~2 us there).
@@ -157,7 +157,7 @@ def allreduce_choices(model, p, seg_bytes, limit=1 << 30):
 
 
 def load(path):
-    """A CostModel from a JSON file written by `python -m hpcml.bench tune` (validated)."""
+    """A CostModel from a JSON file written by `python -m hpcml.bench calibrate` (validated)."""
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)

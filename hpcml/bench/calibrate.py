@@ -1,6 +1,6 @@
 """Measure the cost model on this communicator and save it for HPCML_COMM_MODEL.
 
-    mpiexec -n 4 python -m hpcml.bench tune --out results/model-p4.json
+    mpiexec -n 4 python -m hpcml.bench calibrate --out results/model-p4.json
     HPCML_COMM_MODEL=results/model-p4.json mpiexec -n 4 python -m hpcml.train ...
 """
 import argparse
@@ -16,7 +16,7 @@ from .common import environment, human
 
 @hc.entry_point
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m hpcml.bench tune", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m hpcml.bench calibrate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--out", default=None, help="JSON file to write (rank 0)")
