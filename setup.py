@@ -21,6 +21,7 @@ setup(
         "h5py>=3.8",
         "tqdm>=4.60",  # progress bars on rank 0
         "matplotlib>=3.5",  # every job draws its PNG (the numbers are written first)
+        "scipy>=1.9",  # hpcml.tune: Sobol points, the GP's fit (L-BFGS-B), normal CDFs
     ],
     extras_require={
         # The MPI runtime as a wheel from PyPI (no system MPI, no compiler). On a cluster,
@@ -34,7 +35,8 @@ setup(
         # python -m hpcml.federated --secagg: X25519, HKDF and AES-CTR
         "secagg": ["cryptography>=41"],
         # Benchmark anchors only, never imported by hpcml at run time.
-        "bench": ["torch", "matplotlib>=3.5", "scikit-learn", "openTSNE"],
+        "bench": ["torch", "matplotlib>=3.5", "scikit-learn", "openTSNE",
+                  "optuna"],  # hpcml.tune's anchor in python -m hpcml.bench tune
         "test": [
             "pytest>=7",
             "pytest-mpi>=0.6",
@@ -58,5 +60,6 @@ setup(
         "hpcml-evaluate=hpcml.evaluate:main",
         "hpcml-bench=hpcml.bench.__main__:main",
         "hpcml-federated=hpcml.federated.job:main",
+        "hpcml-tune=hpcml.tune.job:main",
     ]},
 )

@@ -21,6 +21,9 @@ JOBS = {
     "federated": ("hpcml.federated", "federated learning: virtual clients on MPI ranks "
                   "(FedAvg, FedProx, robust, secure and private aggregation)",
                   "mpiexec -n 4 python -m hpcml.federated --clients 1000 --fraction 0.05"),
+    "tune": ("hpcml.tune", "hyperparameter search (grid, random, Sobol, TPE, GP-BO; ASHA) "
+             "over MPI ranks, resumable from its journal",
+             "mpiexec -n 5 python -m hpcml.tune --objective branin --sampler gp"),
     "data": ("hpcml.data", "make, convert, inspect and verify sharded datasets",
              "python -m hpcml.data synth data/blobs --rows 100000 --features 32 "
              "--classes 10 --test-rows 10000"),

@@ -228,6 +228,14 @@ FAULTS = {
           "    x0, y0 = _source(0)")],
         0, ["tests/test_data_convert.py::"
             "test_synth_like_digits_shifts_images_of_its_own_split"]),
+    "tune-restart-new-params": (
+        "tune: a trial interrupted by a kill is re-run with other parameters",
+        [("hpcml/tune/study.py",
+          "            return n, t.params",
+          "            return n, self.space.decode(np.random.default_rng().random("
+          "len(self.space.params)))")],
+        0, ["tests/test_tune.py::"
+            "test_sigkill_mid_study_and_resume_give_the_uninterrupted_trials"]),
     "replay-cores-ignored": (
         "pipeline replay: an oversubscribed node's shared cores not modelled",
         [("hpcml/parallel/pipeline.py",

@@ -72,7 +72,8 @@ def test_console_scripts_are_installed():
     """`pip install -e .` puts hpcml-train, hpcml-data, ... on the PATH."""
     scripts = sysconfig.get_path("scripts")
     for name in ("hpcml", "hpcml-train", "hpcml-data", "hpcml-pca", "hpcml-tsne",
-                 "hpcml-predict", "hpcml-evaluate", "hpcml-bench", "hpcml-federated"):
+                 "hpcml-predict", "hpcml-evaluate", "hpcml-bench", "hpcml-federated",
+                 "hpcml-tune"):
         path = shutil.which(name) or os.path.join(scripts, name)
         assert os.path.exists(path), f"{name} not installed (pip install -e .)"
     r = run([shutil.which("hpcml-train") or os.path.join(scripts, "hpcml-train"),

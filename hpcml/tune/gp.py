@@ -26,32 +26,45 @@ class GP:
     """Posterior of a zero-mean GP given (x, y) and theta = [log ls..., log s2, log noise]."""
 
     def __init__(self, x, y, theta):
+        from scipy.linalg import cho_solve, cholesky
         d = x.shape[1]
         self.x, self.ls = x, np.exp(theta[:d])
         self.s2, self.noise = math.exp(theta[d]), math.exp(theta[d + 1])
-        k = matern52(x, x, self.ls, self.s2) + (self.noise + 1e-9) * np.eye(len(x))
-        self.chol = np.linalg.cholesky(k)
-        self.alpha = _solve(self.chol, y)
+        self.k_signal = matern52(x, x, self.ls, self.s2)
+        k = self.k_signal + (self.noise + 1e-9) * np.eye(len(x))
+        self.chol = cholesky(k, lower=True)
+        self.alpha = cho_solve((self.chol, True), y)
 
     def predict(self, xs):
+        from scipy.linalg import solve_triangular
         ks = matern52(xs, self.x, self.ls, self.s2)
         mu = ks @ self.alpha
-        v = np.linalg.solve(self.chol, ks.T)
+        v = solve_triangular(self.chol, ks.T, lower=True)
         var = np.maximum(self.s2 - np.sum(v * v, axis=0), 1e-12)
         return mu, np.sqrt(var)
 
 
-def _solve(chol, y):
-    return np.linalg.solve(chol.T, np.linalg.solve(chol, y))
-
-
 def neg_log_marginal_likelihood(theta, x, y):
+    """(-log p(y | x, theta), its gradient in theta): 0.5 y^T K^-1 y + 0.5 log|K| + const;
+    d/d theta_j = -0.5 tr((alpha alpha^T - K^-1) dK/d theta_j)."""
+    from scipy.linalg import cho_solve
     try:
         gp = GP(x, y, theta)
     except np.linalg.LinAlgError:
-        return 1e10
-    return float(0.5 * y @ gp.alpha + np.sum(np.log(np.diag(gp.chol)))
-                 + 0.5 * len(y) * math.log(2 * math.pi))
+        return 1e10, np.zeros_like(theta)
+    n, d = x.shape
+    value = float(0.5 * y @ gp.alpha + np.sum(np.log(np.diag(gp.chol)))
+                  + 0.5 * n * math.log(2 * math.pi))
+    w = np.outer(gp.alpha, gp.alpha) - cho_solve((gp.chol, True), np.eye(n))
+    diff = (x[:, None, :] - x[None, :, :]) / gp.ls  # n x n x d
+    r = np.sqrt(np.maximum(np.sum(diff * diff, axis=-1), 0.0))
+    base = gp.s2 * 5.0 / 3.0 * (1 + SQRT5 * r) * np.exp(-SQRT5 * r)
+    grad = np.empty(d + 2)
+    for j in range(d):  # d k / d log ls_j = s2 5/3 (1 + sqrt5 r) e^(-sqrt5 r) diff_j^2
+        grad[j] = -0.5 * np.sum(w * base * diff[:, :, j] ** 2)
+    grad[d] = -0.5 * np.sum(w * gp.k_signal)
+    grad[d + 1] = -0.5 * gp.noise * np.trace(w)
+    return value, grad
 
 
 def fit(x, y):
@@ -65,7 +78,7 @@ def fit(x, y):
     for ls0 in (0.3, 1.0):
         t0 = np.array([math.log(ls0)] * d + [0.0, math.log(1e-3)])
         r = minimize(neg_log_marginal_likelihood, t0, args=(x, y), method="L-BFGS-B",
-                     bounds=bounds, options={"maxiter": 200})
+                     jac=True, bounds=bounds, options={"maxiter": 200})
         if best is None or r.fun < best.fun:
             best = r
     return best.x

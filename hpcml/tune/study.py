@@ -108,6 +108,8 @@ class Engine:
         t = self.trials[n]
         if state == "complete" and (value is None or not math.isfinite(value)):
             state, error = "failed", error or f"the objective returned {value!r}"
+        if value is not None and not math.isfinite(value):  # kept as null, named in error
+            value = None
         t.state, t.value, t.seconds, t.error = state, value, seconds, error
         self.journal.append({"op": "finish", "trial": n, "state": state, "value": value,
                              "seconds": seconds, "error": error})
