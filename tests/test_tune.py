@@ -245,3 +245,33 @@ def test_a_journal_of_another_study_is_refused(tmp_path):
     assert (tmp_path / "journal.jsonl").read_bytes() == before
     r = _tune(["--objective", "nosuchmodule:f", "--output", str(tmp_path / "x")])
     assert r.returncode == 2 and "cannot import" in r.stderr, r.stderr
+
+
+def test_train_objective_on_teams_of_two_ranks_equals_direct_runs(tmp_path):
+    """--objective train with --ranks-per-trial 2 on 3 in-process ranks (rank 0 manages,
+    one team of 2): each trial's value is the test accuracy the same hpcml.train settings
+    give on 2 ranks directly, every epoch is reported to the journal, and a space naming
+    a setting hpcml.train lacks is one message before anything is written."""
+    from hpcml import train
+    from hpcml.tune import job
+    (tmp_path / "t.toml").write_text("epochs = 2\nhidden = \"32\"\nbatch_size = 64\n")
+    space = _toml(tmp_path / "s.toml", {"lr": {"type": "float", "low": 0.01, "high": 0.3,
+                                               "log": True}})
+    cfg = dict({k: v[0] for k, v in job.SETTINGS.items()}, objective="train", space=space,
+               train_config=str(tmp_path / "t.toml"), trials=2, sampler="random",
+               ranks_per_trial=2, verbose=False, plot=False, output=str(tmp_path / "o"))
+    out = run_ranks(3, lambda c: job.run(dict(cfg), c))[0]
+    assert out["complete"] == 2, out
+    rows = [json.loads(x) for x in open(tmp_path / "o" / "trials.jsonl")]
+    for r in rows:
+        base = train.parse_args(["--config", str(tmp_path / "t.toml"), "--progress", "false",
+                                 "--lr", str(r["params"]["lr"])])
+        direct = run_ranks(2, lambda c: train.run(dict(base), c, log=lambda *a, **k: None))
+        assert r["value"] == direct[0][0]["test_accuracy"]
+        assert sorted(r["reports"]) == ["1", "2"]
+    bad = _toml(tmp_path / "b.toml", {"learning_rate": {"type": "float", "low": 0.01,
+                                                        "high": 0.1}})
+    r = _tune(["--objective", "train", "--space", bad, "--output", str(tmp_path / "b")])
+    assert r.returncode == 2 and "'learning_rate', which is not an hpcml.train setting" in \
+        r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "b" / "journal.jsonl").exists()

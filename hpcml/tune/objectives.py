@@ -91,8 +91,8 @@ def _train_run(train, cfg, comm, metric, report):
     from hpcml import comm as hc
     from .study import Pruned
     rep = _Reporter(metric, report)
-    summary = train.run(cfg, comm if comm is not None else hc.self_comm(),
-                        log=lambda *a, **k: None, callbacks=[rep])
+    summary, _ = train.run(cfg, comm if comm is not None else hc.self_comm(),
+                           log=lambda *a, **k: None, callbacks=[rep])
     if rep.pruned:
         raise Pruned()
     if metric not in summary:
