@@ -11,6 +11,7 @@
     python -m hpcml.bench pipeline                   # pipeline bubble vs the replay; torch pipelining
     python -m hpcml.bench ps                         # parameter server modes vs data parallel
     python -m hpcml.bench federated                  # McMahan's Table 1, FedProx, vs Flower
+    python -m hpcml.bench tune                       # hpcml.tune's samplers vs Optuna's
 """
 import sys
 
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "pipeline": "hpcml.bench.pipeline",
     "ps": "hpcml.bench.ps",
     "federated": "hpcml.bench.federated",
+    "tune": "hpcml.bench.tune",
 }
 
 
