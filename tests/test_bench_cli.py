@@ -157,3 +157,16 @@ def test_pipeline_benchmark_writes_json_and_png(tmp_path):
         assert 0 <= r["predicted_bubble"] < 1 and 0 <= r["measured_bubble"] < 1
         assert r["predicted_schedule_s"] > 0 and r["samples_per_s"] > 0
     assert run0["oversubscribed"] == (2 > run0["cores"])
+
+
+def test_tune_benchmark_parts_are_sound():
+    """python -m hpcml.bench tune's quality part, tiny: every sampler's best-so-far curve
+    is non-increasing and its regret >= 0 (Optuna's part only when Optuna is installed)."""
+    from hpcml.bench import tune
+    for fname, fstar in tune.FUNCS.items():
+        curve = tune._hpcml_curve(fname, "tpe", 0, 12)
+        assert len(curve) == 12 and all(a >= b for a, b in zip(curve, curve[1:]))
+        assert min(curve) >= fstar - 1e-5
+    pytest.importorskip("optuna")
+    curve = tune._optuna_curve("branin", "tpe", 0, 5)
+    assert len(curve) == 5 and min(curve) >= 0.397887 - 1e-6
