@@ -73,3 +73,13 @@ def run_worker(cmd, timeout, capture=False):
             return json.load(f)
     finally:
         os.unlink(path)
+
+
+def save_results(out, name, result, plot):
+    """Write OUT/NAME.json (atomically), then OUT/NAME.png by plot(path) (the numbers come
+    first, so a failing picture loses none), and say so."""
+    from hpcml.atomic import atomic_write_json
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, f"{name}.json"), result)
+    plot(os.path.join(out, f"{name}.png"))
+    print(f"# wrote {out}/{name}.json and {name}.png")

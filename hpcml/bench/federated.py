@@ -214,11 +214,8 @@ def main(argv=None):
     res["table1"] = table1(args)
     res["fedprox"] = fedprox(args)
     res["robust"] = robust(args)
-    os.makedirs(args.out, exist_ok=True)
-    from hpcml.atomic import atomic_write_json
-    atomic_write_json(os.path.join(args.out, "federated.json"), res)
-    _plot(res, os.path.join(args.out, "federated.png"))
-    print(f"# wrote {args.out}/federated.json and federated.png")
+    from hpcml.bench.common import save_results
+    save_results(args.out, "federated", res, lambda path: _plot(res, path))
     return 0
 
 

@@ -328,13 +328,11 @@ def main(argv=None):
         with open(path) as f:
             results.append(json.load(f))
         os.unlink(path)
-    os.makedirs(args.out, exist_ok=True)
-    from hpcml.atomic import atomic_write_json
-    atomic_write_json(os.path.join(args.out, "pipeline.json"),
-                      {"benchmark": "pipeline", "model": f"MLP {IN}-{DEPTH}x{WIDTH}-{OUT} "
-                       f"float32, batch {BATCH}", "runs": results})
-    _plot(results, os.path.join(args.out, "pipeline.png"))
-    print(f"# wrote {args.out}/pipeline.json and pipeline.png")
+    from hpcml.bench.common import save_results
+    save_results(args.out, "pipeline", {"benchmark": "pipeline", "model": f"MLP {IN}-{DEPTH}"
+                                        f"x{WIDTH}-{OUT} float32, batch {BATCH}",
+                                        "runs": results},
+                 lambda path: _plot(results, path))
     return 0
 
 

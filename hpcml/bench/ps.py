@@ -217,16 +217,14 @@ def main(argv=None):
     runs = _ps_cases(args)
     _times_to_bsp(runs)
     lat = _run(2, ["--worker", "latency"])
-    os.makedirs(args.out, exist_ok=True)
-    from hpcml.atomic import atomic_write_json
-    atomic_write_json(os.path.join(args.out, "ps.json"),
-                      {"benchmark": "ps", "dataset": "digits", "epochs": args.epochs,
-                       "hidden": args.hidden, "batch_size": args.batch_size,
-                       "hogwild_hidden": args.hogwild_hidden,
-                       "hogwild_epochs": args.hogwild_epochs,
-                       "workers": 3, "runs": runs, "latency": lat, "hogwild": hog})
-    _plot(runs, lat, os.path.join(args.out, "ps.png"), hog)
-    print(f"# wrote {args.out}/ps.json and ps.png")
+    from hpcml.bench.common import save_results
+    save_results(args.out, "ps", {"benchmark": "ps", "dataset": "digits",
+                                  "epochs": args.epochs, "hidden": args.hidden,
+                                  "batch_size": args.batch_size,
+                                  "hogwild_hidden": args.hogwild_hidden,
+                                  "hogwild_epochs": args.hogwild_epochs, "workers": 3,
+                                  "runs": runs, "latency": lat, "hogwild": hog},
+                 lambda path: _plot(runs, lat, path, hog))
     return 0
 
 

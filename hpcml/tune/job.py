@@ -17,7 +17,7 @@ import os
 
 from hpcml import comm as hc
 from hpcml import config
-from hpcml.atomic import atomic_savefig, atomic_write_json, atomic_write_bytes
+from hpcml.atomic import atomic_write_json, atomic_write_bytes
 from hpcml.config import ConfigError
 
 from . import objectives, pruners, samplers
