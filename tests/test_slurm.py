@@ -74,3 +74,37 @@ def test_plain_srun_is_one_line_and_srun_pmi2_is_one_world(slurm, tmp_path):
     r = run(["srun", "--mpi=pmi2", "-n", "2", *cmd], limit=120, env=slurm, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["ranks"] == 2
+
+
+def test_tune_array_tasks_share_one_study(slurm, tmp_path):
+    """slurm/tune-array.sbatch: 3 array tasks on a real Slurm finish a 30-trial study on
+    one journal: every trial started once and finished once, by more than one task, and
+    the trials equal those one process proposes at the same lag (4)."""
+    import collections
+    space = tmp_path / "s.toml"
+    space.write_text('[params.x]\ntype = "float"\nlow = 0.0\nhigh = 1.0\n'
+                     '[params.y]\ntype = "float"\nlow = 0.0\nhigh = 1.0\n')
+    env = dict(slurm, HPCML_STUDY_DIR=str(tmp_path / "study"),
+               PYTHONPATH=os.path.join(ROOT, "tests"))
+    args = ["--objective", "tune_objectives:slow", "--space", str(space), "--trials", "30",
+            "--verbose", "false", "--plot", "false"]
+    r = run(["sbatch", "--parsable", os.path.join(ROOT, "slurm", "tune-array.sbatch"),
+             *args], limit=60, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().split(";")[0]
+    for task in range(3):
+        assert _wait(f"{job}_{task}", env) == "COMPLETED", \
+            (tmp_path / f"hpcml-tune-{job}_{task}.out").read_text()
+    recs = [json.loads(x) for x in open(tmp_path / "study" / "journal.jsonl")]
+    starts = collections.Counter(x["trial"] for x in recs if x["op"] == "start")
+    done = collections.Counter(x["trial"] for x in recs if x["op"] == "finish")
+    assert sorted(starts) == list(range(30)) and set(starts.values()) == {1}
+    assert sorted(done) == list(range(30)) and set(done.values()) == {1}
+    assert len({x["owner"] for x in recs if x["op"] == "start"}) >= 2
+    r = run([sys.executable, "-m", "hpcml.tune", *args, "--lag", "4", "--output",
+             str(tmp_path / "one")], limit=120, env=env)
+    assert r.returncode == 0, r.stderr
+    one = [json.loads(x)["params"] for x in open(tmp_path / "one" / "trials.jsonl")]
+    shared = [json.loads(x)["params"]
+              for x in open(tmp_path / "study" / "task-0" / "trials.jsonl")]
+    assert one == shared

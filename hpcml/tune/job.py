@@ -23,7 +23,7 @@ from hpcml.config import ConfigError
 from . import objectives, pruners, samplers
 from .journal import JournalError
 from .space import Space, SpaceError
-from .study import Engine, StudyError, run_serial
+from .study import Engine, StudyError, run_serial, run_shared
 
 SETTINGS = {
     "objective": ("branin", str, "branin, hartmann6, rosenbrock, train (an hpcml.train "
@@ -47,6 +47,13 @@ SETTINGS = {
     "grid_points": (5, int, "grid sampler: values per numeric parameter"),
     "journal": ("", str, "the study's journal (default OUTPUT/journal.jsonl): an existing "
                          "one is resumed"),
+    "array": (False, bool, "this process is one of --workers sharing --journal (Slurm job "
+                           "array tasks on a shared file system, file locks): each takes "
+                           "the next trial; none is run twice"),
+    "workers": (0, int, "--array: processes sharing the journal (0: "
+                        "SLURM_ARRAY_TASK_COUNT); the lag follows from it"),
+    "stale": (60.0, float, "--array: seconds without a heartbeat after which another "
+                           "process re-runs a trial (its owner is taken for dead)"),
     "output": ("tune-out", str, "folder for summary.json, trials.csv/.jsonl and the PNGs"),
     "plot": (True, bool, "write history.png and params.png"),
     "verbose": (True, bool, "a line per finished trial (rank 0)"),
@@ -76,7 +83,7 @@ def validate(cfg):
     return cfg
 
 
-def _build(cfg, workers):
+def _build(cfg, workers, shared=False):
     """(engine, objective) from the settings; every error names what is wrong."""
     try:
         space = Space.from_toml(cfg["space"]) if cfg["space"] else None
@@ -104,7 +111,7 @@ def _build(cfg, workers):
     journal = cfg["journal"] or os.path.join(cfg["output"], "journal.jsonl")
     try:
         engine = Engine(journal, space, sampler, pruner, definition, trials, lag, direction,
-                        cfg["seed"])
+                        cfg["seed"], shared=shared, stale=cfg["stale"])
     except (StudyError, JournalError) as e:
         raise ConfigError(str(e)) from None
     return engine, objective
@@ -123,6 +130,15 @@ def run(cfg, comm=None, log=print):
     comm = comm if comm is not None else hc.world()
     size, rank = comm.Get_size(), comm.Get_rank()
     show = (lambda t: _log_trial(t, log)) if cfg["verbose"] else (lambda t: None)
+    if cfg["array"]:
+        if size != 1:
+            raise ConfigError("--array runs one process per array task (no mpiexec)")
+        workers = cfg["workers"] or int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "0"))
+        if workers < 1:
+            raise ConfigError("--array needs --workers N (or SLURM_ARRAY_TASK_COUNT)")
+        engine, objective = _build(cfg, workers, shared=True)
+        run_shared(engine, objective, on_finish=show)
+        return _finish(cfg, engine, None, size)
     if size == 1:
         engine, objective = _build(cfg, 1)
         run_serial(engine, objective, on_finish=show)

@@ -10,6 +10,9 @@ rewritten. Records:
     {"op": "start", "trial": n, "params": {...}, "unit": [...], "owner": "..."}
     {"op": "report", "trial": n, "step": k, "value": v}
     {"op": "finish", "trial": n, "state": "complete|failed|pruned", "value": v, ...}
+    {"op": "restart", "trial": n, "owner": "..."}   re-run after an interruption
+    {"op": "beat", "trial": n, "owner": "..."}      its owner is alive (shared journals)
+(each with "time", seconds since the epoch)
 
 Trials are rebuilt by replaying the records: a trial with a start and no finish was
 running when the study stopped; on resume it runs again with the same parameters.
@@ -91,12 +94,12 @@ class Journal:
 
 class Trial:
     __slots__ = ("number", "params", "unit", "state", "value", "reports", "owner",
-                 "seconds", "error")
+                 "seconds", "error", "seen")
 
-    def __init__(self, number, params, unit, owner=""):
+    def __init__(self, number, params, unit, owner="", seen=0.0):
         self.number, self.params, self.unit, self.owner = number, params, unit, owner
         self.state, self.value, self.reports = "running", None, {}
-        self.seconds, self.error = None, None
+        self.seconds, self.error, self.seen = None, None, seen
 
     def row(self):
         return {"trial": self.number, "state": self.state, "value": self.value,
@@ -113,9 +116,12 @@ def replay(records):
             study = study or r
         elif op == "start":
             trials[r["trial"]] = Trial(r["trial"], r["params"], r.get("unit"),
-                                       r.get("owner", ""))
+                                       r.get("owner", ""), r.get("time", 0.0))
         elif op == "report" and r["trial"] in trials:
             trials[r["trial"]].reports[r["step"]] = r["value"]
+            trials[r["trial"]].seen = r.get("time", 0.0)
+        elif op == "beat" and r["trial"] in trials:  # its owner is alive
+            trials[r["trial"]].seen = r.get("time", 0.0)
         elif op == "finish" and r["trial"] in trials:
             t = trials[r["trial"]]
             t.state, t.value = r["state"], r.get("value")
@@ -123,4 +129,5 @@ def replay(records):
         elif op == "restart" and r["trial"] in trials:  # re-run after an interruption
             t = trials[r["trial"]]
             t.state, t.value, t.reports, t.owner = "running", None, {}, r.get("owner", "")
+            t.seen = r.get("time", 0.0)
     return study, trials

@@ -16,9 +16,11 @@ communicator each, for a data-parallel hpcml.train); a team's first rank asks fo
 as soon as its last one ended, reports intermediate values (and hears whether to stop),
 and reports the result. Messages are small JSON documents on tags of their own.
 """
+import contextlib
 import math
 import os
 import socket
+import threading
 import time
 
 import numpy as np
@@ -40,21 +42,48 @@ class Engine:
     """The study's state and decisions (no MPI): journal, sampler, pruner."""
 
     def __init__(self, journal_path, space, sampler, pruner, definition, n_trials, lag,
-                 direction="minimize", seed=0):
+                 direction="minimize", seed=0, shared=False, stale=60.0):
+        """shared: several processes (Slurm array tasks) use this journal at once: each
+        decision re-reads it under its lock, and a running trial is re-run by another
+        process only once its owner has been silent (no start, report or heartbeat) for
+        `stale` seconds."""
         self.journal = Journal(journal_path)
         self.space, self.sampler, self.pruner = space, sampler, pruner
         self.n_trials, self.lag, self.seed = int(n_trials), int(lag), int(seed)
         self.sign = 1.0 if direction == "minimize" else -1.0
-        study, self.trials = replay(self.journal.read())
-        definition = dict(definition, op="study")
-        if study is None:
-            self.journal.append(definition)
-        elif {k: v for k, v in study.items()} != _json_round(definition):
+        self.shared, self.stale, self._held = bool(shared), float(stale), False
+        definition = _json_round(dict(definition, op="study"))
+        with self.journal.locked():  # two array tasks starting at once write one definition
+            study, self.trials = replay(self.journal.read())
+            if study is None:
+                self.journal.append(definition, lock=False)
+        if study is not None and study != definition:
             diff = sorted(k for k in set(study) | set(definition)
-                          if study.get(k) != _json_round(definition).get(k))
+                          if study.get(k) != definition.get(k))
             raise StudyError(f"{journal_path} holds another study (it differs in "
                              f"{', '.join(diff)}); give a new --journal or the same settings")
-        self.restarts = sorted(n for n, t in self.trials.items() if t.state == "running")
+        self.restarts = [] if self.shared else \
+            sorted(n for n, t in self.trials.items() if t.state == "running")
+
+    @contextlib.contextmanager
+    def _decision(self):
+        """Shared journal: hold its lock and see every other process's records first."""
+        if not self.shared or self._held:
+            yield
+            return
+        with self.journal.locked():
+            self._held = True
+            try:
+                self.trials = replay(self.journal.read())[1]
+                now = time.time()
+                self.restarts = sorted(n for n, t in self.trials.items()
+                                       if t.state == "running" and now - t.seen > self.stale)
+                yield
+            finally:
+                self._held = False
+
+    def _append(self, record):
+        self.journal.append(dict(record, time=time.time()), lock=not self._held)
 
     def loss(self, value):
         return None if value is None or not math.isfinite(value) else self.sign * value
@@ -64,11 +93,15 @@ class Engine:
 
     def next_trial(self, owner=""):
         """A trial to run (number, params), WAIT, or None when the study is complete."""
+        with self._decision():
+            return self._next_trial(owner)
+
+    def _next_trial(self, owner):
         if self.restarts:
             n = self.restarts.pop(0)
             t = self.trials[n]
             t.state, t.reports, t.owner = "running", {}, owner
-            self.journal.append({"op": "restart", "trial": n, "owner": owner})
+            self._append({"op": "restart", "trial": n, "owner": owner})
             return n, t.params
         n = len(self.trials)
         if n >= self.n_trials:
@@ -87,15 +120,23 @@ class Engine:
         params = self.space.decode(unit)
         unit = [None if not math.isfinite(u) else float(u) for u in self.space.encode(params)]
         from .journal import Trial
-        self.trials[n] = Trial(n, params, unit, owner)
-        self.journal.append({"op": "start", "trial": n, "params": params, "unit": unit,
-                             "owner": owner})
+        self.trials[n] = Trial(n, params, unit, owner, time.time())
+        self._append({"op": "start", "trial": n, "params": params, "unit": unit,
+                      "owner": owner})
         return n, params
 
     def report(self, n, step, value):
         """Record an intermediate value; True when the trial should stop."""
+        with self._decision():
+            return self._report(n, step, value)
+
+    def beat(self, n, owner=""):
+        """A heartbeat of a running trial (shared journals)."""
+        self._append({"op": "beat", "trial": n, "owner": owner})
+
+    def _report(self, n, step, value):
         self.trials[n].reports[step] = value
-        self.journal.append({"op": "report", "trial": n, "step": step, "value": value})
+        self._append({"op": "report", "trial": n, "step": step, "value": value})
         loss = self.loss(value)
         if loss is None:
             return False
@@ -105,14 +146,18 @@ class Engine:
         return bool(self.pruner.should_prune(n, step, loss, others))
 
     def finish(self, n, state, value=None, seconds=None, error=None):
+        with self._decision():
+            self._finish(n, state, value, seconds, error)
+
+    def _finish(self, n, state, value, seconds, error):
         t = self.trials[n]
         if state == "complete" and (value is None or not math.isfinite(value)):
             state, error = "failed", error or f"the objective returned {value!r}"
         if value is not None and not math.isfinite(value):  # kept as null, named in error
             value = None
         t.state, t.value, t.seconds, t.error = state, value, seconds, error
-        self.journal.append({"op": "finish", "trial": n, "state": state, "value": value,
-                             "seconds": seconds, "error": error})
+        self._append({"op": "finish", "trial": n, "state": state, "value": value,
+                      "seconds": seconds, "error": error})
 
     def complete(self):
         return len(self.trials) >= self.n_trials and not self.restarts and \
@@ -169,3 +214,43 @@ def run_serial(engine, objective, on_finish=None):
         engine.finish(n, state, value, seconds, error)
         if on_finish is not None:
             on_finish(engine.trials[n])
+
+
+def run_shared(engine, objective, on_finish=None, poll=0.2):
+    """This process as one of several sharing engine's journal (Slurm array tasks): take
+    the next trial under the journal's lock, run it while a thread beats every stale / 4
+    seconds, record it; wait (polling) while the lag rule or other processes' running
+    trials hold the study; return when it is complete."""
+    owner = owner_name()
+    while True:
+        nxt = engine.next_trial(owner)
+        if nxt is None and engine.complete():
+            return engine
+        if nxt is None or nxt == WAIT:
+            time.sleep(poll)
+            continue
+        n, params = nxt
+        stop = threading.Event()
+        beat = threading.Thread(target=_beats, args=(engine, n, owner, stop), daemon=True)
+        beat.start()
+        last = {}
+
+        def report(step, value, n=n):
+            last["step"] = step
+            if engine.report(n, step, float(value)):
+                raise Pruned()
+        try:
+            state, value, seconds, error = run_trial(objective, n, params, report)
+        finally:
+            stop.set()
+            beat.join()
+        if state == "pruned":
+            value = engine.trials[n].reports.get(last.get("step"))
+        engine.finish(n, state, value, seconds, error)
+        if on_finish is not None:
+            on_finish(engine.trials[n])
+
+
+def _beats(engine, n, owner, stop):
+    while not stop.wait(max(engine.stale / 4, 0.05)):
+        engine.beat(n, owner)
