@@ -170,3 +170,16 @@ def test_tune_benchmark_parts_are_sound():
     pytest.importorskip("optuna")
     curve = tune._optuna_curve("branin", "tpe", 0, 5)
     assert len(curve) == 5 and min(curve) >= 0.397887 - 1e-6
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
+def test_tune_benchmark_asha_part(tmp_path):
+    """bench tune --parts asha, tiny: both searches run the same trials; the unpruned one
+    completes them all, and each search's time to the best accuracy is measured."""
+    r = run([sys.executable, "-m", "hpcml.bench", "tune", "--parts", "asha", "--asha-trials",
+             "6", "--asha-epochs", "3", "--out", str(tmp_path)], limit=240)
+    assert r.returncode == 0, r.stderr
+    a = json.loads((tmp_path / "tune.json").read_text())["asha"]
+    assert a["none"]["summary"]["complete"] == 6 and a["none"]["time_to_best_s"] > 0
+    assert a["asha"]["summary"]["complete"] + a["asha"]["summary"]["pruned"] == 6
+    assert (tmp_path / "tune.png").stat().st_size > 0

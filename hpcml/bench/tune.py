@@ -12,6 +12,10 @@ the manager/worker protocol's utilisation.
 2. Utilisation: mpiexec -n 5 python -m hpcml.tune (4 workers) on a function that sleeps
    0.1-1 s (drawn from its parameters), --util-trials trials: the workers' busy share
    (time in trials / (workers x the study's time)).
+3. ASHA against no early stopping tuning hpcml.train on digits (lr, hidden, momentum;
+   --asha-epochs epochs; the same --asha-trials random trials in both; mpiexec -n
+   --asha-ranks): the time each search takes to finish a trial at the unpruned search's
+   best test accuracy.
 """
 import argparse
 import json
@@ -127,6 +131,68 @@ def utilisation(args):
             "utilisation": s["worker_utilisation"], "wall_s": time.perf_counter() - t0}
 
 
+ASHA_SPACE = """[params.lr]
+type = "float"
+low = 0.001
+high = 0.5
+log = true
+[params.hidden]
+type = "categorical"
+choices = ["32", "128", "256,128"]
+[params.momentum]
+type = "float"
+low = 0.0
+high = 0.95
+"""
+
+
+def _study_run(out, extra, args):
+    cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(args.asha_ranks), sys.executable,
+           "-m", "hpcml.tune", "--objective", "train", "--space",
+           os.path.join(out, "space.toml"), "--train-config", os.path.join(out, "train.toml"),
+           "--sampler", "random", "--trials", str(args.asha_trials), "--verbose", "false",
+           "--plot", "false", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def asha(args):
+    """ASHA against no early stopping, tuning hpcml.train on digits: the same random
+    trials (seed 0) in both searches; the time at which each first finishes a trial at the
+    unpruned search's best test accuracy (from the journals' record times)."""
+    from hpcml.tune.journal import Journal
+    out = tempfile.mkdtemp(prefix="hpcml-tune-asha-")
+    with open(os.path.join(out, "space.toml"), "w") as f:
+        f.write(ASHA_SPACE)
+    with open(os.path.join(out, "train.toml"), "w") as f:
+        f.write(f"epochs = {args.asha_epochs}\nbatch_size = 64\n")
+    res = {}
+    for name, extra in (("none", []), ("asha", ["--pruner", "asha", "--eta", "3"])):
+        folder = os.path.join(out, name)
+        s = _study_run(out, extra + ["--output", folder], args)
+        recs = Journal(os.path.join(folder, "journal.jsonl")).read()
+        t0 = min(r["time"] for r in recs if r["op"] == "start")
+        fin = [(r["time"] - t0, r["value"]) for r in recs
+               if r["op"] == "finish" and r["state"] == "complete"]
+        res[name] = {"summary": {k: s[k] for k in ("complete", "pruned", "failed",
+                                                    "best_value", "best_params")},
+                     "finishes": sorted(fin),
+                     "study_s": max(r.get("time", t0) for r in recs) - t0}
+    best = res["none"]["summary"]["best_value"]
+    for name in res:
+        hit = [t for t, v in res[name]["finishes"] if v is not None and v >= best]
+        res[name]["time_to_best_s"] = hit[0] if hit else None
+    a, n = res["asha"]["time_to_best_s"], res["none"]["time_to_best_s"]
+    res["asha_over_none"] = None if a is None else a / n
+    print(f"asha vs none on digits: best accuracy {best:.4f}; time to it "
+          f"{n:.1f} s unpruned, " + (f"{a:.1f} s with ASHA ({a / n:.2f}x)" if a is not None
+                                     else "never reached with ASHA") +
+          f"; pruned {res['asha']['summary']['pruned']} of {args.asha_trials}", flush=True)
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m hpcml.bench tune", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,16 +200,28 @@ def main(argv=None):
     ap.add_argument("--evals", type=int, default=100)
     ap.add_argument("--procs", type=int, default=2, help="processes for part 1")
     ap.add_argument("--util-trials", type=int, default=60)
+    ap.add_argument("--asha-trials", type=int, default=27)
+    ap.add_argument("--asha-epochs", type=int, default=27)
+    ap.add_argument("--asha-ranks", type=int, default=3, help="mpiexec -n (1 manages)")
+    ap.add_argument("--parts", default="utilisation,asha,quality",
+                    help="parts to run; the others are kept from an existing tune.json")
     ap.add_argument("--out", default="results")
     args = ap.parse_args(argv)
-    res = {"benchmark": "tune", "seeds": args.seeds, "evals": args.evals}
-    res["utilisation"] = utilisation(args)
-    res["quality"] = quality(args)
-    os.makedirs(args.out, exist_ok=True)
-    from hpcml.atomic import atomic_write_json
-    atomic_write_json(os.path.join(args.out, "tune.json"), res)
-    _plot(res, os.path.join(args.out, "tune.png"))
-    print(f"# wrote {args.out}/tune.json and tune.png")
+    path = os.path.join(args.out, "tune.json")
+    res = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            res = json.load(f)
+    res.update({"benchmark": "tune"})
+    parts = args.parts.split(",")
+    if "utilisation" in parts:
+        res["utilisation"] = utilisation(args)
+    if "asha" in parts:
+        res["asha"] = asha(args)
+    if "quality" in parts:
+        res.update(seeds=args.seeds, evals=args.evals, quality=quality(args))
+    from hpcml.bench.common import save_results
+    save_results(args.out, "tune", res, lambda p: _plot(res, p))
     return 0
 
 
@@ -152,9 +230,10 @@ def _plot(res, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from hpcml.atomic import atomic_savefig
-    fig, axes = plt.subplots(1, len(res["quality"]), figsize=(6 * len(res["quality"]), 4.3),
+    quality = res.get("quality", {})
+    fig, axes = plt.subplots(1, max(1, len(quality)), figsize=(6 * max(1, len(quality)), 4.3),
                              squeeze=False)
-    for ax, (fname, cases) in zip(axes[0], res["quality"].items()):
+    for ax, (fname, cases) in zip(axes[0], quality.items()):
         for name, d in cases.items():
             reg = np.maximum(np.array(d["curves"]), 1e-9)
             x = np.arange(1, reg.shape[1] + 1)
