@@ -75,16 +75,21 @@ class GridSampler:
 
 
 class TPESampler:
-    """Tree-structured Parzen estimator, per parameter (Optuna's univariate default):
-    after `startup` random trials, the finished (and, as bad, the running) trials are split
-    into the best gamma(n) = min(ceil(0.1 n), 25) and the rest; each side's density is a
-    uniform prior plus a truncated Gaussian at every observation, with Optuna's bandwidth
-    (the larger gap to a neighbour, clipped to [1 / min(100, n + 1), 1]); of `candidates`
-    draws from the good density the one with the largest good/bad ratio is proposed."""
+    """Tree-structured Parzen estimator (Bergstra et al. 2011) with Optuna's defaults:
+    after `startup` random trials, the finished trials are split into the best gamma(n) =
+    min(ceil(0.1 n), 25) and the rest (running trials join the rest: a constant liar).
+    multivariate (Optuna's default): each side's density is a mixture over the whole space:
+    a product of truncated Gaussians at every observation, each dimension's bandwidth its
+    larger gap to a neighbour (Optuna's rule and clip), and a prior component (centre,
+    sigma = the range); older trials down-weighted past 25 as Optuna's default_weights; a
+    categorical dimension keeps 0.9 of a kernel on its own choice. Conditional spaces fall
+    back to one such density per parameter. Of `candidates` draws from the good density
+    the one with the largest good/bad ratio is proposed."""
     name = "tpe"
 
-    def __init__(self, space, seed=0, startup=10, candidates=24, **_):
+    def __init__(self, space, seed=0, startup=10, candidates=24, multivariate=True, **_):
         self.space, self.startup, self.candidates = space, startup, candidates
+        self.multivariate = multivariate and not any(p.when for p in space.params)
 
     def propose(self, done, pending, rng, number):
         d = len(self.space.params)
@@ -96,6 +101,13 @@ class TPESampler:
         pts = np.array([u for u, _ in done])
         good = pts[order[:n_good]]
         bad = np.vstack([pts[order[n_good:]]] + ([np.array(pending)] if pending else []))
+        if self.multivariate:
+            kinds = [len(p.choices) if p.kind == "categorical" else 0
+                     for p in self.space.params]
+            w_all = _age_weights(len(done))  # Optuna's default_weights, by trial order
+            wg = w_all[order[:n_good]]
+            wb = np.concatenate([w_all[order[n_good:]], np.ones(len(pending))])
+            return _mv_propose(good, wg, bad, wb, kinds, rng, self.candidates)
         out = np.empty(d)
         for j, p in enumerate(self.space.params):
             g, b = good[:, j], bad[:, j]
@@ -107,42 +119,104 @@ class TPESampler:
         return out
 
 
+def _age_weights(n):
+    """Optuna's default_weights: 1 each below 25 trials; else a ramp from 1/n to 1 over
+    the oldest n - 25 (by trial order) and 1 for the newest 25."""
+    if n < 25:
+        return np.ones(n)
+    return np.concatenate([np.linspace(1.0 / n, 1.0, num=n - 25), np.ones(25)])
+
+
+def _mv_components(obs, w, kinds):
+    """(means m x d, sigmas m x d, weights m) of a multivariate Parzen estimator over the
+    unit cube (Optuna's): a kernel per observation with each dimension's bandwidth by the
+    neighbour-gap rule, then the prior (centre, sigma 1)."""
+    n, d = obs.shape
+    sigmas = np.ones((n + 1, d))
+    for j in range(d):
+        if n:
+            sigmas[:n, j] = _bandwidths(obs[:, j])
+    means = np.vstack([obs, np.full((1, d), 0.5)])
+    weights = np.concatenate([w, [1.0]])
+    return means, sigmas, weights / weights.sum()
+
+
+def _mv_logpdf(x, means, sigmas, weights, kinds):
+    from scipy.special import logsumexp, ndtr
+    lp = np.zeros((len(x), len(means)))
+    for j, k in enumerate(kinds):
+        if k:  # categorical: 0.9 of a kernel on its own choice (the prior: uniform)
+            cx = np.minimum((x[:, j] * k).astype(int), k - 1)
+            cm = np.minimum((means[:, j] * k).astype(int), k - 1)
+            same = cx[:, None] == cm[None, :]
+            p = np.where(same, 0.9, 0.1 / max(k - 1, 1)) if k > 1 else np.ones_like(same)
+            p[:, -1] = 1.0 / k
+            lp += np.log(p)
+        else:
+            m, s = means[:, j], sigmas[:, j]
+            z = (x[:, j][:, None] - m[None, :]) / s[None, :]
+            mass = ndtr((1 - m) / s) - ndtr(-m / s)
+            lp += -0.5 * z * z - np.log(math.sqrt(2 * math.pi) * s * mass)[None, :]
+    return logsumexp(lp + np.log(weights)[None, :], axis=1)
+
+
+def _mv_propose(good, wg, bad, wb, kinds, rng, n):
+    mg, sg, pg = _mv_components(good, wg, kinds)
+    mb, sb, pb = _mv_components(bad, wb, kinds)
+    comp = rng.choice(len(pg), size=n, p=pg)
+    cand = np.empty((n, good.shape[1]))
+    for j, k in enumerate(kinds):
+        for i, c in enumerate(comp):
+            if k and c < len(pg) - 1 and rng.random() < 0.9:  # a kernel's own choice
+                cand[i, j] = mg[c, j]
+            elif k:
+                cand[i, j] = (rng.integers(0, k) + 0.5) / k
+            else:
+                while True:  # truncated to [0, 1] by rejection
+                    v = rng.normal(mg[c, j], sg[c, j])
+                    if 0.0 <= v <= 1.0:
+                        cand[i, j] = v
+                        break
+    score = _mv_logpdf(cand, mg, sg, pg, kinds) - _mv_logpdf(cand, mb, sb, pb, kinds)
+    return cand[int(np.argmax(score))]
+
+
 def _bandwidths(obs):
-    if len(obs) == 0:
+    """Optuna's bandwidths on [0, 1]: each observation's larger gap to a neighbour (the
+    ends 0 and 1 count as neighbours, but an end observation takes its inner gap), clipped
+    to [1 / min(100, n + 2), 1] (n observations and the prior)."""
+    n = len(obs)
+    if n == 0:
         return obs
-    srt = np.sort(obs)
-    edges = np.concatenate([[0.0], srt, [1.0]])
-    gaps = np.maximum(np.diff(edges)[:-1], np.diff(edges)[1:])
-    sig = np.empty_like(obs)
-    sig[np.argsort(obs, kind="stable")] = gaps
-    return np.clip(sig, 1.0 / min(100.0, len(obs) + 1.0), 1.0)
+    order = np.argsort(obs, kind="stable")
+    edges = np.concatenate([[0.0], obs[order], [1.0]])
+    sig = np.maximum(edges[1:-1] - edges[:-2], edges[2:] - edges[1:-1])
+    if n >= 2:
+        sig[0], sig[-1] = edges[2] - edges[1], edges[-2] - edges[-3]
+    out = np.empty(n)
+    out[order] = sig
+    return np.clip(out, 1.0 / min(100.0, n + 2.0), 1.0)
 
 
 def _parzen_logpdf(x, obs, sig):
-    """log density of (uniform prior + truncated Gaussians) / (n + 1) at points x."""
-    from scipy.special import ndtr
-    dens = np.ones_like(x)  # the prior: uniform on [0, 1]
-    if len(obs):
-        z = (x[:, None] - obs[None, :]) / sig[None, :]
-        mass = ndtr((1 - obs) / sig) - ndtr(-obs / sig)  # truncation to [0, 1]
-        dens = dens + np.sum(np.exp(-0.5 * z * z) / (math.sqrt(2 * math.pi) * sig * mass),
-                             axis=1)
-    return np.log(dens / (len(obs) + 1))
+    """log density of the prior (centre, sigma 1) and a Gaussian at every observation,
+    each truncated to [0, 1], equally weighted."""
+    means, sigmas = np.append(obs, 0.5), np.append(sig, 1.0)
+    return _mv_logpdf(x[:, None], means[:, None], sigmas[:, None],
+                      np.full(len(means), 1.0 / len(means)), [0])
 
 
 def _tpe_numeric(good, bad, rng, n):
     sig = _bandwidths(good)
-    k = rng.integers(0, len(good) + 1, n)  # which component: len(good) = the prior
+    means, sigmas = np.append(good, 0.5), np.append(sig, 1.0)
+    k = rng.integers(0, len(means), n)  # which component (the last: the prior)
     cand = np.empty(n)
     for i, c in enumerate(k):
-        if c == len(good):
-            cand[i] = rng.random()
-        else:
-            while True:  # truncated to [0, 1] by rejection
-                v = rng.normal(good[c], sig[c])
-                if 0.0 <= v <= 1.0:
-                    cand[i] = v
-                    break
+        while True:  # truncated to [0, 1] by rejection
+            v = rng.normal(means[c], sigmas[c])
+            if 0.0 <= v <= 1.0:
+                cand[i] = v
+                break
     score = _parzen_logpdf(cand, good, sig) - _parzen_logpdf(cand, bad, _bandwidths(bad))
     return cand[int(np.argmax(score))]
 
