@@ -201,7 +201,9 @@ def asha(args):
     with open(os.path.join(out, "train.toml"), "w") as f:
         f.write(f"epochs = {args.asha_epochs}\nbatch_size = 64\n")
     res = {}
-    for name, extra in (("none", []), ("asha", ["--pruner", "asha", "--eta", "3"])):
+    for name, extra in (("none", []), ("asha", ["--pruner", "asha", "--eta", "3",
+                                                 "--min-resource",
+                                                 str(args.asha_min_resource)])):
         folder = os.path.join(out, name)
         s = _study_run(out, extra + ["--output", folder], args)
         recs = Journal(os.path.join(folder, "journal.jsonl")).read()
@@ -237,6 +239,8 @@ def main(argv=None):
     ap.add_argument("--asha-trials", type=int, default=27)
     ap.add_argument("--asha-epochs", type=int, default=27)
     ap.add_argument("--asha-ranks", type=int, default=3, help="mpiexec -n (1 manages)")
+    ap.add_argument("--asha-min-resource", type=int, default=1,
+                    help="ASHA's first rung (epochs)")
     ap.add_argument("--parts", default="utilisation,asha,quality,tpe",
                     help="parts to run; the others are kept from an existing tune.json")
     ap.add_argument("--out", default="results")
