@@ -108,9 +108,22 @@ def _parser():
 
     def parser(name, text):
         return sub.add_parser(name, help=text, description=text, formatter_class=Fmt)
-    s = parser("synth", "deterministic synthetic data: Gaussian blobs around random class "
-               "centres, or a random linear map plus noise (rank-parallel: run it under "
-               "mpiexec for big sets)")
+    _synth_flags(parser("synth", "deterministic synthetic data: Gaussian blobs around random "
+                        "class centres, or a random linear map plus noise (rank-parallel: "
+                        "run it under mpiexec for big sets)"))
+    _convert_flags(parser("convert", "CSV / .npy / .npz / .h5 -> sharded dataset (streamed; "
+                          "rank-parallel under mpiexec)"))
+    i = parser("info", "summarise a dataset (rows, features, classes, shards)")
+    i.add_argument("path", help="a dataset folder or a built-in name (digits, digits:test)")
+    v = parser("verify", "headers, every shard's checksum, and the values (NaN/Inf "
+               "features, labels out of range)")
+    v.add_argument("path", help="a dataset folder or a built-in name")
+    v.add_argument("--no-scan", action="store_true", help="checksums only")
+    return ap
+
+
+def _synth_flags(s):
+    """The synth sub-command's flags."""
     s.add_argument("output", help="folder to write (manifest.json + shards)")
     s.add_argument("--rows", type=int, required=True, help="rows (training rows with "
                    "--test-rows)")
@@ -142,8 +155,10 @@ def _parser():
                    help="replace a dataset already in OUTPUT (swapped in whole at the end)")
     s.add_argument("--log-every", type=float, default=30.0, help="seconds between rank 0's "
                    "progress lines when stderr is not a terminal (a bar when it is); 0: off")
-    c = parser("convert", "CSV / .npy / .npz / .h5 -> sharded dataset (streamed; "
-               "rank-parallel under mpiexec)")
+
+
+def _convert_flags(c):
+    """The convert sub-command's flags."""
     c.add_argument("input", help="a CSV file (header optional), .npy (label column inside), "
                    "or .npz/.h5 holding arrays x and y")
     c.add_argument("output", help="folder to write")
@@ -165,13 +180,6 @@ def _parser():
                    "it out (counted in the manifest's dropped_nonfinite)")
     c.add_argument("--log-every", type=float, default=30.0, help="seconds between rank 0's "
                    "progress lines when stderr is not a terminal (a bar when it is); 0: off")
-    i = parser("info", "summarise a dataset (rows, features, classes, shards)")
-    i.add_argument("path", help="a dataset folder or a built-in name (digits, digits:test)")
-    v = parser("verify", "headers, every shard's checksum, and the values (NaN/Inf "
-               "features, labels out of range)")
-    v.add_argument("path", help="a dataset folder or a built-in name")
-    v.add_argument("--no-scan", action="store_true", help="checksums only")
-    return ap
 
 
 def _check_synth(args):

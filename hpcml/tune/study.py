@@ -193,6 +193,23 @@ def run_trial(objective, number, params, report, comm=None):
     return state, value, time.perf_counter() - t0, error
 
 
+def _run_and_record(engine, objective, n, params, on_finish):
+    """Run trial n in this process, its reports through the engine (a prune stops it, its
+    value the last one reported), and record how it ended."""
+    last = {}
+
+    def report(step, value):
+        last["step"] = step
+        if engine.report(n, step, float(value)):
+            raise Pruned()
+    state, value, seconds, error = run_trial(objective, n, params, report)
+    if state == "pruned":
+        value = engine.trials[n].reports.get(last.get("step"))
+    engine.finish(n, state, value, seconds, error)
+    if on_finish is not None:
+        on_finish(engine.trials[n])
+
+
 def run_serial(engine, objective, on_finish=None):
     """The study in this process alone (lag 0: each trial sees every earlier result)."""
     while True:
@@ -201,19 +218,7 @@ def run_serial(engine, objective, on_finish=None):
             return engine
         if nxt == WAIT:  # cannot happen with lag 0
             raise JournalError("the study waits for a trial no one runs")
-        n, params = nxt
-        last = {}
-
-        def report(step, value, n=n):
-            last["step"] = step
-            if engine.report(n, step, float(value)):
-                raise Pruned()
-        state, value, seconds, error = run_trial(objective, n, params, report)
-        if state == "pruned":
-            value = engine.trials[n].reports.get(last.get("step"))
-        engine.finish(n, state, value, seconds, error)
-        if on_finish is not None:
-            on_finish(engine.trials[n])
+        _run_and_record(engine, objective, *nxt, on_finish)
 
 
 def run_shared(engine, objective, on_finish=None, poll=0.2):
@@ -229,26 +234,15 @@ def run_shared(engine, objective, on_finish=None, poll=0.2):
         if nxt is None or nxt == WAIT:
             time.sleep(poll)
             continue
-        n, params = nxt
         stop = threading.Event()
-        beat = threading.Thread(target=_beats, args=(engine, n, owner, stop), daemon=True)
+        beat = threading.Thread(target=_beats, args=(engine, nxt[0], owner, stop),
+                                daemon=True)
         beat.start()
-        last = {}
-
-        def report(step, value, n=n):
-            last["step"] = step
-            if engine.report(n, step, float(value)):
-                raise Pruned()
         try:
-            state, value, seconds, error = run_trial(objective, n, params, report)
+            _run_and_record(engine, objective, *nxt, on_finish)
         finally:
             stop.set()
             beat.join()
-        if state == "pruned":
-            value = engine.trials[n].reports.get(last.get("step"))
-        engine.finish(n, state, value, seconds, error)
-        if on_finish is not None:
-            on_finish(engine.trials[n])
 
 
 def _beats(engine, n, owner, stop):
