@@ -109,7 +109,7 @@ class Linear(Layer):
     def _weight_backward(self, dy, accumulate, need_dx):
         x, W, gW = self.x, self.p[0], self.g[0]
         if accumulate:
-            gW += K.matmul(x, dy, trans_a=True)
+            K.matmul(x, dy, out=gW, trans_a=True, accumulate=True)
         else:
             K.matmul(x, dy, out=gW, trans_a=True)
         self.x = None
@@ -328,7 +328,7 @@ class Sequential:
     def backward_weight(tasks):
         """The weight gradients backward_input left: gW += x^T dz per Linear layer."""
         for layer, x, dz in tasks:
-            layer.g[0] += K.matmul(x, dz, trans_a=True)
+            K.matmul(x, dz, out=layer.g[0], trans_a=True, accumulate=True)
 
     def rebind_params(self, buffer):
         """Make `buffer` (flat, `size` elements of the model's dtype) hold the parameters:

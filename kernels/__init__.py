@@ -107,9 +107,10 @@ def _flat_inplace(kernel, name, a):
 
 # --- matmul ----------------------------------------------------------------------------
 
-def matmul(a, b, out=None, trans_a=False, trans_b=False, backend=None):
+def matmul(a, b, out=None, trans_a=False, trans_b=False, backend=None, accumulate=False):
     """out = op(a) @ op(b) where op transposes when asked (A^T B and A B^T for backward
-    passes, without transposed copies). float32/float64, any shapes."""
+    passes, without transposed copies). float32/float64, any shapes. accumulate: out +=
+    op(a) @ op(b) instead (out required; on CPU one BLAS gemm with beta = 1)."""
     if len(a.shape) != 2 or len(b.shape) != 2:
         raise ValueError(f"matmul: a and b must be 2-D, got {a.shape} and {b.shape}")
     dt = _float("matmul", "a", a)
@@ -121,6 +122,8 @@ def matmul(a, b, out=None, trans_a=False, trans_b=False, backend=None):
         raise ValueError(f"matmul: inner dimensions differ: op(a) is {M}x{K}, op(b) {K2}x{N}")
     _check_out("matmul", out, (M, N), dt)
     be = _pick("matmul", backend, a, b, *(() if out is None else (out,)))
+    if accumulate:
+        return _matmul_accumulate(a, b, out, trans_a, trans_b, be)
     if be == "numpy":
         return reference.matmul(a, b, out, trans_a, trans_b)
     # the kernels write C while still reading A and B: an out that overlaps an input, or is
@@ -139,6 +142,17 @@ def matmul(a, b, out=None, trans_a=False, trans_b=False, backend=None):
         out[...] = res.copy_to_host() if (_is_device(res) and not _is_device(out)) else res
         return out
     return res
+
+
+def _matmul_accumulate(a, b, out, trans_a, trans_b, be):
+    if out is None:
+        raise ValueError("matmul: accumulate=True needs out (the array added to)")
+    if not _is_device(out):  # host: BLAS adds the product in place (also for backend
+        # 'cpu': the Numba gemm has no accumulating form, and BLAS wins matmul here)
+        from .blas import gemm_accumulate
+        return gemm_accumulate(a, b, out, trans_a, trans_b)
+    product = matmul(a, b, None, trans_a, trans_b, be)
+    return reduce_into(out, product, "sum", backend=be)
 
 
 # --- fused layer helpers ---------------------------------------------------------------

@@ -101,6 +101,14 @@ def configure(local_ranks=1):
     return n
 
 
+def reapply():
+    """After a library brought its own OpenBLAS (SciPy's), give every OpenBLAS loaded now
+    the count configure() set; nothing when configure() was never called."""
+    openblas.cache_clear()
+    if _configured is not None:
+        _blas_set(_configured)
+
+
 def current():
     """Threads set by configure(), or None if it was never called."""
     return _configured

@@ -29,6 +29,14 @@ def check_matmul(backend, dtype, m, k, n, trans_a, trans_b, seed=0):
         np.float64)
     assert got.shape == (m, n) and got.dtype == np.dtype(dtype)
     close(got, want, dtype, scale=max(1.0, np.sqrt(k)))
+    # accumulate: out += the product, in place (a C-contiguous out and a strided one)
+    for out in (r.standard_normal((m, n)).astype(dtype),
+                r.standard_normal((m, 2 * n)).astype(dtype)[:, ::2]):
+        before = out.astype(np.float64)
+        res = K.matmul(a, b, out=out, trans_a=trans_a, trans_b=trans_b, backend=backend,
+                       accumulate=True)
+        assert res is out
+        close(out, before + want, dtype, scale=max(1.0, np.sqrt(k)))
 
 
 def check_matmul_nonfinite(backend, dtype):

@@ -104,6 +104,15 @@ def test_matmul_out_aliasing_an_input():
     C.check_out_aliasing("cpu")
 
 
+def test_matmul_accumulate_into_an_input_and_without_out():
+    a = np.arange(9, dtype=np.float64).reshape(3, 3)
+    want = a + a @ a
+    assert K.matmul(a, a, out=a, accumulate=True) is a  # out is also both operands
+    np.testing.assert_array_equal(a, want)
+    with pytest.raises(ValueError, match="accumulate=True needs out"):
+        K.matmul(a, a, accumulate=True)
+
+
 def test_out_is_validated():
     x = np.ones((3, 4))
     buf = np.zeros((3, 4))

@@ -114,7 +114,7 @@ def _local_backward(layer, dy, accumulate):
         else:
             layer.g[1][...] = db
     if accumulate:
-        layer.g[0] += K.matmul(layer.x, dz, trans_a=True)
+        K.matmul(layer.x, dz, out=layer.g[0], trans_a=True, accumulate=True)
     else:
         K.matmul(layer.x, dz, out=layer.g[0], trans_a=True)
     dx = K.matmul(dz, layer.p[0], trans_b=True)

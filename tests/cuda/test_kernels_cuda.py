@@ -60,6 +60,17 @@ def test_device_arrays_stay_on_the_device():
         K.matmul(cuda.to_device(a), cuda.to_device(b), backend="cpu")
 
 
+def test_matmul_accumulates_on_the_device():
+    from numba import cuda
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.arange(8, dtype=np.float32).reshape(2, 4)
+    c = np.ones((3, 2), np.float32)
+    d = cuda.to_device(c)
+    assert K.matmul(cuda.to_device(a), cuda.to_device(b), out=d, trans_b=True,
+                    accumulate=True) is d
+    np.testing.assert_allclose(d.copy_to_host(), c + a @ b.T)
+
+
 @pytest.mark.parametrize("act", K.ACTIVATIONS)
 def test_bias_act(act):
     C.check_bias_act("cuda", np.float32, 3, 5, act)
