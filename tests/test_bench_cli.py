@@ -174,12 +174,19 @@ def test_tune_benchmark_parts_are_sound():
 
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")
 def test_tune_benchmark_asha_part(tmp_path):
-    """bench tune --parts asha, tiny: both searches run the same trials; the unpruned one
-    completes them all, and each search's time to the best accuracy is measured."""
+    """bench tune --parts asha, tiny: the unpruned search completes its trials, ASHA runs
+    --asha-explore times as many from the same stream, and each search's time to the best
+    accuracy is measured."""
     r = run([sys.executable, "-m", "hpcml.bench", "tune", "--parts", "asha", "--asha-trials",
-             "6", "--asha-epochs", "3", "--out", str(tmp_path)], limit=240)
+             "4", "--asha-explore", "2", "--asha-seeds", "1", "--asha-epochs", "3", "--out",
+             str(tmp_path)], limit=240)
     assert r.returncode == 0, r.stderr
     a = json.loads((tmp_path / "tune.json").read_text())["asha"]
-    assert a["none"]["summary"]["complete"] == 6 and a["none"]["time_to_best_s"] > 0
-    assert a["asha"]["summary"]["complete"] + a["asha"]["summary"]["pruned"] == 6
+    run0 = a["runs"][0]
+    assert run0["none"]["summary"]["complete"] == 4 and run0["none_time_to_best_s"] > 0
+    assert run0["asha"]["summary"]["complete"] + run0["asha"]["summary"]["pruned"] == 8
+    # the unpruned best is one of the unpruned trials' values, found at the time given
+    assert run0["best_accuracy"] == max(v for _, v in run0["none"]["finishes"])
+    assert [t for t, v in run0["none"]["finishes"] if v == run0["best_accuracy"]][0] == \
+        run0["none_time_to_best_s"]
     assert (tmp_path / "tune.png").stat().st_size > 0
