@@ -28,7 +28,6 @@ Learned attributes are float64 whatever the input dtype (the accumulation is flo
 transform returns the input's float dtype. Validation is collective: a bad input on any
 rank raises the same InputError (a ValueError) on every rank.
 """
-import inspect
 import math
 import numbers
 import os
@@ -40,7 +39,8 @@ from hpcml.comm.guard import same_everywhere
 from hpcml.data import DataError, ShardedDataset
 from hpcml.kernels import covariance as KC
 
-from .checks import InputError, NotFittedError  # noqa: F401 (hpcml.ml.pca.InputError)
+from .base import Estimator
+from .checks import InputError, NotFittedError, not_fitted  # noqa: F401 (pca.InputError)
 from .checks import agree as _agree, check_backend as _check_backend, host_rows as _host_rows
 from .rankstats import BadRows as _BadRows, check_finite as _check_finite
 from .rankstats import check_merged as _check_merged, merge_ranks as _merge_ranks, tsqr as _tsqr
@@ -95,7 +95,7 @@ class _Rows:
             offset += len(x)
 
 
-class PCA:
+class PCA(Estimator):
     """Principal component analysis (scikit-learn's PCA contract).
 
     n_components: int k, float in (0, 1) (the smallest k whose cumulative explained
@@ -128,26 +128,6 @@ class PCA:
         self.batch_size = batch_size
         self.backend = backend
         self.verbose = verbose
-
-    # --- scikit-learn plumbing -----------------------------------------------------------
-    @classmethod
-    def _param_names(cls):
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-    def get_params(self, deep=True):
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise ValueError(f"invalid parameter {name!r} for PCA")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self):
-        changed = {k: v for k, v in self.get_params().items()
-                   if v is not inspect.signature(type(self).__init__).parameters[k].default}
-        return "PCA(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
 
     # --- fitting -----------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -251,8 +231,9 @@ class PCA:
         if error is None and d < 1:
             error = "X has no features"
         if error is None and incremental and getattr(self, "n_features_in_", d) != d:
-            error = (f"X has {d} features, but partial_fit was called before with "
-                     f"{self.n_features_in_}")
+            error = (f"X has {d} features, but PCA is expecting {self.n_features_in_} "
+                     f"features as input (partial_fit was called before with "
+                     f"{self.n_features_in_})")
         _agree(comm, error, "checking PCA's input")
         if rows.ds is not None:
             return d, rows.total
@@ -270,7 +251,8 @@ class PCA:
                   and hasattr(self, "n_samples_"))
         n_total = n_new + (self.n_samples_ if resume else 0)
         if n_total < 2:
-            raise InputError(f"PCA needs at least 2 rows in total, got {n_total}")
+            raise InputError(f"PCA needs at least 2 rows in total, got n_samples = "
+                             f"{n_total}")
         limit = min(n_total, d)
         k = self.n_components
         if isinstance(k, numbers.Integral) and k > limit:
@@ -342,7 +324,7 @@ class PCA:
     def _finish_covariance(self, comm, d):
         n, mean, M2 = _merge_ranks(comm, self._local)
         if n < 2:
-            raise InputError(f"PCA needs at least 2 rows in total, got {n}")
+            raise InputError(f"PCA needs at least 2 rows in total, got n_samples = {n}")
         _check_merged(mean, M2)
         packed = np.empty(d + d * d)
         if comm is None or comm.Get_rank() == 0:
@@ -458,7 +440,8 @@ class PCA:
     # --- transforming ------------------------------------------------------------------
     def _fitted(self):
         if not hasattr(self, "components_"):
-            raise NotFittedError("this PCA is not fitted yet: call fit first")
+            raise not_fitted("This PCA instance is not fitted yet: call 'fit' with "
+                             "appropriate arguments first")
 
     def _scale(self):
         s = np.sqrt(self.explained_variance_)
@@ -474,8 +457,9 @@ class PCA:
         rows = _Rows(X, comm, self.batch_size)
         error = rows.error
         if error is None and rows.features != self.n_features_in_:
-            error = (f"X has {rows.features} features, but PCA was fitted with "
-                     f"{self.n_features_in_}")
+            error = (f"X has {rows.features} features, but PCA is expecting "
+                     f"{self.n_features_in_} features as input (it was fitted with "
+                     f"{self.n_features_in_})")
         parts = []
         if error is None:
             where = "the dataset's" if rows.ds is not None else "X"

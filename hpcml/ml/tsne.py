@@ -24,7 +24,9 @@ from hpcml.comm.guard import same_everywhere
 from hpcml.comm.rows import RowGather, allgather_rows, row_counts
 from hpcml.kernels import tsne as KT
 
+from .base import Estimator
 from .checks import agree as _agree, check_backend as _check_backend  # one error everywhere
+from .checks import host_rows
 from .neighbors import knn
 
 EXPLORATION_ITER = 250  # scikit-learn's early-exaggeration phase
@@ -52,7 +54,10 @@ def _local_data(X, comm):
         xdt = np.dtype(X.manifest["x_dtype"])
         return (np.concatenate(xs) if xs else np.empty((0, f), xdt),
                 np.concatenate(ys) if ys else np.empty(0))
-    return np.asarray(X), None
+    x, error = host_rows(X)
+    if error:
+        raise ValueError(error)
+    return x, None
 
 
 def _real(v):
@@ -61,7 +66,7 @@ def _real(v):
             and math.isfinite(v))
 
 
-class TSNE:
+class TSNE(Estimator):
     """t-distributed Stochastic Neighbor Embedding.
 
     Parameters follow scikit-learn's TSNE (same defaults and schedule: 250 iterations of
@@ -108,6 +113,8 @@ class TSNE:
     # --- checks ------------------------------------------------------------------------
     def _check_params(self, n):
         _check_backend(self.backend)
+        if n < 2:
+            raise ValueError(f"t-SNE needs at least 2 rows, got n_samples = {n}")
         if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
             raise ValueError(f"n_components must be a positive int, got {self.n_components!r}")
         if not self.perplexity > 0:
@@ -257,10 +264,6 @@ class TSNE:
         error, x = None, None
         try:
             x, labels = _local_data(X, comm)
-            if x.ndim != 2:
-                raise ValueError(f"X must be 2-D (rows x features), got shape {x.shape}")
-            if x.dtype.kind not in "fiu":
-                raise ValueError(f"X must be numeric, got {x.dtype}")
             if x.size and not np.isfinite(x).all():
                 bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
                 raise ValueError(f"X has NaN or Inf in row {bad}" +

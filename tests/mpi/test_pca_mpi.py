@@ -239,7 +239,7 @@ def test_too_many_components_fails_everywhere(comm):
 
 @pytest.mark.parametrize("how, match", [
     ("nan", r"rank 1: X row 7 \(of this rank's rows\) has a NaN or Inf value"),
-    ("features", r"X has 3 features, but PCA was fitted with 4"),
+    ("features", r"X has 3 features, but PCA is expecting 4 features"),
 ])
 def test_transform_error_on_one_rank_fails_everywhere(comm, how, match):
     """transform is collective: one rank's bad rows raise on every rank, and the ranks
