@@ -243,6 +243,30 @@ FAULTS = {
           "        slow = 1.0")],
         0, ["tests/test_pipeline_schedules.py::"
             "test_shared_cores_stretch_every_action_and_keep_busy_as_compute_time"]),
+    "gemm-accumulate-overwrites": (
+        "K.matmul(accumulate=True) overwrites out instead of adding to it (BLAS beta 0)",
+        [("kernels/blas.py",
+          "    r = fn(1.0, b.T, a.T, beta=1.0, c=out.T,",
+          "    r = fn(1.0, b.T, a.T, beta=0.0, c=out.T,")],
+        0, ["tests/test_kernels_cpu.py::test_matmul_shapes[trans1-float32-numpy]"]),
+    "ridge-shift-dropped": (
+        "least squares: the ranks' scatters merged without moving them to the common shift",
+        [("hpcml/ml/linear.py",
+          "    D = K_r - K  # exact: two rows of the data",
+          "    D = 0 * K_r")],
+        0, ["tests/test_ml.py::test_p_ranks_equal_one_process_in_process"]),
+    "logistic-no-penalty": (
+        "logistic regression: the L2 penalty's gradient dropped",
+        [("hpcml/ml/logistic.py",
+          "        grad.reshape(self.K, self.d + 1)[:, :self.d] += reg * coef",
+          "        pass")],
+        0, ["tests/test_ml.py::test_logistic_objective_equals_sklearn_lbfgs"]),
+    "kmeans-unweighted": (
+        "k-means: the per-cluster sums ignore the sample weights (Numba kernel)",
+        [("kernels/cpu/kmeans.py",
+          "            wi = w[i] if weighted else 1.0",
+          "            wi = 1.0")],
+        0, ["tests/test_ml.py::test_kmeans_from_the_same_centres_matches_sklearn"]),
 }
 
 

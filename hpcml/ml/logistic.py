@@ -86,6 +86,10 @@ class LogisticRegression(Estimator):
         else:
             theta, self.n_iter_ = _newton(prob, theta0, self.max_iter, self.tol)
         coef = theta.reshape(K, d + 1)
+        if K > 1 and self.fit_intercept and self.solver == "newton":
+            # the softmax ignores a constant added to every intercept: keep them summing
+            # to 0, where L-BFGS from 0 stays (its gradients sum to 0 over the classes)
+            coef[:, d] -= coef[:, d].mean()
         self.classes_ = classes
         self.coef_ = coef[:, :d].copy()
         self.intercept_ = coef[:, d].copy() if self.fit_intercept else np.zeros(K)

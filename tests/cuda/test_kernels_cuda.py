@@ -104,3 +104,22 @@ def test_clip_grad_norm():
 def test_reduce_into(op, incoming_first):
     C.check_reduce_into("cuda", np.float32, op, incoming_first)
     C.check_reduce_into("cuda", np.float64, op, incoming_first)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeans_assignment_kernel(dtype):
+    """The CUDA assignment (shared-memory centres, and the global-memory form for many
+    centres) against a float64 brute force; device arrays stay on the device."""
+    from numba import cuda
+    from hpcml.kernels import kmeans as KK
+    rng = np.random.default_rng(5)
+    for n, k in ((300, 7), (40, 700)):  # 700 x 6 > the shared-memory stage: global form
+        X = rng.standard_normal((n, 6)).astype(dtype)
+        C = rng.standard_normal((k, 6))
+        d2 = ((X.astype(np.float64)[:, None, :] - C[None]) ** 2).sum(2)
+        labels, dist = KK.assign(X, C, backend="cuda")
+        np.testing.assert_array_equal(labels, np.argmin(d2, axis=1))
+        np.testing.assert_allclose(dist, d2.min(axis=1), rtol=1e-12)
+    dl, dd = KK.assign(cuda.to_device(X), cuda.to_device(C))  # auto -> cuda
+    assert hasattr(dl, "copy_to_host")
+    np.testing.assert_array_equal(dl.copy_to_host(), np.argmin(d2, axis=1))
