@@ -234,7 +234,7 @@ class Rows:
             raise InputError(f"{what}: the sample weights are all zero over all ranks (rows "
                              f"weighted zero count for nothing)")
 
-    def agree(self, what, fitted_features=None):
+    def agree(self, what, fitted_features=None, who="estimator"):
         """Collective: agree on bad input and feature counts; returns (features, total
         rows over the ranks)."""
         comm, error, d = self.comm, self.error, self.features
@@ -247,7 +247,7 @@ class Rows:
         if error is None and d < 1:
             error = f"{self.name} has no features (0 columns); at least 1 is required"
         if error is None and fitted_features is not None and d != fitted_features:
-            error = (f"{self.name} has {d} features, but the estimator is expecting "
+            error = (f"{self.name} has {d} features, but {who} is expecting "
                      f"{fitted_features} features as input")
         agree(comm, error, what)
         if self.ds is not None:

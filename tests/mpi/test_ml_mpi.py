@@ -115,3 +115,34 @@ def test_bad_input_on_one_rank_is_one_error_everywhere(comm, case):
     expected = {"nan": "NaN or Inf", "features": "features on this rank",
                 "singular": "Ridge(alpha > 0)", "k": "n_samples=600 should be >= n_clusters"}
     all_ranks(comm, expected[case] in str(info.value), str(info.value))
+
+
+def test_sgd_sync_on_p_ranks_equals_one_process(comm):
+    """Synchronous mini-batch SGD: with the rows dealt equally (1,200 rows, 10 steps of 120
+    per epoch: every rank's share of a step is whole) P ranks take the same global steps as
+    one process given the rows in step order (rank 0's share, rank 1's, ...); Adam,
+    elastic net, averaging. Local SGD averaging after every step of plain SGD at a constant
+    rate is the same computation (equal shares)."""
+    from hpcml.ml import SGDClassifier
+    p, r = comm.Get_size(), comm.Get_rank()
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((1200, 4))
+    y = np.array(["a", "b", "c"])[np.argmax(X @ rng.standard_normal((4, 3)), axis=1)]
+    n, steps = 1200 // p, 10
+    mine = slice(r * n, (r + 1) * n)
+    order = [q * n + np.arange(n * s // steps, n * (s + 1) // steps)
+             for s in range(steps) for q in range(p)]
+    serial = np.concatenate(order)
+    kw = dict(loss="log_loss", optimizer="adam", learning_rate="constant", eta0=0.01,
+              penalty="elasticnet", average=True, batch_size=120, max_iter=2, tol=None,
+              shuffle=False)
+    par = SGDClassifier(**kw, comm=comm).fit(X[mine], y[mine])
+    one = SGDClassifier(**kw).fit(X[serial], y[serial])
+    all_ranks(comm, same_bytes_everywhere(comm, par.coef_), "coef differs across ranks")
+    all_ranks(comm, rel(par.coef_, one.coef_) < 1e-10, "sync SGD differs from one process")
+    plain = dict(kw, optimizer="sgd", average=False, penalty="l2")
+    sync = SGDClassifier(**plain, comm=comm).fit(X[mine], y[mine])
+    local = SGDClassifier(**plain, mode="local", local_steps=1, comm=comm).fit(X[mine], y[mine])
+    all_ranks(comm, rel(local.coef_, sync.coef_) < 1e-10, "local SGD (k=1) differs from sync")
+    far = SGDClassifier(**plain, mode="local", local_steps=4, comm=comm).fit(X[mine], y[mine])
+    all_ranks(comm, same_bytes_everywhere(comm, far.coef_), "local SGD ends apart")
