@@ -149,6 +149,10 @@ def _synth_flags(s):
                    "digits' 8x8 images shifted by up to a pixel, ink scaled, noise added "
                    "(train rows from digits:train, test rows from digits:test), e.g. "
                    "--rows 60000 --test-rows 10000 for an MNIST-sized set")
+    s.add_argument("--drift", metavar="ROWS", help="a stream whose concept changes at these "
+                   "row positions (e.g. 20000,40000: new class centres or linear map from "
+                   "each; the manifest's generator.drift_points records them; python -m "
+                   "hpcml.stream replays it)")
     s.add_argument("--clients", type=int, default=30, help="--federated: clients (sizes "
                    "follow a power law)")
     s.add_argument("--overwrite", action="store_true",
@@ -186,8 +190,8 @@ def _check_synth(args):
     from hpcml.config import ConfigError
     if args.like:
         from hpcml.data.augment import check
-        if args.federated:
-            raise ConfigError("--like and --federated: give one of them")
+        if args.federated or args.drift:
+            raise ConfigError("--like with --federated or --drift: give one of them")
         try:
             check(args.like, args.features, args.classes, args.regression)
         except ValueError as e:
@@ -209,7 +213,7 @@ def _write(args, folder, comm):
                           args.shards, args.seed, args.dtype, comm=comm,
                           test_rows=args.test_rows, progress=args.log_every,
                           name=args.output, federated=fed, clients=args.clients,
-                          like=args.like)
+                          like=args.like, drift=args.drift)
     # every rank converts its part of the input (streaming, bounded memory)
     return data.convert(args.input, folder, args.shards, args.label_column, args.dtype,
                         args.test_fraction, args.seed,

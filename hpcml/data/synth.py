@@ -42,7 +42,7 @@ def make_shard(seed, index, rows, features, classes=None, regression=False, dtyp
 
 def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
           dtype="float32", comm=None, test_rows=0, progress=False, name=None,
-          federated=None, clients=30, like=None):
+          federated=None, clients=30, like=None, drift=None):
     """Write a synthetic sharded dataset to `out`; with `comm`, ranks write shards i = rank,
     rank + p, ... and rank 0 writes the manifest. Returns the manifest (on rank 0).
     test_rows > 0: `out/train` (rows) and `out/test` (test_rows, drawn from the same
@@ -52,7 +52,11 @@ def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
     `name` (default: out's folder name). federated=(alpha, beta): FedProx's
     Synthetic(alpha, beta) over `clients` clients (hpcml.data.fedsynth; the last feature
     column is the client id). like="digits": rows made from the built-in digits
-    (hpcml.data.augment)."""
+    (hpcml.data.augment). drift: row positions where the concept changes (a stream,
+    hpcml.data.driftsynth; the manifest records them as drift_points)."""
+    if drift is not None:
+        return _drift(out, rows, features, classes, regression, shards, seed, dtype, comm,
+                      test_rows, progress, name, drift)
     if like is not None:
         from . import augment
         augment.check(like, features, classes, regression)
@@ -77,6 +81,25 @@ def synth(out, rows, features, classes=None, regression=False, shards=1, seed=0,
                                               shards * test_rows / rows))), 1))}
     return _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, 0,
                   progress, name, maker_of=maker_of)
+
+
+def _drift(out, rows, features, classes, regression, shards, seed, dtype, comm, test_rows,
+           progress, name, drift):
+    from . import driftsynth
+    if test_rows:
+        raise DataError("--drift makes a stream, evaluated test-then-train (python -m "
+                        "hpcml.stream): no --test-rows")
+    points = driftsynth.parse(drift, rows) if isinstance(drift, str) else list(drift)
+    counts = shard_rows(rows, shards)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    def maker(i):
+        return driftsynth.make_shard(seed, i, counts[i], int(offsets[i]), features, classes,
+                                     regression, dtype, points)
+    return _synth(out, rows, features, classes, regression, shards, seed, dtype, comm, 0,
+                  progress, name, maker=maker, counts=counts,
+                  kind={"kind": "drift stream (hpcml.data.driftsynth)",
+                        "drift_points": points})
 
 
 def _federated(out, rows, features, classes, shards, seed, dtype, comm, test_rows,

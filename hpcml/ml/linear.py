@@ -48,6 +48,9 @@ class _LeastSquares(Estimator):
             raise ValueError(f"fit_intercept must be True or False, got {self.fit_intercept!r}")
         check_int("batch_size", self.batch_size, 1)
         check_real("alpha", self._alpha(), 0.0)
+        check_real("forgetting", self.forgetting, 0.0, strict=True)
+        if self.forgetting > 1:
+            raise ValueError(f"forgetting must be in (0, 1], got {self.forgetting!r}")
         check_backend(self.backend)
 
     def _alpha(self):
@@ -73,13 +76,47 @@ class _LeastSquares(Estimator):
         if solver == "normal":
             W, mean, S = _scatter(rows, comm, d, self.fit_intercept, self.backend)
             coef = self._solve_normal(S, d, comm)
+            self._stats = (W, mean, S)
         else:
+            self._stats = None
             W, mean = _mean(rows, comm, d, self.fit_intercept)
             R = _tsqr_rows(rows, comm, mean, d)
             coef = self._solve_qr(R, d, comm)
         self.coef_ = coef
         self.intercept_ = float(mean[d] - mean[:d] @ coef) if self.fit_intercept else 0.0
         self.n_features_in_, self.n_samples_seen_, self.solver_ = d, W, solver
+        return self
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """Add these rows to the normal equations and solve again; returns self. The
+        statistics kept so far are first weighted by `forgetting` (1: every row counts
+        alike, as one fit on all of them; < 1: exponential forgetting, for streams whose
+        relation drifts). Collective with a communicator."""
+        comm = self._comm_for(X)
+        self._agree_params(comm)
+        if self.solver == "qr":
+            raise InputError("partial_fit accumulates the normal equations: use "
+                             "solver='normal' or 'auto'")
+        old = getattr(self, "_stats", None)
+        rows = Rows(X, comm, self.batch_size, y, sample_weight, need_y=True)
+        d, n = rows.agree(f"checking {type(self).__name__}'s input",
+                          getattr(self, "n_features_in_", None), type(self).__name__)
+        W, mean, S = _scatter(rows, comm, d, self.fit_intercept, self.backend)
+        if old is not None:
+            lam = float(self.forgetting)
+            old = (lam * old[0], old[1], lam * old[2])
+            if self.fit_intercept:
+                W, mean, S = KC.merge_scatter(old, (W, mean, S))
+            else:
+                W, mean, S = old[0] + W, mean, old[2] + S
+        if W <= 0 or (self.fit_intercept and n + (0 if old is None else 2) < 2):
+            raise InputError(f"{type(self).__name__}.partial_fit: at least 2 rows are "
+                             f"needed before the first solve, got n_samples = {n}")
+        self.coef_ = self._solve_normal(S, d, comm)
+        self._stats = (W, mean, S)
+        self.intercept_ = float(mean[d] - mean[:d] @ self.coef_) if self.fit_intercept \
+            else 0.0
+        self.n_features_in_, self.n_samples_seen_, self.solver_ = d, W, "normal"
         return self
 
     def _solve_normal(self, S, d, comm):
@@ -131,7 +168,8 @@ class _LeastSquares(Estimator):
 class LinearRegression(_LeastSquares):
     """Ordinary least squares (scikit-learn's LinearRegression) across ranks.
 
-    fit_intercept, solver ("auto" = "normal", or "qr"), tol (solver "qr": singular values
+    fit_intercept, solver ("auto" = "normal", or "qr"), forgetting (partial_fit: the
+    weight of the rows seen so far at each call, in (0, 1]), tol (solver "qr": singular values
     of the centred rows below tol x the largest count as zero, scikit-learn's cut in its
     lstsq), comm, batch_size (rows per block), backend (the scatter kernel's). See the
     module's docstring for the solvers."""
@@ -143,10 +181,11 @@ class LinearRegression(_LeastSquares):
             "naming the remedies, where scikit-learn returns lstsq's minimum-norm "
             "solution; LinearRegression(solver='qr') passes this check"}
 
-    def __init__(self, *, fit_intercept=True, solver="auto", tol=1e-6, comm=None,
-                 batch_size=65536, backend=None):
+    def __init__(self, *, fit_intercept=True, solver="auto", tol=1e-6, forgetting=1.0,
+                 comm=None, batch_size=65536, backend=None):
         self.fit_intercept = fit_intercept
         self.tol = tol
+        self.forgetting = forgetting
         self.solver = solver
         self.comm = comm
         self.batch_size = batch_size
@@ -163,12 +202,13 @@ class LinearRegression(_LeastSquares):
 
 class Ridge(_LeastSquares):
     """Least squares with an L2 penalty alpha ||coef||^2 (scikit-learn's Ridge; the
-    intercept is not penalised) across ranks. Parameters as LinearRegression's, and
-    alpha >= 0."""
+    intercept is not penalised) across ranks. Parameters as LinearRegression's (no tol),
+    and alpha >= 0."""
 
-    def __init__(self, alpha=1.0, *, fit_intercept=True, solver="auto", comm=None,
-                 batch_size=65536, backend=None):
+    def __init__(self, alpha=1.0, *, fit_intercept=True, solver="auto", forgetting=1.0,
+                 comm=None, batch_size=65536, backend=None):
         self.alpha = alpha
+        self.forgetting = forgetting
         self.fit_intercept = fit_intercept
         self.solver = solver
         self.comm = comm
