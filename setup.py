@@ -36,7 +36,8 @@ setup(
         "secagg": ["cryptography>=41"],
         # Benchmark anchors only, never imported by hpcml at run time.
         "bench": ["torch", "matplotlib>=3.5", "scikit-learn", "openTSNE",
-                  "optuna"],  # hpcml.tune's anchor in python -m hpcml.bench tune
+                  "optuna",  # hpcml.tune's anchor in python -m hpcml.bench tune
+                  "river"],  # the drift detectors' anchor in python -m hpcml.bench ml
         "test": [
             "pytest>=7",
             "pytest-mpi>=0.6",
@@ -48,6 +49,7 @@ setup(
             "cryptography>=41",  # secure aggregation's tests
             "dp-accounting",  # the oracle for the federated RDP accountant
             "flwr",  # Flower's aggregate functions: the federated aggregators' oracle
+            "river",  # ADWIN / Page-Hinkley / DDM: the drift detectors' oracle
         ],
     },
     entry_points={"console_scripts": [
@@ -61,5 +63,7 @@ setup(
         "hpcml-bench=hpcml.bench.__main__:main",
         "hpcml-federated=hpcml.federated.job:main",
         "hpcml-tune=hpcml.tune.job:main",
+        "hpcml-fit=hpcml.fit:main",
+        "hpcml-stream=hpcml.stream:main",
     ]},
 )

@@ -24,6 +24,11 @@ JOBS = {
     "tune": ("hpcml.tune", "hyperparameter search (grid, random, Sobol, TPE, GP-BO; ASHA) "
              "over MPI ranks, resumable from its journal",
              "mpiexec -n 5 python -m hpcml.tune --objective branin --sampler gp"),
+    "fit": ("hpcml.fit", "classic models on ranks: linear, ridge, logistic, SGD, k-means",
+            "mpiexec -n 4 python -m hpcml.fit kmeans data/blobs --clusters 16"),
+    "stream": ("hpcml.stream", "online learning on a stream, test-then-train, with drift "
+               "detection (ADWIN, Page-Hinkley, DDM)",
+               "python -m hpcml.stream sgd data/stream --detector adwin"),
     "data": ("hpcml.data", "make, convert, inspect and verify sharded datasets",
              "python -m hpcml.data synth data/blobs --rows 100000 --features 32 "
              "--classes 10 --test-rows 10000"),

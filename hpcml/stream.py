@@ -25,7 +25,6 @@ summary as one JSON line. A stream is replayed in order by one process: run it w
 mpiexec.
 """
 import io
-import json
 import os
 import sys
 import time

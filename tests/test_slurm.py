@@ -108,3 +108,17 @@ def test_tune_array_tasks_share_one_study(slurm, tmp_path):
     shared = [json.loads(x)["params"]
               for x in open(tmp_path / "study" / "task-0" / "trials.jsonl")]
     assert one == shared
+
+
+def test_fit_sbatch_runs_as_written_on_one_node(slurm, tmp_path):
+    """slurm/fit.sbatch (issue 20): a k-means fit of digits by the allocation's 2 ranks."""
+    r = run(["sbatch", "--parsable", os.path.join(ROOT, "slurm", "fit.sbatch"), "kmeans",
+             "digits", "--clusters", "10"], limit=60, env=slurm, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().split(";")[0]
+    state = _wait(job, slurm)
+    log = (tmp_path / f"hpcml-fit-{job}.out").read_text()
+    assert state == "COMPLETED", log
+    summary = json.loads(log.strip().splitlines()[-1])
+    assert summary["status"] == "done" and summary["ranks"] == 2, summary
+    assert (tmp_path / "fits" / job / "model.h5").exists()

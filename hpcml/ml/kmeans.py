@@ -16,7 +16,9 @@ Initialisation (`init`):
 * "k-means||" (Bahmani et al. 2012), the default: a first centre drawn uniformly; then
   `init_rounds` rounds in which every rank keeps each of its rows independently with
   probability min(1, l d^2(x) / phi), l = oversampling_factor x k and phi the total cost
-  (one all-reduce per round), the kept rows being gathered on every rank; each candidate
+  (one all-reduce per round), the kept rows being gathered on every rank (row i's draw is
+  draw i of one counter-based stream, so the centres do not depend on the rank count);
+  each candidate
   is weighted by the rows nearest to it and rank 0 reduces the candidates to k centres by
   weighted k-means++ and Lloyd, then broadcasts them.
 * "k-means++": greedy k-means++ (2 + log k local trials, scikit-learn's) on rank 0 over a
@@ -326,15 +328,17 @@ def _kmeans_parallel(X, w, k, comm, rng, factor, rounds, backend):
     centres by weighted k-means++ and Lloyd on rank 0."""
     d = X.shape[1]
     cand = _random_rows(X, 1, comm, rng)
-    rank = comm.Get_rank() if comm is not None else 0
-    local = np.random.default_rng([int(rng.integers(1 << 62)), rank])
+    counts = _counts(len(X), comm)
+    offset = int(counts[:comm.Get_rank()].sum()) if comm is not None else 0
+    key = int(rng.integers(1 << 62))
     ell = factor * k
-    for _ in range(rounds):
+    for rnd in range(rounds):
         dist = KK.assign(X, cand, backend=backend)[1] * w
         phi = allreduce_sum(np.array([dist.sum()]), comm)[0]
         if phi <= 0:
             break
-        keep = local.random(len(X)) < np.minimum(1.0, ell * dist / phi)
+        u = _uniforms([key, rnd], offset, len(X))  # row i's draw: the same at any P
+        keep = u < np.minimum(1.0, ell * dist / phi)
         cand = np.vstack([cand, _allgather_rows(X[keep], comm, d)])
     labels = KK.assign(X, cand, backend=backend)[0]
     weights = np.bincount(labels, weights=w, minlength=len(cand)).astype(np.float64)
@@ -347,6 +351,16 @@ def _kmeans_parallel(X, w, k, comm, rng, factor, rounds, backend):
         c0 = _kmeanspp(cand, weights, k, rng)
         return _lloyd(cand, weights, c0, None, 300, 0.0, backend)[0]
     return _on_root(comm, k, d, reduce)
+
+
+def _uniforms(key, offset, n):
+    """Draws offset .. offset + n - 1 of one Philox stream (a counter-based generator:
+    a rank jumps to its rows' draws, so the sampling does not depend on the rank count)."""
+    bg = np.random.Philox(key=key)
+    bg.advance(offset // 4)  # 4 doubles per counter step
+    g = np.random.Generator(bg)
+    g.random(offset % 4)
+    return g.random(n)
 
 
 def _allgather_rows(rows, comm, d):

@@ -88,9 +88,14 @@ def test_kmeans_on_p_ranks_equals_one_process(comm):
     all_ranks(comm, par.n_iter_ == one.n_iter_, "iterations differ")
     all_ranks(comm, np.array_equal(par.labels_, one.labels_[s]), "labels differ")
     best = KMeans(5, init=centers).fit(X).inertia_  # from the true centres
-    for init in ("k-means||", "k-means++", "random"):  # every rank draws the same start
+    for init in ("k-means||", "k-means++", "random"):  # every rank draws the same start,
+        # and the one process draws it too (k-means||: row i's draw is draw i of one
+        # counter-based stream, whatever the ranks)
         km = KMeans(5, init=init, random_state=3, comm=comm).fit(X[s])
+        alone = KMeans(5, init=init, random_state=3).fit(X)
         all_ranks(comm, same_bytes_everywhere(comm, km.cluster_centers_), init)
+        all_ranks(comm, rel(km.cluster_centers_, alone.cluster_centers_) < 1e-12,
+                  f"{init}: the centres depend on the rank count")
         all_ranks(comm, km.inertia_ <= best * (1 + 1e-9), f"{init}: {km.inertia_} > {best}")
 
 
