@@ -12,6 +12,8 @@
     python -m hpcml.bench ps                         # parameter server modes vs data parallel
     python -m hpcml.bench federated                  # McMahan's Table 1, FedProx, vs Flower
     python -m hpcml.bench tune                       # hpcml.tune's samplers vs Optuna's
+    python -m hpcml.bench ml                         # linear models, k-means, SGD vs
+                                                     # scikit-learn; drift detectors vs river
 """
 import sys
 
@@ -29,6 +31,7 @@ BENCHMARKS = {
     "ps": "hpcml.bench.ps",
     "federated": "hpcml.bench.federated",
     "tune": "hpcml.bench.tune",
+    "ml": "hpcml.bench.ml",
 }
 
 

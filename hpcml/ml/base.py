@@ -225,8 +225,10 @@ class Rows:
         return None
 
     def check_weights(self, what):
-        """Collective: the sample weights must not all be zero over the ranks."""
-        if self.w is None and not (self.comm is not None and self.comm.Get_size() > 1):
+        """Collective: the sample weights must not all be zero over the ranks (a dataset's
+        rows weigh 1: nothing to check)."""
+        if self.ds is not None or (self.w is None and not (
+                self.comm is not None and self.comm.Get_size() > 1)):
             return
         total = np.array([float(self.w.sum()) if self.w is not None else float(self.rows)])
         allreduce_sum(total, self.comm)

@@ -151,3 +151,20 @@ def test_sgd_sync_on_p_ranks_equals_one_process(comm):
     all_ranks(comm, rel(local.coef_, sync.coef_) < 1e-10, "local SGD (k=1) differs from sync")
     far = SGDClassifier(**plain, mode="local", local_steps=4, comm=comm).fit(X[mine], y[mine])
     all_ranks(comm, same_bytes_everywhere(comm, far.coef_), "local SGD ends apart")
+
+
+def test_models_fit_a_sharded_dataset_as_its_rows(comm):
+    """A dataset (the built-in digits, each rank reading its share through the loader)
+    gives the model of the same rows passed as an array to one process."""
+    from hpcml.data import ShardedDataset
+    ds = ShardedDataset("digits", comm)
+    X, y = (np.concatenate(p) for p in zip(*ShardedDataset("digits").loader(
+        4096, shuffle=False)))
+    par = Ridge(1.0, comm=comm).fit(ds)
+    one = Ridge(1.0).fit(X.astype(np.float64), y.astype(np.float64))
+    all_ranks(comm, rel(par.coef_, one.coef_) < 1e-10, "ridge on a dataset")
+    init = X[:10].astype(np.float64)
+    km = KMeans(10, init=init, comm=comm).fit(ds)
+    alone = KMeans(10, init=init).fit(X)
+    all_ranks(comm, abs(km.inertia_ - alone.inertia_) < 1e-9 * alone.inertia_,
+              "k-means on a dataset")
