@@ -88,15 +88,13 @@ class _LeastSquares(Estimator):
         return self
 
     def partial_fit(self, X, y, sample_weight=None):
-        """Add these rows to the normal equations and solve again; returns self. The
+        """Add these rows to the normal equations and solve again (whatever `solver`:
+        TSQR's R is not kept between calls); returns self. The
         statistics kept so far are first weighted by `forgetting` (1: every row counts
         alike, as one fit on all of them; < 1: exponential forgetting, for streams whose
         relation drifts). Collective with a communicator."""
         comm = self._comm_for(X)
         self._agree_params(comm)
-        if self.solver == "qr":
-            raise InputError("partial_fit accumulates the normal equations: use "
-                             "solver='normal' or 'auto'")
         old = getattr(self, "_stats", None)
         rows = Rows(X, comm, self.batch_size, y, sample_weight, need_y=True)
         d, n = rows.agree(f"checking {type(self).__name__}'s input",

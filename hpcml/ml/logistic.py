@@ -40,6 +40,9 @@ class LogisticRegression(Estimator):
     n_features_in_."""
 
     _kind = "classifier"
+    #: False: the loss and gradient from the NumPy expressions (the reference the compiled
+    #: pass is tested against)
+    _use_kernel = True
 
     def __init__(self, C=1.0, *, fit_intercept=True, solver="lbfgs", max_iter=100,
                  tol=1e-4, comm=None, batch_size=65536):
@@ -79,7 +82,9 @@ class LogisticRegression(Estimator):
         W = float(allreduce_sum(np.array([w.sum()]), comm)[0])
         if W <= 0:
             raise InputError("the sample weights sum to 0 over all ranks")
-        prob = _Problem(Xa, Y, w, W, K, 1.0 / self.C, self.fit_intercept, comm)
+        idx = np.clip(np.searchsorted(classes, ya), 0, len(classes) - 1)
+        prob = _Problem(np.ascontiguousarray(Xa), Y, w, W, K, 1.0 / self.C,
+                        self.fit_intercept, comm, idx=idx if self._use_kernel else None)
         theta0 = np.zeros(prob.size)
         if self.solver == "lbfgs":
             theta, self.n_iter_ = _lbfgs(prob, theta0, self.max_iter, self.tol)
@@ -164,8 +169,12 @@ def _targets(y, classes, K):
 class _Problem:
     """Loss, gradient and Hessian over all ranks' rows; theta = K rows of (coef, b)."""
 
-    def __init__(self, X, Y, w, W, K, lam, fit_intercept, comm):
+    def __init__(self, X, Y, w, W, K, lam, fit_intercept, comm, idx=None):
+        """idx: the rows' class indices (0/1 when binary) for the compiled pass; None:
+        the NumPy expressions (the reference)."""
         self.X, self.Y, self.w, self.W, self.K = X, Y, w, W, K
+        self.idx = None if idx is None else np.ascontiguousarray(idx, np.int64)
+        self.w_kernel = np.empty(0) if np.all(w == 1) else np.ascontiguousarray(w, float)
         self.lam, self.fit_intercept, self.comm = lam, fit_intercept, comm
         self.d = X.shape[1]
         self.size = K * (self.d + 1)
@@ -181,7 +190,14 @@ class _Problem:
         coef, b = self._split(theta)
         X, w = self.X, self.w
         buf = np.zeros(1 + self.size)
-        if len(X):
+        if len(X) and self.idx is not None:  # one compiled pass over the rows
+            from hpcml.kernels.cpu.logistic import loss_grad
+            buf[0], g = loss_grad(X, self.idx, self.w_kernel, np.ascontiguousarray(coef),
+                                  np.ascontiguousarray(b), self.K)
+            if not self.fit_intercept:
+                g[:, self.d] = 0.0
+            buf[1:] = g.ravel()
+        elif len(X):
             z = X @ coef.T + b  # n x K
             if self.K == 1:
                 y, z = self.Y, z[:, 0]
@@ -256,6 +272,8 @@ def _newton(prob, theta, max_iter, tol):
             step = scipy.linalg.cho_solve(scipy.linalg.cho_factor(H, check_finite=False),
                                           grad, check_finite=False)
         dec = float(grad @ step)
+        if dec <= 4 * np.finfo(float).eps * abs(loss):
+            return theta, it  # at the optimum to rounding: the gradient's floor
         t = 1.0
         while t > 1e-10:
             new = theta - t * step
@@ -263,5 +281,7 @@ def _newton(prob, theta, max_iter, tol):
             if new_loss <= loss - 1e-4 * t * dec:
                 break
             t /= 2
+        else:
+            return theta, it  # no step lowers the loss: rounding, not the optimum's distance
         theta, loss, grad = new, new_loss, new_grad
     return theta, max_iter
