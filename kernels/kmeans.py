@@ -20,7 +20,7 @@ Backends (``backend=`` or the process-wide one, hpcml.kernels.set_backend):
 """
 import numpy as np
 
-AUTO = {"assign": "cpu", "cluster_sums": "cpu"}
+AUTO = {"assign": "cpu", "cluster_sums": "cpu", "lloyd_step": "cpu"}
 CHUNK = 4096  # rows per chunk of the reference (bounds its temporary to CHUNK x k x d)
 
 
@@ -102,3 +102,22 @@ def cluster_sums(x, labels, k, sample_weight=None, backend=None):
     w = np.ones(0) if sample_weight is None else np.ascontiguousarray(sample_weight,
                                                                        np.float64)
     return cpu.cluster_sums(xc, np.ascontiguousarray(labels, np.int64), int(k), w)
+
+
+def lloyd_step(x, centers, sample_weight=None, backend=None):
+    """(labels, squared distances, sums k x d, weights k): an assignment and the
+    per-cluster sums of its rows (one fused pass on the cpu backend)."""
+    _check(x, centers)
+    be = _backend("lloyd_step", backend, x, centers)
+    if be != "cpu":
+        labels, dist = assign(x, centers, backend=be)
+        sums, counts = cluster_sums(x, labels, centers.shape[0], sample_weight, backend=be)
+        return labels, dist, sums, counts
+    from .cpu import kmeans as cpu
+    xc = np.ascontiguousarray(x)
+    c = np.ascontiguousarray(centers, dtype=np.float64)
+    w = np.empty(0) if sample_weight is None else np.ascontiguousarray(sample_weight,
+                                                                       np.float64)
+    labels, dist = np.empty(len(xc), np.int64), np.empty(len(xc), np.float64)
+    sums, counts = cpu.lloyd_step(xc, c, w, labels, dist)
+    return labels, dist, sums, counts

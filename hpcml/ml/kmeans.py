@@ -199,31 +199,37 @@ def _on_root(comm, k, d, make):
 
 
 def _lloyd(X, w, centers, comm, max_iter, tol, backend):
-    """(centres, this rank's labels, inertia over all ranks, iterations)."""
-    k, d = centers.shape
+    """(centres, this rank's labels, inertia over all ranks, iterations). Each iteration
+    is one fused pass (assignment and per-cluster sums) and one all-reduce; labels that
+    no longer change anywhere (strict convergence) end it with the labels and distances
+    already those of the final centres, else one more assignment makes them so."""
     labels = None
-    it = 0
+    it, strict = 0, False
+    unit = np.all(w == 1)
     for it in range(1, max_iter + 1):
-        new_labels, dist = KK.assign(X, centers, backend=backend)
-        new = _m_step(X, w, new_labels, dist, centers, comm, backend)
-        changed = np.array([0.0 if labels is None else float(np.any(labels != new_labels))])
-        if labels is None:
-            changed[0] = 1.0
+        new_labels, dist, sums, counts = KK.lloyd_step(X, centers, None if unit else w,
+                                                       backend=backend)
+        new = _m_step(X, w, sums, counts, dist, centers, comm)
+        changed = np.array([1.0 if labels is None else
+                            float(not np.array_equal(labels, new_labels))])
         allreduce_sum(changed, comm)
         shift = float(np.sum((new - centers) ** 2))
         labels, centers = new_labels, new
-        if changed[0] == 0 or shift <= tol:
+        if changed[0] == 0:
+            strict = True
             break
-    labels, dist = KK.assign(X, centers, backend=backend)
+        if shift <= tol:
+            break
+    if not strict:
+        labels, dist = KK.assign(X, centers, backend=backend)
     inertia = allreduce_sum(np.array([float(w @ dist)]), comm)[0]
     return centers, labels, float(inertia), it
 
 
-def _m_step(X, w, labels, dist, centers, comm, backend):
+def _m_step(X, w, sums, counts, dist, centers, comm):
     """New centres: all-reduced weighted sums / counts; an empty cluster takes the row
     farthest from its centre (over all ranks; scikit-learn's relocation)."""
     k, d = centers.shape
-    sums, counts = KK.cluster_sums(X, labels, k, w, backend=backend)
     buf = np.concatenate([sums.ravel(), counts])
     allreduce_sum(buf, comm)
     sums, counts = buf[:k * d].reshape(k, d), buf[k * d:]
@@ -232,8 +238,7 @@ def _m_step(X, w, labels, dist, centers, comm, backend):
     full = counts > 0
     new[full] = sums[full] / counts[full, None]
     if len(empty):
-        far = _farthest(X, dist * (w > 0), len(empty), comm)
-        new[empty] = far
+        new[empty] = _farthest(X, dist * (w > 0), len(empty), comm)
     return new
 
 

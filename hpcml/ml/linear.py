@@ -231,7 +231,10 @@ def _predict_rows(X, features, who):
 
 
 def _augmented(x, y, fit_intercept):
-    z = np.empty((len(x), x.shape[1] + 1), np.float64)
+    """[x | y] in x's float dtype (float32 rows stay float32, y cast to it as scikit-learn
+    casts y to X's dtype; the scatter kernels accumulate in float64 either way)."""
+    z = np.empty((len(x), x.shape[1] + 1), np.float32 if x.dtype == np.float32 else
+                 np.float64)
     z[:, :-1] = x
     z[:, -1] = y
     return z
@@ -266,12 +269,12 @@ def _scatter(rows, comm, d, fit_intercept, backend):
         if shift[0] is None and len(z):
             shift[0] = z[0].copy()
         if shift[0] is not None:
-            z -= shift[0]
+            z -= shift[0]  # (in z's dtype: exact for values near the shift)
         part = KC.scatter_block(z, backend=backend) if w is None else _weighted_block(z, w)
         acc[0] = KC.merge_scatter(acc[0], (float(part[0]), part[1], part[2]))
     pass_over(rows, comm, add, "accumulating the normal equations")
     W, m, M2 = acc[0]
-    K_r = shift[0] if shift[0] is not None else np.zeros(d + 1)
+    K_r = shift[0].astype(np.float64) if shift[0] is not None else np.zeros(d + 1)
     K = _common_shift(K_r, W > 0, comm)
     D = K_r - K  # exact: two rows of the data
     s = W * m                                  # sum w (z - K_r)
@@ -292,7 +295,7 @@ def _second_moments(rows, comm, d):
     buf = np.zeros(1 + (d + 1) ** 2)
 
     def add(offset, x, y, w):
-        z = _augmented(x, y, False)
+        z = _augmented(x, y, False).astype(np.float64, copy=False)
         buf[0] += len(z) if w is None else w.sum()
         buf[1:] += ((z.T @ z) if w is None else (z * w[:, None]).T @ z).ravel()
     pass_over(rows, comm, add, "accumulating the normal equations")
@@ -321,7 +324,7 @@ def _mean(rows, comm, d, fit_intercept):
         z = _augmented(x, y, fit_intercept)
         if w is None:
             buf[0] += len(z)
-            buf[1:] += z.sum(axis=0)
+            buf[1:] += z.sum(axis=0, dtype=np.float64)
         else:
             buf[0] += w.sum()
             buf[1:] += w @ z
