@@ -71,7 +71,28 @@ def epoch(X, Y, w, order, bounds, W, m1, m2, avg, state, loss, schedule, optimiz
     d = d1 - 1
     g = np.zeros((d1, K))
     total, wsum = 0.0, 0.0
+    plain = optimizer == 0 and alpha_l1 == 0.0 and average_start == 0
     for s in range(len(bounds) - 1):
+        if plain and bounds[s + 1] - bounds[s] == 1:  # one row, plain SGD: fused update
+            i = order[bounds[s]]
+            wi = w[i] if len(w) else 1.0
+            state[0] += 1.0
+            eta = _eta(schedule, state[0], eta0, alpha, power_t, scale)
+            decay = 1.0 - eta * alpha_l2
+            for k in range(K):
+                z = W[d, k]
+                for j in range(d):
+                    z += X[i, j] * W[j, k]
+                lv, dz = _dloss(loss, z, Y[i, k], eps)
+                total += wi * lv
+                # the gradient is dz * w_i / w_i (a one-row batch's weighted mean)
+                step = eta * dz if wi > 0 else 0.0
+                for j in range(d):
+                    W[j, k] = W[j, k] * decay - step * X[i, j]
+                if fit_intercept:
+                    W[d, k] -= step
+            wsum += wi
+            continue
         g[:] = 0.0
         B = 0.0
         for i in order[bounds[s]:bounds[s + 1]]:
