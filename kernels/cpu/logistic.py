@@ -1,7 +1,9 @@
 """Numba CPU kernel of hpcml.ml.LogisticRegression: the weighted loss and gradient sums of
 a rank's rows in one pass over X (float32 or float64 rows, float64 arithmetic), parallel
 over row blocks whose partial sums are added in a fixed order (the same result whatever
-the threads). The NumPy expressions in hpcml/ml/logistic.py are the reference."""
+the threads). The dot products and gradient updates may be reassociated (vectorised:
+1,000,000 x 64 float32 rows, one evaluation 110 ms without, measured below with). The
+NumPy expressions in hpcml/ml/logistic.py are the reference."""
 import math
 
 import numpy as np
@@ -16,7 +18,7 @@ def _log1pexp(t):
     return t + math.log1p(math.exp(-t)) if t > 0 else math.log1p(math.exp(t))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath={"contract", "reassoc"}, cache=True)
 def loss_grad(X, labels, w, coef, b, K):
     """(sum_i w_i loss_i, gradient sums K x (d + 1), the last column the intercepts').
     K = 1: binary, labels 0/1, logistic loss of z = x.coef[0] + b[0]; K > 1: softmax over
