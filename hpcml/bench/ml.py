@@ -117,10 +117,13 @@ def _warm_up(comm):
     from sklearn.linear_model import LogisticRegression as SKLogit, Ridge as SKRidge
     from hpcml.ml import KMeans, LogisticRegression, Ridge
     X, y = _rows(2000, 32, 9, 0, 2000, "logistic")
-    for est in (Ridge(comm=comm), LogisticRegression(comm=comm), SKRidge(), SKLogit()):
+    ests = [Ridge(comm=comm), LogisticRegression(comm=comm)]
+    if comm.Get_size() == 1:  # (scikit-learn runs at one rank only)
+        ests += [SKRidge(), SKLogit()]
+        SKKMeans(4, init=X[:4], n_init=1).fit(X)
+    for est in ests:
         est.fit(X, y.astype(np.float64) if "Ridge" in type(est).__name__ else y)
     KMeans(4, init=X[:4].astype(np.float64), comm=comm).fit(X)
-    SKKMeans(4, init=X[:4], n_init=1).fit(X)
 
 
 def _allr2(model, X, y, comm):

@@ -13,3 +13,11 @@ from .tsne import TSNE
 
 __all__ = ["PCA", "TSNE", "LinearRegression", "Ridge", "LogisticRegression", "KMeans",
            "SGDClassifier", "SGDRegressor"]
+
+# SciPy (imported above) brings its own OpenBLAS: if the ranks' thread count was set
+# before this import (hpcml.kernels.threads.configure), give it that count too, or each
+# rank's SciPy BLAS calls start a thread per core (2 ranks on 2 cores: LogisticRegression
+# took 1.1-1.3 s instead of 0.55-0.75 s in python -m hpcml.bench ml)
+from hpcml.kernels import threads as _threads  # noqa: E402
+
+_threads.reapply()

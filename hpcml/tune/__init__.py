@@ -10,3 +10,9 @@ from .study import Engine, Pruned, StudyError, run_serial
 
 __all__ = ["Param", "Space", "SpaceError", "Engine", "Pruned", "StudyError", "run_serial",
            "samplers", "pruners"]
+
+# SciPy's own OpenBLAS gets the ranks' thread count if it was set before this import
+# (see hpcml/ml/__init__.py)
+from hpcml.kernels import threads as _threads  # noqa: E402
+
+_threads.reapply()
