@@ -230,13 +230,18 @@ def _predict_rows(X, features, who):
     return Xa
 
 
-def _augmented(x, y, fit_intercept):
-    """[x | y] in x's float dtype (float32 rows stay float32, y cast to it as scikit-learn
-    casts y to X's dtype; the scatter kernels accumulate in float64 either way)."""
+def _augmented(x, y, fit_intercept, shift=None):
+    """[x | y] - shift in x's float dtype (float32 rows stay float32, y cast to it as
+    scikit-learn casts y to X's dtype; the scatter kernels accumulate in float64 either
+    way), written in one pass."""
     z = np.empty((len(x), x.shape[1] + 1), np.float32 if x.dtype == np.float32 else
                  np.float64)
-    z[:, :-1] = x
-    z[:, -1] = y
+    if shift is None:
+        z[:, :-1] = x
+        z[:, -1] = y
+    else:
+        np.subtract(x, shift[:-1], out=z[:, :-1], casting="unsafe")
+        z[:, -1] = y - shift[-1]
     return z
 
 
@@ -265,11 +270,10 @@ def _scatter(rows, comm, d, fit_intercept, backend):
     shift = [None]
 
     def add(offset, x, y, w):
-        z = _augmented(x, y, True)
-        if shift[0] is None and len(z):
-            shift[0] = z[0].copy()
-        if shift[0] is not None:
-            z -= shift[0]  # (in z's dtype: exact for values near the shift)
+        if shift[0] is None and len(x):
+            shift[0] = _augmented(x[:1], y[:1], True)[0]
+        # (the subtraction in z's dtype: exact for values near the shift)
+        z = _augmented(x, y, True, shift[0])
         part = KC.scatter_block(z, backend=backend) if w is None else _weighted_block(z, w)
         acc[0] = KC.merge_scatter(acc[0], (float(part[0]), part[1], part[2]))
     pass_over(rows, comm, add, "accumulating the normal equations")
