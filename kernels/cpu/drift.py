@@ -86,6 +86,7 @@ def adwin_run(xs, tot, var, cnt, head, s, delta, clock, M, L, grace, out):
     found = 0
     slots = M + 1
     width, total, variance, tick = s[0], s[1], s[2], int(s[3])
+    until = clock - tick % clock
     for i in range(len(xs)):
         x = xs[i]
         j = head[0] + cnt[0]
@@ -102,7 +103,12 @@ def adwin_run(xs, tot, var, cnt, head, s, delta, clock, M, L, grace, out):
         if cnt[0] == slots:
             _adwin_compress(tot, var, cnt, head, s, M)
         tick += 1
-        if tick % clock == 0 and width > grace and _adwin_cut(
+        until -= 1  # (a countdown: an integer modulo per value cost more than the rest)
+        if until == 0:
+            until = clock
+        else:
+            continue
+        if width > grace and _adwin_cut(
                 tot, cnt, head, int(s[4]), width, total, variance, delta, L, slots):
             out[found] = i
             found += 1
@@ -110,6 +116,7 @@ def adwin_run(xs, tot, var, cnt, head, s, delta, clock, M, L, grace, out):
             head[:] = 0
             s[4] = 1.0
             width, total, variance, tick = 0.0, 0.0, 0.0, 0
+            until = clock
     s[0], s[1], s[2], s[3] = width, total, variance, tick
     return found
 
