@@ -170,9 +170,11 @@ class Rows:
     sharded dataset (its labels as y), and the checks every rank agrees on."""
 
     def __init__(self, X, comm, batch_size=65536, y=None, sample_weight=None,
-                 need_y=False, name="X", labels=False):
+                 need_y=False, name="X", labels=False, check_finite=True):
+        """check_finite=False: no pass looking for NaN/Inf (an estimator that finds them
+        in its own sums, as PCA does)."""
         self.comm, self.batch_size, self.name = comm, batch_size, name
-        self.labels = labels
+        self.labels, self.check_finite = labels, check_finite
         self.array = self.ds = self.error = self.y = self.w = None
         if isinstance(X, (str, bytes)) or hasattr(X, "__fspath__"):
             X = ShardedDataset(os.fsdecode(X), comm)  # collective: errors agreed there
@@ -188,7 +190,7 @@ class Rows:
         self.total = None
         if self.error is None:
             self.error = self._targets(y, sample_weight, need_y)
-        if self.error is None:
+        if self.error is None and check_finite:
             self.error = _nonfinite(self.array, name)
 
     def _targets(self, y, sample_weight, need_y):
@@ -278,7 +280,7 @@ class Rows:
         for x, y in self.loader():
             if x.dtype not in (np.float32, np.float64):
                 x = x.astype(np.float64)
-            bad = _nonfinite(x, "the dataset's", offset)
+            bad = _nonfinite(x, "the dataset's", offset) if self.check_finite else None
             if bad:
                 raise DataError(bad)
             yield offset, x, y, None

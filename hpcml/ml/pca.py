@@ -30,7 +30,6 @@ rank raises the same InputError (a ValueError) on every rank.
 """
 import math
 import numbers
-import os
 
 import numpy as np
 
@@ -39,8 +38,8 @@ from hpcml.comm.guard import same_everywhere
 from hpcml.data import DataError, ShardedDataset
 from hpcml.kernels import covariance as KC
 
-from .base import Estimator
-from .checks import InputError, NotFittedError, not_fitted  # noqa: F401 (pca.InputError)
+from .base import Estimator, Rows
+from .checks import InputError, NotFittedError, not_fitted  # noqa: F401 (re-exported)
 from .checks import agree as _agree, check_backend as _check_backend, host_rows as _host_rows
 from .rankstats import BadRows as _BadRows, check_finite as _check_finite
 from .rankstats import check_merged as _check_merged, merge_ranks as _merge_ranks, tsqr as _tsqr
@@ -57,42 +56,19 @@ def _flip_signs(V):
     return V * signs[:, None]
 
 
-class _Rows:
-    """This rank's rows of an array or a sharded dataset, visited chunk by chunk."""
+class _Rows(Rows):
+    """This rank's rows of an array or a sharded dataset, visited chunk by chunk as
+    (offset, float rows); no NaN/Inf pass: PCA finds them in its blocks' statistics."""
 
     def __init__(self, X, comm, batch_size):
-        self.comm, self.batch_size = comm, batch_size
-        self.array = self.ds = self.error = None
-        if isinstance(X, (str, bytes)) or hasattr(X, "__fspath__"):
-            X = ShardedDataset(os.fsdecode(X), comm)  # collective: errors agreed there
-        if isinstance(X, ShardedDataset):
-            self.ds = X
-            self.features, self.total = X.features, X.rows
-            self.rows = None
-        else:
-            self.array, self.error = _host_rows(X)
-            self.features = self.array.shape[1] if self.array is not None else -1
-            self.rows = len(self.array) if self.array is not None else 0
-            self.total = None
-
-    def loader(self):
-        ds = self.ds
-        if ds.comm is None and self.comm is not None:  # split the rows among our ranks
-            return ds.loader(self.batch_size, shuffle=False, rank=self.comm.Get_rank(),
-                             ranks=self.comm.Get_size())
-        return ds.loader(self.batch_size, shuffle=False)
+        super().__init__(X, comm, batch_size, check_finite=False)
 
     def chunks(self):
-        """(row offset on this rank, float rows) over this rank's rows, in order."""
         if self.array is not None:
             yield 0, self.array
             return
-        offset = 0
-        for x, _ in self.loader():
-            if x.dtype not in (np.float32, np.float64):
-                x = x.astype(np.float64)
+        for offset, x, _, _ in super().chunks():
             yield offset, x
-            offset += len(x)
 
 
 class PCA(Estimator):

@@ -99,33 +99,11 @@ class _BaseSGD(Estimator):
     #: against), also alone
     _use_kernel = True
 
-    def __init__(self, loss, *, penalty="l2", alpha=1e-4, l1_ratio=0.15, fit_intercept=True,
-                 max_iter=1000, tol=1e-3, n_iter_no_change=5, shuffle=True, epsilon=0.1,
-                 learning_rate="optimal", eta0=0.01, power_t=0.5, optimizer="sgd",
-                 momentum=0.9, beta2=0.999, batch_size=1, average=False, mode="sync",
-                 local_steps=8, random_state=None, comm=None):
-        self.loss = loss
-        self.penalty = penalty
-        self.alpha = alpha
-        self.l1_ratio = l1_ratio
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
-        self.shuffle = shuffle
-        self.epsilon = epsilon
-        self.learning_rate = learning_rate
-        self.eta0 = eta0
-        self.power_t = power_t
-        self.optimizer = optimizer
-        self.momentum = momentum
-        self.beta2 = beta2
-        self.batch_size = batch_size
-        self.average = average
-        self.mode = mode
-        self.local_steps = local_steps
-        self.random_state = random_state
-        self.comm = comm
+    def _store(self, values):
+        """The subclass's __init__ arguments as attributes (scikit-learn's rule: stored
+        as given, checked at fit)."""
+        for name in self._param_names():
+            setattr(self, name, values[name])
 
     def _check_params(self):
         check_choice("loss", self.loss, self._losses)
@@ -383,13 +361,7 @@ class SGDClassifier(_BaseSGD):
                  shuffle=True, epsilon=0.1, learning_rate="optimal", eta0=0.01, power_t=0.5,
                  optimizer="sgd", momentum=0.9, beta2=0.999, batch_size=1, average=False,
                  mode="sync", local_steps=8, random_state=None, comm=None):
-        super().__init__(loss, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
-                         fit_intercept=fit_intercept, max_iter=max_iter, tol=tol,
-                         n_iter_no_change=n_iter_no_change, shuffle=shuffle, epsilon=epsilon,
-                         learning_rate=learning_rate, eta0=eta0, power_t=power_t,
-                         optimizer=optimizer, momentum=momentum, beta2=beta2,
-                         batch_size=batch_size, average=average, mode=mode,
-                         local_steps=local_steps, random_state=random_state, comm=comm)
+        self._store(locals())
 
     def _targets(self, y, classes, comm):
         if not hasattr(self, "classes_"):
@@ -463,13 +435,7 @@ class SGDRegressor(_BaseSGD):
                  shuffle=True, epsilon=0.1, learning_rate="invscaling", eta0=0.01,
                  power_t=0.25, optimizer="sgd", momentum=0.9, beta2=0.999, batch_size=1,
                  average=False, mode="sync", local_steps=8, random_state=None, comm=None):
-        super().__init__(loss, penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
-                         fit_intercept=fit_intercept, max_iter=max_iter, tol=tol,
-                         n_iter_no_change=n_iter_no_change, shuffle=shuffle, epsilon=epsilon,
-                         learning_rate=learning_rate, eta0=eta0, power_t=power_t,
-                         optimizer=optimizer, momentum=momentum, beta2=beta2,
-                         batch_size=batch_size, average=average, mode=mode,
-                         local_steps=local_steps, random_state=random_state, comm=comm)
+        self._store(locals())
 
     def partial_fit(self, X, y, sample_weight=None):
         return self._fit(X, y, sample_weight, 1, classes=None)

@@ -52,6 +52,15 @@ def _dloss(code, z, y, eps):
     return e * e, 2 * e * s
 
 
+@njit(cache=True, inline="always")
+def _margin(X, i, W, k, d):
+    """Row i's score for output k: W[d, k] + x_i . W[:d, k]."""
+    z = W[d, k]
+    for j in range(d):
+        z += X[i, j] * W[j, k]
+    return z
+
+
 @njit(cache=True)
 def _eta(schedule, t, eta0, alpha, power_t, scale):
     if schedule == 1:
@@ -80,10 +89,7 @@ def epoch(X, Y, w, order, bounds, W, m1, m2, avg, state, loss, schedule, optimiz
             eta = _eta(schedule, state[0], eta0, alpha, power_t, scale)
             decay = 1.0 - eta * alpha_l2
             for k in range(K):
-                z = W[d, k]
-                for j in range(d):
-                    z += X[i, j] * W[j, k]
-                lv, dz = _dloss(loss, z, Y[i, k], eps)
+                lv, dz = _dloss(loss, _margin(X, i, W, k, d), Y[i, k], eps)
                 total += wi * lv
                 # the gradient is dz * w_i / w_i (a one-row batch's weighted mean)
                 step = eta * dz if wi > 0 else 0.0
@@ -99,10 +105,7 @@ def epoch(X, Y, w, order, bounds, W, m1, m2, avg, state, loss, schedule, optimiz
             wi = w[i] if len(w) else 1.0
             B += wi
             for k in range(K):
-                z = W[d, k]
-                for j in range(d):
-                    z += X[i, j] * W[j, k]
-                lv, dz = _dloss(loss, z, Y[i, k], eps)
+                lv, dz = _dloss(loss, _margin(X, i, W, k, d), Y[i, k], eps)
                 total += wi * lv
                 dz *= wi
                 if dz != 0.0:
