@@ -191,7 +191,8 @@ def _check_synth(args):
     if args.like:
         from hpcml.data.augment import check
         if args.federated or args.drift:
-            raise ConfigError("--like with --federated or --drift: give one of them")
+            raise ConfigError(f"--like and {'--federated' if args.federated else '--drift'}"
+                              f": give one of them")
         try:
             check(args.like, args.features, args.classes, args.regression)
         except ValueError as e:
