@@ -254,19 +254,19 @@ FAULTS = {
         [("hpcml/ml/linear.py",
           "    D = K_r - K  # exact: two rows of the data",
           "    D = 0 * K_r")],
-        0, ["tests/test_ml.py::test_p_ranks_equal_one_process_in_process"]),
+        0, ["tests/test_ml.py::test_p_ranks_equal_one_process_in_process[3]"]),
     "logistic-no-penalty": (
         "logistic regression: the L2 penalty's gradient dropped",
         [("hpcml/ml/logistic.py",
           "        grad.reshape(self.K, self.d + 1)[:, :self.d] += reg * coef",
           "        pass")],
-        0, ["tests/test_ml.py::test_logistic_objective_equals_sklearn_lbfgs"]),
+        0, ["tests/test_ml.py::test_logistic_objective_equals_sklearn_lbfgs[lbfgs-2]"]),
     "kmeans-unweighted": (
         "k-means: the fused Lloyd step's per-cluster sums ignore the sample weights",
         [("kernels/cpu/kmeans.py",
           "                wi = w[a + r] if weighted else 1.0",
           "                wi = 1.0")],
-        0, ["tests/test_ml.py::test_kmeans_from_the_same_centres_matches_sklearn"]),
+        0, ["tests/test_ml.py::test_kmeans_from_the_same_centres_matches_sklearn[True]"]),
 }
 
 

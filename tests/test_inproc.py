@@ -1,6 +1,8 @@
 """The in-process communicator (hpcml/comm/inproc.py): ranks as threads, so the MPI tests'
 own bodies (tests/mpi/*.py, each a function of a communicator) run here under plain pytest
-at 1, 2, 3, 5 and 8 ranks; under mpiexec the same functions run at 2, 3 and 4."""
+at 1, 2, 3 and 8 ranks; under mpiexec the same functions run at 2, 3 and 4. (5 ranks, run
+here until 2026-12-02, cost 28 s of CI's budget and covered nothing 3 and 8 do not: a rank
+count that is not a power of two, and a deep tree.)"""
 import inspect
 import itertools
 import os
@@ -22,7 +24,7 @@ import test_rooted_and_blocks  # noqa: E402
 import test_train  # noqa: E402
 import test_zero_mpi  # noqa: E402
 
-RANKS = [1, 2, 3, 5, 8]
+RANKS = [1, 2, 3, 8]
 
 
 def _expand(fn):
@@ -101,9 +103,9 @@ SUBSET = {"test_p_ranks_follow_one_process[ring-False]",
 def test_data_parallel_bodies(ranks):
     """tests/mpi/test_train.py's bodies: P ranks follow one process (float64 to 1e-12,
     float32 to 1e-5 with the same bytes everywhere; every algorithm, with and without
-    overlap; gradient accumulation), here with P up to 8: all of them at 3 and 5 ranks."""
-    bodies = [b for b in STRATEGY if ranks in (3, 5) or b[0].split("::")[1] in SUBSET]
-    assert len(bodies) == (len(STRATEGY) if ranks in (3, 5) else len(SUBSET))
+    overlap; gradient accumulation), here with P up to 8: all of them at 3 ranks."""
+    bodies = [b for b in STRATEGY if ranks == 3 or b[0].split("::")[1] in SUBSET]
+    assert len(bodies) == (len(STRATEGY) if ranks == 3 else len(SUBSET))
     assert _run_all(bodies, ranks) >= len(bodies) - (ranks == 1)
 
 
@@ -114,7 +116,7 @@ ZERO = _bodies(test_zero_mpi)  # shared_dir bodies (checkpoints) run under mpiex
 def test_zero_bodies(ranks):
     """tests/mpi/test_zero_mpi.py's bodies: ZeRO-1/2 bit-identical to DataParallel (float32
     and float64, four algorithms), optimizer state 1/P per rank."""
-    bodies = [b for b in ZERO if ranks in (3, 5) or b[0].endswith("-2]") or "state" in b[0]]
+    bodies = [b for b in ZERO if ranks == 3 or b[0].endswith("-2]") or "state" in b[0]]
     assert _run_all(bodies, ranks) == len(bodies)
 
 
