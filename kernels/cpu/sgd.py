@@ -70,6 +70,40 @@ def _eta(schedule, t, eta0, alpha, power_t, scale):
     return eta0 * scale
 
 
+@njit(cache=True, inline="always")
+def _update(W, m1, m2, g, B, eta, t, optimizer, alpha_l2, alpha_l1, momentum, beta2):
+    """One optimizer step of W from the gradient sums g over B rows (weight), the L2 part
+    of the penalty in the gradient and the L1 part as its proximal map."""
+    d1, K = W.shape
+    d = d1 - 1
+    for j in range(d1):
+        for k in range(K):
+            gj = g[j, k] / B
+            if j < d:
+                gj += alpha_l2 * W[j, k]
+            if optimizer == 0:
+                W[j, k] -= eta * gj
+            elif optimizer == 1:
+                m1[j, k] = momentum * m1[j, k] + gj
+                W[j, k] -= eta * m1[j, k]
+            elif optimizer == 2:
+                m2[j, k] += gj * gj
+                W[j, k] -= eta * gj / (math.sqrt(m2[j, k]) + 1e-8)
+            elif optimizer == 3:
+                m2[j, k] = beta2 * m2[j, k] + (1 - beta2) * gj * gj
+                W[j, k] -= eta * gj / (math.sqrt(m2[j, k]) + 1e-8)
+            else:
+                m1[j, k] = momentum * m1[j, k] + (1 - momentum) * gj
+                m2[j, k] = beta2 * m2[j, k] + (1 - beta2) * gj * gj
+                mh = m1[j, k] / (1 - momentum ** t)
+                vh = m2[j, k] / (1 - beta2 ** t)
+                W[j, k] -= eta * mh / (math.sqrt(vh) + 1e-8)
+            if j < d and alpha_l1 > 0:
+                v = W[j, k]
+                cut = eta * alpha_l1
+                W[j, k] = (v - cut) if v > cut else ((v + cut) if v < -cut else 0.0)
+
+
 @njit(cache=True)
 def epoch(X, Y, w, order, bounds, W, m1, m2, avg, state, loss, schedule, optimizer,
           alpha_l2, alpha_l1, alpha, eps, eta0, power_t, scale, momentum, beta2,
@@ -119,32 +153,7 @@ def epoch(X, Y, w, order, bounds, W, m1, m2, avg, state, loss, schedule, optimiz
         state[0] += 1.0
         t = state[0]
         eta = _eta(schedule, t, eta0, alpha, power_t, scale)
-        for j in range(d1):
-            for k in range(K):
-                gj = g[j, k] / B
-                if j < d:
-                    gj += alpha_l2 * W[j, k]
-                if optimizer == 0:
-                    W[j, k] -= eta * gj
-                elif optimizer == 1:
-                    m1[j, k] = momentum * m1[j, k] + gj
-                    W[j, k] -= eta * m1[j, k]
-                elif optimizer == 2:
-                    m2[j, k] += gj * gj
-                    W[j, k] -= eta * gj / (math.sqrt(m2[j, k]) + 1e-8)
-                elif optimizer == 3:
-                    m2[j, k] = beta2 * m2[j, k] + (1 - beta2) * gj * gj
-                    W[j, k] -= eta * gj / (math.sqrt(m2[j, k]) + 1e-8)
-                else:
-                    m1[j, k] = momentum * m1[j, k] + (1 - momentum) * gj
-                    m2[j, k] = beta2 * m2[j, k] + (1 - beta2) * gj * gj
-                    mh = m1[j, k] / (1 - momentum ** t)
-                    vh = m2[j, k] / (1 - beta2 ** t)
-                    W[j, k] -= eta * mh / (math.sqrt(vh) + 1e-8)
-                if j < d and alpha_l1 > 0:
-                    v = W[j, k]
-                    cut = eta * alpha_l1
-                    W[j, k] = (v - cut) if v > cut else ((v + cut) if v < -cut else 0.0)
+        _update(W, m1, m2, g, B, eta, t, optimizer, alpha_l2, alpha_l1, momentum, beta2)
         if average_start > 0 and t >= average_start:
             state[1] += 1.0
             for j in range(d1):
