@@ -125,16 +125,6 @@ class PCA(Estimator):
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
 
-    def _comm_for(self, X):
-        comm = self.comm
-        if isinstance(X, ShardedDataset) and X.comm is not None:
-            if comm is None:
-                return X.comm
-            if comm.Get_size() != X.comm.Get_size():
-                raise ValueError(f"the dataset was opened on {X.comm.Get_size()} ranks, "
-                                 f"PCA's comm has {comm.Get_size()}")
-        return comm
-
     def _check_params(self, incremental):
         """Parameter errors (the same on every rank: they depend on parameters only)."""
         k = self.n_components
