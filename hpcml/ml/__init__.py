@@ -4,7 +4,7 @@ sharded dataset, across the ranks of an optional communicator.
     from hpcml.ml import PCA, TSNE, LinearRegression, Ridge, LogisticRegression, KMeans
     from hpcml.ml import SGDClassifier, SGDRegressor
 """
-from .kmeans import KMeans
+from .kmeans import KMeans, MiniBatchKMeans
 from .linear import LinearRegression, Ridge
 from .logistic import LogisticRegression
 from .pca import PCA
@@ -12,7 +12,7 @@ from .sgd import SGDClassifier, SGDRegressor
 from .tsne import TSNE
 
 __all__ = ["PCA", "TSNE", "LinearRegression", "Ridge", "LogisticRegression", "KMeans",
-           "SGDClassifier", "SGDRegressor"]
+           "MiniBatchKMeans", "SGDClassifier", "SGDRegressor"]
 
 # SciPy (imported above) brings its own OpenBLAS: if the ranks' thread count was set
 # before this import (hpcml.kernels.threads.configure), give it that count too, or each

@@ -138,7 +138,8 @@ class KMeans(Estimator):
             return _random_rows(X, k, comm, rng)
         if self.init == "k-means++":
             sample, sw = _sample(X, w, self.init_sample, comm, rng)
-            return _on_root(comm, k, X.shape[1], lambda: _kmeanspp(sample, sw, k, rng))
+            root = _root_rng(rng)
+            return _on_root(comm, k, X.shape[1], lambda: _kmeanspp(sample, sw, k, root))
         return _kmeans_parallel(X, w, k, comm, rng, self.oversampling_factor,
                                 self.init_rounds, self.backend)
 
@@ -198,6 +199,13 @@ def _mean_variance(X, w, comm):
         m2 += w[a:a + step] @ (xb * xb)
     allreduce_sum(m2, comm)
     return float(np.mean(m2 / buf[0]))
+
+
+def _root_rng(rng):
+    """A generator for work done on rank 0 alone, drawn from the shared one by every rank
+    alike: the shared generator stays in step across the ranks (a later n_init run or
+    mini-batch draw would otherwise see different states on rank 0 and the others)."""
+    return np.random.default_rng(int(rng.integers(1 << 62)))
 
 
 def _on_root(comm, k, d, make):
@@ -366,8 +374,10 @@ def _kmeans_parallel(X, w, k, comm, rng, factor, rounds, backend):
         extra = _random_rows(X, k - len(cand), comm, rng) if len(cand) < k else None
         return cand if extra is None else np.vstack([cand, extra])
 
+    root = _root_rng(rng)
+
     def reduce():
-        c0 = _kmeanspp(cand, weights, k, rng)
+        c0 = _kmeanspp(cand, weights, k, root)
         return _lloyd(cand, weights, c0, None, 300, 0.0, backend)[0]
     return _on_root(comm, k, d, reduce)
 
@@ -391,3 +401,118 @@ def _allgather_rows(rows, comm, d):
     start = int(counts[:comm.Get_rank()].sum())
     out[start:start + len(rows)] = rows
     return allreduce_sum(out, comm)
+
+
+class MiniBatchKMeans(KMeans):
+    """Mini-batch k-means (Sculley 2010; scikit-learn's MiniBatchKMeans contract) across
+    ranks. Each step draws `batch_size` rows of all ranks' rows (the draw is one global
+    permutation per epoch from the shared seed, so the batches do not depend on the rank
+    count), assigns them to the nearest centres and moves each centre to the running mean
+    of every row it has been given: c_k <- (n_k c_k + sum_k) / (n_k + m_k), n_k += m_k,
+    with the batch's sums and counts summed over the ranks in one all-reduce. fit runs up
+    to max_iter epochs and stops early when the smoothed batch inertia has not improved for
+    max_no_improvement steps (scikit-learn's rule); partial_fit takes one step on the rows
+    it is given (its first call initialises the centres from them). Parameters as KMeans's
+    plus batch_size and max_no_improvement; labels_ and inertia_ are those of the final
+    centres over all rows."""
+
+    def __init__(self, n_clusters=8, *, init="k-means||", n_init="auto", max_iter=100,
+                 batch_size=1024, max_no_improvement=10, tol=0.0, random_state=None,
+                 oversampling_factor=2.0, init_rounds=5, init_sample=100000, comm=None,
+                 backend=None):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.max_no_improvement = max_no_improvement
+        self.tol = tol
+        self.random_state = random_state
+        self.oversampling_factor = oversampling_factor
+        self.init_rounds = init_rounds
+        self.init_sample = init_sample
+        self.comm = comm
+        self.backend = backend
+
+    def _check_params(self):
+        super()._check_params()
+        check_int("max_no_improvement", self.max_no_improvement, 1, allow_none=True)
+
+    def _runs(self):
+        return 1  # one initialisation: the steps are what a mini-batch fit buys
+
+    def fit(self, X, y=None, sample_weight=None):
+        comm = self._comm_for(X)
+        self._agree_params(comm)
+        Xa, w, n = self._gathered(X, sample_weight, comm)
+        rng = np.random.default_rng(_seed(self.random_state, comm))
+        self.cluster_centers_ = self._initial(Xa, w, comm, rng)
+        self._counts = np.zeros(self.n_clusters)
+        counts = _counts(len(Xa), comm)
+        offset = int(counts[:comm.Get_rank()].sum()) if comm is not None else 0
+        steps_per_epoch = max(1, -(-n // self.batch_size))
+        best, stale, ewa, self.n_steps_ = np.inf, 0, None, 0
+        for epoch in range(self.max_iter):
+            order = np.random.default_rng([int(rng.integers(1 << 62)), epoch]).permutation(n)
+            for s in range(steps_per_epoch):
+                pick = order[n * s // steps_per_epoch:n * (s + 1) // steps_per_epoch]
+                mine = pick[(pick >= offset) & (pick < offset + len(Xa))] - offset
+                inertia = self._step(Xa[mine], w[mine], comm)
+                ewa = inertia if ewa is None else 0.9 * ewa + 0.1 * inertia  # per-row EWA
+                stale = 0 if ewa < best else stale + 1
+                best = min(best, ewa)
+                if self.max_no_improvement is not None and stale >= self.max_no_improvement:
+                    break
+            else:
+                continue
+            break
+        self.n_iter_ = epoch + 1
+        self._finish(Xa, w, comm)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One step on these rows (collective with a communicator); returns self."""
+        comm = self._comm_for(X)
+        self._agree_params(comm)
+        Xa, w, _ = self._gathered(X, sample_weight, comm,
+                                  getattr(self, "n_features_in_", None))
+        if not hasattr(self, "cluster_centers_"):
+            rng = np.random.default_rng(_seed(self.random_state, comm))
+            self.cluster_centers_ = self._initial(Xa, w, comm, rng)
+            self._counts = np.zeros(self.n_clusters)
+            self.n_steps_ = 0
+        self._step(Xa, w, comm)
+        self._finish(Xa, w, comm)
+        return self
+
+    def _gathered(self, X, sample_weight, comm, fitted=None):
+        rows = Rows(X, comm, 65536, None, sample_weight)
+        d, n = rows.agree("checking MiniBatchKMeans's input", fitted, "MiniBatchKMeans")
+        rows.check_weights("MiniBatchKMeans")
+        if n < self.n_clusters and not hasattr(self, "cluster_centers_"):
+            raise InputError(f"n_samples={n} should be >= n_clusters={self.n_clusters}: "
+                             f"there must be at least as many rows as clusters")
+        Xa, _, w = rows.gather()
+        self.n_features_in_ = d
+        return Xa, (np.ones(len(Xa)) if w is None else w), n
+
+    def _step(self, xb, wb, comm):
+        """One mini-batch update; returns the batch's mean inertia (over all ranks)."""
+        k, d = self.cluster_centers_.shape
+        _, dist, sums, cnt = KK.lloyd_step(xb, self.cluster_centers_,
+                                           None if np.all(wb == 1) else wb,
+                                           backend=self.backend)
+        buf = np.concatenate([sums.ravel(), cnt, [float(wb @ dist), float(wb.sum())]])
+        allreduce_sum(buf, comm)
+        sums, cnt = buf[:k * d].reshape(k, d), buf[k * d:k * d + k]
+        seen = self._counts + cnt
+        upd = cnt > 0
+        self.cluster_centers_[upd] = (self.cluster_centers_[upd] * self._counts[upd, None]
+                                      + sums[upd]) / seen[upd, None]
+        self._counts = seen
+        self.n_steps_ += 1
+        return buf[-2] / max(buf[-1], 1e-300)
+
+    def _finish(self, Xa, w, comm):
+        self.labels_, dist = KK.assign(Xa, self.cluster_centers_, backend=self.backend)
+        self.inertia_ = float(allreduce_sum(np.array([float(w @ dist)]), comm)[0])

@@ -97,6 +97,11 @@ def test_kmeans_on_p_ranks_equals_one_process(comm):
         all_ranks(comm, rel(km.cluster_centers_, alone.cluster_centers_) < 1e-12,
                   f"{init}: the centres depend on the rank count")
         all_ranks(comm, km.inertia_ <= best * (1 + 1e-9), f"{init}: {km.inertia_} > {best}")
+    # several initialisations: the generator every rank shares stays in step (rank 0's
+    # k-means++ reduction draws from a generator of its own)
+    km = KMeans(5, init="k-means++", n_init=3, random_state=3, comm=comm).fit(X[s])
+    alone = KMeans(5, init="k-means++", n_init=3, random_state=3).fit(X)
+    all_ranks(comm, rel(km.cluster_centers_, alone.cluster_centers_) < 1e-12, "n_init=3")
 
 
 @pytest.mark.parametrize("case", ["nan", "features", "singular", "k"])
@@ -168,3 +173,18 @@ def test_models_fit_a_sharded_dataset_as_its_rows(comm):
     alone = KMeans(10, init=init).fit(X)
     all_ranks(comm, abs(km.inertia_ - alone.inertia_) < 1e-9 * alone.inertia_,
               "k-means on a dataset")
+
+
+def test_minibatch_kmeans_on_p_ranks_equals_one_process(comm):
+    """The batches are drawn from one global permutation per epoch: P ranks take the
+    steps one process takes, to rounding (the batch sums are added in another order)."""
+    from hpcml.ml import MiniBatchKMeans
+    rng = np.random.default_rng(4)
+    X = 20 * np.eye(6, 5)[rng.integers(0, 6, 4000)] + rng.standard_normal((4000, 5))
+    s = shares(comm, len(X))
+    par = MiniBatchKMeans(6, batch_size=256, random_state=2, comm=comm).fit(X[s])
+    one = MiniBatchKMeans(6, batch_size=256, random_state=2).fit(X)
+    all_ranks(comm, same_bytes_everywhere(comm, par.cluster_centers_), "centres differ")
+    all_ranks(comm, rel(par.cluster_centers_, one.cluster_centers_) < 1e-10,
+              "mini-batch k-means differs from one process")
+    all_ranks(comm, par.n_steps_ == one.n_steps_, "steps differ")
