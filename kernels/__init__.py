@@ -65,19 +65,33 @@ def _is_device(a):
     return hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host")
 
 
-def _pick(kernel, backend, *arrays):
+def pick(kernel, backend, *arrays, table=None, cuda=True):
+    """The one backend dispatcher of every kernel module: `backend`, else the process-wide
+    one; "auto" sends device arrays to cuda and host arrays to table[kernel] (the measured
+    choice; this module's AUTO by default). cuda=False: the kernel has no CUDA version: the
+    process-wide cuda backend then runs it on the CPU (as auto would), and asking for cuda
+    by name, or passing device arrays, is an error. Checks that cuda is usable and that
+    device arrays meet cuda."""
     b = backend or _backend
     if b not in BACKENDS:
         raise ValueError(f"{kernel}: unknown backend {b!r}; expected one of "
                          f"{', '.join(BACKENDS)}")
     on_device = any(_is_device(a) for a in arrays)
+    if b == "cuda" and not cuda:
+        if backend == "cuda" or on_device:
+            raise ValueError(f"{kernel}: there is no CUDA version; use backend 'cpu' or "
+                             f"'numpy' with host arrays")
+        b = "auto"  # the process-wide cuda backend: this helper runs on the CPU
     if b == "auto":
-        b = "cuda" if on_device else AUTO[kernel]
+        b = "cuda" if on_device else (table if table is not None else AUTO)[kernel]
     if b == "cuda":
         _require_cuda()
     elif on_device:
         raise TypeError(f"{kernel}: device arrays need backend 'cuda' or 'auto', not {b!r}")
     return b
+
+
+_pick = pick  # (the name this module's kernels use)
 
 
 def _float(kernel, name, a):

@@ -124,24 +124,8 @@ def scatter_about(stats, center):
 # --- dispatch ---------------------------------------------------------------------------
 
 def _pick(kernel, backend, x):
-    from hpcml import kernels as K  # the package's helpers (imported late: no import cycle)
-    b = backend or K.get_backend()
-    if b not in K.BACKENDS:
-        raise ValueError(f"{kernel}: unknown backend {b!r}; expected one of "
-                         f"{', '.join(K.BACKENDS)}")
-    on_device = K._is_device(x)
-    if b == "cuda" and kernel not in CUDA_KERNELS:
-        if backend == "cuda" or on_device:
-            raise ValueError(f"{kernel}: there is no CUDA version; use backend 'cpu' or "
-                             f"'numpy' with host arrays")
-        b = "auto"  # the process-wide cuda backend: this helper runs on the CPU
-    if b == "auto":
-        b = "cuda" if on_device else AUTO[kernel]
-    if b == "cuda":
-        K._require_cuda()
-    elif on_device:
-        raise TypeError(f"{kernel}: device arrays need backend 'cuda' or 'auto', not {b!r}")
-    return b
+    from hpcml import kernels as K  # (imported late: no import cycle)
+    return K.pick(kernel, backend, x, table=AUTO, cuda=kernel in CUDA_KERNELS)
 
 
 def _check(kernel, x):

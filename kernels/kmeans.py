@@ -64,11 +64,8 @@ def _check(x, centers):
 
 
 def _backend(kernel, backend, *arrays):
-    from . import _is_device, _pick, get_backend
-    b = backend or get_backend()
-    if b == "auto":
-        return "cuda" if any(_is_device(a) for a in arrays) else AUTO[kernel]
-    return _pick(kernel, b, *arrays)
+    from . import pick
+    return pick(kernel, backend, *arrays, table=AUTO)
 
 
 def assign(x, centers, backend=None):

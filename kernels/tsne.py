@@ -19,20 +19,14 @@ import numpy as np
 BACKENDS = ("auto", "numpy", "cpu", "cuda")
 
 
+#: auto's CPU choice per kernel: the Numba kernels (t-SNE's NumPy versions are references)
+AUTO = {k: "cpu" for k in ("perplexity_search", "attractive", "kl_terms", "repulsive_exact",
+                           "update", "sq_distances", "sq_dist_rows")}
+
+
 def _backend(kernel, backend, *arrays):
-    from . import _pick
-    b = backend or "auto"
-    if b not in BACKENDS:
-        raise ValueError(f"{kernel}: unknown backend {b!r}; expected one of "
-                         f"{', '.join(BACKENDS)}")
-    if b == "auto":
-        from . import _is_device, get_backend
-        glob = get_backend()
-        b = "cuda" if any(_is_device(a) for a in arrays) else \
-            (glob if glob in ("numpy", "cpu", "cuda") else "cpu")
-    if b == "cuda":
-        _pick(kernel, "cuda")  # raises when CUDA is not usable
-    return b
+    from . import pick
+    return pick(kernel, backend, *arrays, table=AUTO)
 
 
 # --- NumPy references ------------------------------------------------------------------
