@@ -241,3 +241,22 @@ def test_autotune_sets_auto_from_measurement(monkeypatch):
                       "softmax_xent": "numpy", "sgd_update": "cpu", "adam_update": "numpy",
                       "clip_grad_norm": "numpy", "reduce_into": "cpu"}
 
+
+
+def test_every_kernel_module_dispatches_through_one_function():
+    """hpcml.kernels.pick chooses for the elementwise, covariance, t-SNE and k-means
+    kernels alike: an unknown backend is the same error everywhere, 'numpy' is honoured
+    everywhere, and a kernel without a CUDA version refuses cuda by name."""
+    from hpcml.kernels import covariance as KC, kmeans as KK, tsne as KT
+    x = np.ones((4, 3))
+    c = np.zeros((2, 3))
+    calls = {"matmul": lambda be: K.matmul(x, x.T, backend=be),
+             "moments_block": lambda be: KC.moments_block(x, backend=be),
+             "assign": lambda be: KK.assign(x, c, backend=be),
+             "sq_distances": lambda be: KT.sq_distances(x, x, backend=be)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=f"{name}: unknown backend 'gpu'"):
+            call("gpu")
+        call("numpy")
+    with pytest.raises(ValueError, match="moments_block: there is no CUDA version"):
+        KC.moments_block(x, backend="cuda")
