@@ -47,6 +47,12 @@ class Estimator:
     def get_params(self, deep=True):
         return {name: getattr(self, name) for name in self._param_names()}
 
+    def _store(self, values):
+        """A subclass's __init__ arguments (its locals()) as attributes, stored as given
+        and checked at fit (scikit-learn's rule)."""
+        for name in self._param_names():
+            setattr(self, name, values[name])
+
     def set_params(self, **params):
         for name, value in params.items():
             if name not in self._param_names():

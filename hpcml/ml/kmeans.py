@@ -65,18 +65,7 @@ class KMeans(Estimator):
     def __init__(self, n_clusters=8, *, init="k-means||", n_init="auto", max_iter=300,
                  tol=1e-4, random_state=None, oversampling_factor=2.0, init_rounds=5,
                  init_sample=100000, comm=None, batch_size=65536, backend=None):
-        self.n_clusters = n_clusters
-        self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
-        self.oversampling_factor = oversampling_factor
-        self.init_rounds = init_rounds
-        self.init_sample = init_sample
-        self.comm = comm
-        self.batch_size = batch_size
-        self.backend = backend
+        self._store(locals())
 
     def _check_params(self):
         check_int("n_clusters", self.n_clusters, 1)
@@ -420,19 +409,7 @@ class MiniBatchKMeans(KMeans):
                  batch_size=1024, max_no_improvement=10, tol=0.0, random_state=None,
                  oversampling_factor=2.0, init_rounds=5, init_sample=100000, comm=None,
                  backend=None):
-        self.n_clusters = n_clusters
-        self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.max_no_improvement = max_no_improvement
-        self.tol = tol
-        self.random_state = random_state
-        self.oversampling_factor = oversampling_factor
-        self.init_rounds = init_rounds
-        self.init_sample = init_sample
-        self.comm = comm
-        self.backend = backend
+        self._store(locals())
 
     def _check_params(self):
         super()._check_params()

@@ -99,12 +99,6 @@ class _BaseSGD(Estimator):
     #: against), also alone
     _use_kernel = True
 
-    def _store(self, values):
-        """The subclass's __init__ arguments as attributes (scikit-learn's rule: stored
-        as given, checked at fit)."""
-        for name in self._param_names():
-            setattr(self, name, values[name])
-
     def _check_params(self):
         check_choice("loss", self.loss, self._losses)
         if self.penalty not in PENALTIES:
