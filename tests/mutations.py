@@ -267,6 +267,12 @@ FAULTS = {
           "                wi = w[a + r] if weighted else 1.0",
           "                wi = 1.0")],
         0, ["tests/test_ml.py::test_kmeans_from_the_same_centres_matches_sklearn[True]"]),
+    "adwin-merge-late": (
+        "ADWIN: row 0's batched items merged as if a row held M + 2 buckets",
+        [("kernels/cpu/drift.py",
+          "        m = 1 + (c - M - 1) // 2",
+          "        m = 1 + (c - M) // 2")],
+        0, ["tests/test_stream.py::test_adwin_with_other_parameters_signals_where_rivers_does"]),
 }
 
 

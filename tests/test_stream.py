@@ -66,6 +66,22 @@ def test_detectors_signal_where_rivers_do(name):
         assert got == want and det.n_detections == len(want)
 
 
+@pytest.mark.parametrize("kw", [dict(clock=1), dict(clock=7, max_buckets=2),
+                                dict(max_buckets=3, min_window_length=1),
+                                dict(clock=100, max_buckets=9, grace_period=0)])
+def test_adwin_with_other_parameters_signals_where_rivers_does(kw):
+    """Other clocks and row sizes change when rows merge and when cuts are tested (the
+    kernel merges row 0's new items in batches): still river's positions. (river's own
+    ADWIN panics at max_buckets=1, so that is not compared.)"""
+    from river import drift as rd
+    rng = np.random.default_rng(1)
+    xs = np.concatenate([rng.normal(0, 1, 3000), rng.normal(1.0, 1, 3000),
+                         rng.normal(-0.5, 2, 4000), rng.random(3000)])
+    want = river_points(rd.ADWIN(**kw), xs)
+    assert len(want) >= 3
+    assert list(ADWIN(**kw).update_many(xs)) == want
+
+
 def test_detectors_refuse_bad_values_and_parameters():
     with pytest.raises(ValueError, match="NaN or Inf"):
         ADWIN().update_many([0.1, np.nan])

@@ -81,17 +81,15 @@ class ADWIN(_Detector):
         check_int("grace_period", self.grace_period, 0)
 
     def _state(self):
-        from hpcml.kernels.cpu.drift import ROWS
-        self._tot = np.zeros((ROWS, self.max_buckets + 1))
-        self._var = np.zeros_like(self._tot)
+        from hpcml.kernels.cpu.drift import CHUNK, ROWS
+        self._tot = np.zeros((ROWS, self.max_buckets + 1 + CHUNK))
         self._cnt = np.zeros(ROWS, np.int64)
-        self._head = np.zeros(ROWS, np.int64)
         self._s = np.zeros(5)
         self._s[4] = 1.0
 
     def _run(self, xs, out):
         from hpcml.kernels.cpu.drift import adwin_run
-        return adwin_run(xs, self._tot, self._var, self._cnt, self._head, self._s,
+        return adwin_run(xs, self._tot, self._cnt, self._s,
                          float(self.delta),
                          int(self.clock), int(self.max_buckets),
                          float(self.min_window_length), float(self.grace_period), out)

@@ -3,7 +3,7 @@ one call and returns the positions (in the block) where it signalled a drift; th
 lives in arrays the Python object keeps, so blocks continue one another.
 
 ADWIN (Bifet & Gavalda 2007, ADWIN2's exponential histogram): row r of the histogram holds
-up to M + 1 buckets of 2^r items (total, variance), oldest first; a row that reaches M + 1
+up to M + 1 buckets of 2^r items (their total), oldest first; a row that reaches M + 1
 merges its two oldest buckets into one of the next row. Every `clock` items (once more
 than `grace` are in the window) each cut between buckets, oldest to newest, compares the
 means of the two sides: a drift when |mu0 - mu1| > sqrt(2 m v d) + 2/3 d m, with
@@ -19,105 +19,95 @@ import numpy as np
 from numba import njit
 
 ROWS = 64
+CHUNK = 64  # items row 0 takes before they are merged in
 
 
 @njit(cache=True, inline="always")
-def _adwin_compress(tot, var, cnt, head, s, M):
-    """Rows that reached M + 1 buckets merge their two oldest into the next row. Each row
-    is a ring of M + 1 slots from head (its oldest bucket): no shifting."""
+def _adwin_flush(tot, cnt, rows, M, k):
+    """Row 0 holds k new items after its cnt[0]: merge them in, row by row, into the state
+    that inserting them one at a time leaves (a row that reaches M + 1 buckets merges its
+    two oldest into one bucket of the next row): the same sums of the same pairs, so the
+    totals are bit-identical. Returns the number of rows in use."""
     r = 0
-    slots = M + 1
-    while cnt[r] == slots:
-        h0 = head[r]
-        h1 = h0 + 1 if h0 + 1 < slots else 0
-        diff = tot[r, h0] - tot[r, h1]  # n (mu1 - mu2), n = 2^r
-        t12 = tot[r, h0] + tot[r, h1]
-        v12 = var[r, h0] + var[r, h1] + diff * diff * (0.5 / float(1 << r))
-        head[r] = h1 + 1 if h1 + 1 < slots else 0
-        cnt[r] -= 2
-        nxt = r + 1
-        if nxt + 1 > s[4]:
-            s[4] = nxt + 1
-        j = head[nxt] + cnt[nxt]
-        if j >= slots:
-            j -= slots
-        tot[nxt, j] = t12
-        var[nxt, j] = v12
-        cnt[nxt] += 1
-        r = nxt
+    while True:
+        c = cnt[r] + k
+        if c <= M:
+            cnt[r] = c
+            return max(rows, r + 1)
+        m = 1 + (c - M - 1) // 2  # merges: the first at M + 1, then one every 2 items
+        nxt = cnt[r + 1]
+        for q in range(m):
+            tot[r + 1, nxt + q] = tot[r, 2 * q] + tot[r, 2 * q + 1]
+        for q in range(c - 2 * m):
+            tot[r, q] = tot[r, 2 * m + q]
+        cnt[r] = c - 2 * m
+        r += 1
+        k = m
 
 
 @njit(cache=True)
-def _adwin_cut(tot, cnt, head, rows, width, total, variance, delta, L, slots):
+def _adwin_cut(tot, cnt, rows, width, total, variance, delta, L):
     """True when some cut between buckets separates means that differ significantly:
-    |mu0 - mu1| > sqrt(2 m v d) + c m, c = 2 d / 3. With a = n0 - L + 1, b = n1 - L + 1
-    (m = (a + b) / ab) and |mu0 - mu1| = |u0 n1 - u1 n0| / (n0 n1), it is tested without
-    a division: N = |u0 n1 - u1 n0| ab - c (a + b) n0 n1 > 0 and
-    N^2 > 2 v d (a + b) ab (n0 n1)^2 (the cuts are most of ADWIN's time: a branch-free
-    two-pass form that vectorises measured slower here)."""
-    n0, n1, u0, u1 = 0.0, width, 0.0, total
+    |mu0 - mu1| > sqrt(2 m v d) + c m, c = 2 d / 3. With a = n0 - L + 1, b = n1 - L + 1,
+    S = a + b = width - 2 L + 2 (m = S / ab) and |mu0 - mu1| = |u0 W - T n0| / (n0 n1)
+    (W, T: the window's width and total), it is tested without a division:
+    N = |u0 W - T n0| ab - c S n0 n1 > 0 and N^2 > 2 v d S ab (n0 n1)^2. The cuts are
+    most of ADWIN's time: branch-free bodies (a two-pass vectorised form measured slower)."""
+    n0, u0 = 0.0, 0.0
     dprime = math.log(2.0 * math.log(width) / delta)
-    two_vd = 2.0 * variance / width * dprime
-    c = 2.0 / 3.0 * dprime
+    S = width - 2.0 * L + 2.0
+    tvS = 2.0 * variance / width * dprime * S
+    cS = 2.0 / 3.0 * dprime * S
+    L1 = L - 1.0
     for r in range(rows - 1, -1, -1):
         n2 = float(1 << r)
-        last = cnt[r] - 1 if r == 0 else cnt[r]
-        j = head[r]
-        for _ in range(last):
-            t = tot[r, j]
-            j = j + 1 if j + 1 < slots else 0
+        for q in range(cnt[r] - 1 if r == 0 else cnt[r]):
             n0 += n2
-            n1 -= n2
-            u0 += t
-            u1 -= t
-            if n0 >= L and n1 >= L:
-                a, b = n0 - L + 1, n1 - L + 1
-                ab, p = a * b, n0 * n1
-                N = abs(u0 * n1 - u1 * n0) * ab - c * (a + b) * p
-                if N > 0 and N * N > two_vd * (a + b) * ab * p * p:
-                    return True
+            u0 += tot[r, q]
+            n1 = width - n0
+            ab, p = (n0 - L1) * (n1 - L1), n0 * n1
+            N = max(abs(u0 * width - total * n0) * ab - cS * p, 0.0)
+            if N * N > tvS * ab * p * p and n0 >= L and n1 >= L:
+                return True
     return False  # (no cut after the newest bucket)
 
 
 @njit(cache=True)
-def adwin_run(xs, tot, var, cnt, head, s, delta, clock, M, L, grace, out):
+def adwin_run(xs, tot, cnt, s, delta, clock, M, L, grace, out):
     """s = [width, total, variance, tick, rows]; returns the number of drifts, their
-    positions in out. Width, total and variance stay in registers within a block."""
+    positions in out. Width, total and variance stay in registers within a block; new
+    items wait in row 0 and are merged in (_adwin_flush) before each cut test, every
+    CHUNK items and at the end of the block."""
     found = 0
-    slots = M + 1
     width, total, variance, tick = s[0], s[1], s[2], int(s[3])
     until = clock - tick % clock
+    rows, c0, pend = int(s[4]), cnt[0], 0
     for i in range(len(xs)):
         x = xs[i]
-        j = head[0] + cnt[0]
-        if j >= slots:
-            j -= slots
-        tot[0, j] = x
-        var[0, j] = 0.0
-        cnt[0] += 1
+        tot[0, c0 + pend] = x
+        pend += 1
         width += 1.0
         if width > 1.0:
             dev = x - total / (width - 1.0)
             variance += (width - 1.0) * dev * dev / width
         total += x
-        if cnt[0] == slots:
-            _adwin_compress(tot, var, cnt, head, s, M)
         tick += 1
         until -= 1  # (a countdown: an integer modulo per value cost more than the rest)
-        if until == 0:
-            until = clock
-        else:
+        if until != 0 and pend < CHUNK:
             continue
-        if width > grace and _adwin_cut(
-                tot, cnt, head, int(s[4]), width, total, variance, delta, L, slots):
+        rows = _adwin_flush(tot, cnt, rows, M, pend)
+        c0, pend = cnt[0], 0
+        if until != 0:
+            continue
+        until = clock
+        if width > grace and _adwin_cut(tot, cnt, rows, width, total, variance, delta, L):
             out[found] = i
             found += 1
             cnt[:] = 0  # start afresh
-            head[:] = 0
-            s[4] = 1.0
+            c0, rows = 0, 1
             width, total, variance, tick = 0.0, 0.0, 0.0, 0
-            until = clock
-    s[0], s[1], s[2], s[3] = width, total, variance, tick
+    rows = _adwin_flush(tot, cnt, rows, M, pend)
+    s[0], s[1], s[2], s[3], s[4] = width, total, variance, tick, rows
     return found
 
 
