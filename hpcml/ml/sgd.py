@@ -183,7 +183,7 @@ class _BaseSGD(Estimator):
         st = self._state
         steps = max(1, -(-n // self.batch_size))
         order = rng.permutation(len(X)) if self.shuffle else np.arange(len(X))
-        bounds = np.array([len(X) * s // steps for s in range(steps + 1)], np.int64)
+        bounds = len(X) * np.arange(steps + 1, dtype=np.int64) // steps
         total = np.zeros(2)
         alone = comm is None or comm.Get_size() == 1
         if (alone or self.mode == "local") and self._use_kernel:  # no per-step messages
