@@ -117,7 +117,7 @@ def main():
     results = {}
     only = args.serial or args.mpi or args.cuda or args.mutations
     if args.serial or not only:
-        results["serial"] = run([sys.executable, "-m", "pytest", "-q", "tests",
+        results["serial"] = run([sys.executable, "-m", "pytest", "-q", "--durations=25", "tests",
                                  "--ignore", os.path.join("tests", "mpi"),
                                  "--ignore", os.path.join("tests", "cuda")] + args.pytest_args,
                                 args.limit * 2)
