@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import procs
 from procs import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,21 +19,25 @@ pytestmark = pytest.mark.skipif(
     reason="needs Slurm (apt-get install slurm-wlm munge) and root to start a local one")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    """A running single-node Slurm for this test; stopped (and waited for) after it, before
-    the check for leftover processes. Started by plain subprocess.run: procs.run would kill
-    the daemons with the script's process group."""
+    """One running single-node Slurm for this module's tests (starting one takes seconds);
+    stopped, and waited for, after them. Started by plain subprocess.run without the
+    tests' process tag (procs.run would kill the daemons with the script's process group,
+    and the per-test leftover check would take them for leftovers); the jobs' processes
+    carry the tag (sbatch exports the submitting environment), so a job still running
+    after its test is still caught."""
     folder = str(tmp_path_factory.mktemp("slurm"))
     env = dict(os.environ, HPCML_SLURM_DIR=folder, SLURM_CONF=os.path.join(folder, "slurm.conf"))
+    daemon_env = {k: v for k, v in env.items() if k != procs.TAG_VAR}
     script = os.path.join(ROOT, "slurm", "dev", "local-slurm.sh")
     try:
-        r = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True,
-                           timeout=60)
+        r = subprocess.run(["bash", script, "start"], env=daemon_env, capture_output=True,
+                           text=True, timeout=60, start_new_session=True)
         assert r.returncode == 0, r.stdout + r.stderr
         yield env
     finally:
-        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=30)
+        subprocess.run(["bash", script, "stop"], env=daemon_env, capture_output=True, timeout=30)
 
 
 def _wait(job, env, limit=240):
@@ -122,3 +127,88 @@ def test_fit_sbatch_runs_as_written_on_one_node(slurm, tmp_path):
     summary = json.loads(log.strip().splitlines()[-1])
     assert summary["status"] == "done" and summary["ranks"] == 2, summary
     assert (tmp_path / "fits" / job / "model.h5").exists()
+
+
+def _submit(script, args, env, cwd, extra=()):
+    r = run(["sbatch", "--parsable", *extra, os.path.join(ROOT, "slurm", script), *args],
+            limit=60, env=env, cwd=str(cwd))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+def _last_json(log):
+    return json.loads(log.strip().splitlines()[-1])
+
+
+#: every job's script with quick settings: (script, arguments, the log's name)
+QUICK = [
+    ("pca.sbatch", ["--data", "digits", "--components", "5"], "pca"),
+    ("tsne.sbatch", ["--data", "digits", "--max-iter", "250", "--plot", "false"], "tsne"),
+    ("federated.sbatch", ["--clients", "10", "--rounds", "2", "--plot", "false"], "federated"),
+    ("stream.sbatch", ["sgd", "digits", "--detector", "adwin", "--plot", "false"], "stream"),
+]
+
+
+def test_every_job_script_runs_as_written(slurm, tmp_path):
+    """pca, tsne, federated and stream's scripts (train, fit and tune have their own tests
+    above) submitted together, quick settings: each job COMPLETED with a "done" summary
+    from the ranks the script asked for."""
+    jobs = [(_submit(script, args, slurm, tmp_path), name) for script, args, name in QUICK]
+    for job, name in jobs:
+        state = _wait(job, slurm)
+        log = (tmp_path / f"hpcml-{name}-{job}.out").read_text()
+        assert state == "COMPLETED", log[-3000:]
+        summary = _last_json(log)
+        assert summary.get("status", "done") == "done", summary
+        assert summary.get("ranks", 1) == (1 if name == "stream" else 2), summary
+
+
+@pytest.mark.parametrize("script", ["pca.sbatch", "train.sbatch"])
+def test_a_missing_dataset_fails_the_job_with_one_message(slurm, tmp_path, script):
+    missing = str(tmp_path / "no-such-shards")
+    job = _submit(script, ["--data", missing], slurm, tmp_path)
+    t = time.monotonic()
+    state = _wait(job, slurm, limit=120)
+    name = script.split(".")[0]
+    log = (tmp_path / f"hpcml-{name}-{job}.out").read_text()
+    assert state == "FAILED", log
+    assert time.monotonic() - t < 60
+    assert log.count(missing) >= 1 and "Traceback" not in log, log
+    errors = [x for x in log.splitlines() if "error" in x.lower() and missing in x]
+    assert len(errors) == 1, log
+
+
+def _scontrol(job, env):
+    return subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
+                          env=env, timeout=30).stdout
+
+
+def test_train_requeued_after_usr1_ends_with_an_uninterrupted_runs_parameters(slurm, tmp_path):
+    """USR1 to the ranks (as --signal=USR1@120 sends it before the time limit): the job
+    checkpoints, exits 0 with "stopped", requeues itself; the rerun (restart 1) resumes
+    from the checkpoint and ends with the parameters of a run that was never stopped."""
+    args = ["--epochs", "30", "--hidden", "64", "--checkpoint-every", "20"]
+    full = dict(slurm, HPCML_RUN_DIR=str(tmp_path / "full"))
+    job = _submit("train.sbatch", args, full, tmp_path)
+    assert _wait(job, full) == "COMPLETED"
+    want = _last_json((tmp_path / f"hpcml-train-{job}.out").read_text())
+    env = dict(slurm, HPCML_RUN_DIR=str(tmp_path / "stopped"))
+    job = _submit("train.sbatch", args, env, tmp_path)
+    log = tmp_path / f"hpcml-train-{job}.out"
+    t = time.monotonic()
+    while "RUNNING" not in _scontrol(job, env) or not (tmp_path / "stopped" /
+                                                        "checkpoints" / "latest").exists():
+        assert time.monotonic() - t < 90, _scontrol(job, env)
+        time.sleep(0.5)
+    r = run(["scancel", "--signal=USR1", job], limit=30, env=env)  # the step's ranks
+    assert r.returncode == 0, r.stderr
+    t = time.monotonic()
+    while "Restarts=1" not in _scontrol(job, env):
+        assert time.monotonic() - t < 90, log.read_text() if log.exists() else "no log"
+        time.sleep(0.5)
+    assert _wait(job, env, limit=240) == "COMPLETED", log.read_text()
+    text = log.read_text()
+    assert '"status": "stopped"' in text and "requeueing job" in text, text
+    got = _last_json(text)
+    assert got["status"] == "done" and got["resumed_from"], got
+    assert got["step"] == want["step"] and got["params_sha256"] == want["params_sha256"]
