@@ -45,6 +45,7 @@ setup(
             "pytest>=7",
             "pytest-mpi>=0.6",
             "pytest-timeout>=2.1",
+            "pytest-xdist",  # tests/run_all.py spreads the serial tests over the cores
             "matplotlib>=3.5",
             "scikit-learn",  # the oracle for PCA and t-SNE (and scipy, its dependency)
             "prometheus_client",  # its text parser checks --prometheus files

@@ -14,6 +14,8 @@
     python -m hpcml.bench tune                       # hpcml.tune's samplers vs Optuna's
     python -m hpcml.bench ml                         # linear models, k-means, SGD vs
                                                      # scikit-learn; drift detectors vs river
+    python -m hpcml.bench scaling --quick            # strong/weak scaling, 1 and 2 hosts,
+                                                     # with a fitted alpha-beta-gamma model
 """
 import sys
 
@@ -32,6 +34,7 @@ BENCHMARKS = {
     "federated": "hpcml.bench.federated",
     "tune": "hpcml.bench.tune",
     "ml": "hpcml.bench.ml",
+    "scaling": "hpcml.bench.scaling",
 }
 
 
