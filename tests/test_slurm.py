@@ -65,6 +65,11 @@ def test_train_sbatch_runs_as_written_on_one_node(slurm, tmp_path):
     assert summary["status"] == "done" and summary["ranks"] == 2, summary
     assert summary["outputs"]["last_checkpoint"].startswith(str(tmp_path / "runs" / job))
     assert f"slurm{job}" in summary["run_id"]
+    run_dir = tmp_path / "runs" / job  # monitoring: the textfile and the trace
+    prom = (run_dir / "hpcml.prom").read_text()
+    assert "hpcml_" in prom and prom.endswith("\n")
+    trace = json.loads((run_dir / "trace-0.json").read_text())
+    assert trace["traceEvents"] if isinstance(trace, dict) else trace
 
 
 def test_plain_srun_is_one_line_and_srun_pmi2_is_one_world(slurm, tmp_path):
