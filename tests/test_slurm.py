@@ -151,18 +151,25 @@ QUICK = [
     ("tsne.sbatch", ["--data", "digits", "--max-iter", "250", "--plot", "false"], "tsne"),
     ("federated.sbatch", ["--clients", "10", "--rounds", "2", "--plot", "false"], "federated"),
     ("stream.sbatch", ["sgd", "digits", "--detector", "adwin", "--plot", "false"], "stream"),
+    ("scaling.sbatch", ["--quick", "--ranks", "1,2,4", "--cases", "allreduce,pca",
+                        "--reps", "2"], "scaling"),
 ]
 
 
 def test_every_job_script_runs_as_written(slurm, tmp_path):
-    """pca, tsne, federated and stream's scripts (train, fit and tune have their own tests
-    above) submitted together, quick settings: each job COMPLETED with a "done" summary
-    from the ranks the script asked for."""
+    """pca, tsne, federated, stream and scaling's scripts (train, fit and tune have their
+    own tests above) submitted together, quick settings: each job COMPLETED with a "done"
+    summary from the ranks the script asked for (scaling: its JSON, each P a step)."""
     jobs = [(_submit(script, args, slurm, tmp_path), name) for script, args, name in QUICK]
     for job, name in jobs:
         state = _wait(job, slurm)
         log = (tmp_path / f"hpcml-{name}-{job}.out").read_text()
         assert state == "COMPLETED", log[-3000:]
+        if name == "scaling":  # each P one step of the job; the results in its folder
+            res = json.loads((tmp_path / "scaling" / job / "scaling.json").read_text())
+            assert sorted(res["runs"]["1"], key=int) == ["1", "2", "4"]
+            assert res["networks"]["1"]["alpha_s"] > 0
+            continue
         summary = _last_json(log)
         assert summary.get("status", "done") == "done", summary
         assert summary.get("ranks", 1) == (1 if name == "stream" else 2), summary

@@ -24,6 +24,7 @@ The model (hpcml/bench/costmodel.py) is fitted on P <= 4 and checked on P = 8: s
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -173,6 +174,8 @@ def _cmd(P, hosts, names, args, out):
     inner = [sys.executable, "-m", "hpcml.bench", "scaling", "--worker", "--cases",
              ",".join(names), "--reps", str(args.reps), "--sizes", args.sizes,
              "--hosts", str(hosts), "--worker-out", out]
+    if args.launcher:  # e.g. "srun --mpi=pmi2 --overcommit": each P a job step
+        return [*shlex.split(args.launcher), "-n", str(P), *inner]
     if hosts == 1:
         return [shutil.which("mpiexec") or "mpiexec", "-n", str(P), *inner]
     a, b = -(-P // 2), P // 2  # ranks 0..a-1 on the first host
@@ -252,6 +255,9 @@ def main(argv=None):
     ap.add_argument("--sweeps", type=int, default=None,
                     help="whole sweeps over P, each point their median (3; quick 1)")
     ap.add_argument("--netns-prefix", default="hpcml-scale-h")
+    ap.add_argument("--launcher", default="",
+                    help="start each P with this instead of mpiexec (slurm/scaling.sbatch: "
+                         "'srun --mpi=pmi2 --overcommit')")
     ap.add_argument("--out", default="results")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--hosts", type=int, default=1, help=argparse.SUPPRESS)
