@@ -32,6 +32,9 @@ JOBS = {
     "data": ("hpcml.data", "make, convert, inspect and verify sharded datasets",
              "python -m hpcml.data synth data/blobs --rows 100000 --features 32 "
              "--classes 10 --test-rows 10000"),
+    "launch": ("hpcml.launch", "start a job on ranks over several hosts (host list, slots "
+               "and reachability checked before any rank starts)",
+               "python -m hpcml.launch -n 8 -H node1:4,node2:4 python -m hpcml.train"),
     "bench": ("hpcml.bench", "benchmarks against MPI, PyTorch, scikit-learn, openTSNE",
               "mpiexec -n 2 python -m hpcml.bench allreduce"),
 }

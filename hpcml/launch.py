@@ -143,6 +143,8 @@ def mpiexec_command(n, hosts, command, netns, rsh=None):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m hpcml.launch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    from hpcml import __version__
+    ap.add_argument("--version", action="version", version=f"hpcml {__version__}")
     ap.add_argument("-n", "--np", dest="n", type=int, required=True, help="ranks in all")
     ap.add_argument("-H", "--hosts", required=True, help="HOST[:SLOTS],... (slots: 1)")
     ap.add_argument("--netns", action="store_true",
