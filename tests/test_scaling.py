@@ -2,8 +2,6 @@
 by the model's own formulas from known parameters (the fit must recover them and predict
 the held-out P exactly), and the benchmark's quick run end to end on one host."""
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np

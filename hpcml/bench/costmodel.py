@@ -1,41 +1,42 @@
 """The cost model behind `python -m hpcml.bench scaling`: fitted to its runs, checked on the
-run it was not fitted on, applied to other networks and to Horovod's published setting.
+ranks it was not fitted on, applied to other networks and to Horovod's published setting.
 
-A step at P ranks on a host with C cores (s = max(1, P / C): ranks beyond the cores share
-them, time-sliced, as MPICH's busy-polling ranks do) costs
+A step at P ranks costs
 
-    T(P) = s * (c + g * w(P) + comm(P))
+    T(P) = s_C(P) c + g W_C(P) + s_net(P) comm(P),      s_C(P) = max(1, P / C)
 
-c: the step's fixed part (Python, the solve at the end; replicated on every rank);
-g * w(P): the compute, w the rank's share of the work (strong: 1/P, weak: 1; the
-pipeline's critical path (M + P - 1) / (M P), weak (M + P - 1) / M);
-comm(P): the messages, from Thakur, Rabenseifner and Gropp (2005):
-ring all-reduce of m bytes 2 (P - 1) alpha + 2 (P - 1) / P * m * beta (ZeRO-1's
-reduce-scatter + all-gather move the same), the pipeline's 2 (M + P - 2) activation
-messages of a bytes on its critical path, k-means' one all-reduce per Lloyd iteration.
+c: the step's fixed part (Python, the solve at the end), replicated on every rank, so
+time-shared when P ranks share C cores; C is the kernel's effective cores, fitted (two
+vCPUs that are one core's hyperthreads run BLAS like 1.3 cores);
+g W_C(P): the compute, W in rows: the larger of the busiest rank's critical path and all
+ranks' rows over the C cores (see work());
+comm(P): the messages (Thakur, Rabenseifner and Gropp 2005): a ring all-reduce of m bytes
+2 (P - 1) alpha + 2 (P - 1) / P m beta (ZeRO-1's reduce-scatter + all-gather move the
+same), the pipeline's 2 (M + P - 2) activation messages on its critical path, k-means'
+one all-reduce per Lloyd iteration.
 
-Fitting, per host count: alpha and beta from the all-reduce runs (every size, P <= 4,
-least squares on T / s); then c and g per strategy and mode from its P <= 4 runs (least
-squares, comm fixed by alpha and beta). The P = 8 runs are then predicted, not fitted: the
-error there is the model's check. For other networks the same c and g run with a core per
-rank (s = 1) and the profile's alpha, beta, out to 1,024 ranks.
+Fitting, per host count: alpha, beta and the network's C from the all-reduce runs (every
+size, 2 <= P <= 4); then c, g and C per strategy from its strong and weak runs at P <= 4
+(non-negative least squares on relative errors, comm fixed by alpha and beta). The P = 8
+runs are predicted, not fitted: the error there is the model's check. For other
+networks the same c and g run with a core per rank (s = 1) and the profile's alpha and
+beta, out to 1,024 ranks.
 """
-import math
 
 import numpy as np
 
 #: named networks for extrapolation: alpha (s), beta (s/byte), where the numbers come from
 PROFILES = {
     "InfiniBand HDR": (1.0e-6, 1 / 24e9,
-                       "200 Gb/s link (25 GB/s; 24 GB/s usable taken), ~1 us MPI latency: "
-                       "NVIDIA ConnectX-6 HDR product brief; see benchmarks/README.md"),
+                       "200 Gb/s link (25 GB/s; 24 GB/s usable taken); 1 us: ConnectX-6's "
+                       "sub-600 ns adapter latency plus MPI's software (assumed)"),
 }
 #: the published Horovod setting (Sergeev & Del Balso 2018; horovod/docs/benchmarks.rst):
 #: 512 Pascal GPUs (128 servers x 4), 25 Gbit/s RoCE, tf_cnn_benchmarks at batch 64 per
 #: GPU. Per model: fp32 gradient bytes (Keras' parameter counts x 4), one GPU's step time
 #: (64 / images per s of one P100 in TensorFlow's benchmarks, synthetic data; ResNet-101
-#: is not listed there: the mean of ResNet-50's 219 and ResNet-152's 91.8 scaled by FLOPs
-#: (4.1, 7.8, 11.5 GFLOPs), about 125 images/s) and Horovod's reported efficiency.
+#: is not listed there: ResNet-50's 219 and ResNet-152's 91.8 scaled by FLOPs (4.1, 7.8,
+#: 11.5 GFLOPs) give 115 and 135, so 125 images/s) and Horovod's reported efficiency.
 HOROVOD_NET = {"GPUs": 512, "alpha_s": 10e-6, "beta_s_per_byte": 8 / 25e9,
                "note": "25 Gbit/s RoCE as 3.125 GB/s; alpha 10 us assumed (not published)"}
 HOROVOD = {

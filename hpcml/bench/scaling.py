@@ -16,8 +16,8 @@ rank's end, the median of --reps steps after a warm-up):
 
 Strong scaling keeps the global problem (batch, rows) fixed as P grows; weak scaling keeps
 each rank's share fixed. On this host P > cores is oversubscribed, and marked so. With
-root and network namespaces (slurm/dev/fake-hosts.sh), the all-reduce and data-parallel
-cases also run with the ranks split over two hosts joined by TCP (hpcml.launch --netns).
+root and network namespaces (slurm/dev/fake-hosts.sh), every case also runs with the
+ranks split over two hosts joined by TCP (hpcml.launch --netns).
 
 The model (hpcml/bench/costmodel.py) is fitted on P <= 4 and checked on P = 8: see there.
 """
@@ -153,7 +153,7 @@ def case_kmeans(comm, mode, reps, sizes):
 #: every strategy the suite measures: name -> the function timing one step of it
 CASES = {name[len("case_"):].replace("_", "-"): f for name, f in sorted(globals().items())
          if name.startswith("case_") and callable(f)}
-TWO_HOST_CASES = ("allreduce", "data-parallel")
+TWO_HOST_CASES = tuple(CASES)  # every case also with its ranks split over two hosts
 
 
 def worker(args):
