@@ -40,7 +40,8 @@ def _why_not():
 
 
 WHY = _why_not()
-pytestmark = pytest.mark.skipif(WHY is not None, reason=str(WHY))
+pytestmark = [pytest.mark.skipif(WHY is not None, reason=str(WHY)),
+              pytest.mark.xdist_group("netns")]  # one worker: the module's two hosts
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,12 @@ import procs
 from procs import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.skipif(
-    shutil.which("sbatch") is None or shutil.which("slurmctld") is None or os.geteuid() != 0,
-    reason="needs Slurm (apt-get install slurm-wlm munge) and root to start a local one")
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("sbatch") is None or shutil.which("slurmctld") is None or
+        os.geteuid() != 0,
+        reason="needs Slurm (apt-get install slurm-wlm munge) and root to start a local one"),
+    pytest.mark.xdist_group("slurm")]  # one worker: one Slurm (its ports)
 
 
 @pytest.fixture(scope="module")

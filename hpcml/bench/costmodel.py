@@ -13,7 +13,8 @@ ranks' rows over the C cores (see work());
 comm(P): the messages (Thakur, Rabenseifner and Gropp 2005): a ring all-reduce of m bytes
 2 (P - 1) alpha + 2 (P - 1) / P m beta (ZeRO-1's reduce-scatter + all-gather move the
 same), the pipeline's 2 (M + P - 2) activation messages on its critical path, k-means'
-one all-reduce per Lloyd iteration.
+one all-reduce per Lloyd iteration, the parameter server's push and pull of the model
+for each of its P - 1 workers through its one server.
 
 Fitting, per host count: alpha, beta and the network's C from the all-reduce runs (every
 size, 2 <= P <= 4); then c, g and C per strategy from its strong and weak runs at P <= 4
@@ -79,6 +80,8 @@ def comm_cost(case, rec, P, alpha, beta):
         return rec.get("iterations", 1) * ring(P, m, alpha, beta)
     if case == "pipeline":
         return 2 * (8 + P - 2) * (alpha + m * beta) if P > 1 else 0.0
+    if case == "parameter-server":  # the server receives and answers each worker in turn
+        return 2 * rec.get("workers", P - 1) * (alpha + m * beta) if P > 1 else 0.0
     return 0.0
 
 
@@ -208,6 +211,9 @@ def _scaled(case, mode, rec, p0, P):
         r["global_rows"] = rec["global_rows"] if mode == "strong" else \
             rec["global_rows"] // p0 * P
         r["bytes"] = r["global_rows"] // 8 * (rec["bytes"] // max(1, rec["global_rows"] // 8))
+    elif case == "parameter-server":  # P - 1 workers share the batch (strong)
+        r["workers"] = P - 1
+        r["rows"] = rec["rows"] * (p0 - 1) / (P - 1) if mode == "strong" else rec["rows"]
     elif "rows" in rec:
         r["rows"] = rec["rows"] * p0 / P if mode == "strong" else rec["rows"]
     return r

@@ -11,6 +11,8 @@ rank's end, the median of --reps steps after a warm-up):
 * data-parallel: one training step of an MLP (forward, backward, the gradient
   all-reduce, SGD) through the DataParallel strategy; zero: the same through ZeRO-1;
 * pipeline: one 1F1B step of a deeper MLP split in P stages, 8 micro-batches (P >= 2);
+* parameter-server: a bsp step of hpcml.train --parallel ps (one server rank, P - 1
+  workers, P >= 2), each worker pushing its gradient and pulling the parameters;
 * pca: a PCA fit of in-memory rows (the scatter all-reduced once);
 * kmeans: 5 Lloyd iterations of k-means (k = 16; per-cluster sums all-reduced).
 
@@ -122,6 +124,39 @@ def case_pipeline(comm, mode, reps, sizes):
             o.step()
     return [{"bytes": glob // MICRO * WIDTH * 4, "global_rows": glob,
              "step_s": _timed(comm, step, reps)}]
+
+
+class _StepClock:
+    """A Trainer callback: the time at each optimizer step's end (on the workers)."""
+
+    def __init__(self):
+        self.times = []
+
+    def on_step(self, trainer, step):
+        self.times.append(time.perf_counter())
+
+
+def case_parameter_server(comm, mode, reps, sizes):
+    """hpcml.train --parallel ps (bsp, one server rank, P - 1 workers) on digits: the
+    median time between steps (push, the server's update, pull, the next forward and
+    backward) after 3 warm-up steps, the slowest worker's."""
+    from hpcml import comm as hc
+    from hpcml import train
+    P = comm.Get_size()
+    if P < 2:
+        return []
+    W = P - 1
+    glob = STRONG_BATCH if mode == "strong" else WEAK_BATCH * W
+    cfg = {k: v[0] for k, v in train.SETTINGS.items()}
+    cfg.update(data="digits", test_data="none", hidden=f"{WIDTH},{WIDTH}", batch_size=glob,
+               epochs=1000, progress=False, parallel="ps", servers=1, consistency="bsp",
+               standardize=False, max_steps=4 + reps)
+    clock = _StepClock()
+    train.run(train.validate(cfg), comm, log=lambda *a: None, callbacks=[clock])
+    mine = float(np.median(np.diff(clock.times[3:]))) if len(clock.times) > 4 else 0.0
+    model_bytes = 4 * (64 * WIDTH + WIDTH + WIDTH * WIDTH + WIDTH + WIDTH * 10 + 10)
+    return [{"bytes": model_bytes, "rows": glob // W, "global_rows": glob, "workers": W,
+             "step_s": hc.reduce_value(mine, "max", comm)}]
 
 
 def _rows(comm, mode, seed=0):
