@@ -154,7 +154,7 @@ QUICK = [
     ("tsne.sbatch", ["--data", "digits", "--max-iter", "250", "--plot", "false"], "tsne"),
     ("federated.sbatch", ["--clients", "10", "--rounds", "2", "--plot", "false"], "federated"),
     ("stream.sbatch", ["sgd", "digits", "--detector", "adwin", "--plot", "false"], "stream"),
-    ("scaling.sbatch", ["--quick", "--ranks", "1,2,4", "--cases", "allreduce,pca",
+    ("scaling.sbatch", ["--quick", "--ranks", "1,2,4", "--cases", "allreduce",
                         "--reps", "2"], "scaling"),
 ]
 
