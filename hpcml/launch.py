@@ -19,7 +19,11 @@ a wall-clock --timeout: past it the launcher kills the whole process group and e
 
 --netns is for testing on one machine (slurm/dev/fake-hosts.sh makes the namespaces):
 mpiexec runs in the first host, the others are reached through `ip netns exec` (a
-throw-away rsh script), and UCX is restricted to TCP so traffic crosses the links.
+throw-away rsh script), and MPICH's OFI netmod with libfabric's TCP provider carries the
+messages (MPIR_CVAR_CH4_NETMOD=ofi FI_PROVIDER=tcp), so traffic crosses the links. Its
+default UCX netmod restricted to TCP (UCX_TLS=tcp) moved the collectives' bytes too, but
+left the parameter server's any-source receives unmatched across namespaces: every rank
+waited until HPCML_TIMEOUT ended the job.
 """
 import argparse
 import os
@@ -135,7 +139,8 @@ def mpiexec_command(n, hosts, command, netns, rsh=None):
     spec = ",".join(f"{h}:{s}" for h, s in hosts)
     cmd = [mpiexec, "-hosts", spec, "-n", str(n)]
     if netns:
-        cmd = (["ip", "netns", "exec", hosts[0][0], "env", "UCX_TLS=tcp,self"] + cmd +
+        cmd = (["ip", "netns", "exec", hosts[0][0], "env", "MPIR_CVAR_CH4_NETMOD=ofi",
+                "FI_PROVIDER=tcp"] + cmd +
                ["-launcher", "rsh", "-launcher-exec", rsh])
     return cmd + list(command)
 

@@ -104,6 +104,23 @@ def test_training_across_hosts_is_bit_identical_to_one_host(env, tmp_path):
     assert there["params_sha256"] == here["params_sha256"]
 
 
+def test_parameter_server_across_hosts_equals_one_host(env, tmp_path):
+    """--parallel ps (bsp, one server) with 2 ranks on each host: the same parameters as
+    on one machine. Over MPICH's UCX netmod (UCX_TLS=tcp) the servers' any-source
+    receives were never matched across the namespaces and every rank waited until
+    HPCML_TIMEOUT ended the job; hpcml.launch --netns now uses the OFI netmod."""
+    ps = ["--parallel", "ps", "--servers", "1"]
+    rc, out, err = finish(start(["mpiexec", "-n", "4", *train(3), *ps], env=env, cwd=ROOT),
+                          limit=120)
+    assert rc == 0, err[-3000:]
+    here = _summary(out)
+    rc, out, err = finish(_launch(env, 4, f"{H1}:2,{H2}:2", train(3) + ps), limit=150)
+    assert rc == 0, err[-3000:]
+    there = _summary(out)
+    assert there["parameter_server"]["workers"] == 3 and there["step"] == here["step"] > 0
+    assert there["params_sha256"] == here["params_sha256"]
+
+
 def _ranks_in(host):
     """PIDs of python processes (the ranks) in the namespace `host`."""
     pids = subprocess.run(["ip", "netns", "pids", host], capture_output=True,

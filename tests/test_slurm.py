@@ -164,10 +164,17 @@ def test_every_job_script_runs_as_written(slurm, tmp_path):
     own tests above) submitted together, quick settings: each job COMPLETED with a "done"
     summary from the ranks the script asked for (scaling: its JSON, each P a step)."""
     jobs = [(_submit(script, args, slurm, tmp_path), name) for script, args, name in QUICK]
+    # written for 2 nodes x 4 ranks: here one node's 2 tasks, as its header says to
+    jobs.append((_submit("allreduce-bench.sbatch", ["--sizes", "1024,65536", "--no-calibrate",
+                                                    "--budget", "0.05", "--no-plot"],
+                         slurm, tmp_path, extra=("-N", "1", "-n", "2")), "allreduce"))
     for job, name in jobs:
         state = _wait(job, slurm)
         log = (tmp_path / f"hpcml-{name}-{job}.out").read_text()
         assert state == "COMPLETED", log[-3000:]
+        if name == "allreduce":  # the self-test, then the benchmark's JSON
+            assert list((tmp_path / "results" / f"slurm-{job}").glob("*.json")), log
+            continue
         if name == "scaling":  # each P one step of the job; the results in its folder
             res = json.loads((tmp_path / "scaling" / job / "scaling.json").read_text())
             assert sorted(res["runs"]["1"], key=int) == ["1", "2", "4"]

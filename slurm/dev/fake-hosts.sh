@@ -10,9 +10,10 @@
 # Follows shared/notes/slurm-and-multihost.md: addresses live on the namespaces' own links
 # only (a bridge in a namespace of its own; nothing is added to this machine's network);
 # Hydra starts each host's proxy through slurm/dev/netns-rsh (`ip netns exec HOST ...`)
-# and mpiexec itself runs in the first host (its proxies connect back to it); UCX is told
-# to use TCP, so the traffic crosses the links (without it, shared memory crosses the
-# namespaces). HPCML_NETNS_PREFIX and HPCML_NETNS_NET (the first three octets) let two
+# and mpiexec itself runs in the first host (its proxies connect back to it); MPICH's
+# OFI netmod with libfabric's TCP provider carries the messages, so the traffic crosses
+# the links (UCX restricted to TCP also crossed them, but left the parameter server's
+# any-source receives unmatched: see hpcml/launch.py). HPCML_NETNS_PREFIX and HPCML_NETNS_NET (the first three octets) let two
 # sets live side by side.
 set -euo pipefail
 PREFIX=${HPCML_NETNS_PREFIX:-hpcml-h}
@@ -89,10 +90,10 @@ case "$cmd" in
     ip netns del "$SW" 2>/dev/null || true
     ;;
   mpiexec)
-    # mpiexec in the first host, the others reached through netns-rsh; UCX over TCP only
+    # mpiexec in the first host, the others reached through netns-rsh; OFI over TCP
     first=$(hosts | head -n1)
     [ -n "$first" ] || { echo "fake-hosts.sh: no hosts are up (run: $0 up 2)" >&2; exit 2; }
-    exec ip netns exec "$first" env UCX_TLS=tcp,self UCX_NET_DEVICES=eth0 \
+    exec ip netns exec "$first" env MPIR_CVAR_CH4_NETMOD=ofi FI_PROVIDER=tcp \
       mpiexec -launcher rsh -launcher-exec "$HERE/netns-rsh" "$@"
     ;;
   bytes)
