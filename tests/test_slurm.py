@@ -167,7 +167,8 @@ def test_every_job_script_runs_as_written(slurm, tmp_path):
     # written for 2 nodes x 4 ranks: here one node's 2 tasks, as its header says to
     jobs.append((_submit("allreduce-bench.sbatch", ["--sizes", "1024,65536", "--no-calibrate",
                                                     "--budget", "0.05", "--no-plot"],
-                         slurm, tmp_path, extra=("-N", "1", "-n", "2")), "allreduce"))
+                         slurm, tmp_path, extra=("-N", "1", "--ntasks-per-node", "2")),
+                 "allreduce"))
     for job, name in jobs:
         state = _wait(job, slurm)
         log = (tmp_path / f"hpcml-{name}-{job}.out").read_text()
