@@ -280,7 +280,6 @@ def plot(res, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from hpcml.atomic import atomic_savefig
     cases = sorted({c for h in res["cases"].values() for c in h})
     fig, axes = plt.subplots(2, max(1, len(cases)), figsize=(3.4 * max(1, len(cases)), 6.4),
                              squeeze=False)
@@ -301,9 +300,7 @@ def plot(res, path):
             ax.set_xlabel("ranks P (P > cores: oversubscribed)", fontsize=8)
             ax.set_ylabel("step (ms)", fontsize=8)
             ax.legend(fontsize=6)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+    _save(fig, path)
     stem = path[:-len(".png")] if path.endswith(".png") else path
     _plot_allreduce(res, stem + "-allreduce.png")
     _plot_extrapolation(res, stem + "-extrapolated.png")
@@ -312,7 +309,6 @@ def plot(res, path):
 
 def _plot_allreduce(res, path):
     import matplotlib.pyplot as plt
-    from hpcml.atomic import atomic_savefig
     nets = res["networks"]
     fig, axes = plt.subplots(1, max(1, len(nets)), figsize=(5.5 * max(1, len(nets)), 4),
                              squeeze=False)
@@ -332,14 +328,11 @@ def _plot_allreduce(res, path):
         ax.set_xlabel("bytes (points measured, dotted: model fitted on P <= 4)")
         ax.set_ylabel("ms")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_extrapolation(res, path):
     import matplotlib.pyplot as plt
-    from hpcml.atomic import atomic_savefig
     cases = res["cases"].get("1", {})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, mode in zip(axes, ("strong", "weak")):
@@ -354,14 +347,11 @@ def _plot_extrapolation(res, path):
         ax.set_title(f"{mode} scaling efficiency, model, a core per rank", fontsize=9)
         ax.set_xlabel("ranks P")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    atomic_savefig(fig, path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_horovod(res, path):
     import matplotlib.pyplot as plt
-    from hpcml.atomic import atomic_savefig
     h = res.get("horovod", {})
     if not h:
         return
@@ -376,6 +366,12 @@ def _plot_horovod(res, path):
     ax.set_ylim(0, 1)
     ax.set_ylabel("scaling efficiency")
     ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+    from hpcml.atomic import atomic_savefig
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
