@@ -83,3 +83,17 @@ def save_results(out, name, result, plot):
     atomic_write_json(os.path.join(out, f"{name}.json"), result)
     plot(os.path.join(out, f"{name}.png"))
     print(f"# wrote {out}/{name}.json and {name}.png")
+
+
+def timed(comm, fn, repeats):
+    """Median seconds of fn() over repeats, each from a barrier to the last rank's end;
+    (median, fn's last result)."""
+    import time
+    times, out = [], None
+    for _ in range(repeats):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        out = fn()
+        comm.Barrier()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out

@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+from hpcml.bench.common import timed
+
 BLOCK = 65536
 
 
@@ -60,18 +62,6 @@ def _rows(n, d, seed, lo, hi, kind):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _timed(comm, fn, repeats):
-    """Median seconds of fn() over repeats, each from a barrier to the last rank's end."""
-    times = []
-    for _ in range(repeats):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        out = fn()
-        comm.Barrier()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
-
-
 def _share(n, comm):
     p, r = comm.Get_size(), comm.Get_rank()
     return n * r // p, n * (r + 1) // p
@@ -85,7 +75,7 @@ def _paired(comm, ours, theirs, repeats):
     for k in range(repeats):
         pair = {}
         for side in ((0, 1) if k % 2 == 0 else (1, 0)):
-            pair[side] = _timed(comm, ours if side == 0 else theirs, 1)
+            pair[side] = timed(comm, ours if side == 0 else theirs, 1)
         t_o.append(pair[0][0])
         t_t.append(pair[1][0])
         ratios.append(pair[1][0] / pair[0][0])
@@ -96,7 +86,7 @@ def _paired(comm, ours, theirs, repeats):
 def _fit_pair(comm, P, ours, theirs, repeats):
     """(record, hpcml's model, scikit-learn's model or None)."""
     if P > 1:
-        t, m = _timed(comm, ours, repeats)
+        t, m = timed(comm, ours, repeats)
         return {"hpcml_s": t}, m, None
     t, m, ts, s, ratio = _paired(comm, ours, theirs, repeats)
     return {"hpcml_s": t, "sklearn_s": ts, "hpcml_vs_sklearn": ratio}, m, s
@@ -210,7 +200,7 @@ def _streaming(args, comm):
     folder = hc.bcast_object(folder, root=0, comm=comm)
     from hpcml.ml import Ridge
     ds = ShardedDataset(folder, comm)
-    t, _ = _timed(comm, lambda: Ridge(1.0, comm=comm).fit(ds), args.repeats)
+    t, _ = timed(comm, lambda: Ridge(1.0, comm=comm).fit(ds), args.repeats)
     comm.Barrier()
     if comm.Get_rank() == 0:
         shutil.rmtree(folder, ignore_errors=True)

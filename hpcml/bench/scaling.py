@@ -43,16 +43,10 @@ FEATURES, CLUSTERS, LLOYD = 32, 16, 5
 
 
 def _timed(comm, f, reps):
-    """Median over reps of the slowest rank's time for f(), after one warm-up call."""
-    from hpcml import comm as hc
+    """Median over reps of f() from a barrier to the last rank's end, after a warm-up."""
+    from hpcml.bench.common import timed
     f()
-    out = []
-    for _ in range(reps):
-        hc.barrier(comm)
-        t0 = time.perf_counter()
-        f()
-        out.append(hc.reduce_value(time.perf_counter() - t0, "max", comm))
-    return float(np.median(out))
+    return timed(comm, f, reps)[0]
 
 
 def _share(total, comm):
