@@ -28,6 +28,23 @@ from hpcml import kernels as K
 DTYPES = (np.float32, np.float64)
 
 
+def on_device(a):
+    """True for a CUDA device array (Numba's, or the simulator's)."""
+    return hasattr(a, "copy_to_host")
+
+
+def raise_device_memory(error, nbytes, what):
+    """Re-raise an allocation failure on the GPU as a MemoryError naming what and how
+    much (anything else is re-raised as it is)."""
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, MemoryError) or "OUT_OF_MEMORY" in text.upper() or \
+            "out of memory" in text.lower():
+        raise MemoryError(f"out of GPU memory allocating {nbytes / 2**20:.1f} MiB for "
+                          f"{what} ({text.splitlines()[0][:200]}): use a smaller model or "
+                          f"batch, more GPUs (--zero, --pp), or --device cpu") from None
+    raise error
+
+
 class Layer:
     """A layer: `shapes()` lists its parameters; `bind` gives it views of the flat buffers;
     `forward(x, train, rng)` caches what `backward(dy, accumulate)` needs."""
@@ -95,15 +112,15 @@ class Linear(Layer):
         self.x = x
         y = K.matmul(x, self.p[0])
         if self.has_bias:
-            y += self.p[1]
+            if on_device(y):
+                K.bias_act(y, self.p[1], "identity", out=y)
+            else:
+                y += self.p[1]
         return y
 
     def backward(self, dy, accumulate=False, need_dx=True):
         if self.has_bias:
-            if accumulate:
-                self.g[1] += dy.sum(axis=0)
-            else:
-                np.sum(dy, axis=0, out=self.g[1])
+            K.column_sums(dy, self.g[1], accumulate)
         return self._weight_backward(dy, accumulate, need_dx)
 
     def _weight_backward(self, dy, accumulate, need_dx):
@@ -144,9 +161,9 @@ class Dense(Linear):
         dz, db = K.bias_act_backward(dy, self.z, self.p[1], self.act)
         self.z = None
         if accumulate:
-            self.g[1] += db
+            K.reduce_into(self.g[1], db, "sum")
         else:
-            self.g[1][...] = db
+            K.assign(self.g[1], db)
         return self._weight_backward(dz, accumulate, need_dx)
 
     def __repr__(self):
@@ -167,8 +184,13 @@ class _Activation(Layer):
 
     def _zero(self, x):
         z = getattr(self, "_z", None)
-        if z is None or z.shape[0] != x.shape[1] or z.dtype != x.dtype:
-            z = self._z = np.zeros(x.shape[1], x.dtype)
+        if z is None or z.shape[0] != x.shape[1] or z.dtype != x.dtype or \
+                on_device(z) != on_device(x):
+            if on_device(x):
+                from numba import cuda
+                z = self._z = K.fill(cuda.device_array(x.shape[1], x.dtype), 0)
+            else:
+                z = self._z = np.zeros(x.shape[1], x.dtype)
         return z
 
 
@@ -201,16 +223,20 @@ class Dropout(Layer):
             return x
         if rng is None:
             raise ValueError("Dropout: training needs an rng (Sequential.forward(x, rng=...))")
+        dt = np.dtype(x.dtype)
         keep = self._keep(rng, x) >= self.rate
-        self.mask = keep.astype(x.dtype) / x.dtype.type(1 - self.rate)
-        return x * self.mask
+        self.mask = keep.astype(dt) / dt.type(1 - self.rate)
+        if on_device(x):  # the same draws as on the CPU (host rng), the mask copied over
+            from numba import cuda
+            self.mask = cuda.to_device(self.mask)
+        return K.multiply(x, self.mask)
 
     def _keep(self, rng, x):
         """Uniform draws, one per value of x (a value is kept where >= the rate)."""
         return rng.random(x.shape)
 
     def backward(self, dy, accumulate=False):
-        return dy if self.mask is None else dy * self.mask
+        return dy if self.mask is None else K.multiply(dy, self.mask)
 
     def __repr__(self):
         return f"Dropout({self.rate})"
@@ -230,6 +256,7 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: {layer!r} is not an hpcml.nn layer")
         self.layers, self.dtype = list(layers), np.dtype(dtype)
+        self.device = "cpu"
         self.layout = []  # (layer index, name, shape, offset)
         n = 0
         for i, layer in enumerate(self.layers):
@@ -274,9 +301,16 @@ class Sequential:
             layer.init(rng)
 
     def forward(self, x, train=True, rng=None):
-        x = np.asarray(x)
-        if x.dtype != self.dtype:
-            x = x.astype(self.dtype)
+        if self.device == "cuda" and not on_device(x):
+            from numba import cuda
+            x = cuda.to_device(np.ascontiguousarray(x, self.dtype))
+        elif not on_device(x):
+            x = np.asarray(x)
+            if x.dtype != self.dtype:
+                x = x.astype(self.dtype)
+        elif np.dtype(x.dtype) != self.dtype:
+            raise TypeError(f"Sequential.forward: a device input must be {self.dtype}, "
+                            f"got {x.dtype}")
         for layer in self.layers:
             x = layer.forward(x, train, rng)
         return x
@@ -350,17 +384,43 @@ class Sequential:
     def rebind_grads(self, buffer):
         """Make `buffer` (a flat array of `size` elements and the model's dtype) hold the
         gradients: layers get views of it; the current gradients are copied in."""
-        if buffer.shape != (self.size,) or buffer.dtype != self.dtype:
+        if tuple(buffer.shape) != (self.size,) or np.dtype(buffer.dtype) != self.dtype:
             raise ValueError(f"rebind_grads: need a flat {self.dtype} buffer of {self.size}, "
                              f"got {buffer.dtype} {buffer.shape}")
+        if on_device(buffer) != on_device(self.grads):
+            raise ValueError("rebind_grads: the buffer must live where the model does "
+                             f"({self.device})")
         if buffer is not self.grads:
-            buffer[...] = self.grads
+            K.assign(buffer, self.grads)
         self.grads = buffer
         for layer, g in zip(self.layers, self._views(buffer)):
             layer.g = g
 
     def zero_grad(self):
-        self.grads[...] = 0
+        K.fill(self.grads, 0)
+
+    def to_device(self):
+        """Move the parameter and gradient buffers to the current CUDA device (Numba
+        device arrays; layers get views of them): forward and backward then run as CUDA
+        kernels. Returns self."""
+        if self.device == "cuda":
+            return self
+        if self.params is None:
+            raise ValueError("to_device: the model has no buffers (allocate=False)")
+        from numba import cuda
+        try:
+            params, grads = cuda.to_device(self.params), cuda.to_device(self.grads)
+        except Exception as e:  # CUDA_ERROR_OUT_OF_MEMORY, or the simulator's MemoryError
+            raise_device_memory(e, 2 * self.params.nbytes, "the model's parameters and "
+                                "gradients")
+        self.params, self.grads, self.device = params, grads, "cuda"
+        for layer, p, g in zip(self.layers, self._views(params), self._views(grads)):
+            layer.bind(p, g)
+        return self
+
+    def host_params(self):
+        """The parameters as a NumPy array (a copy when they live on the GPU)."""
+        return K.to_host(self.params)
 
     def layer_regions(self):
         """{layer index: (lo, hi)}: each parameterised layer's range of the flat layout."""
@@ -397,16 +457,24 @@ def cross_entropy(logits, labels, denom=None):
     denom defaults to the batch's rows."""
     n = logits.shape[0]
     if n == 0:
-        return 0.0, np.zeros_like(logits)
-    loss, grad = K.softmax_xent(logits, np.ascontiguousarray(labels))
+        return 0.0, K.zeros_like(logits)
+    if on_device(logits) and not on_device(labels):
+        from numba import cuda
+        labels = cuda.to_device(np.ascontiguousarray(labels))
+    loss, grad = K.softmax_xent(logits, labels if on_device(labels) else
+                                np.ascontiguousarray(labels))
     if denom is not None and denom != n:
-        grad *= logits.dtype.type(n / denom)
+        K.scale(grad, n / denom)
     return loss, grad
 
 
 def mse(pred, target, denom=None):
     """(mean over rows of the squared error summed over outputs, its gradient scaled by
     1/denom). pred: rows x outputs; target: same shape, or (rows,) for one output."""
+    if on_device(pred):  # a column of rows: computed on the host, the gradient sent back
+        from numba import cuda
+        loss, grad = mse(pred.copy_to_host(), K.to_host(target), denom)
+        return loss, cuda.to_device(grad)
     target = np.asarray(target, pred.dtype).reshape(pred.shape)
     n = pred.shape[0]
     diff = pred - target

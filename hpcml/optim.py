@@ -44,10 +44,10 @@ class Optimizer:
         self.steps = int(state["steps"])
         for name, buf in self._buffers().items():
             src = np.asarray(state[name])
-            if src.shape != buf.shape:
+            if src.shape != tuple(buf.shape):
                 raise ValueError(f"{type(self).__name__} state {name!r} has shape {src.shape}, "
-                                 f"the model needs {buf.shape}")
-            buf[...] = src
+                                 f"the model needs {tuple(buf.shape)}")
+            K.assign(buf, src)
 
     def _buffers(self):
         return {}
@@ -66,14 +66,15 @@ class SGD(Optimizer):
         if weight_decay < 0:
             raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay!r}")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
-        self.velocity = np.zeros_like(self.params) if momentum else None
+        self.velocity = K.zeros_like(self.params) if momentum else None
 
     def _update(self, lr):
         K.sgd_update(self.params, self.grads, self.velocity, lr, self.momentum, self.nesterov,
                      self.weight_decay)
 
-    def state_dict(self):
-        return dict(super().state_dict(), **self._buffers())
+    def state_dict(self):  # host copies of buffers on the GPU
+        return dict(super().state_dict(), **{k: K.to_host(v) for k, v in
+                                             self._buffers().items()})
 
     def _buffers(self):
         return {"velocity": self.velocity} if self.velocity is not None else {}
@@ -93,15 +94,16 @@ class Adam(Optimizer):
             raise ValueError("Adam: eps must be > 0 and weight_decay >= 0")
         self.betas, self.eps = (float(b1), float(b2)), float(eps)
         self.weight_decay, self.decoupled = float(weight_decay), bool(decoupled)
-        self.m = np.zeros_like(self.params)
-        self.v = np.zeros_like(self.params)
+        self.m = K.zeros_like(self.params)
+        self.v = K.zeros_like(self.params)
 
     def _update(self, lr):
         K.adam_update(self.params, self.grads, self.m, self.v, self.steps, lr, self.betas[0],
                       self.betas[1], self.eps, self.weight_decay, self.decoupled)
 
-    def state_dict(self):
-        return dict(super().state_dict(), **self._buffers())
+    def state_dict(self):  # host copies of buffers on the GPU
+        return dict(super().state_dict(), **{k: K.to_host(v) for k, v in
+                                             self._buffers().items()})
 
     def _buffers(self):
         return {"m": self.m, "v": self.v}

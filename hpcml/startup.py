@@ -100,3 +100,50 @@ def check_outputs(cfg):
         if os.path.isdir(path) or not os.access(parent, os.W_OK) or (
                 os.path.exists(path) and not os.access(path, os.W_OK)):
             raise OSError(f"{flag} {path}: cannot write this file")
+
+
+def device(cfg, comm, model, rows):
+    """--device: the rank's Device (hpcml.device.select: every rank, one message on a
+    failure); with cuda, the GPU memory the run needs checked against what the GPU has
+    free (or --gpu-memory), then the model's buffers moved there (an allocation failure
+    on any rank: the same message on every rank, no hang)."""
+    from hpcml import device as devmod
+    dev = devmod.select(cfg["device"], comm, cfg["gpus_per_node"], cfg["share_gpus"],
+                        cfg["cuda_aware"])
+    if not dev.is_cuda:
+        return dev
+    need = gpu_bytes_needed(model, rows, cfg["optimizer"], cfg["momentum"])
+    free = gpu_free_bytes()
+    limit = min(free, cfg["gpu_memory"] * 2 ** 30) if cfg["gpu_memory"] else free
+    error = None
+    if need > limit:
+        error = (f"GPU {dev.gpu}: the model, its gradients, optimizer state and a batch of "
+                 f"{rows} rows need about {need / 2 ** 20:,.1f} MiB; "
+                 f"{'--gpu-memory allows' if cfg['gpu_memory'] else 'the GPU has free'} "
+                 f"{limit / 2 ** 20:,.1f} MiB: use a smaller --batch-size or model, more "
+                 f"GPUs, or --device cpu")
+    else:
+        try:
+            model.to_device()
+        except MemoryError as e:
+            error = f"GPU {dev.gpu}: {e}"
+    agree(comm, error, what="placing the model on the GPU")
+    return dev
+
+
+def gpu_free_bytes():
+    """Free bytes on the current GPU (the simulator reports none: unbounded)."""
+    from numba import cuda
+    free = cuda.current_context().get_memory_info()[0]
+    return float(free)
+
+
+def gpu_bytes_needed(model, rows, optimizer="sgd", momentum=0.9):
+    """Parameters + gradients + optimizer state + one batch's activations (each layer's
+    pre-activation, output and gradient) + the two staged input batches, in bytes."""
+    item = model.dtype.itemsize
+    state = 2 if optimizer in ("adam", "adamw") else (1 if momentum else 0)
+    widths = [model.layers[0].fan_in] + [getattr(layer, "fan_out", 0) for layer in
+                                         model.layers]
+    return float(model.size * item * (2 + state) + rows * sum(widths) * item * 3
+                 + 2 * rows * widths[0] * item)

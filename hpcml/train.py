@@ -26,6 +26,7 @@ from hpcml import checkpoint as ckpt
 from hpcml import config, startup
 from hpcml.config import ConfigError  # noqa: F401  (train.ConfigError, as before)
 from hpcml import comm as hc
+from hpcml import kernels as K
 from hpcml import nn, optim, train_pp, train_ps
 from hpcml.train_resume import (MODEL_KEYS, dataset_identity, _resume,  # noqa: F401
                                  _checkpointer, _checkpoint_problem)
@@ -88,6 +89,21 @@ SETTINGS = {
     "recompute": (False, bool, "with --pp: keep only each stage's input per micro-batch and "
                                "recompute its forward during backward"),
     "dtype": ("float32", str, "float32 or float64"),
+    "device": ("cpu", str, "cpu, or cuda: parameters, gradients, optimizer state and the "
+                           "forward/backward on the GPU (Numba CUDA kernels); data "
+                           "parallel only, gradients staged through pinned host memory "
+                           "unless the MPI is CUDA-aware"),
+    "gpus_per_node": (0, int, "with --device cuda: GPUs each node gives its ranks (0: all "
+                              "it shows; CUDA_VISIBLE_DEVICES, as Slurm sets it, is "
+                              "honoured); each rank takes GPU local-rank mod this"),
+    "share_gpus": (False, bool, "with --device cuda: allow more ranks per node than GPUs "
+                                "(ranks then share GPUs round-robin, e.g. under MPS)"),
+    "cuda_aware": ("auto", str, "with --device cuda: pass device buffers to MPI: auto "
+                                "(ask the MPI library), yes, or no (stage through pinned "
+                                "host memory; the mpich wheel)"),
+    "gpu_memory": (0.0, float, "with --device cuda: GiB of GPU memory a rank may use (0: "
+                               "what the GPU reports free); a model + optimizer + batch "
+                               "that needs more is refused before training"),
     "nonfinite": ("error", str, "a training or test row with a NaN or Inf feature: 'error' "
                                 "(stop, naming the file and row) or 'drop' (skip it)"),
     "standardize": (True, bool, "scale features to zero mean, unit variance (train stats)"),
@@ -168,11 +184,30 @@ def validate(cfg):
         bad("resume", "no such checkpoint file")
     train_pp.validate(cfg, bad)  # --pp, --tp, --dp, the pipeline's settings
     train_ps.validate(cfg, bad)  # --parallel ps, --servers, --consistency, --straggler
+    _validate_device(cfg, bad)
     if cfg["init_from"] and not os.path.exists(cfg["init_from"]):
         bad("init_from", "no such model file or checkpoint folder")
     if cfg["resume"] == "auto" and not cfg["checkpoint_dir"]:
         bad("resume", "'auto' needs --checkpoint-dir")
     return cfg
+
+
+def _validate_device(cfg, bad):
+    from hpcml.device import CUDA_AWARE, DEVICES
+    if cfg["device"] not in DEVICES:
+        bad("device", f"must be one of {', '.join(DEVICES)}")
+    if cfg["cuda_aware"] not in CUDA_AWARE:
+        bad("cuda_aware", f"must be one of {', '.join(CUDA_AWARE)}")
+    if cfg["gpus_per_node"] < 0 or cfg["gpu_memory"] < 0:
+        bad("gpus_per_node" if cfg["gpus_per_node"] < 0 else "gpu_memory", "must be >= 0")
+    if cfg["device"] != "cuda":
+        return
+    other = [f for f, on in (("--parallel " + cfg["parallel"], cfg["parallel"] != "dp"),
+                             ("--pp", cfg["pp"] > 1), ("--tp", cfg["tp"] > 1),
+                             ("--zero", cfg["zero"] > 0)) if on]
+    if other:
+        bad("device", f"--device cuda runs data parallel training (with --overlap, "
+                      f"--accumulation, --clip, --dropout); not with {', '.join(other)} yet")
 
 
 # --- the run --------------------------------------------------------------------------
@@ -259,7 +294,7 @@ def _evaluator(model, strategy, test, transform, target, nonfinite="error"):
     """evaluate() -> the test set's metrics (the same on every rank): test_loss and
     test_accuracy, or test_rmse and test_r2 for regression."""
     predict = getattr(strategy, "predict", None) or (
-        lambda x: model.forward(x, train=False))
+        lambda x: K.to_host(model.forward(x, train=False)))  # (logits from a GPU copied)
     def evaluate():
         s = np.zeros(5)  # loss*rows, correct, rows (, regression: sum y, sum y^2)
         for x, y in test.loader(1024, shuffle=False, agree_errors=True, nonfinite=nonfinite):
@@ -364,8 +399,9 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
                       allocate=allocate)
     # model parallel: the serial model's layout only; each rank allocates its stages
     model = net(allocate=dims is None)
+    dev = startup.device(cfg, comm, model, M // dp + 1)  # --device cuda: model.to_device()
     strategy = train_ps.strategy(cfg, world, dcomm, model) if ps else \
-        _strategy(cfg, comm, model, dims, ds.task, dcomm)
+        _strategy(cfg, comm, model, dims, ds.task, dcomm, dev)
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))
     startup.check_rank_memory(cfg, comm, strategy.param_bytes() + strategy.grad_bytes() +
                               strategy.state_bytes(opt), "data parallel" if dims is None
@@ -404,7 +440,8 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
             board.close()
     return _finish(cfg, comm, trainer, stopped, history_, history, dict(
         run_id=run_id, seconds=time.perf_counter() - t_start, task=ds.task, ranks=P,
-        resumed_from=resumed_from), (model, strategy, opt, spec, arrays, dims, net))
+        resumed_from=resumed_from, device=dev.summary()),
+        (model, strategy, opt, spec, arrays, dims, net))
 
 
 def _schedule(cfg, micro_batches, lr):
@@ -448,7 +485,7 @@ def _callbacks(cfg, comm, run_id, callbacks):
     return callbacks, board
 
 
-def _strategy(cfg, comm, model, dims, task, dcomm=None):
+def _strategy(cfg, comm, model, dims, task, dcomm=None, dev=None):
     """The run's Strategy: model parallel (dims; dcomm: its data-parallel group), Hogwild,
     ZeRO, or data parallel."""
     if dims is not None:
@@ -459,7 +496,8 @@ def _strategy(cfg, comm, model, dims, task, dcomm=None):
         return Hogwild(model, comm, locked=cfg["hogwild_lock"])
     if cfg["zero"]:
         return ZeRO(model, comm, cfg["algorithm"], stage=cfg["zero"])
-    return DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"])
+    return DataParallel(model, comm, cfg["algorithm"], overlap=cfg["overlap"],
+                        cuda_aware=dev is not None and dev.cuda_aware)
 
 
 def _finish(cfg, comm, trainer, stopped, history_, history, facts, parts):
@@ -472,9 +510,10 @@ def _finish(cfg, comm, trainer, stopped, history_, history, facts, parts):
     if dims is not None:  # the serial model (one copy of its parameters, on every rank)
         model = net()
         model.params[...] = strategy.serial_params()
+    params = model.host_params()  # (a copy from the GPU)
     if cfg["save_model"]:
         from hpcml.model import Model
-        config.on_rank0(comm, lambda: Model(spec, model.params, arrays).save(
+        config.on_rank0(comm, lambda: Model(spec, params, arrays).save(
             cfg["save_model"]), f"writing --save-model {cfg['save_model']}")
     if history is not None:
         history.extend(history_)
@@ -484,7 +523,7 @@ def _finish(cfg, comm, trainer, stopped, history_, history, facts, parts):
     if isinstance(strategy, train_ps.ParameterServer):
         summary.update(train_ps.summary(strategy))
         summary["ranks"] = strategy.world.Get_size()
-    summary["params_sha256"] = hashlib.sha256(model.params.tobytes()).hexdigest()
+    summary["params_sha256"] = hashlib.sha256(params.tobytes()).hexdigest()
     return summary, model
 
 
@@ -501,6 +540,7 @@ def _summary(cfg, trainer, stopped, history, facts, strategy, opt):
                "outputs": outputs, "seconds": facts["seconds"], "task": facts["task"],
                "step": trainer.step, "ranks": facts["ranks"],
                "epochs_done": trainer.loader.epoch, "resumed_from": facts["resumed_from"],
+               **facts["device"],
                "comm_seconds": strategy.comm_seconds,
                "span_seconds": {k: round(v, 6) for k, v in trainer.tracer.seconds.items()},
                "grad_bytes": strategy.grad_bytes(), "optimizer_state_bytes":

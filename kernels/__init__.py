@@ -217,7 +217,7 @@ def bias_act_backward(dy, x, bias, act="relu", backend=None):
     dx = np.empty(x.shape, dt) if be == "cpu" else _device_like(x)
     db = _mod(be).bias_act_backward(_c(dy, be), _c(x, be), _c(bias, be), code, dx,
                                     dt.type(0), dt.type(1))
-    return dx, db.astype(dt)
+    return dx, (db if _is_device(db) else db.astype(dt))
 
 
 def softmax_xent(logits, labels, backend=None):
@@ -336,6 +336,82 @@ def reduce_into(acc, x, op="sum", incoming_first=False, backend=None):
     return acc
 
 
+# --- device-aware array helpers (host arrays: NumPy; device arrays: CUDA kernels) -----
+
+def zeros_like(a):
+    """Zeros of a's shape and dtype where a lives (host, or the GPU for device arrays)."""
+    if not _is_device(a):
+        return np.zeros_like(a)
+    from numba import cuda
+    return fill(cuda.device_array(a.shape, a.dtype), 0)
+
+
+def fill(a, value):
+    """a[...] = value in place (a host or device array)."""
+    if not _is_device(a):
+        a[...] = value
+        return a
+    from .cuda import elementwise
+    if a.size:
+        elementwise.fill(a.reshape(a.size) if len(a.shape) != 1 else a,
+                         np.dtype(a.dtype).type(value))
+    return a
+
+
+def to_host(a):
+    """A NumPy copy of a device array (host arrays are returned as they are)."""
+    return a.copy_to_host() if _is_device(a) else a
+
+
+def assign(dst, src):
+    """dst[...] = src, host or device on either side (a device dst gets one copy)."""
+    if not _is_device(dst):
+        dst[...] = to_host(src)
+    elif _is_device(src):
+        dst.copy_to_device(src)
+    else:
+        dst.copy_to_device(np.ascontiguousarray(np.broadcast_to(
+            np.asarray(src, dst.dtype), dst.shape)))
+    return dst
+
+
+def scale(x, factor):
+    """x *= factor in place, factor cast to x's dtype (as NumPy's `x *= dtype(factor)`)."""
+    f = np.dtype(x.dtype).type(factor)
+    if not _is_device(x):
+        x *= f
+        return x
+    from .cuda import elementwise
+    if x.size:
+        elementwise.scale(x.reshape(x.size) if len(x.shape) != 1 else x, f)
+    return x
+
+
+def column_sums(x, out, accumulate=False):
+    """out = (or +=, accumulate) x.sum(axis=0): a layer's bias gradient."""
+    if not _is_device(x):
+        if accumulate:
+            out += x.sum(axis=0)
+        else:
+            np.sum(x, axis=0, out=out)
+        return out
+    from .cuda import elementwise
+    return elementwise.column_sums(x, out, accumulate)
+
+
+def multiply(x, y):
+    """x * y (same shape and dtype), a new array where x lives."""
+    _same("multiply", "x", x, y=y)
+    if not _is_device(x):
+        return x * y
+    from .cuda import elementwise
+    out = _device_like(x)
+    if x.size:
+        n = x.size
+        elementwise.multiply(x.reshape(n), y.reshape(n), out.reshape(n))
+    return out
+
+
 # --- helpers ---------------------------------------------------------------------------
 
 _REDUCE_COMPILED = tuple(np.dtype(t) for t in ("float32", "float64", "int32", "int64"))
@@ -394,6 +470,7 @@ def _device_like(a):
 from .covariance import scatter_block, merge_scatter  # noqa: E402
 from . import tsne  # noqa: E402
 
-__all__ = ["scatter_block", "merge_scatter", "tsne", "matmul", "bias_act", "bias_act_backward", "softmax_xent", "sgd_update",
+__all__ = ["zeros_like", "fill", "to_host", "assign", "scale", "column_sums", "multiply",
+           "scatter_block", "merge_scatter", "tsne", "matmul", "bias_act", "bias_act_backward", "softmax_xent", "sgd_update",
            "adam_update", "clip_grad_norm", "reduce_into", "set_backend", "get_backend",
            "BACKENDS", "AUTO", "ACTIVATIONS", "OP_NAMES", "reference_reduce"]

@@ -97,6 +97,44 @@ def split(comm, color, key=0):
     return None if sub == MPI.COMM_NULL else sub
 
 
+def node_rank(comm):
+    """(this rank's index among comm's ranks on its node, how many there are): collective."""
+    with watching("MPI_Comm_split_type(SHARED)"):
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_rank(), node.Get_size()
+    finally:
+        node.Free()
+
+
+def cuda_aware():
+    """The MPI library's own answer to "can I pass device buffers?"
+    (MPIX_Query_cuda_support, MPICH >= 4 and Open MPI): True/False, None if it has no
+    such call."""
+    import ctypes
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "libmpi" in ln and "/" in ln})
+    except OSError:
+        pass
+    for path in paths:
+        try:
+            fn = ctypes.CDLL(path).MPIX_Query_cuda_support
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_int
+        return bool(fn())
+    return None
+
+
+def allreduce_device(buf, comm):
+    """MPI_Allreduce (sum, in place) of a device array through a CUDA-aware MPI (mpi4py
+    passes __cuda_array_interface__ buffers as device pointers)."""
+    with watching("MPI_Allreduce of a device buffer"):
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+
+
 def dup(comm):
     """MPI_Comm_dup (collective): a communicator whose messages never meet comm's."""
     with watching("MPI_Comm_dup"):

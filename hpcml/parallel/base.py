@@ -43,7 +43,8 @@ class Strategy:
         (its data failed; `first`: none was done yet). A strategy that communicates during
         the backward pass takes part with zeros here, so no rank waits; the step's error is
         then agreed on in sync()."""
-        self.model.grads[...] = 0
+        from hpcml import kernels as K
+        K.fill(self.model.grads, 0)
 
     def optimizer(self, factory):
         """factory(model-like) -> the optimizer this strategy steps (a sharding strategy
@@ -63,13 +64,15 @@ class Strategy:
 
     def serial_params(self):
         """The model's flat parameters in the serial layout (a model-parallel strategy
-        joins them from the ranks: collective there)."""
-        return self.model.params
+        joins them from the ranks: collective there); a host copy of parameters on a GPU."""
+        from hpcml import kernels as K
+        return K.to_host(self.model.params)
 
     def load_serial_params(self, params):
         """This rank's parameters from the serial layout."""
         if params is not self.model.params:
-            self.model.params[...] = params
+            from hpcml import kernels as K
+            K.assign(self.model.params, params)
 
     def grad_bytes(self):
         """Bytes of gradient buffers this rank holds."""

@@ -32,7 +32,10 @@ class DataParallel(Strategy):
     """Wraps an hpcml.nn.Sequential: its gradient buffer becomes the head of a buffer with
     two flag slots, all-reduced in one call per optimizer step."""
 
-    def __init__(self, model, comm=None, algorithm="auto", overlap=False):
+    def __init__(self, model, comm=None, algorithm="auto", overlap=False, cuda_aware=False):
+        """A model on a GPU (model.to_device()) keeps its gradients there: they are
+        staged through pinned host memory for the all-reduce (staging.py), or, with
+        cuda_aware=True (an MPI that takes device buffers), all-reduced in place."""
         if algorithm not in hc.ALGORITHMS:
             raise ValueError(f"DataParallel: algorithm must be one of "
                              f"{', '.join(hc.ALGORITHMS)}, got {algorithm!r}")
@@ -40,11 +43,17 @@ class DataParallel(Strategy):
         self.comm = comm if comm is not None else hc.world()
         self.size, self.rank = self.comm.Get_size(), self.comm.Get_rank()
         n = model.size
-        self.buffer = np.zeros(n + 2, model.dtype)
-        self.buffer[:n] = model.grads
-        model.rebind_grads(self.buffer[:n])
+        self.staging = None
+        if getattr(model, "device", "cpu") == "cuda":
+            from .staging import GradStaging
+            self.staging = GradStaging(model, cuda_aware)
+            self.buffer = self.staging.host  # gradients (a copy) and the two flags
+        else:
+            self.buffer = np.zeros(n + 2, model.dtype)
+            self.buffer[:n] = model.grads
+            model.rebind_grads(self.buffer[:n])
         self.comm_seconds = 0.0
-        hc.broadcast(model.params, root=0, comm=self.comm)
+        self._broadcast_params()
         # overlap: each layer's gradients are all-reduced by a background thread, on a
         # communicator of their own, while the backward pass goes on to earlier layers
         self.overlap = bool(overlap) and self.size > 1
@@ -59,6 +68,16 @@ class DataParallel(Strategy):
             self._worker.start()
             self._pending = 0
             self.regions = model.layer_regions()  # layer -> [lo, hi) of the flat buffer
+
+    def _broadcast_params(self):
+        """Every rank starts from rank 0's parameters (through the host from a GPU)."""
+        if self.staging is None:
+            hc.broadcast(self.model.params, root=0, comm=self.comm)
+        elif self.size > 1:
+            from hpcml import kernels as K
+            host = self.model.host_params()
+            hc.broadcast(host, root=0, comm=self.comm)
+            K.assign(self.model.params, host)
 
     def _reduce_buckets(self):
         while True:
@@ -94,8 +113,12 @@ class DataParallel(Strategy):
         queued in a step also carries the two flags after the gradients."""
         if i in self.regions:
             lo, hi = self.regions[i]
-            self._todo.put((lo, self.model.size + 2 if self._pending == 0 else hi))
+            item = (lo, self.model.size + 2 if self._pending == 0 else hi)
             self._pending += 1
+            if self.staging is None:
+                self._todo.put(item)
+            else:  # the region's gradients to pinned memory first, then its all-reduce
+                self.staging.region_to_host(lo, hi, then=lambda: self._todo.put(item))
 
     def sync(self, error=False, stop=False):
         """All-reduce (sum) the gradients and the flags; returns the summed StepFlags.
@@ -112,6 +135,8 @@ class DataParallel(Strategy):
                 e = self._done.get()
                 self._pending -= 1
                 failure = failure or e
+            if self.staging is not None:
+                self.staging.all_to_device()
             self.comm_seconds += hc.wtime() - t
             if failure is not None:
                 raise failure
@@ -119,7 +144,9 @@ class DataParallel(Strategy):
                              int(round(float(self.buffer[n + 1]))))
         t = hc.wtime()  # the whole sync, as a trace's span around it sees it
         self._set_flags(error, stop)
-        if self.size > 1:
+        if self.staging is not None and self.size > 1:
+            self._sync_device()
+        elif self.size > 1:
             hc.allreduce(self.buffer, "sum", comm=self.comm, algorithm=self.algorithm)
         flags = StepFlags(int(round(float(self.buffer[n]))),
                           int(round(float(self.buffer[n + 1]))))
@@ -127,7 +154,22 @@ class DataParallel(Strategy):
             self.comm_seconds += hc.wtime() - t
         return flags
 
+    def _sync_device(self):
+        """Gradients on the GPU: all-reduced in place by a CUDA-aware MPI, or staged
+        through the pinned host buffer (flags included) and copied back."""
+        n = self.model.size
+        if self.staging.cuda_aware:
+            self.buffer[n:] = self.staging.allreduce_device(self.comm, self.buffer[n:])
+            return
+        self.staging.all_to_host()
+        hc.allreduce(self.buffer, "sum", comm=self.comm, algorithm=self.algorithm)
+        self.staging.all_to_device()
+
     def grad_bytes(self):
+        """Bytes of gradient buffers this rank holds (on a GPU: the device gradients and
+        the pinned host copy)."""
+        if self.staging is not None:
+            return self.buffer.nbytes + self.model.grads.nbytes
         return self.buffer.nbytes
 
     def close(self):

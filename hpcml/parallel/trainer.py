@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from hpcml import kernels as K
 from hpcml import nn
 from hpcml.comm.guard import agree
 from hpcml.data import DataError
@@ -91,6 +92,8 @@ class Trainer:
         # regression: (mean, std) of the targets; the network learns (y - mean) / std with
         # the MSE loss, and the metrics (RMSE, R^2) are in the targets' units
         self.target = None if target is None else (float(target[0]), float(target[1]))
+        self.on_gpu = getattr(model, "device", "cpu") == "cuda" and \
+            not hasattr(strategy, "forward_backward")
 
     # --- one optimizer step ------------------------------------------------------------
     def _micro_steps(self, it, first, last, stop):
@@ -118,10 +121,11 @@ class Trainer:
             if hasattr(self.strategy, "before_forward"):  # Hogwild's locked variant
                 self.strategy.before_forward()
             with span("forward"):
-                out = self.model.forward(self.transform(x), train=True, rng=rng)
+                out = self.model.forward(x if self.on_gpu else self.transform(x),
+                                         train=True, rng=rng)
                 if self.target is None:
                     loss, dl = nn.cross_entropy(out, y, denom=denom)
-                    hits = float((out.argmax(axis=1) == y).sum())
+                    hits = float((K.to_host(out).argmax(axis=1) == y).sum())
                 else:
                     mean, std = self.target
                     loss, dl = nn.mse(out, (y - mean) / std, denom=denom)
@@ -160,6 +164,9 @@ class Trainer:
         epoch, micro = loader.epoch, loader.batches_done
         sums = np.zeros(5)  # loss*rows, correct (sum y), rows, sum y^2, steps
         it = iter(loader)
+        if self.on_gpu:  # batches staged to the GPU one ahead (pinned memory, a stream)
+            from .staging import BatchFeeder
+            it = BatchFeeder(it, self.transform, self.model.dtype)
         try:
             while micro < len(loader) and self.step < self.total:
                 stop = preempt.requested or self._callback_stop

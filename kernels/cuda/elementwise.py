@@ -9,6 +9,7 @@ import numpy as np
 from numba import cuda
 
 from .. import scalar
+from . import is_device_array as is_device
 
 TPB = 256
 
@@ -53,6 +54,29 @@ def _column_sums(dx, db):
         for i in range(n):
             s += dx[i, j]
         db[j] = s
+
+
+@cuda.jit
+def _column_sums_into(x, out, accumulate):
+    n, f = x.shape
+    j = cuda.grid(1)
+    if j < f:  # guard: one thread per column; the sum in float64, as the CPU kernels
+        s = 0.0
+        for i in range(n):
+            s += x[i, j]
+        out[j] = out[j] + s if accumulate else s
+
+
+@cuda.jit
+def _multiply(x, y, out):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = x[i] * y[i]
+
+
+@cuda.jit
+def _fill(x, value):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        x[i] = value
 
 
 @cuda.jit
@@ -139,10 +163,31 @@ def bias_act(x, bias, code, out, zero):
 
 def bias_act_backward(dy, x, bias, code, dx, zero, one):
     _bias_act_backward[_grid(x.size), TPB](dy, x, bias, code, dx, zero, one)
+    if is_device(dx):  # stays on the device, in x's dtype (summed in float64)
+        db = cuda.device_array(x.shape[1], dx.dtype)
+        column_sums(dx, db, False)
+        return db
     db = np.zeros(x.shape[1], np.float64)
     if x.shape[1]:
         _column_sums[(x.shape[1] + TPB - 1) // TPB, TPB](dx, db)
     return db
+
+
+def column_sums(x, out, accumulate):
+    """out (= or +=) the sum of x's rows, per column."""
+    if x.shape[1]:
+        _column_sums_into[(x.shape[1] + TPB - 1) // TPB, TPB](x, out, bool(accumulate))
+    return out
+
+
+def multiply(x, y, out):
+    _multiply[_grid(x.size), TPB](x, y, out)
+    return out
+
+
+def fill(x, value):
+    _fill[_grid(x.size), TPB](x, value)
+    return x
 
 
 def softmax_xent(logits, labels, grad):

@@ -1,0 +1,123 @@
+"""Where a job computes: `--device cpu` (default) or `--device cuda`.
+
+    dev = device.select("cuda", comm, gpus_per_node=0, share=False, cuda_aware="auto")
+    dev.summary()   # {"device": "cuda", "gpu": 0, "gpus_on_node": 4, "comm": "staged", ...}
+
+With cuda, each rank takes the GPU of its local rank (its index among the ranks on its
+node) modulo the GPUs it can see: all of the node's GPUs, or the ones Slurm or the user
+listed in CUDA_VISIBLE_DEVICES (then numbered 0..n-1), or the first --gpus-per-node of
+them. More ranks on a node than GPUs is refused unless sharing is allowed (--share-gpus:
+ranks then share GPUs round-robin, as with MPS).
+
+Communication from the GPU (`comm` in the summary):
+
+* "staged": gradients are copied to pinned host memory, reduced by hpcml's collectives
+  and copied back (the mpich wheel, and any MPI that is not CUDA-aware; Horovod's host
+  staging);
+* "cuda-aware": device buffers are passed to MPI directly. "auto" detects it by asking
+  the MPI library (MPIX_Query_cuda_support, MPICH >= 4 and Open MPI); --cuda-aware yes
+  forces it (an MPI that is not CUDA-aware then crashes in the first collective), no
+  forces staging.
+
+Every check is collective: a failure on any rank raises the same DeviceError, naming the
+ranks and their hosts, on every rank (never a hang).
+"""
+import os
+import socket
+
+from hpcml.comm.guard import CollectiveError, agree
+
+DEVICES = ("cpu", "cuda")
+CUDA_AWARE = ("auto", "yes", "no")
+
+
+class DeviceError(CollectiveError):
+    """The device setting cannot be honoured (raised on every rank)."""
+
+
+class Device:
+    """The chosen device of this rank: name ("cpu"/"cuda"), gpu index (cuda), how many
+    GPUs the node shows, and whether collectives get device buffers (cuda_aware)."""
+
+    def __init__(self, name, gpu=None, gpus=0, cuda_aware=False, simulator=False,
+                 shared=False, local_rank=0, local_ranks=1):
+        self.name, self.gpu, self.gpus = name, gpu, gpus
+        self.cuda_aware, self.simulator, self.shared = cuda_aware, simulator, shared
+        self.local_rank, self.local_ranks = local_rank, local_ranks
+
+    @property
+    def is_cuda(self):
+        return self.name == "cuda"
+
+    def summary(self):
+        if not self.is_cuda:
+            return {"device": "cpu"}
+        return {"device": "cuda", "gpu": self.gpu, "gpus_on_node": self.gpus,
+                "gpu_shared": self.shared, "simulator": self.simulator,
+                "comm": "cuda-aware" if self.cuda_aware else "staged"}
+
+    def __repr__(self):
+        return f"Device({self.summary()})"
+
+
+def _visible_gpus():
+    """(GPUs this process can see, why none or None, simulator?)."""
+    from hpcml.kernels.cuda import available, why_unavailable
+    if not available():
+        return 0, why_unavailable(), False
+    from numba import config, cuda
+    return len(cuda.gpus), None, bool(config.ENABLE_CUDASIM)
+
+
+def select(name, comm, gpus_per_node=0, share=False, cuda_aware="auto"):
+    """Collective: this rank's Device, or the same DeviceError on every rank."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if cuda_aware not in CUDA_AWARE:
+        raise ValueError(f"cuda-aware must be one of {', '.join(CUDA_AWARE)}, "
+                         f"got {cuda_aware!r}")
+    if name == "cpu":
+        return Device("cpu")
+    from hpcml import comm as hc
+    local_rank, local_size = hc.node_rank(comm)
+    seen, why, sim = _visible_gpus()
+    n = min(seen, gpus_per_node) if gpus_per_node else seen
+    error = _problem(seen, why, n, gpus_per_node, local_size, share)
+    _agree(comm, error)
+    gpu = local_rank % n
+    from numba import cuda
+    if not sim:
+        cuda.select_device(gpu)
+    aware = _cuda_aware(cuda_aware, sim)
+    return Device("cuda", gpu, n, aware, sim, local_size > n, local_rank, local_size)
+
+
+def _problem(seen, why, n, gpus_per_node, local_size, share):
+    host = socket.gethostname()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    if why is not None:
+        return f"--device cuda on {host}: {why}; or use --device cpu"
+    if gpus_per_node and gpus_per_node > seen:
+        return (f"--gpus-per-node {gpus_per_node} on {host}, which shows {seen} GPU(s)"
+                f"{where}")
+    if local_size > n and not share:
+        return (f"{local_size} ranks on {host} but {n} GPU(s) for them{where}: start at "
+                f"most {n} rank(s) per node, or let ranks share GPUs with --share-gpus")
+    return None
+
+
+def _agree(comm, error):
+    try:
+        agree(comm, error, what="choosing the device")
+    except CollectiveError as e:
+        raise DeviceError(str(e)) from None
+
+
+def _cuda_aware(setting, simulator):
+    if setting == "no" or simulator:  # the simulator's arrays are host memory: staged
+        return False
+    if setting == "yes":
+        return True
+    from hpcml import comm as hc
+    return bool(hc.cuda_aware())
