@@ -118,9 +118,9 @@ def device(cfg, comm, model, rows):
     error = None
     if need > limit:
         error = (f"GPU {dev.gpu}: the model, its gradients, optimizer state and a batch of "
-                 f"{rows} rows need about {need / 2 ** 20:,.1f} MiB; "
+                 f"{rows} rows need about {need / 2 ** 20:,.4g} MiB; "
                  f"{'--gpu-memory allows' if cfg['gpu_memory'] else 'the GPU has free'} "
-                 f"{limit / 2 ** 20:,.1f} MiB: use a smaller --batch-size or model, more "
+                 f"{limit / 2 ** 20:,.4g} MiB: use a smaller --batch-size or model, more "
                  f"GPUs, or --device cpu")
     else:
         try:

@@ -399,7 +399,7 @@ def run(cfg, comm=None, log=print, history=None, callbacks=()):
                       allocate=allocate)
     # model parallel: the serial model's layout only; each rank allocates its stages
     model = net(allocate=dims is None)
-    dev = startup.device(cfg, comm, model, M // dp + 1)  # --device cuda: model.to_device()
+    dev = startup.device(cfg, comm, model, -(-M // dp))  # --device cuda: model.to_device()
     strategy = train_ps.strategy(cfg, world, dcomm, model) if ps else \
         _strategy(cfg, comm, model, dims, ds.task, dcomm, dev)
     opt = strategy.optimizer(lambda m: _optimizer(cfg, m, G))

@@ -1,0 +1,93 @@
+"""`mpiexec -n 2 python -m hpcml.train --device cuda` against `--device cpu` (simulator in
+CI: one simulated GPU, so the two ranks share it with --share-gpus), and the bad inputs:
+no GPU, more ranks than GPUs, too little GPU memory, a strategy without a GPU path."""
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from hpcml.kernels.cuda import available, why_unavailable
+from procs import finish, start
+
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = [pytest.mark.skipif(not available(), reason=str(why_unavailable())),
+              pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found")]
+#: 20 steps, 2 ranks, float32: measured max |cpu - cuda| 6.0e-8 (params up to 0.55)
+ATOL = 5e-7
+RUN = ["--hidden", "8", "--batch-size", "16", "--epochs", "1", "--test-data", "none",
+       "--progress", "false", "--share-gpus", "true"]
+
+
+def _train(tmp_path, name, args, env=None, limit=240):
+    proc = start([MPIEXEC, "-n", "2", sys.executable, "-m", "hpcml.train", *RUN, *args,
+                  "--save-model", str(tmp_path / f"{name}.h5")], env=env)
+    rc, out, err = finish(proc, limit)
+    assert rc == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _params(path):
+    import hpcml
+    return hpcml.load_model(str(path)).net.params
+
+
+@pytest.mark.timeout(420)
+def test_two_ranks_on_cuda_follow_the_cpu_run_for_20_steps(tmp_path):
+    cpu = _train(tmp_path, "cpu", ["--max-steps", "20", "--device", "cpu"])
+    gpu = _train(tmp_path, "gpu", ["--max-steps", "20", "--device", "cuda"])
+    assert gpu["device"] == "cuda" and gpu["comm"] == "staged" and gpu["gpu_shared"]
+    assert gpu["step"] == cpu["step"] == 20
+    a, b = _params(tmp_path / "cpu.h5"), _params(tmp_path / "gpu.h5")
+    np.testing.assert_allclose(b, a, atol=ATOL, rtol=0)
+    start_ = _params_at_init(tmp_path)
+    assert np.abs(a - start_).max() > 100 * ATOL  # the runs moved far beyond the tolerance
+
+
+def _params_at_init(tmp_path):
+    _train(tmp_path, "init", ["--max-steps", "1", "--lr", "1e-30", "--device", "cpu"])
+    return _params(tmp_path / "init.h5")
+
+
+@pytest.mark.timeout(300)
+def test_overlapped_staging_matches_the_cpu_overlap(tmp_path):
+    args = ["--max-steps", "4", "--overlap", "true", "--accumulation", "2", "--clip", "1.0"]
+    _train(tmp_path, "cpu", args + ["--device", "cpu"])
+    _train(tmp_path, "gpu", args + ["--device", "cuda"])
+    np.testing.assert_allclose(_params(tmp_path / "gpu.h5"), _params(tmp_path / "cpu.h5"),
+                               atol=ATOL, rtol=0)
+
+
+def _fails(args, env=None):
+    proc = start([MPIEXEC, "-n", "2", sys.executable, "-m", "hpcml.train", *RUN[:-2],
+                  "--max-steps", "1", *args], env=env)
+    rc, out, err = finish(proc, 120)
+    assert rc != 0
+    assert "Traceback" not in err, err
+    return err
+
+
+def test_no_gpu_and_no_simulator_is_one_message_naming_both_ranks():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    err = _fails(["--device", "cuda"], env)
+    assert "failed on 2 of 2 ranks: ranks 0-1: --device cuda on" in err
+    assert "no CUDA GPU" in err and "--device cpu" in err
+
+
+def test_more_ranks_than_gpus_needs_share_gpus():
+    err = _fails(["--device", "cuda"])
+    assert "2 ranks on" in err and "1 GPU(s)" in err and "--share-gpus" in err
+
+
+def test_too_little_gpu_memory_is_refused_before_training():
+    err = _fails(["--device", "cuda", "--share-gpus", "true", "--gpu-memory", "1e-6"])
+    assert "placing the model on the GPU failed on 2 of 2 ranks" in err
+    assert "--gpu-memory allows" in err and "--batch-size" in err
+
+
+@pytest.mark.parametrize("args", [["--zero", "1"], ["--parallel", "ps"], ["--pp", "2"]])
+def test_strategies_without_a_gpu_path_are_named(args):
+    err = _fails(["--device", "cuda", *args])
+    assert "--device cuda runs data parallel training" in err
