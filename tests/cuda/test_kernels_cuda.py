@@ -30,6 +30,13 @@ def test_matmul_several_blocks_and_partial_tiles():
     C.check_matmul("cuda", np.float32, 70, 11, 66, False, False)  # 2 x 2 blocks, ragged
 
 
+@pytest.mark.parametrize("trans", [(False, False), (True, True)])
+def test_matmul_double_buffer_over_several_k_steps(trans):
+    """K = 29: four steps of 8 along k, so both shared buffers are filled twice, the last
+    step ragged (the next tile's loads and stores alternate between the buffers)."""
+    C.check_matmul("cuda", np.float64, 9, 29, 5, *trans)
+
+
 def test_matmul_nonfinite_propagates():
     C.check_matmul_nonfinite("cuda", np.float32)
 
