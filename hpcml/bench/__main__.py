@@ -16,6 +16,8 @@
                                                      # scikit-learn; drift detectors vs river
     python -m hpcml.bench scaling --quick            # strong/weak scaling, 1 and 2 hosts,
                                                      # with a fitted alpha-beta-gamma model
+    python -m hpcml.bench gpu                        # CUDA paths vs cuBLAS (CuPy), PyTorch
+                                                     # on the GPU, PCA/t-SNE vs the CPU
 """
 import sys
 
@@ -35,6 +37,7 @@ BENCHMARKS = {
     "tune": "hpcml.bench.tune",
     "ml": "hpcml.bench.ml",
     "scaling": "hpcml.bench.scaling",
+    "gpu": "hpcml.bench.gpu",
 }
 
 
