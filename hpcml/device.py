@@ -82,28 +82,54 @@ def select(name, comm, gpus_per_node=0, share=False, cuda_aware="auto"):
     local_rank, local_size = hc.node_rank(comm)
     seen, why, sim = _visible_gpus()
     n = min(seen, gpus_per_node) if gpus_per_node else seen
-    error = _problem(seen, why, n, gpus_per_node, local_size, share)
-    _agree(comm, error)
+    _agree(comm, _problem(seen, why, gpus_per_node))
     gpu = local_rank % n
+    ident = _identity(gpu, sim)
+    idents = hc.node_objects(ident, comm)  # which physical GPU each rank of the node took
+    shared = idents.count(ident) > 1
+    error = None
+    if shared and not share:
+        error = (f"{local_size} ranks on {socket.gethostname()} but {len(set(idents))} "
+                 f"GPU(s) for them{_visible()}: ranks would share GPU {ident}; start at "
+                 f"most {len(set(idents))} rank(s) per node, or let ranks share GPUs with "
+                 f"--share-gpus")
+    _agree(comm, error)
     from numba import cuda
     if not sim:
         cuda.select_device(gpu)
-    aware = _cuda_aware(cuda_aware, sim)
-    return Device("cuda", gpu, n, aware, sim, local_size > n, local_rank, local_size)
+    return Device("cuda", gpu, n, _cuda_aware(cuda_aware, sim), sim, shared, local_rank,
+                  local_size)
 
 
-def _problem(seen, why, n, gpus_per_node, local_size, share):
-    host = socket.gethostname()
+def _visible():
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    return f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+
+
+def _identity(gpu, simulator):
+    """The physical GPU behind this process's device `gpu`: its UUID where the driver
+    gives one (Slurm's per-task CUDA_VISIBLE_DEVICES gives each rank a device 0 that is a
+    different GPU), else the CUDA_VISIBLE_DEVICES entry or the index."""
+    if not simulator:
+        from numba import cuda
+        try:
+            uuid = getattr(cuda.gpus[gpu], "uuid", None)
+            if uuid:
+                return str(uuid)
+        except Exception:  # an older numba: fall back on the visible list
+            pass
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if v.strip()]
+    return f"{'simulated ' if simulator else ''}{visible[gpu] if gpu < len(visible) else gpu}"
+
+
+def _problem(seen, why, gpus_per_node):
+    host = socket.gethostname()
     if why is not None:
         return f"--device cuda on {host}: {why}; or use --device cpu"
     if gpus_per_node and gpus_per_node > seen:
         return (f"--gpus-per-node {gpus_per_node} on {host}, which shows {seen} GPU(s)"
-                f"{where}")
-    if local_size > n and not share:
-        return (f"{local_size} ranks on {host} but {n} GPU(s) for them{where}: start at "
-                f"most {n} rank(s) per node, or let ranks share GPUs with --share-gpus")
+                f"{_visible()}")
     return None
 
 

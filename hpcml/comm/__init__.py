@@ -21,8 +21,8 @@ from .rows import RowGather, allgather_rows, row_bounds, row_counts
 from .world import (world, self_comm, wtime, library_version, mpi4py_version, thread_multiple,
                     reduce_value, reduce_array, slowest, barrier, split, dup, private_dup,
                     bcast_object, gather_objects, send, recv, sendrecv, isend, irecv,
-                    wait_all, probe, Request, ANY_SOURCE, ANY_TAG, node_rank, cuda_aware,
-                    allreduce_device)
+                    wait_all, probe, Request, ANY_SOURCE, ANY_TAG, node_rank, node_objects,
+                    cuda_aware, allreduce_device)
 
 __all__ = ["allreduce", "reduce_scatter", "allgather", "broadcast", "reduce", "allreduce_many",
            "plan_buckets", "chunk_bounds", "config", "ALGORITHMS", "DTYPES", "BUCKET_BYTES",
@@ -32,4 +32,4 @@ __all__ = ["allreduce", "reduce_scatter", "allgather", "broadcast", "reduce", "a
            "mpi4py_version", "thread_multiple", "reduce_value", "reduce_array", "slowest",
            "barrier", "split", "dup", "private_dup", "bcast_object", "gather_objects", "send",
            "recv", "sendrecv", "isend", "irecv", "wait_all", "probe", "Request", "ANY_SOURCE",
-           "ANY_TAG", "node_rank", "cuda_aware", "allreduce_device"]
+           "ANY_TAG", "node_rank", "node_objects", "cuda_aware", "allreduce_device"]

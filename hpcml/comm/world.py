@@ -107,6 +107,17 @@ def node_rank(comm):
         node.Free()
 
 
+def node_objects(obj, comm):
+    """Every rank's small JSON-safe object from the ranks of comm on this node, in their
+    order (collective over comm)."""
+    with watching("MPI_Comm_split_type(SHARED)"):
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return gather_objects(obj, root=None, comm=node)
+    finally:
+        node.Free()
+
+
 def cuda_aware():
     """The MPI library's own answer to "can I pass device buffers?"
     (MPIX_Query_cuda_support, MPICH >= 4 and Open MPI): True/False, None if it has no

@@ -162,11 +162,16 @@ def test_select_names_the_problem(monkeypatch):
     assert device.select("cpu", comm).summary() == {"device": "cpu"}
     with pytest.raises(device.DeviceError, match=r"--gpus-per-node 5 .* shows 1 GPU"):
         device.select("cuda", comm, gpus_per_node=5)
-    monkeypatch.setattr(hc, "node_rank", lambda c: (2, 3))  # 3 ranks on this node
+    monkeypatch.setattr(hc, "node_rank", lambda c: (2, 3))  # 3 ranks on this node ...
+    monkeypatch.setattr(hc, "node_objects", lambda o, c: [o, o, o])  # ... on one GPU
     with pytest.raises(device.DeviceError, match=r"3 ranks on .* 1 GPU\(s\).*--share-gpus"):
         device.select("cuda", comm)
     shared = device.select("cuda", comm, share=True)
     assert shared.gpu == 0 and shared.shared
+    # Slurm's per-task binding: each rank sees one GPU (its device 0), a different one
+    monkeypatch.setattr(hc, "node_objects", lambda o, c: ["GPU-a", "GPU-b", o])
+    own = device.select("cuda", comm)
+    assert own.gpu == 0 and not own.shared
     monkeypatch.setattr(device, "_visible_gpus", lambda: (0, "no CUDA GPU here", False))
     with pytest.raises(device.DeviceError, match="no CUDA GPU here; or use --device cpu"):
         device.select("cuda", comm)
