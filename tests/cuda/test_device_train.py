@@ -91,3 +91,23 @@ def test_too_little_gpu_memory_is_refused_before_training():
 def test_strategies_without_a_gpu_path_are_named(args):
     err = _fails(["--device", "cuda", *args])
     assert "--device cuda runs data parallel training" in err
+
+
+def _one_rank(args):
+    proc = start([sys.executable, "-m", "hpcml.train", *RUN[:-2], "--device", "cuda",
+                  "--optimizer", "adam", "--schedule", "constant", *args])
+    rc, out, err = finish(proc, 150)
+    assert rc == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(300)
+def test_resume_on_the_device_is_bit_identical(tmp_path):
+    """The optimizer state and parameters go to the checkpoint as host copies and come
+    back onto the GPU: 2 + 2 steps equal 4 uninterrupted, bit for bit."""
+    whole = _one_rank(["--max-steps", "4"])
+    ck = str(tmp_path / "ck")
+    _one_rank(["--max-steps", "2", "--checkpoint-dir", ck, "--checkpoint-every", "2"])
+    resumed = _one_rank(["--max-steps", "4", "--checkpoint-dir", ck, "--resume", "auto"])
+    assert resumed["resumed_from"] and resumed["step"] == 4
+    assert resumed["params_sha256"] == whole["params_sha256"]
