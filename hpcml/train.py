@@ -204,10 +204,11 @@ def _validate_device(cfg, bad):
         return
     other = [f for f, on in (("--parallel " + cfg["parallel"], cfg["parallel"] != "dp"),
                              ("--pp", cfg["pp"] > 1), ("--tp", cfg["tp"] > 1),
-                             ("--zero", cfg["zero"] > 0)) if on]
+                             ("--zero 2", cfg["zero"] == 2)) if on]
     if other:
-        bad("device", f"--device cuda runs data parallel training (with --overlap, "
-                      f"--accumulation, --clip, --dropout); not with {', '.join(other)} yet")
+        bad("device", f"--device cuda runs data parallel training and ZeRO-1 (with "
+                      f"--overlap, --accumulation, --clip, --dropout); not with "
+                      f"{', '.join(other)} yet")
 
 
 # --- the run --------------------------------------------------------------------------

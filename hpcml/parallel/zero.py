@@ -42,6 +42,7 @@ resumes without ZeRO, with another stage, or on another rank count, and back.
 import numpy as np
 
 from hpcml import comm as hc
+from hpcml import kernels as K
 
 from .base import StepFlags
 from .data_parallel import DataParallel
@@ -68,6 +69,9 @@ class ZeRO(DataParallel):
     def __init__(self, model, comm=None, algorithm="auto", stage=1):
         if stage not in (1, 2):
             raise ValueError(f"ZeRO: stage must be 1 or 2, got {stage!r}")
+        if stage == 2 and getattr(model, "device", "cpu") == "cuda":
+            raise ValueError("ZeRO: stage 2 keeps no full gradient buffer and has no GPU "
+                             "path yet; use stage 1 with a model on the GPU")
         super().__init__(model, comm, algorithm, overlap=False)
         self.stage = stage
         n, p = model.size, self.size
@@ -171,8 +175,12 @@ class ZeRO(DataParallel):
         self._set_flags(error, stop)
         flags = self.buffer[n:].copy()
         t = hc.wtime()
+        if self.staging is not None:  # gradients on the GPU: staged in the pinned buffer
+            self.staging.all_to_host()
         hc.reduce_scatter(self.buffer, "sum", comm=self.comm, algorithm="ring")
         hc.allreduce(flags, "sum", comm=self.comm, algorithm="mpi")
+        if self.staging is not None:  # this rank's summed shard back, for its update
+            K.assign(self.model.grads[self.lo:self.hi], self.buffer[self.lo:self.hi])
         self.comm_seconds += hc.wtime() - t
         return StepFlags(int(round(float(flags[0]))), int(round(float(flags[1]))))
 
@@ -187,18 +195,18 @@ class ZeRO(DataParallel):
         if self.size > 1:  # every rank's updated shard to every rank
             t = hc.wtime()
             n, g = self.model.size, self._gather
-            g[self.lo:self.hi] = self.model.params[self.lo:self.hi]
+            g[self.lo:self.hi] = K.to_host(self.model.params[self.lo:self.hi])
             hc.allgather(g, comm=self.comm, algorithm="ring")
-            self.model.params[...] = g[:n]
+            K.assign(self.model.params, g[:n])  # (one copy to the GPU there)
             self.comm_seconds += hc.wtime() - t
 
     def _clip_shards(self, max_norm):
         g = self.shard_grads()
-        norm = float(np.sqrt(hc.reduce_value(float(np.sum(g.astype(np.float64) ** 2)), "sum",
-                                             self.comm)))
+        local = float(np.sum(K.to_host(g).astype(np.float64) ** 2))
+        norm = float(np.sqrt(hc.reduce_value(local, "sum", self.comm)))
         coef = max_norm / (norm + 1e-6)  # PyTorch's rule, as hpcml.kernels.clip_grad_norm
         if np.isfinite(norm) and coef < 1:
-            g *= g.dtype.type(coef)
+            K.scale(g, coef)
 
     def state_dict(self, optimizer):
         """The optimizer state in the serial layout (collective: the shards gathered)."""

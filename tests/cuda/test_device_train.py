@@ -87,10 +87,23 @@ def test_too_little_gpu_memory_is_refused_before_training():
     assert "--gpu-memory allows" in err and "--batch-size" in err
 
 
-@pytest.mark.parametrize("args", [["--zero", "1"], ["--parallel", "ps"], ["--pp", "2"]])
+@pytest.mark.parametrize("args", [["--zero", "2"], ["--parallel", "ps"], ["--pp", "2"]])
 def test_strategies_without_a_gpu_path_are_named(args):
     err = _fails(["--device", "cuda", *args])
-    assert "--device cuda runs data parallel training" in err
+    assert "--device cuda runs data parallel training and ZeRO-1" in err
+
+
+@pytest.mark.timeout(300)
+def test_zero1_on_the_device_matches_zero1_on_the_cpu(tmp_path):
+    """Reduce-scatter of the staged gradients, the shard's Adam update and clipping on the
+    GPU, the all-gather back through the host."""
+    args = ["--max-steps", "6", "--zero", "1", "--algorithm", "ring", "--clip", "0.5",
+            "--optimizer", "adam"]
+    cpu = _train(tmp_path, "cpu", args + ["--device", "cpu"])
+    gpu = _train(tmp_path, "gpu", args + ["--device", "cuda"])
+    assert gpu["optimizer_state_bytes"] == cpu["optimizer_state_bytes"]  # the shard's
+    np.testing.assert_allclose(_params(tmp_path / "gpu.h5"), _params(tmp_path / "cpu.h5"),
+                               atol=ATOL, rtol=0)
 
 
 def _one_rank(args):
