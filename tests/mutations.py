@@ -273,6 +273,25 @@ FAULTS = {
           "        m = 1 + (c - M - 1) // 2",
           "        m = 1 + (c - M) // 2")],
         0, ["tests/test_stream.py::test_adwin_with_other_parameters_signals_where_rivers_does"]),
+    # tests/cuda/... run on Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1; see _run)
+    "staged-grads-not-back": (
+        "--device cuda: the all-reduced gradients never copied back to the GPU",
+        [("hpcml/parallel/staging.py",
+          "        self.model.grads.copy_to_device(self.host[:self.n], stream=self.stream)",
+          "        pass")],
+        0, ["tests/cuda/test_device.py::test_gradient_staging_copies_regions_and_back"]),
+    "cuda-matmul-one-buffer": (
+        "CUDA matmul: the next tile stored into the shared buffer still being read",
+        [("kernels/cuda/matmul.py",
+          "                store(sA, sB, 1 - buf, ga, gb, tid)",
+          "                store(sA, sB, buf, ga, gb, tid)")],
+        0, ["tests/cuda/test_kernels_cuda.py::test_matmul_double_buffer_over_several_k_steps"]),
+    "cuda-bias-grad-overwrites": (
+        "CUDA column sums: accumulate ignored (a bias gradient overwritten, not added to)",
+        [("kernels/cuda/elementwise.py",
+          "        out[j] = out[j] + s if accumulate else s",
+          "        out[j] = s")],
+        0, ["tests/cuda/test_device.py::test_array_helpers_match_numpy"]),
 }
 
 
@@ -296,6 +315,9 @@ def _run(dest, ranks, tests, limit):
     path = os.environ.get("PYTHONPATH")
     env = dict(os.environ, PYTHONPATH=dest + (os.pathsep + path if path else ""),
                HPCML_TIMEOUT="60", PYTHONDONTWRITEBYTECODE="1")
+    if any(t.startswith("tests/cuda/") for t in tests) and \
+            os.environ.get("HPCML_CUDA_REAL") != "1":
+        env["NUMBA_ENABLE_CUDASIM"] = "1"  # CUDA tests: the simulator, as run_all.py does
     if ranks:
         mpiexec = shutil.which("mpiexec")
         if mpiexec is None:
