@@ -96,9 +96,20 @@ def select(name, comm, gpus_per_node=0, share=False, cuda_aware="auto"):
     _agree(comm, error)
     from numba import cuda
     if not sim:
+        _per_thread_default_stream()
         cuda.select_device(gpu)
     return Device("cuda", gpu, n, _cuda_aware(cuda_aware, sim), sim, shared, local_rank,
                   local_size)
+
+
+def _per_thread_default_stream():
+    """Kernels on the per-thread default stream (unless NUMBA_CUDA_PER_THREAD_DEFAULT_STREAM
+    says otherwise), set before the first launch or copy, as Numba's own PTDS test does:
+    the legacy default stream would serialise the batch and gradient copies (on their own
+    streams, ordered by events) with the compute instead of overlapping them."""
+    if "NUMBA_CUDA_PER_THREAD_DEFAULT_STREAM" not in os.environ:
+        from numba.core import config
+        config.CUDA_PER_THREAD_DEFAULT_STREAM = 1
 
 
 def _visible():
