@@ -21,7 +21,6 @@ guessed. Results from the simulator are marked "simulator": true, are never writ
 benchmarks/results, and measure nothing about a GPU (--smoke checks the plumbing).
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
