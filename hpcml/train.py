@@ -202,13 +202,13 @@ def _validate_device(cfg, bad):
         bad("gpus_per_node" if cfg["gpus_per_node"] < 0 else "gpu_memory", "must be >= 0")
     if cfg["device"] != "cuda":
         return
-    other = [f for f, on in (("--parallel " + cfg["parallel"], cfg["parallel"] != "dp"),
+    other = [f for f, on in (("--parallel hogwild", cfg["parallel"] == "hogwild"),
                              ("--pp", cfg["pp"] > 1), ("--tp", cfg["tp"] > 1),
                              ("--zero 2", cfg["zero"] == 2)) if on]
     if other:
-        bad("device", f"--device cuda runs data parallel training and ZeRO-1 (with "
-                      f"--overlap, --accumulation, --clip, --dropout); not with "
-                      f"{', '.join(other)} yet")
+        bad("device", f"--device cuda runs data parallel training, ZeRO-1 and the "
+                      f"parameter server's workers (with --overlap, --accumulation, --clip, "
+                      f"--dropout); not with {', '.join(other)} yet")
 
 
 # --- the run --------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from collections import Counter
 import numpy as np
 
 from hpcml import comm as hc
+from hpcml import kernels as K
 
 from .base import StepFlags, Strategy
 
@@ -127,6 +128,13 @@ class ParameterServer(Strategy):
         self._stop_asked = self._stop_seen = False
         self._opt_names = []  # the optimizer's state arrays (set by optimizer())
         self._serial = None  # worker 0: the parameters of the last state_dict()
+        # a model on the GPU: gradients pushed from, parameters pulled into, pinned host
+        # copies (the servers and MPI work on host memory)
+        self._gh = self._ph = None
+        if getattr(model, "device", "cpu") == "cuda":
+            from numba import cuda
+            self._gh = cuda.pinned_array(model.size, model.dtype)
+            self._ph = cuda.pinned_array(model.size, model.dtype)
 
     def fail(self, error, step, epoch):
         """A worker's error (its data, say) is not agreed with the others (they are not in
@@ -185,7 +193,7 @@ class ParameterServer(Strategy):
 
     def serial_params(self):
         """Worker 0 after state_dict(): the servers' parameters; otherwise this worker's."""
-        return self._serial if self._serial is not None else self.model.params
+        return self._serial if self._serial is not None else K.to_host(self.model.params)
 
     def load_state_dict(self, optimizer, state):
         """The servers load their own shards (train_ps.serve reads the checkpoint); a
@@ -199,6 +207,9 @@ class ParameterServer(Strategy):
         answer with."""
         t = hc.wtime()
         g = self.model.grads
+        if self._gh is not None:  # from the GPU: one copy into pinned memory
+            g.copy_to_host(self._gh)
+            g = self._gh
         if clip and self.mode != "bsp":  # bsp: the servers clip the round's gradient
             self._clip_own(g, clip)
         sends = []
@@ -245,13 +256,19 @@ class ParameterServer(Strategy):
             lo, hi = self.bounds[k], self.bounds[k + 1]
             h = self._reply_hdr[k]
             replies.append((hc.irecv(h, s, TAG_PULL_HDR, self.world), h))
-            replies.append((hc.irecv(self.model.params[lo:hi], s, TAG_PULL, self.world), None))
+            replies.append((hc.irecv(self._pull_into()[lo:hi], s, TAG_PULL, self.world), None))
         for req, _ in replies:
             req.wait(polite=True)  # bsp: the slowest worker is computing
+        if self._ph is not None:
+            K.assign(self.model.params, self._ph)  # the pulled parameters onto the GPU
         self.version = int(replies[0][1][0])  # server 0's clock (all servers count alike)
         self._dropped = replies[0][1][1] > 0  # backup: this push came too late
         self._stop_seen = self._stop_seen or any(h[2] > 0 for _, h in replies
                                                  if h is not None)
+
+    def _pull_into(self):
+        """Where pulled parameters land: the model's (host) buffer, or the pinned copy."""
+        return self._ph if self._ph is not None else self.model.params
 
     def set_rows(self, rows, denom):
         """The rows this worker's gradient covers and the loss's denominator (the
@@ -294,7 +311,9 @@ class ParameterServer(Strategy):
             hc.send(h, s, TAG_PUSH_HDR, self.world)
         for k, s in enumerate(self.servers):
             lo, hi = self.bounds[k], self.bounds[k + 1]
-            hc.recv(self.model.params[lo:hi], s, TAG_PULL, self.world)
+            hc.recv(self._pull_into()[lo:hi], s, TAG_PULL, self.world)
+        if self._ph is not None:
+            K.assign(self.model.params, self._ph)
         self.stats = hc.bcast_object(None, root=self.W, comm=self.world)
 
 

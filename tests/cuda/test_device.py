@@ -60,7 +60,7 @@ def test_separate_activation_layers_and_linear_bias_on_the_device():
     x, y = rng.standard_normal((7, 4)), rng.integers(0, 2, 7)
     cpu, gpu = _pair(make, np.float64)
     for model in (cpu, gpu):
-        _steps(model, x, y, steps=2, opt=optim.SGD(model, 0.1, momentum=0.9),
+        _steps(model, x, y, steps=1, opt=optim.SGD(model, 0.1, momentum=0.9),
                accumulate=True)
     np.testing.assert_allclose(gpu.host_params(), cpu.params, atol=1e-13)
 
@@ -105,15 +105,15 @@ def test_optimizer_state_is_host_arrays_and_resumes_on_the_device():
     make = lambda: nn.mlp(3, [4], 2, dtype=np.float64, seed=4).to_device()  # noqa: E731
     a = make()
     opt_a = optim.Adam(a, 1e-2)
-    _steps(a, x, y, steps=2, opt=opt_a)
+    _steps(a, x, y, steps=1, opt=opt_a)
     state = opt_a.state_dict()
     assert all(isinstance(v, np.ndarray) for k, v in state.items() if k != "steps")
     b = make()
     K.assign(b.params, a.host_params())
     opt_b = optim.Adam(b, 1e-2)
     opt_b.load_state_dict(state)
-    _steps(a, x, y, steps=2, opt=opt_a)
-    _steps(b, x, y, steps=2, opt=opt_b)
+    _steps(a, x, y, steps=1, opt=opt_a)
+    _steps(b, x, y, steps=1, opt=opt_b)
     np.testing.assert_array_equal(a.host_params(), b.host_params())
 
 
