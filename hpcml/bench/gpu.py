@@ -1,6 +1,7 @@
 """python -m hpcml.bench gpu: hpcml's CUDA paths on a GPU against their anchors, same run.
 
-    python -m hpcml.bench gpu --out benchmarks/results          # on a machine with a GPU
+    python -m hpcml.bench gpu --out benchmarks/results          # on a machine with a GPU:
+                                                                # gpu.json and gpu.png
     NUMBA_ENABLE_CUDASIM=1 python -m hpcml.bench gpu --smoke    # plumbing only (simulator)
 
 Parts (--parts):
@@ -229,8 +230,38 @@ def main(argv=None):
     from hpcml.atomic import atomic_write_json
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, "gpu.json"), res)
-    print(f"# wrote {os.path.join(args.out, 'gpu.json')}")
+    plot(res, os.path.join(args.out, "gpu.png"))
+    print(f"# wrote {os.path.join(args.out, 'gpu.json')} and gpu.png")
     return 0
+
+
+def plot(res, path):
+    """One bar per figure: hpcml's speed over its anchor's, measured in the same run (1.0:
+    as fast; the issue's targets drawn where it sets one)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from hpcml.atomic import atomic_savefig
+    bars = [(f"matmul {r['n']}\nvs cuBLAS", r.get("hpcml_vs_cublas"), 0.3)
+            for r in res.get("matmul", [])]
+    bars += [("train\nvs PyTorch", res.get("train", {}).get("hpcml_vs_torch"), 0.5),
+             ("PCA cuda\nvs cpu", res.get("pca", {}).get("cuda_vs_cpu"), None),
+             ("t-SNE cuda\nvs 2 CPU ranks", res.get("tsne", {}).get("cuda_vs_cpu_2ranks"), 1.0)]
+    bars = [b for b in bars if b[1] is not None]
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(bars)), 3.6))
+    x = np.arange(len(bars))
+    ax.bar(x, [b[1] for b in bars], 0.6)
+    for i, (_, _, target) in enumerate(bars):
+        if target is not None:
+            ax.hlines(target, i - 0.35, i + 0.35, colors="k", linestyles="--")
+    ax.set_xticks(x, [b[0] for b in bars], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("hpcml / anchor (speed)")
+    sim = " (SIMULATOR: not a GPU figure)" if res.get("simulator") else ""
+    ax.set_title(f"{res.get('device', '?')}{sim}; dashed: the issue's target", fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
 
 
 def _device_name():

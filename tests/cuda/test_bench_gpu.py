@@ -22,6 +22,7 @@ def test_smoke_run_writes_its_json(tmp_path):
     r = _bench("--smoke", "--parts", "matmul,train", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "gpu.json").read_text())
+    assert (tmp_path / "gpu.png").stat().st_size > 0
     assert res["simulator"] is True and res["device"] == "simulator"
     mm = res["matmul"][0]
     assert mm["max_rel_err"] < 1e-6 and mm["hpcml_gflops"] > 0
