@@ -70,7 +70,7 @@ def _params_at_init(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_overlapped_staging_matches_the_cpu_overlap(tmp_path):
-    args = ["--max-steps", "3", "--overlap", "true", "--accumulation", "2", "--clip", "1.0"]
+    args = ["--max-steps", "2", "--overlap", "true", "--accumulation", "2", "--clip", "1.0"]
     _train(tmp_path, "cpu", args + ["--device", "cpu"])
     _train(tmp_path, "gpu", args + ["--device", "cuda"])
     np.testing.assert_allclose(_params(tmp_path / "gpu.h5"), _params(tmp_path / "cpu.h5"),
