@@ -348,11 +348,11 @@ class Sequential:
             if isinstance(layer, Dense):
                 dz, db = K.bias_act_backward(dy, layer.z, layer.p[1], layer.act)
                 layer.z = None
-                layer.g[1] += db
+                K.reduce_into(layer.g[1], db, "sum")
             else:
                 dz = dy
                 if layer.has_bias:
-                    layer.g[1] += dy.sum(axis=0)
+                    K.column_sums(dy, layer.g[1], accumulate=True)
             tasks.append((layer, layer.x, dz))
             layer.x = None
             dy = K.matmul(dz, layer.p[0], trans_b=True) if (i > 0 or input_grad) else None

@@ -113,16 +113,20 @@ def device(cfg, comm, model, rows):
     if not dev.is_cuda:
         return dev
     need = gpu_bytes_needed(model, rows, cfg["optimizer"], cfg["momentum"])
+    split = cfg["pp"] * cfg["tp"]
+    if model.params is None:  # model parallel: this rank holds about 1/(pp x tp) of it
+        need /= split  # (ModelParallel moves its stages; a failure there is agreed too)
     free = gpu_free_bytes()
     limit = min(free, cfg["gpu_memory"] * 2 ** 30) if cfg["gpu_memory"] else free
     error = None
     if need > limit:
+        part = f" (1/{split} of them)" if model.params is None else ""
         error = (f"GPU {dev.gpu}: the model, its gradients, optimizer state and a batch of "
-                 f"{rows} rows need about {need / 2 ** 20:,.4g} MiB; "
+                 f"{rows} rows{part} need about {need / 2 ** 20:,.4g} MiB; "
                  f"{'--gpu-memory allows' if cfg['gpu_memory'] else 'the GPU has free'} "
                  f"{limit / 2 ** 20:,.4g} MiB: use a smaller --batch-size or model, more "
                  f"GPUs, or --device cpu")
-    else:
+    elif model.params is not None:
         try:
             model.to_device()
         except MemoryError as e:

@@ -203,12 +203,11 @@ def _validate_device(cfg, bad):
     if cfg["device"] != "cuda":
         return
     other = [f for f, on in (("--parallel hogwild", cfg["parallel"] == "hogwild"),
-                             ("--pp", cfg["pp"] > 1), ("--tp", cfg["tp"] > 1),
                              ("--zero 2", cfg["zero"] == 2)) if on]
     if other:
-        bad("device", f"--device cuda runs data parallel training, ZeRO-1 and the "
-                      f"parameter server's workers (with --overlap, --accumulation, --clip, "
-                      f"--dropout); not with {', '.join(other)} yet")
+        bad("device", f"--device cuda runs data parallel training, ZeRO-1, pipeline and "
+                      f"tensor parallelism and the parameter server's workers; not with "
+                      f"{', '.join(other)} yet")
 
 
 # --- the run --------------------------------------------------------------------------
@@ -491,7 +490,7 @@ def _strategy(cfg, comm, model, dims, task, dcomm=None, dev=None):
     ZeRO, or data parallel."""
     if dims is not None:
         return train_pp.strategy(cfg, comm, model, dims,
-                                 "ce" if task == "classification" else "mse", dcomm)
+                                 "ce" if task == "classification" else "mse", dcomm, dev)
     if cfg["parallel"] == "hogwild":
         from hpcml.parallel.hogwild import Hogwild
         return Hogwild(model, comm, locked=cfg["hogwild_lock"])

@@ -75,8 +75,9 @@ def data_comm(comm, pp, tp):
     return hc.split(comm, p * tp + t, d)
 
 
-def strategy(cfg, comm, model, dims, loss, dp_comm=None):
-    """The ModelParallel strategy of the run (dp_comm: data_comm's, reused)."""
+def strategy(cfg, comm, model, dims, loss, dp_comm=None, dev=None):
+    """The ModelParallel strategy of the run (dp_comm: data_comm's, reused; dev: the
+    rank's hpcml.device.Device, whose GPU the stages move to with --device cuda)."""
     dp, pp, tp = dims
     split = cfg["pipeline_split"]
     if split not in ("params", "time"):  # Linear layer indices -> the model's layer indices
@@ -86,6 +87,8 @@ def strategy(cfg, comm, model, dims, loss, dp_comm=None):
                          micro_batches=cfg["micro_batches"], virtual=cfg["virtual_stages"],
                          recompute=cfg["recompute"], algorithm=cfg["algorithm"],
                          zero=cfg["zero"], loss=loss, bounds=split, dp_comm=dp_comm,
+                         device="cuda" if dev is not None and dev.is_cuda else "cpu",
+                         cuda_aware=dev is not None and dev.cuda_aware,
                          balance_rows=max(1, cfg["batch_size"] // (
                              dp * cfg["accumulation"] * cfg["micro_batches"])))
 
@@ -93,7 +96,10 @@ def strategy(cfg, comm, model, dims, loss, dp_comm=None):
 def summary(strategy_):
     """What the job summary adds under model parallelism."""
     r = strategy_.runner
-    return {"layout": {"dp": strategy_.dp, "pp": strategy_.pp, "tp": strategy_.tp},
-            "pipeline_schedule": r.schedule.name, "micro_batches": r.schedule.micro_batches,
-            "stage_layers": [list(b) for b in r.bounds],  # [first, end) of model.layers
-            "peak_activation_bytes": r.peak_bytes}
+    out = {"layout": {"dp": strategy_.dp, "pp": strategy_.pp, "tp": strategy_.tp},
+           "pipeline_schedule": r.schedule.name, "micro_batches": r.schedule.micro_batches,
+           "stage_layers": [list(b) for b in r.bounds],  # [first, end) of model.layers
+           "peak_activation_bytes": r.peak_bytes}
+    if strategy_.device == "cuda":  # activations and input gradients between stages
+        out["stage_messages"] = "staged"  # copied through host buffers (pipe.py)
+    return out

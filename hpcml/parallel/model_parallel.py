@@ -21,12 +21,19 @@ serial model's gradient (a TP-replicated value counted once). Parameters and opt
 state move to and from the serial layout (`serial_params`, `state_dict`), so checkpoints
 written under one (dp, pp, tp) layout resume under any other.
 
+On a GPU (device="cuda": every stage model moved there, as --device cuda does), the
+stages compute on the device, activations and input gradients cross stage boundaries
+through host buffers (pipe.py), the TP all-reduces and the replicas' gradient sum are
+staged through pinned host memory (or passed to a CUDA-aware MPI, cuda_aware=True), and
+what leaves the strategy (serial parameters, optimizer state, predictions) is a host copy.
+
 DeepSpeed's pipeline engine allows ZeRO stage 1 only (stage 2 shards the gradients the
 pipeline accumulates over micro-batches); so does this strategy.
 """
 import numpy as np
 
 from hpcml import comm as hc
+from hpcml import kernels as K
 from hpcml.comm.guard import agree
 
 from .base import StepFlags, Strategy
@@ -67,7 +74,8 @@ class ModelParallel(Strategy):
 
     def __init__(self, model, comm, dp, pp, tp=1, schedule="1f1b", micro_batches=None,
                  virtual=1, recompute=False, algorithm="auto", zero=0, bounds="params",
-                 loss="ce", balance_rows=64, dp_comm=None):
+                 loss="ce", balance_rows=64, dp_comm=None, device="cpu",
+                 cuda_aware=False):
         if dp * pp * tp != comm.Get_size():
             raise ValueError(f"dp x pp x tp = {dp} x {pp} x {tp} != {comm.Get_size()} ranks")
         self.comm, self.model, self.algorithm = comm, model, algorithm
@@ -80,6 +88,7 @@ class ModelParallel(Strategy):
         self.dp_comm = dp_comm if dp_comm is not None else hc.split(comm, p * tp + t, d)
         self.tp_comm = hc.split(comm, d * pp + p, t)
         self.model_comm = hc.split(comm, d, p * tp + t)
+        self.zero_stage = zero
         error, runner = None, None
         S = pp * virtual
         timed = None
@@ -100,10 +109,13 @@ class ModelParallel(Strategy):
                 parts = split(model, S, None if bounds == "params" else bounds)
             runner = PipelineRunner(model, parts, sched,
                                     self.pp_comm, loss=loss, recompute=recompute,
-                                    tp_comm=self.tp_comm)
+                                    tp_comm=self.tp_comm, cuda_aware=cuda_aware)
         except (PipelineError, ScheduleError, ValueError) as e:
             error = str(e)
         agree(comm, error, what="building the pipeline")
+        self.device, self.staging = device, {}
+        if device == "cuda":
+            self._to_device(runner, cuda_aware)
         self.runner, self.stages = runner, runner.stages
         self.counts = runner.S - 1 in runner.mine and t == 0  # counts each row once
         self.zero = {s: ZeRO(st, self.dp_comm, algorithm, stage=1)
@@ -112,6 +124,26 @@ class ModelParallel(Strategy):
         self.comm_seconds = 0.0
         self._norm_sq = 0.0
         self._rows = 0
+
+    def _to_device(self, runner, cuda_aware):
+        """The stages onto this rank's GPU (an allocation failure agreed on every rank),
+        and per stage a pinned host buffer for the replicas' gradient sum."""
+        from hpcml.nn import raise_device_memory
+        from .staging import GradStaging
+        error = None
+        try:
+            try:
+                runner.to_device()
+                if self.dp > 1 and not self.zero_stage:
+                    self.staging = {s: GradStaging(st, cuda_aware)
+                                    for s, st in runner.stages.items()}
+            except Exception as e:  # CUDA_ERROR_OUT_OF_MEMORY, the simulator's MemoryError
+                raise_device_memory(e, sum(2 * st.params.nbytes
+                                           for st in runner.stages.values()),
+                                    "this rank's pipeline stages")
+        except MemoryError as e:
+            error = f"rank {self.comm.Get_rank()}: {e}"
+        agree(self.comm, error, what="placing the stages on the GPU")
 
     def _index(self):
         """Per stage: the serial position of each local element and whether this rank
@@ -164,16 +196,33 @@ class ModelParallel(Strategy):
                 z.sync()
                 g, own = z.shard_grads(), owned[z.lo:z.hi]
             else:
-                if self.dp > 1:
-                    hc.allreduce(st.grads, "sum", comm=self.dp_comm, algorithm=self.algorithm)
-                g, own = (st.grads, owned) if self.d == 0 else (st.grads[:0], owned[:0])
-            g64 = g[own].astype(np.float64)
+                grads = self._replicas_sum(s, st)
+                g, own = (grads, owned) if self.d == 0 else (grads[:0], owned[:0])
+            g64 = K.to_host(g)[own].astype(np.float64)
             norm_sq += float(np.dot(g64, g64))
         v = np.array([1.0 if error else 0.0, 1.0 if stop else 0.0, norm_sq])
         hc.allreduce(v, "sum", comm=self.comm, algorithm="mpi")
         self._norm_sq = v[2]
         self.comm_seconds += hc.wtime() - t0
         return StepFlags(int(round(v[0])), int(round(v[1])))
+
+    def _replicas_sum(self, s, st):
+        """Stage s's gradients summed over its replicas (in place); returns them where
+        the norm can read them (on the host: a GPU stage's staged copy)."""
+        staging = self.staging.get(s)
+        if self.dp == 1:
+            return st.grads
+        if staging is None:
+            hc.allreduce(st.grads, "sum", comm=self.dp_comm, algorithm=self.algorithm)
+            return st.grads
+        if staging.cuda_aware:
+            staging.allreduce_device(self.dp_comm, np.zeros(2))
+            return st.grads
+        n = st.size
+        staging.all_to_host()  # the n gradients alone: the CPU run's call, the same bytes
+        hc.allreduce(staging.host[:n], "sum", comm=self.dp_comm, algorithm=self.algorithm)
+        staging.all_to_device()
+        return staging.host[:n]
 
     def grad_norm(self):
         """The global L2 norm of the last step's summed gradient (the serial model's)."""
@@ -192,8 +241,7 @@ class ModelParallel(Strategy):
             coef = clip / (norm + 1e-6)
             if np.isfinite(norm) and coef < 1:
                 for s, st in self.stages.items():
-                    g = self.zero[s].shard_grads() if self.zero else st.grads
-                    g *= g.dtype.type(coef)
+                    K.scale(self.zero[s].shard_grads() if self.zero else st.grads, coef)
         for s, o in optimizer.opts.items():
             if self.zero is not None:
                 self.zero[s].step(o, lr, 0.0)
@@ -202,7 +250,9 @@ class ModelParallel(Strategy):
 
     # --- sizes ---------------------------------------------------------------------------
     def grad_bytes(self):
-        return sum(st.grads.nbytes for st in self.stages.values())
+        """Gradient buffers (on a GPU: the device buffers and the pinned staging copies)."""
+        return sum(st.grads.nbytes for st in self.stages.values()) + \
+            sum(g.host.nbytes for g in self.staging.values())
 
     def state_bytes(self, optimizer):
         return sum(v.nbytes for o in optimizer.opts.values()
@@ -219,7 +269,7 @@ class ModelParallel(Strategy):
         out = np.zeros(self.model.size, dtype)
         for s, vec in local.items():
             idx, owned = self.index[s]
-            out[idx[owned]] = vec[owned]
+            out[idx[owned]] = K.to_host(vec)[owned]
         if self.model_comm.Get_size() > 1:
             hc.allreduce(out, "sum", comm=self.model_comm, algorithm="ring")
         return out
@@ -232,7 +282,7 @@ class ModelParallel(Strategy):
     def load_serial_params(self, params):
         """Every stage's parameters (and TP shard) from the serial flat vector."""
         for s, st in self.stages.items():
-            st.params[...] = params[self.index[s][0]]
+            K.assign(st.params, params[self.index[s][0]])
 
     def state_dict(self, optimizer):
         """The optimizer state in the serial layout (collective): per-parameter arrays

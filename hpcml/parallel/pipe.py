@@ -15,6 +15,13 @@ runs the forward again just before the backward. Messages: activations forward, 
 gradients backward, one `isend` each (waited at the end of the step) and one blocking
 `recv` where the schedule needs it, tagged by (micro-batch, stage, kind): the schedule's
 order, which the replay checked, is the only order.
+
+Stages on a GPU (their models moved with `to_device()`, as ModelParallel does for
+--device cuda) compute there; what crosses a stage boundary goes through the host: the
+output or input gradient is copied off the GPU into the message buffer, and a received
+buffer is copied onto the GPU when its action runs (Megatron-LM and DeepSpeed send device
+tensors over NCCL; with the mpich wheel's MPI, which is not CUDA-aware, the host is the
+way). The arithmetic is the CPU run's, kernel for kernel.
 """
 import os
 import time
@@ -22,6 +29,7 @@ import time
 import numpy as np
 
 from hpcml import comm as hc
+from hpcml import kernels as K
 from hpcml import nn
 
 from .pipeline import ScheduleError, replay
@@ -158,10 +166,25 @@ def _filled(layers, dtype, values, first):
 
 
 def _nbytes(keep):
-    """Bytes of a kept stage input or of kept layer caches."""
-    if isinstance(keep, np.ndarray):
+    """Bytes of a kept stage input or of kept layer caches (host or GPU arrays)."""
+    if not isinstance(keep, list):
         return keep.nbytes
-    return sum(v.nbytes for c in keep for v in c.values() if isinstance(v, np.ndarray))
+    return sum(v.nbytes for c in keep for v in c.values() if hasattr(v, "nbytes"))
+
+
+def _host(a):
+    """The contiguous host array to send: a GPU stage's output or input gradient is
+    copied to the host (hpcml's point-to-point messages are host buffers: the mpich
+    wheel's MPI is not CUDA-aware)."""
+    return np.ascontiguousarray(K.to_host(a))
+
+
+def _onto(st, a):
+    """A received host array where stage `st` computes (copied to its GPU)."""
+    if st.device != "cuda":
+        return a
+    from numba import cuda
+    return cuda.to_device(a)
 
 
 def _width_out(stage):
@@ -185,7 +208,7 @@ class PipelineRunner:
     cross-entropy on class labels) or "mse"."""
 
     def __init__(self, model, bounds, schedule, comm, loss="ce", recompute=False,
-                 tp_comm=None):
+                 tp_comm=None, cuda_aware=False):
         P = comm.Get_size() if comm is not None else 1
         if schedule.ranks != P:
             raise PipelineError(f"the {schedule.name} schedule is for {schedule.ranks} ranks; "
@@ -206,7 +229,7 @@ class PipelineRunner:
             self.serial_stages = self.stages
             self.stages = {}
             for s, st in self.serial_stages.items():
-                self.stages[s] = tensor_parallel(st, self.tp_comm)
+                self.stages[s] = tensor_parallel(st, self.tp_comm, cuda_aware)
                 self.stages[s].serial_range = st.serial_range
         self.S = schedule.stages
         if self.S * schedule.micro_batches * 2 > 32767:
@@ -216,6 +239,13 @@ class PipelineRunner:
         self.tracer = None  # a parallel.trace.Tracer: a span per action and per wait
         self.polite = os.environ.get("HPCML_PIPE_WAIT", "") == "yield"
         self.correct = 0
+
+    def to_device(self):
+        """Move this rank's stage models to the current GPU (their buffers; the serial
+        stages a TP split was made from stay on the host: layouts only)."""
+        for st in self.stages.values():
+            st.to_device()
+        return self
 
     # --- one step ------------------------------------------------------------------------
     def _tag(self, kind, stage, micro):
@@ -295,13 +325,14 @@ class PipelineRunner:
                 yy = y[cuts[a.micro]:cuts[a.micro + 1]]
                 if self.loss == "ce":
                     lo, d = nn.cross_entropy(out, yy, denom=denom)
-                    self.correct += int((out.argmax(axis=1) == yy).sum()) if rows else 0
+                    self.correct += int((K.to_host(out).argmax(axis=1) == yy).sum()) \
+                        if rows else 0
                 else:
                     lo, d = nn.mse(out, yy, denom=denom)
                 self._loss_sum += lo * rows
                 grads[(a.stage, a.micro)] = d
             else:
-                buf = np.ascontiguousarray(out)
+                buf = _host(out)
                 sends.append((hc.isend(buf, self.schedule.owner(a.stage + 1),
                                        self._tag(0, a.stage, a.micro), self.comm), buf))
         elif a.kind == "W":  # the weight gradients B left (zero-bubble schedules)
@@ -312,6 +343,7 @@ class PipelineRunner:
             else:
                 req, dy = posted.pop((1, a.stage + 1, a.micro))
                 self._wait(req)
+                dy = _onto(st, dy)
             keep = saved.pop((a.stage, a.micro))
             self._kept -= _nbytes(keep)
             self._restore(st, keep, rng)
@@ -320,7 +352,7 @@ class PipelineRunner:
             else:
                 dx = st.backward(dy, accumulate=True, input_grad=a.stage > 0)
             if a.stage > 0:
-                buf = np.ascontiguousarray(dx)
+                buf = _host(dx)
                 sends.append((hc.isend(buf, self.schedule.owner(a.stage - 1),
                                        self._tag(1, a.stage, a.micro), self.comm), buf))
 
@@ -353,7 +385,7 @@ class PipelineRunner:
             else:
                 h = np.empty((len(x), _width_in(st)), st.dtype)
                 hc.recv(h, self.schedule.owner(s - 1), self._tag(0, s - 1, 0), self.comm)
-            y = np.ascontiguousarray(st.forward(h, train=False))
+            y = _host(st.forward(h, train=False))
             if s == self.S - 1:
                 out = y
             else:
@@ -396,7 +428,7 @@ class PipelineRunner:
                 from .tensor import serial_params
                 out[a:b] = serial_params(st, self.serial_stages[s], self.tp_comm)
             else:
-                out[a:b] = st.params
+                out[a:b] = K.to_host(st.params)
         if self.comm is not None and self.comm.Get_size() > 1:
             hc.allreduce(out, "sum", comm=self.comm, algorithm="ring")
         return out

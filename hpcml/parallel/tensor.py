@@ -11,6 +11,11 @@ Backward: the row-parallel layer's input gradient is local; the column-parallel 
 input gradient is a partial sum, and one all-reduce completes it. So one all-reduce in
 forward and one in backward per pair. A layer left over (an odd count) is replicated: every
 rank computes it on identical bytes (hpcml's all-reduce gives every rank the same bytes).
+
+On a GPU (the Sequential moved with `to_device()`), the shards' products, activations and
+gradients stay on the device; the two all-reduces per pair go through the host (the
+partial sums copied off the GPU, summed by hpcml's ring, copied back), or with a
+CUDA-aware MPI (`cuda_aware=True`) MPI_Allreduce takes the device buffer.
 """
 import numpy as np
 
@@ -25,6 +30,8 @@ def _cols(n, T, t):
 
 class ColumnParallel(nn.Layer):
     """y[:, cols_t] = act(x @ W[:, cols_t] + b[cols_t]); backward all-reduces dx."""
+
+    cuda_aware = False  # on a GPU: MPI_Allreduce takes the device buffer (else staged)
 
     def __init__(self, serial, comm):
         self.comm, self.T, self.t = comm, comm.Get_size(), comm.Get_rank()
@@ -46,19 +53,19 @@ class ColumnParallel(nn.Layer):
     def forward(self, x, train=True, rng=None):
         self.x = x
         self.z = K.matmul(x, self.p[0])
-        if self.act is None:
-            return self.z + self.p[1] if self.has_bias else self.z
-        return K.bias_act(self.z, self.p[1], self.act)
+        return _bias_act(self, self.z)
 
     def backward(self, dy, accumulate=False):
-        dx = np.ascontiguousarray(_local_backward(self, dy, accumulate))
+        dx = _local_backward(self, dy, accumulate)
         if self.T > 1:  # each rank's dx covers its columns only: the sum is the whole
-            hc.allreduce(dx, "sum", comm=self.comm, algorithm="ring")
+            dx = _allreduce(dx, self.comm, self.cuda_aware)
         return dx
 
 
 class RowParallel(nn.Layer):
     """y = act(allreduce(x[:, rows_t] @ W[rows_t, :]) + b); input gradient stays local."""
+
+    cuda_aware = False
 
     def __init__(self, serial, comm, rows):
         self.comm, self.T, self.t = comm, comm.Get_size(), comm.Get_rank()
@@ -74,13 +81,11 @@ class RowParallel(nn.Layer):
 
     def forward(self, x, train=True, rng=None):
         self.x = x
-        z = np.ascontiguousarray(K.matmul(x, self.p[0]))
+        z = K.matmul(x, self.p[0])
         if self.T > 1:
-            hc.allreduce(z, "sum", comm=self.comm, algorithm="ring")
+            z = _allreduce(z, self.comm, self.cuda_aware)
         self.z = z
-        if self.act is None:
-            return z + self.p[1] if self.has_bias else z
-        return K.bias_act(z, self.p[1], self.act)
+        return _bias_act(self, z)
 
     def backward(self, dy, accumulate=False):
         return _local_backward(self, dy, accumulate)  # rows_t of dx: already this rank's
@@ -100,19 +105,44 @@ class ShardedDropout(nn.Dropout):
         return rng.random((x.shape[0], self.width))[:, self.lo:self.hi]
 
 
+def _allreduce(a, comm, cuda_aware=False):
+    """The sum of `a` over the TP ranks (ring), on the host or the GPU: a device array is
+    copied to the host and back (or, with a CUDA-aware MPI, reduced where it is)."""
+    if not nn.on_device(a):
+        a = np.ascontiguousarray(a)
+        hc.allreduce(a, "sum", comm=comm, algorithm="ring")
+        return a
+    if cuda_aware:
+        hc.allreduce_device(a, comm)
+        return a
+    host = a.copy_to_host()
+    hc.allreduce(host, "sum", comm=comm, algorithm="ring")
+    a.copy_to_device(host)
+    return a
+
+
+def _bias_act(layer, z):
+    """The layer's bias and activation on z (a new array; on the GPU as nn.Linear does)."""
+    if layer.act is not None:
+        return K.bias_act(z, layer.p[1], layer.act)
+    if not layer.has_bias:
+        return z
+    return K.bias_act(z, layer.p[1], "identity") if nn.on_device(z) else z + layer.p[1]
+
+
 def _local_backward(layer, dy, accumulate):
     """A split layer's own gradients (bias, weight shard) and its local input gradient
     dz @ W_t^T (as hpcml.nn.Dense / Linear do)."""
     if layer.act is None:
         dz = dy
-        db = dy.sum(axis=0) if layer.has_bias else None
+        if layer.has_bias:
+            K.column_sums(dy, layer.g[1], accumulate)
     else:
         dz, db = K.bias_act_backward(dy, layer.z, layer.p[1], layer.act)
-    if layer.has_bias:
         if accumulate:
-            layer.g[1] += db
+            K.reduce_into(layer.g[1], db, "sum")
         else:
-            layer.g[1][...] = db
+            K.assign(layer.g[1], db)
     if accumulate:
         K.matmul(layer.x, dz, out=layer.g[0], trans_a=True, accumulate=True)
     else:
@@ -122,11 +152,12 @@ def _local_backward(layer, dy, accumulate):
     return dx
 
 
-def tensor_parallel(model, comm):
+def tensor_parallel(model, comm, cuda_aware=False):
     """The serial MLP `model` (hpcml.nn.Sequential of Linear/Dense and activations) as this
     rank's tensor-parallel Sequential on `comm` (T = its size): Linear layers paired
     column-then-row in order; a last unpaired one replicated. Each pair's hidden width must
-    be >= T. Parameters come from the serial model."""
+    be >= T. Parameters come from the serial model. cuda_aware: once the result is moved
+    to a GPU, its all-reduces pass device buffers to MPI (a CUDA-aware MPI only)."""
     T = comm.Get_size()
     linear = [i for i, layer in enumerate(model.layers) if isinstance(layer, nn.Linear)]
     pairs = [(linear[k], linear[k + 1]) for k in range(0, len(linear) - 1, 2)]
@@ -143,10 +174,10 @@ def tensor_parallel(model, comm):
     for i, layer in enumerate(model.layers):
         if role.get(i) == "col":
             new = ColumnParallel(layer, comm)
-            last_cols = (new.lo, new.hi)
+            new.cuda_aware, last_cols = bool(cuda_aware), (new.lo, new.hi)
         elif role.get(i) == "row":
             new = RowParallel(layer, comm, last_cols)
-            last_cols = None
+            new.cuda_aware, last_cols = bool(cuda_aware), None
         elif isinstance(layer, nn.Dropout) and last_cols is not None:
             new = ShardedDropout(layer.rate, *last_cols, model.layers[a_of[i]].fan_out)
         elif isinstance(layer, nn.Linear):  # replicated: a copy with the same values
@@ -196,7 +227,7 @@ def serial_params(tp_model, model, comm):
     """The serial flat parameter vector from every rank's shards (on every rank)."""
     idx, owned = serial_index(tp_model, model, comm.Get_rank() == 0)
     out = np.zeros(model.size, model.dtype)
-    out[idx[owned]] = tp_model.params[owned]
+    out[idx[owned]] = K.to_host(tp_model.params)[owned]
     if comm.Get_size() > 1:
         hc.allreduce(out, "sum", comm=comm, algorithm="ring")
     return out
