@@ -202,12 +202,12 @@ def _validate_device(cfg, bad):
         bad("gpus_per_node" if cfg["gpus_per_node"] < 0 else "gpu_memory", "must be >= 0")
     if cfg["device"] != "cuda":
         return
-    other = [f for f, on in (("--parallel hogwild", cfg["parallel"] == "hogwild"),
-                             ("--zero 2", cfg["zero"] == 2)) if on]
-    if other:
-        bad("device", f"--device cuda runs data parallel training, ZeRO-1, pipeline and "
-                      f"tensor parallelism and the parameter server's workers; not with "
-                      f"{', '.join(other)} yet")
+    if cfg["parallel"] == "hogwild":
+        bad("device", "--device cuda runs data parallel training, ZeRO-1 and 2, pipeline "
+                      "and tensor parallelism and the parameter server's workers; not "
+                      "--parallel hogwild, whose ranks share one parameter copy in the "
+                      "node's memory (a GPU copy shared by processes would need CUDA IPC: "
+                      "not built)")
 
 
 # --- the run --------------------------------------------------------------------------

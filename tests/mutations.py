@@ -292,6 +292,27 @@ FAULTS = {
           "        out[j] = out[j] + s if accumulate else s",
           "        out[j] = s")],
         0, ["tests/cuda/test_device.py::test_array_helpers_match_numpy"]),
+    "tp-device-sums-not-back": (
+        "--tp on the GPU: the staged partial sums never copied back to the device",
+        [("hpcml/parallel/tensor.py",
+          "    a.copy_to_device(host)",
+          "    pass")],
+        0, ["tests/cuda/test_device_train.py::"
+            "test_tensor_parallel_replicas_on_the_device_match_the_cpu"]),
+    "mp-replica-sum-not-back": (
+        "--dp x --pp/--tp on the GPU: a stage's summed gradients left on the host",
+        [("hpcml/parallel/model_parallel.py",
+          "        staging.all_to_device()",
+          "        pass")],
+        0, ["tests/cuda/test_device_train.py::"
+            "test_tensor_parallel_replicas_on_the_device_match_the_cpu"]),
+    "zero2-device-shard-overwritten": (
+        "--zero 2 on the GPU: a micro-batch's reduced gradients overwrite the shard",
+        [("hpcml/parallel/zero.py",
+          '            K.reduce_into(dst, cuda.to_device(view[a:z]), "sum")',
+          "            K.assign(dst, view[a:z])")],
+        0, ["tests/cuda/test_device_train.py::"
+            "test_zero2_on_the_device_shards_the_gradients_and_matches_the_cpu"]),
 }
 
 

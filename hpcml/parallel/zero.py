@@ -36,6 +36,13 @@ The update is element-wise, so every parameter gets the arithmetic DataParallel 
 the parameters end bit-identical to DataParallel with the same reduction algorithm (global
 norm clipping aside with reduce-scatter, whose norm is summed from the shards in another
 order).
+On a GPU (a model moved with `to_device()`), stage 1 stages the whole gradient buffer
+through pinned host memory for the reduce-scatter and updates its shard on the device.
+Stage 2 keeps no full gradient buffer on the GPU either: the layers write into a device
+staging buffer (the largest layer), each layer's gradients are copied to a pinned host
+buffer as soon as it is done and reduce-scattered there, and the rank's part is added to
+its gradient shard, which lives on the GPU with its parameters and optimizer state.
+
 Checkpoints hold the optimizer state in the serial layout (gathered), so a ZeRO checkpoint
 resumes without ZeRO, with another stage, or on another rank count, and back.
 """
@@ -69,9 +76,6 @@ class ZeRO(DataParallel):
     def __init__(self, model, comm=None, algorithm="auto", stage=1):
         if stage not in (1, 2):
             raise ValueError(f"ZeRO: stage must be 1 or 2, got {stage!r}")
-        if stage == 2 and getattr(model, "device", "cpu") == "cuda":
-            raise ValueError("ZeRO: stage 2 keeps no full gradient buffer and has no GPU "
-                             "path yet; use stage 1 with a model on the GPU")
         super().__init__(model, comm, algorithm, overlap=False)
         self.stage = stage
         n, p = model.size, self.size
@@ -93,15 +97,24 @@ class ZeRO(DataParallel):
         # each layer's owners: the whole buffer's blocks, cut to the layer
         self._owners = {i: tuple(min(max(int(x), lo), hi) - lo for x in owners)
                         for i, (lo, hi) in regions.items()}
-        self.staging = np.zeros(max(hi - lo for lo, hi in regions.values()), model.dtype)
+        largest = max(hi - lo for lo, hi in regions.values())
+        self.staging = np.zeros(largest, model.dtype)  # what the reduction works on
         self.gshard = np.zeros(self.hi - self.lo, model.dtype)
+        self.dev_staging = None
+        if model.device == "cuda":  # layers write on the GPU; a pinned copy is reduced
+            from numba import cuda
+            self.staging = cuda.pinned_array(largest, model.dtype)
+            self.staging[...] = 0
+            self.dev_staging = K.fill(cuda.device_array(largest, model.dtype), 0)
+            self.gshard = K.fill(cuda.device_array(self.hi - self.lo, model.dtype), 0)
+        target = self.staging if self.dev_staging is None else self.dev_staging
         views = [[] for _ in model.layers]
         for i, _, shape, off in model.layout:
             lo = regions[i][0]
-            views[i].append(self.staging[off - lo:off - lo + int(np.prod(shape))].reshape(shape))
+            views[i].append(target[off - lo:off - lo + int(np.prod(shape))].reshape(shape))
         for layer, g in zip(model.layers, views):
             layer.g = g
-        model.grads = None  # no full gradient buffer: a use of it fails loudly
+        model.grads = None  # no full gradient buffer (on a GPU: freed): a use fails loudly
         self.buffer = np.zeros(2, model.dtype)  # the two step flags
         self._first = True
 
@@ -115,8 +128,9 @@ class ZeRO(DataParallel):
 
     def grad_bytes(self):
         """Bytes of gradient buffers this rank holds (DataParallel: the whole buffer)."""
-        if self.sharded:
-            return self.gshard.nbytes + self.staging.nbytes + self.buffer.nbytes
+        if self.sharded:  # (on a GPU: the device shard and staging, and the pinned copy)
+            return self.gshard.nbytes + self.staging.nbytes + self.buffer.nbytes + \
+                (self.dev_staging.nbytes if self.dev_staging is not None else 0)
         return self.buffer.nbytes
 
     def backward(self, dy, accumulate=False, last=True, error=False, stop=False):
@@ -133,7 +147,7 @@ class ZeRO(DataParallel):
         for k in range(micro_steps):
             self._first = first and k == 0
             for i in range(len(self.model.layers) - 1, -1, -1):
-                self.staging[...] = 0
+                K.fill(self.staging if self.dev_staging is None else self.dev_staging, 0)
                 self._reduce_layer(i)
 
     def _reduce_layer(self, i):
@@ -144,6 +158,8 @@ class ZeRO(DataParallel):
         b = self._owners[i]
         a, z = b[self.rank], b[self.rank + 1]
         view = self.staging[:hi - lo]
+        if self.dev_staging is not None:  # the layer's gradients off the GPU (after its
+            self.dev_staging[:hi - lo].copy_to_host(view)  # kernels: the same stream)
         t = hc.wtime()
         if self.reduce_with == "ring":
             hc.reduce_scatter(view, "sum", comm=self.comm, algorithm="ring", bounds=b)
@@ -151,10 +167,18 @@ class ZeRO(DataParallel):
             hc.allreduce(view, "sum", comm=self.comm, algorithm="tree")
         self.comm_seconds += hc.wtime() - t
         dst = self.gshard[lo + a - self.lo:lo + z - self.lo]
-        if self._first:
-            dst[...] = view[a:z]
-        else:
-            dst += view[a:z]
+        if z <= a:
+            return
+        if self.dev_staging is None:
+            if self._first:
+                dst[...] = view[a:z]
+            else:
+                dst += view[a:z]
+        elif self._first:
+            K.assign(dst, view[a:z])
+        else:  # the shard's sum on the GPU (as the CPU's +=: one addition per element)
+            from numba import cuda
+            K.reduce_into(dst, cuda.to_device(view[a:z]), "sum")
 
     def _scatters(self):
         """Reduce-scatter (ring) instead of all-reduce: the first half of the ring

@@ -1,6 +1,8 @@
 """`mpiexec -n 2 python -m hpcml.train --device cuda` against `--device cpu` (simulator in
-CI: one simulated GPU, so the two ranks share it with --share-gpus), and the bad inputs:
-no GPU, more ranks than GPUs, too little GPU memory, a strategy without a GPU path."""
+CI: one simulated GPU, so the two ranks share it with --share-gpus), every strategy with a
+GPU path (data parallel with overlap, ZeRO-1 and 2, the parameter server's workers,
+pipeline and tensor parallelism), and the bad inputs: no GPU, more ranks than GPUs, too
+little GPU memory, a strategy without a GPU path."""
 import json
 import os
 import shutil
@@ -104,10 +106,9 @@ def test_too_little_gpu_memory_is_refused_before_training():
     assert "--gpu-memory allows" in err and "--batch-size" in err
 
 
-@pytest.mark.parametrize("args", [["--zero", "2"], ["--parallel", "hogwild"], ["--pp", "2"]])
-def test_strategies_without_a_gpu_path_are_named(args):
-    err = _fails(["--device", "cuda", *args])
-    assert "--device cuda runs data parallel training, ZeRO-1 and the parameter" in err
+def test_hogwild_has_no_gpu_path_and_says_so():
+    err = _fails(["--device", "cuda", "--parallel", "hogwild"])
+    assert "--device cuda" in err and "--parallel hogwild" in err
 
 
 @pytest.mark.timeout(300)
@@ -126,7 +127,7 @@ def test_parameter_server_workers_on_the_device_match_the_cpu(tmp_path):
 def test_zero1_on_the_device_matches_zero1_on_the_cpu(tmp_path):
     """Reduce-scatter of the staged gradients, the shard's Adam update and clipping on the
     GPU, the all-gather back through the host."""
-    args = ["--max-steps", "4", "--zero", "1", "--algorithm", "ring", "--clip", "0.5",
+    args = ["--max-steps", "2", "--zero", "1", "--algorithm", "ring", "--clip", "0.5",
             "--optimizer", "adam"]
     cpu = _train(tmp_path, "cpu", args + ["--device", "cpu"])
     gpu = _train(tmp_path, "gpu", args + ["--device", "cuda"])
@@ -146,10 +147,73 @@ def _one_rank(args):
 @pytest.mark.timeout(300)
 def test_resume_on_the_device_is_bit_identical(tmp_path):
     """The optimizer state and parameters go to the checkpoint as host copies and come
-    back onto the GPU: 2 + 1 steps equal 3 uninterrupted, bit for bit."""
-    whole = _one_rank(["--max-steps", "3"])
+    back onto the GPU: 1 + 1 steps equal 2 uninterrupted, bit for bit."""
+    whole = _one_rank(["--max-steps", "2"])
     ck = str(tmp_path / "ck")
-    _one_rank(["--max-steps", "2", "--checkpoint-dir", ck, "--checkpoint-every", "2"])
-    resumed = _one_rank(["--max-steps", "3", "--checkpoint-dir", ck, "--resume", "auto"])
-    assert resumed["resumed_from"] and resumed["step"] == 3
+    _one_rank(["--max-steps", "1", "--checkpoint-dir", ck, "--checkpoint-every", "1"])
+    resumed = _one_rank(["--max-steps", "2", "--checkpoint-dir", ck, "--resume", "auto"])
+    assert resumed["resumed_from"] and resumed["step"] == 2
     assert resumed["params_sha256"] == whole["params_sha256"]
+
+
+def _same_as_cpu(tmp_path, args, ranks=2):
+    """The run on the CPU and on the (simulated) GPU; the GPU run's summary."""
+    _train(tmp_path, "cpu", args + ["--device", "cpu"], ranks=ranks)
+    gpu = _train(tmp_path, "gpu", args + ["--device", "cuda"], ranks=ranks)
+    np.testing.assert_allclose(_params(tmp_path / "gpu.h5"), _params(tmp_path / "cpu.h5"),
+                               atol=ATOL, rtol=0)
+    return gpu
+
+
+@pytest.mark.timeout(300)
+def test_pipeline_on_the_device_matches_the_cpu_and_resumes_bit_identically(tmp_path):
+    """--pp 2 (1F1B): stage outputs and input gradients cross through host buffers; a
+    checkpoint (the serial layout, host copies) resumes onto the GPU bit for bit."""
+    args = ["--max-steps", "3", "--pp", "2", "--micro-batches", "2", "--optimizer", "adam",
+            "--schedule", "constant"]
+    gpu = _same_as_cpu(tmp_path, args)
+    assert gpu["stage_messages"] == "staged" and gpu["layout"]["pp"] == 2
+    ck = str(tmp_path / "ck")
+    cut = [a if a != "3" else "2" for a in args]
+    _train(tmp_path, "part", cut + ["--device", "cuda", "--checkpoint-dir", ck,
+                                    "--checkpoint-every", "2"])
+    resumed = _train(tmp_path, "resumed", args + ["--device", "cuda", "--checkpoint-dir",
+                                                  ck, "--resume", "auto"])
+    assert resumed["resumed_from"] and resumed["params_sha256"] == gpu["params_sha256"]
+
+
+@pytest.mark.timeout(300)
+def test_tensor_parallel_replicas_on_the_device_match_the_cpu(tmp_path):
+    """--dp 2 --tp 2: the column/row shards' all-reduces staged through the host, the
+    sharded dropout's masks, the replicas' gradient sum through pinned buffers, clipping."""
+    gpu = _same_as_cpu(tmp_path, ["--max-steps", "2", "--tp", "2", "--dp", "2",
+                                  "--dropout", "0.2", "--clip", "0.3"],
+                       ranks=4)
+    assert gpu["layout"] == {"dp": 2, "pp": 1, "tp": 2}
+
+
+@pytest.mark.timeout(300)
+def test_zero1_zero_bubble_pipeline_on_the_device_matches_the_cpu(tmp_path):
+    """--dp 2 --pp 2 --zero 1 with ZB-H1 (input and weight gradients split) and
+    recomputation: each stage's shard updated on the GPU."""
+    _same_as_cpu(tmp_path, ["--max-steps", "2", "--pp", "2", "--dp", "2", "--zero", "1",
+                            "--pipeline-schedule", "zb-h1", "--recompute", "true",
+                            "--micro-batches", "2", "--optimizer", "adam", "--clip", "0.3"],
+                 ranks=4)
+
+
+@pytest.mark.timeout(300)
+def test_zero2_on_the_device_shards_the_gradients_and_matches_the_cpu(tmp_path):
+    """--zero 2 (ring) with accumulation: each layer's gradients leave the GPU as soon as
+    they are done, are reduce-scattered on the host and added to the shard on the GPU."""
+    args = ["--max-steps", "2", "--zero", "2", "--algorithm", "ring", "--hidden", "8,8",
+            "--accumulation", "2", "--optimizer", "adam"]
+    cpu = _train(tmp_path, "cpu", args + ["--device", "cpu"])
+    gpu = _train(tmp_path, "gpu", args + ["--device", "cuda"])
+    np.testing.assert_allclose(_params(tmp_path / "gpu.h5"), _params(tmp_path / "cpu.h5"),
+                               atol=ATOL, rtol=0)
+    # 6-8-8-3: 155 parameters (620 B) of which the largest layer has 72; the CPU holds
+    # its shard, a staging buffer of 72 and 2 flags (< 620 B: sharded); the GPU run holds
+    # the same plus the device staging buffer (72 x 4 B), and no full gradient buffer
+    assert cpu["grad_bytes"] < 155 * 4
+    assert gpu["grad_bytes"] - cpu["grad_bytes"] == 72 * 4

@@ -65,10 +65,10 @@ def test_sq_distances_and_update():
 def test_tsne_cuda_backend_small():
     from hpcml.ml import TSNE
     rng = np.random.default_rng(4)
-    X = np.concatenate([rng.normal(c, 0.3, (15, 4)) for c in (0, 4)])
-    cpu = TSNE(perplexity=5, max_iter=60, method="exact", random_state=0,
+    X = np.concatenate([rng.normal(c, 0.3, (12, 4)) for c in (0, 4)])
+    cpu = TSNE(perplexity=5, max_iter=30, method="exact", random_state=0,
                init="random").fit(X)
-    gpu = TSNE(perplexity=5, max_iter=60, random_state=0, init="random",
+    gpu = TSNE(perplexity=5, max_iter=30, random_state=0, init="random",
                backend="cuda").fit(X)
     np.testing.assert_allclose(gpu.embedding_, cpu.embedding_, rtol=1e-6, atol=1e-9)
     assert gpu.kl_divergence_ == pytest.approx(cpu.kl_divergence_, rel=1e-6)
