@@ -90,9 +90,10 @@ SETTINGS = {
                                "recompute its forward during backward"),
     "dtype": ("float32", str, "float32 or float64"),
     "device": ("cpu", str, "cpu, or cuda: parameters, gradients, optimizer state and the "
-                           "forward/backward on the GPU (Numba CUDA kernels); data "
-                           "parallel only, gradients staged through pinned host memory "
-                           "unless the MPI is CUDA-aware"),
+                           "forward/backward on the GPU (Numba CUDA kernels); every "
+                           "strategy but hogwild; gradients staged through pinned "
+                           "host memory unless the MPI is CUDA-aware, pipeline stage "
+                           "messages through the host"),
     "gpus_per_node": (0, int, "with --device cuda: GPUs each node gives its ranks (0: all "
                               "it shows; CUDA_VISIBLE_DEVICES, as Slurm sets it, is "
                               "honoured); each rank takes GPU local-rank mod this"),
