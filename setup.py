@@ -58,6 +58,7 @@ setup(
             "spython",  # Singularity/Apptainer's recipe parser: the definition file
             "kubernetes-validate",  # Kubernetes' own schemas: the manifests, strictly
             "jsonschema",  # the MPIJob (v2beta1) schema in k8s/schema
+            "wheel",  # bdist_wheel for setuptools < 70.1: the container test builds a wheel
             "pyyaml",  # the manifests' YAML
         ],
     },

@@ -90,10 +90,10 @@ SETTINGS = {
                                "recompute its forward during backward"),
     "dtype": ("float32", str, "float32 or float64"),
     "device": ("cpu", str, "cpu, or cuda: parameters, gradients, optimizer state and the "
-                           "forward/backward on the GPU (Numba CUDA kernels); every "
-                           "strategy but hogwild; gradients staged through pinned "
-                           "host memory unless the MPI is CUDA-aware, pipeline stage "
-                           "messages through the host"),
+                           "forward/backward on the GPU (Numba CUDA kernels), every "
+                           "strategy; gradients staged through pinned host memory "
+                           "unless the MPI is CUDA-aware, pipeline stage messages "
+                           "through the host, hogwild's shared copy kept on the host"),
     "gpus_per_node": (0, int, "with --device cuda: GPUs each node gives its ranks (0: all "
                               "it shows; CUDA_VISIBLE_DEVICES, as Slurm sets it, is "
                               "honoured); each rank takes GPU local-rank mod this"),
@@ -201,14 +201,6 @@ def _validate_device(cfg, bad):
         bad("cuda_aware", f"must be one of {', '.join(CUDA_AWARE)}")
     if cfg["gpus_per_node"] < 0 or cfg["gpu_memory"] < 0:
         bad("gpus_per_node" if cfg["gpus_per_node"] < 0 else "gpu_memory", "must be >= 0")
-    if cfg["device"] != "cuda":
-        return
-    if cfg["parallel"] == "hogwild":
-        bad("device", "--device cuda runs data parallel training, ZeRO-1 and 2, pipeline "
-                      "and tensor parallelism and the parameter server's workers; not "
-                      "--parallel hogwild, whose ranks share one parameter copy in the "
-                      "node's memory (a GPU copy shared by processes would need CUDA IPC: "
-                      "not built)")
 
 
 # --- the run --------------------------------------------------------------------------

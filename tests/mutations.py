@@ -131,8 +131,8 @@ FAULTS = {
         "ZeRO-2 adds the first micro-batch's reduced gradients to the shard instead of "
         "replacing the last step's (stale gradients accumulate)",
         [("hpcml/parallel/zero.py",
-          "        if self._first:\n            dst[...] = view[a:z]\n",
-          "        if False:\n            dst[...] = view[a:z]\n")],
+          "            if self._first:\n                dst[...] = view[a:z]\n",
+          "            if False:\n                dst[...] = view[a:z]\n")],
         2, ["tests/mpi/test_zero_mpi.py::test_zero_is_bit_identical_to_data_parallel"]),
     "stall-inspector": (
         "the stall inspector counts every rank that answered as having entered the call",
@@ -313,6 +313,12 @@ FAULTS = {
           "            K.assign(dst, view[a:z])")],
         0, ["tests/cuda/test_device_train.py::"
             "test_zero2_on_the_device_shards_the_gradients_and_matches_the_cpu"]),
+    "hogwild-device-grad-stays": (
+        "Hogwild on the GPU: the gradient never copied off the device (zeros applied)",
+        [("hpcml/parallel/hogwild.py",
+          "            self.model.grads.copy_to_host(g)",
+          "            pass")],
+        0, ["tests/cuda/test_device.py::test_hogwild_on_the_device_writes_the_shared_host_copy"]),
 }
 
 

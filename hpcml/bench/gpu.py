@@ -8,7 +8,9 @@ Parts (--parts):
 
 * matmul: hpcml.kernels.matmul on device arrays (the double-buffered tiled kernel) vs
   cuBLAS through CuPy (`cupy.matmul`), float32 n x n at 1024, 2048, 4096; GFLOP/s, each the
-  median of --reps calls between device synchronisations, after a warm-up.
+  median of --reps calls between device synchronisations, after a warm-up. At 4096 every
+  tile shape of kernels/cuda/matmul.py's TILES is timed too, and the best one named
+  (`best_tile`: set it with HPCML_CUDA_TILE, or make it DEFAULT_TILE).
 * train: `hpcml.train --device cuda` (one rank, in process: loader, staging, kernels)
   vs PyTorch on the same GPU: the same MLP (784-1024-1024-10, ReLU), SGD (0.05, Nesterov
   momentum 0.9, weight decay 1e-4), global batch and rows; PyTorch's rows come from host
@@ -55,7 +57,9 @@ def _median_time(f, reps, sync):
     return float(np.median(times))
 
 
-def bench_matmul(sizes, reps):
+def bench_matmul(sizes, reps, sweep=None):
+    """GFLOP/s at each size against cuBLAS; the tile shapes timed at `sweep` (default:
+    the largest size) and recorded with the largest size's row."""
     from numba import cuda
     from hpcml import kernels as K
     rows = []
@@ -73,7 +77,35 @@ def bench_matmul(sizes, reps):
         rows.append(row)
         print(f"matmul {n}: hpcml {row['hpcml_gflops']:,.1f} GFLOP/s, cuBLAS "
               f"{row.get('cupy_gflops') or float('nan'):,.1f}", flush=True)
+    if rows:  # the tile shapes at the largest size: which one to make the default
+        rows[-1].update(_tile_sweep(sweep or sizes[-1], reps, rows[-1].get("cupy_gflops")))
     return rows
+
+
+def _tile_sweep(n, reps, cublas):
+    """GFLOP/s of every tile shape in kernels.cuda.matmul.TILES at n x n float32 (each
+    checked against NumPy), the best one, and its ratio to cuBLAS (same run)."""
+    from numba import cuda
+    from hpcml.kernels.cuda.matmul import TILES, matmul
+    rng = np.random.default_rng(n + 1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    want = a @ b
+    da, db, dc = cuda.to_device(a), cuda.to_device(b), cuda.device_array((n, n), np.float32)
+    out = []
+    for tile in TILES:
+        t = _median_time(lambda: matmul(da, db, out=dc, tile=tile), reps, _sync)
+        err = float(np.abs(dc.copy_to_host() - want).max() / np.abs(want).max())
+        out.append({"tile": "x".join(map(str, tile)), "gflops": 2 * n ** 3 / t / 1e9,
+                    "max_rel_err": err})
+        print(f"matmul {n} tile {out[-1]['tile']}: {out[-1]['gflops']:,.1f} GFLOP/s",
+              flush=True)
+    best = max(out, key=lambda r: r["gflops"])
+    res = {"tiles": out, "tile_n": n, "best_tile": best["tile"],
+           "best_tile_gflops": best["gflops"]}
+    if cublas:
+        res["best_tile_vs_cublas"] = best["gflops"] / cublas
+    return res
 
 
 def _cupy_matmul(a, b, reps):
@@ -218,7 +250,8 @@ def main(argv=None):
     reps = args.reps or (1 if small else 5)
     parts, res = args.parts.split(","), {"benchmark": "gpu", "simulator": sim}
     if "matmul" in parts:
-        res["matmul"] = bench_matmul([40] if small else [1024, 2048, 4096], reps)
+        res["matmul"] = bench_matmul([40] if small else [1024, 2048, 4096], reps,
+                                     sweep=16 if small else None)
     if "train" in parts:
         res["train"] = bench_train(32 if small else 200_000, 16 if small else 1024,
                                    1 if small else 3, (6, [5], 3) if small else MLP)
@@ -244,6 +277,10 @@ def plot(res, path):
     from hpcml.atomic import atomic_savefig
     bars = [(f"matmul {r['n']}\nvs cuBLAS", r.get("hpcml_vs_cublas"), 0.3)
             for r in res.get("matmul", [])]
+    best = res.get("matmul", [{}])[-1] if res.get("matmul") else {}
+    if best.get("best_tile_vs_cublas") is not None:
+        bars.append((f"matmul {best['tile_n']}\ntile {best['best_tile']}",
+                     best["best_tile_vs_cublas"], 0.3))
     bars += [("train\nvs PyTorch", res.get("train", {}).get("hpcml_vs_torch"), 0.5),
              ("PCA cuda\nvs cpu", res.get("pca", {}).get("cuda_vs_cpu"), None),
              ("t-SNE cuda\nvs 2 CPU ranks", res.get("tsne", {}).get("cuda_vs_cpu_2ranks"), 1.0)]

@@ -1,16 +1,23 @@
 """CUDA matmul: shared-memory tiles with register tiling and double buffering.
 
-A block of 16 x 16 threads computes a 64 x 64 tile of C; each thread owns a 4 x 4 patch held
-in registers (cuda.local.array). Per step of 8 along k, the block reads a 64 x 8 tile of
-op(A) and an 8 x 64 tile of op(B) from shared memory (each thread stages 2 elements of each,
-zero-filled outside the matrix), and every thread does 8 rank-1 updates of its 4 x 4 patch
-from registers: 8 shared loads feed 16 FMAs. Double buffering: the next step's tiles are
-loaded from global memory into registers before the current step's arithmetic (their
-latency hides behind it) and written to the other of two shared buffers after it, so one
-barrier per step suffices instead of two. Transposed operands are read through their
-strides while staging, so A^T B and A B^T need no transposed copy.
+A block of (BN/TN) x (BM/TM) threads computes a BM x BN tile of C; each thread owns a
+TM x TN patch held in registers (cuda.local.array). Per step of BK along k, the block reads
+a BM x BK tile of op(A) and a BK x BN tile of op(B) from shared memory (each thread stages
+its share of both, zero-filled outside the matrix), and every thread does BK rank-1
+updates of its patch from registers: TM + TN shared loads feed TM x TN FMAs. Double
+buffering: the next step's tiles are loaded from global memory into registers before the
+current step's arithmetic (their latency hides behind it) and written to the other of two
+shared buffers after it, so one barrier per step suffices instead of two. Transposed
+operands are read through their strides while staging, so A^T B and A B^T need no
+transposed copy.
+
+The tile shape (BM, BN, BK, TM, TN) is a compile-time constant of each kernel: TILES lists
+the FP32 shapes `python -m hpcml.bench gpu` times against cuBLAS on a GPU (no tensor
+cores: Numba cannot issue their instructions). The default is DEFAULT_TILE, or the
+HPCML_CUDA_TILE environment variable ("128x128x8x8x8"), or the `tile` argument.
 """
 import math
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -18,28 +25,61 @@ from numba import cuda
 
 from . import is_device_array
 
-BM = BN = 64
-BK = 8
-TM = TN = 4
-THREADS = (BN // TN, BM // TM)  # (x, y) = (16, 16)
+#: (BM, BN, BK, TM, TN): 256 threads each; 64 x 64 with 4 x 4 per thread, the classic
+#: SGEMM 128 x 128 with 8 x 8, and the shapes between
+TILES = ((64, 64, 8, 4, 4), (64, 64, 16, 4, 4), (128, 64, 8, 8, 4), (128, 128, 8, 8, 8),
+         (128, 128, 16, 8, 8))
+DEFAULT_TILE = TILES[0]  # not tuned yet: no GPU has measured the others
+
+
+def check_tile(tile, itemsize=4):
+    """The tile as a tuple of 5 ints, or ValueError naming what is wrong with it (its
+    threads, its staging, or its two shared buffers over the 48 KiB a block may hold
+    statically, for `itemsize`-byte values)."""
+    try:
+        BM, BN, BK, TM, TN = (int(v) for v in tile)
+    except (TypeError, ValueError):
+        raise ValueError(f"CUDA matmul tile {tile!r}: need 5 integers BM, BN, BK, TM, "
+                         f"TN (e.g. 128x128x8x8x8)") from None
+    if min(BM, BN, BK, TM, TN) <= 0 or BM % TM or BN % TN:
+        raise ValueError(f"CUDA matmul tile {tile!r}: TM must divide BM and TN divide BN")
+    threads = (BN // TN) * (BM // TM)
+    if threads > 1024 or (BM * BK) % threads or (BK * BN) % threads:
+        raise ValueError(f"CUDA matmul tile {tile!r}: its {threads} threads (at most 1024) "
+                         f"must divide BM x BK and BK x BN")
+    if 2 * BK * (BM + BN) * itemsize > 48 * 1024:
+        raise ValueError(f"CUDA matmul tile {tile!r}: two shared buffers of "
+                         f"{itemsize}-byte values exceed 48 KiB")
+    return BM, BN, BK, TM, TN
+
+
+def default_tile():
+    text = os.environ.get("HPCML_CUDA_TILE", "").strip()
+    return check_tile(text.split("x")) if text else DEFAULT_TILE
 
 
 @lru_cache(maxsize=None)
-def _kernel(dtype):
+def _kernel(dtype, tile=DEFAULT_TILE):
     nt = dtype
+    BM, BN, BK, TM, TN = tile
+    TX = BN // TN  # threads along x (columns of C)
+    NT = TX * (BM // TM)  # threads per block
+    LA, LB = BM * BK // NT, BK * BN // NT  # values of each tile one thread stages
 
     @cuda.jit(device=True, inline=True)
     def load(A, B, ga, gb, row0, col0, k0, tid, M, N, K, trans_a, trans_b):
-        """This thread's 2 + 2 values of op(A)[row0:+64, k0:+8] and op(B)[k0:+8, col0:+64]
-        from global memory into registers (zero outside the matrices)."""
-        for l in range(2):
-            idx = tid + l * 256
+        """This thread's LA + LB values of op(A)[row0:+BM, k0:+BK] and
+        op(B)[k0:+BK, col0:+BN] from global memory into registers (zero outside)."""
+        for l in range(LA):
+            idx = tid + l * NT
             mm, kk = idx // BK, idx % BK
             gi, gk = row0 + mm, k0 + kk
             v = 0
             if gi < M and gk < K:  # guard every global read
                 v = A[gk, gi] if trans_a else A[gi, gk]
             ga[l] = v
+        for l in range(LB):
+            idx = tid + l * NT
             nn, kb = idx % BN, idx // BN
             gj, gk = col0 + nn, k0 + kb
             w = 0
@@ -49,9 +89,11 @@ def _kernel(dtype):
 
     @cuda.jit(device=True, inline=True)
     def store(sA, sB, buf, ga, gb, tid):
-        for l in range(2):
-            idx = tid + l * 256
+        for l in range(LA):
+            idx = tid + l * NT
             sA[buf, idx % BK, idx // BK] = ga[l]
+        for l in range(LB):
+            idx = tid + l * NT
             sB[buf, idx // BN, idx % BN] = gb[l]
 
     @cuda.jit
@@ -60,14 +102,14 @@ def _kernel(dtype):
         sB = cuda.shared.array((2, BK, BN), nt)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        tid = ty * 16 + tx
+        tid = ty * TX + tx
         row0 = cuda.blockIdx.y * BM
         col0 = cuda.blockIdx.x * BN
         acc = cuda.local.array((TM, TN), nt)
         ra = cuda.local.array(TM, nt)
         rb = cuda.local.array(TN, nt)
-        ga = cuda.local.array(2, nt)  # the next tile, on its way from global memory
-        gb = cuda.local.array(2, nt)
+        ga = cuda.local.array(LA, nt)  # the next tile, on its way from global memory
+        gb = cuda.local.array(LB, nt)
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = 0
@@ -101,13 +143,19 @@ def _kernel(dtype):
     return gemm
 
 
-def matmul(a, b, out=None, trans_a=False, trans_b=False):
-    """out = op(a) @ op(b) on the GPU; a, b (and out) host or device arrays."""
+def matmul(a, b, out=None, trans_a=False, trans_b=False, tile=None):
+    """out = op(a) @ op(b) on the GPU; a, b (and out) host or device arrays; tile: the
+    (BM, BN, BK, TM, TN) shape (default: default_tile())."""
+    dtype = np.dtype(a.dtype)
+    if tile is None:  # HPCML_CUDA_TILE's, where its buffers fit this dtype
+        tile = default_tile()
+        if 2 * tile[2] * (tile[0] + tile[1]) * dtype.itemsize > 48 * 1024:
+            tile = DEFAULT_TILE
+    BM, BN, BK, TM, TN = tile = check_tile(tile, dtype.itemsize)
     M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
     K2, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if K != K2:
         raise ValueError(f"matmul: inner dimensions differ ({K} vs {K2})")
-    dtype = np.dtype(a.dtype)
     if out is None:
         out = cuda.device_array((M, N), dtype) if is_device_array(a) else \
             np.empty((M, N), dtype)
@@ -116,5 +164,6 @@ def matmul(a, b, out=None, trans_a=False, trans_b=False):
             out[...] = 0
             return out
         grid = (math.ceil(N / BN), math.ceil(M / BM))
-        _kernel(dtype.type)[grid, THREADS](a, b, out, M, N, K, trans_a, trans_b)
+        _kernel(dtype.type, tile)[grid, (BN // TN, BM // TM)](a, b, out, M, N, K, trans_a,
+                                                              trans_b)
     return out

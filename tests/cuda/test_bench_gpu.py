@@ -26,6 +26,10 @@ def test_smoke_run_writes_its_json(tmp_path):
     assert res["simulator"] is True and res["device"] == "simulator"
     mm = res["matmul"][0]
     assert mm["max_rel_err"] < 1e-6 and mm["hpcml_gflops"] > 0
+    from hpcml.kernels.cuda.matmul import TILES
+    assert [t["tile"] for t in mm["tiles"]] == ["x".join(map(str, t)) for t in TILES]
+    assert max(t["max_rel_err"] for t in mm["tiles"]) < 1e-6
+    assert mm["best_tile"] in [t["tile"] for t in mm["tiles"]]
     assert "cupy_gflops" in mm or mm["cupy"].startswith("missing")
     tr = res["train"]
     assert tr["hpcml_samples_per_s"] > 0 and tr["mlp"] == [6, 5, 3]

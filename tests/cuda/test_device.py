@@ -16,6 +16,13 @@ cuda = pytest.importorskip("numba.cuda")
 TOL = {np.float32: 1e-6, np.float64: 1e-13}
 
 
+@pytest.fixture(autouse=True)
+def _small_tile(monkeypatch):
+    """The matmul with 16 threads a block (see test_device_train.SMALL_TILE): the
+    simulator's cost is per thread; the default tile is tested in test_kernels_cuda.py."""
+    monkeypatch.setenv("HPCML_CUDA_TILE", "16x16x8x4x4")
+
+
 def _pair(make, dtype):
     cpu, gpu = make(dtype), make(dtype)
     gpu.to_device()
@@ -189,3 +196,34 @@ def test_out_of_device_memory_is_one_clear_message(monkeypatch):
                                           r"--device cpu"):
         model.to_device()
     assert model.device == "cpu" and isinstance(model.params, np.ndarray)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])  # the sparse update; the optimizer's
+def test_hogwild_on_the_device_writes_the_shared_host_copy(momentum):
+    """A GPU rank's gradient comes back to the host and its update lands in the shared
+    copy, as a CPU rank's does; closing puts the shared copy on the GPU."""
+    from hpcml.comm.inproc import run_ranks
+    from hpcml.parallel.hogwild import Hogwild
+
+    def body(comm, gpu):
+        model = nn.mlp(4, [], 3, dtype=np.float64, seed=0)
+        if gpu:
+            model.to_device()
+        hog = Hogwild(model, comm)
+        opt = hog.optimizer(lambda m: optim.SGD(m, 0.5, momentum=momentum))
+        for step in range(2):
+            hog.before_forward()
+            g = np.zeros(model.size)
+            g[2], g[7] = 1.0, -2.0 * (step + 1)
+            K.assign(model.grads, g)
+            hog.set_rows(1, 1)
+            hog.step(opt, 0.5)
+        shared = hog.serial_params()
+        hog.close()
+        return hog.sparse_steps, shared, K.to_host(model.params)
+    cpu = run_ranks(1, lambda c: body(c, False))[0]
+    gpu = run_ranks(1, lambda c: body(c, True))[0]
+    assert gpu[0] == cpu[0] == (2 if momentum == 0 else 0)
+    assert not np.array_equal(cpu[1], nn.mlp(4, [], 3, dtype=np.float64, seed=0).params)
+    np.testing.assert_array_equal(gpu[1], cpu[1])
+    np.testing.assert_array_equal(gpu[2], cpu[1])

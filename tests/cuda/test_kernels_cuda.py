@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kernel_cases as C  # noqa: E402
 from hpcml import kernels as K  # noqa: E402
 from hpcml.kernels.cuda import available, why_unavailable  # noqa: E402
+from hpcml.kernels.cuda.matmul import TILES, matmul as cuda_matmul  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not available(), reason=str(why_unavailable()))
 FLOATS = [np.float32, np.float64]
@@ -35,6 +36,32 @@ def test_matmul_double_buffer_over_several_k_steps(trans):
     """K = 29: four steps of 8 along k, so both shared buffers are filled twice, the last
     step ragged (the next tile's loads and stores alternate between the buffers)."""
     C.check_matmul("cuda", np.float64, 9, 29, 5, *trans)
+
+
+@pytest.mark.parametrize("tile", TILES[1:])  # (the default is every other test's)
+def test_every_tile_shape_computes_the_product(tile):
+    """Each shape bench gpu times: two blocks of rows, three steps along k (the last
+    ragged), a transposed operand; float64 where its buffers fit (else float32)."""
+    BM, BN, BK = tile[:3]
+    dtype = np.float64 if 2 * BK * (BM + BN) * 8 <= 48 * 1024 else np.float32
+    rng = np.random.default_rng(sum(tile))
+    a = rng.standard_normal((2 * BK + 3, BM + 1)).astype(dtype)  # op(a) = a^T
+    b = rng.standard_normal((2 * BK + 3, 7)).astype(dtype)
+    got = cuda_matmul(a, b, trans_a=True, tile=tile)
+    np.testing.assert_allclose(got, a.T @ b, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_tile_shapes_are_checked_and_taken_from_the_environment(monkeypatch):
+    from hpcml.kernels.cuda import matmul as mm
+    for bad in ["64x64x8", (64, 64, 8, 3, 4), (64, 64, 8, 1, 1), (128, 128, 32, 8, 8)]:
+        with pytest.raises(ValueError, match="CUDA matmul tile"):
+            mm.check_tile(bad if not isinstance(bad, str) else bad.split("x"))
+    monkeypatch.setenv("HPCML_CUDA_TILE", "128x64x8x8x4")
+    assert mm.default_tile() == (128, 64, 8, 8, 4)
+    monkeypatch.setenv("HPCML_CUDA_TILE", "128x64x8")
+    with pytest.raises(ValueError, match="need 5 integers"):
+        mm.default_tile()
 
 
 def test_matmul_nonfinite_propagates():
