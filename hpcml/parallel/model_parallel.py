@@ -251,8 +251,11 @@ class ModelParallel(Strategy):
     # --- sizes ---------------------------------------------------------------------------
     def grad_bytes(self):
         """Gradient buffers (on a GPU: the device buffers and the pinned staging copies)."""
+        staged = [g.host for g in self.staging.values()] + [
+            z.staging.host for z in (self.zero or {}).values()
+            if getattr(z, "staging", None) is not None]  # ZeRO-1's, on a GPU
         return sum(st.grads.nbytes for st in self.stages.values()) + \
-            sum(g.host.nbytes for g in self.staging.values())
+            sum(h.nbytes for h in staged)
 
     def state_bytes(self, optimizer):
         return sum(v.nbytes for o in optimizer.opts.values()
