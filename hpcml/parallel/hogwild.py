@@ -32,6 +32,8 @@ import numpy as np
 from hpcml import comm as hc
 from hpcml import kernels as K
 
+from .base import StepFlags, Strategy
+
 
 class _HostSide:
     """The shared parameters and a host gradient buffer, as an optimizer sees a model
@@ -42,8 +44,6 @@ class _HostSide:
     def __init__(self, params, dtype):
         self.params, self.dtype, self.size = params, np.dtype(dtype), params.size
         self.grads = np.zeros(params.size, dtype)
-
-from .base import StepFlags, Strategy
 
 
 class Hogwild(Strategy):
