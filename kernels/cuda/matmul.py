@@ -58,13 +58,20 @@ def default_tile():
     return check_tile(text.split("x")) if text else DEFAULT_TILE
 
 
-@lru_cache(maxsize=None)
-def _kernel(dtype, tile=DEFAULT_TILE):
-    nt = dtype
+def _shape(tile):
+    """(threads along x, threads per block, values of the A and B tiles a thread stages)."""
     BM, BN, BK, TM, TN = tile
-    TX = BN // TN  # threads along x (columns of C)
-    NT = TX * (BM // TM)  # threads per block
-    LA, LB = BM * BK // NT, BK * BN // NT  # values of each tile one thread stages
+    TX = BN // TN
+    NT = TX * (BM // TM)
+    return TX, NT, BM * BK // NT, BK * BN // NT
+
+
+@lru_cache(maxsize=None)
+def _staging(tile):
+    """The tile's device functions that move the next k-step's tiles: global memory ->
+    registers (load), registers -> one of the two shared buffers (store)."""
+    BM, BN, BK, TM, TN = tile
+    TX, NT, LA, LB = _shape(tile)
 
     @cuda.jit(device=True, inline=True)
     def load(A, B, ga, gb, row0, col0, k0, tid, M, N, K, trans_a, trans_b):
@@ -95,6 +102,16 @@ def _kernel(dtype, tile=DEFAULT_TILE):
         for l in range(LB):
             idx = tid + l * NT
             sB[buf, idx // BN, idx % BN] = gb[l]
+
+    return load, store
+
+
+@lru_cache(maxsize=None)
+def _kernel(dtype, tile=DEFAULT_TILE):
+    nt = dtype
+    BM, BN, BK, TM, TN = tile
+    TX, NT, LA, LB = _shape(tile)
+    load, store = _staging(tile)
 
     @cuda.jit
     def gemm(A, B, C, M, N, K, trans_a, trans_b):
